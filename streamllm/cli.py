@@ -1,0 +1,196 @@
+"""Command line: `streamllm eval ...` runs strategies on a model and text and prints a table.
+
+Several strategies in one run share the model, the text and the tokens; when `dense` is among
+them it runs first and is the reference for the speedup column. A strategy item may carry its
+own parameters after colons: `lazy:c32`, `refresh:c32:b8`, `overlap:o64`, `strict:s16:w1024`
+(c = compress_every, b = refresh budget, o = overlap, s = sinks, w = window).
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import sys
+import time
+from collections.abc import Sequence
+
+from .strategies import STRATEGIES, StrategyError, StrategySpec, make_strategy
+
+ITEM_KEYS = {"c": "compress_every", "b": "refresh", "o": "overlap", "s": "sink", "w": "window"}
+
+
+# Which global options each strategy takes; the rest keep their neutral defaults.
+GLOBAL_OPTIONS = {
+    "dense": (),
+    "window": ("window",),
+    "strict": ("sink", "window", "auto_cap"),
+    "no-shift": ("sink", "window", "auto_cap"),
+    "lazy": ("sink", "window", "compress_every", "auto_cap"),
+    "overlap": ("sink", "window", "compress_every", "overlap", "auto_cap"),
+    "refresh": ("sink", "window", "compress_every", "refresh", "auto_cap"),
+}
+
+
+def parse_strategies(text: str, defaults: dict) -> list[StrategySpec]:
+    specs = []
+    for item in [part.strip() for part in text.split(",") if part.strip()]:
+        name, *mods = item.split(":")
+        name = name.strip().lower().replace("_", "-")
+        if name not in GLOBAL_OPTIONS:
+            raise StrategyError(f"unknown strategy {name!r}; choose one of: {', '.join(STRATEGIES)}")
+        params = {key: defaults[key] for key in GLOBAL_OPTIONS[name] if defaults.get(key) is not None}
+        if name == "window":
+            params["sink"] = 0  # window-only keeps no sinks by definition
+        for mod in mods:
+            match = re.fullmatch(r"([a-z])(\d+)", mod.strip())
+            if not match or match.group(1) not in ITEM_KEYS:
+                raise StrategyError(f"bad strategy option {mod!r} in {item!r}: use c<R>, b<B>, o<O>, s<S> or w<W>")
+            params[ITEM_KEYS[match.group(1)]] = int(match.group(2))
+        specs.append(make_strategy(name, **params))
+    if not specs:
+        raise StrategyError("no strategy given: --strategy NAME[,NAME...]; choose from " + ", ".join(STRATEGIES))
+    return specs
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="streamllm", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    ev = sub.add_parser("eval", help="evaluate streaming strategies (PPL, TPOT, prune events)")
+    ev.add_argument("--model", default="embedded", help="embedded | HUB_ID | DIR | dummy:CONFIG (default: embedded)")
+    ev.add_argument("--dataset", default="book", help="book | wiki | wikitext | pg19 | PATH (default: book)")
+    ev.add_argument("--strategy", default="strict", help="comma list, e.g. dense,strict,lazy:c32,refresh:c32:b8")
+    ev.add_argument("--sink", type=int, default=4, help="attention sinks S (default 4)")
+    ev.add_argument("--window", type=int, default=252, help="recent window W (default 252)")
+    ev.add_argument("--compress-every", type=int, default=1, help="lazy eviction period R (default 1)")
+    ev.add_argument("--overlap", type=int, default=0, help="extra recent tokens O for 'overlap'")
+    ev.add_argument("--refresh", type=int, default=0, help="refresh budget B for 'refresh'")
+    ev.add_argument("--auto-cap", type=int, default=None, help="shrink W so S+W+O+B <= this cap")
+    ev.add_argument("--allow-beyond-context", action="store_true",
+                    help="allow S+W beyond the model's trained positions (measured, flagged in the result)")
+    ev.add_argument("--tokens", type=int, default=1024, help="first N tokens of the text (N-1 are scored)")
+    ev.add_argument("--dtype", default="float32", help="float32 | float16 | bfloat16")
+    ev.add_argument("--device", default="cpu", help="cpu | cuda | auto")
+    ev.add_argument("--warmup", type=int, default=8, help="decode steps excluded from timing")
+    ev.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    ev.add_argument("--json", dest="json_out", default=None, help="write the result record(s) as JSON")
+    ev.add_argument("--per-token", dest="per_token_out", default=None,
+                    help="write per-token NLL, time, KV length, positions and prune events as JSON")
+    ev.add_argument("--no-progress", action="store_true")
+
+    sub.add_parser("strategies", help="list the strategies")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.command == "strategies":
+        for name, text in STRATEGIES.items():
+            print(f"{name:10s} {text}")
+        return 0
+    try:
+        return run_eval(args)
+    except KeyboardInterrupt:
+        return 130
+    except Exception as exc:  # user-facing errors: one line, no traceback soup
+        from .data import DatasetError
+        from .models import ModelUnavailableError
+        from .rope import UnsupportedRopeError
+
+        if isinstance(exc, (StrategyError, DatasetError, ModelUnavailableError, UnsupportedRopeError)):
+            print(f"streamllm: error: {exc}", file=sys.stderr)
+            return 2
+        raise
+
+
+def run_eval(args: argparse.Namespace) -> int:
+    import torch
+    from rich.console import Console
+
+    from .data import load_text, synthetic_ids, tokenize
+    from .evaluate import DecodeOptions, evaluate_tokens
+    from .models import load_model
+    from .report_table import results_table
+    from .results import write_json_atomic
+
+    console = Console(stderr=True)
+    defaults = {"sink": args.sink, "window": args.window, "compress_every": args.compress_every,
+                "overlap": args.overlap, "refresh": args.refresh, "auto_cap": args.auto_cap}
+    specs = parse_strategies(args.strategy, defaults)  # fail fast, before loading anything
+    if args.tokens < 2:
+        raise StrategyError(f"--tokens must be >= 2 (got {args.tokens})")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+
+    started = time.perf_counter()
+    loaded = load_model(args.model, dtype=args.dtype, device=args.device)
+    for spec in specs:
+        spec.validate(loaded.max_positions, allow_beyond_context=args.allow_beyond_context)
+    if loaded.tokenizer is None:
+        ids = synthetic_ids(loaded.model.config.vocab_size, args.tokens)
+        dataset, sha = "synthetic", "synthetic"
+    else:
+        text = load_text(args.dataset)
+        ids = tokenize(loaded.tokenizer, text, args.tokens)
+        dataset, sha = text.name, text.sha256
+    console.print(f"model {loaded.name} ({loaded.revision}) on {loaded.device}, {loaded.dtype}; "
+                  f"{dataset}: {args.tokens} tokens, scoring x_1..x_{args.tokens - 1}; "
+                  f"loaded in {time.perf_counter() - started:.1f}s")
+
+    # dense first: it is the speedup reference
+    specs.sort(key=lambda s: s.name != "dense")
+    results, runtimes = [], []
+    reference = None
+    options = DecodeOptions(warmup_steps=args.warmup)
+    for spec in specs:
+        t0 = time.perf_counter()
+        with _progress(console, spec.label(), args.tokens - 1, disabled=args.no_progress) as advance:
+            result = evaluate_tokens(loaded, ids, spec, dataset=dataset, dataset_sha256=sha, options=options,
+                                     reference=reference, progress=advance)
+        if spec.name == "dense":
+            reference = result
+            result.speedup = 1.0
+        results.append(result)
+        runtimes.append(time.perf_counter() - t0)
+
+    print_table = results_table(results, runtimes)
+    out = Console()
+    if not out.is_terminal:
+        out = Console(width=160)  # files and pipes: do not squeeze the table to 80 columns
+    out.print(print_table)
+    if args.json_out:
+        records = [dict(r.summary(), tpot_ms=r.summary()["tpot_ms_cycle_mean"], runtime_s=rt)
+                   for r, rt in zip(results, runtimes)]
+        write_json_atomic(args.json_out, records[0] if len(records) == 1 else {"results": records})
+    if args.per_token_out:
+        traces = [r.per_token() for r in results]
+        write_json_atomic(args.per_token_out, traces[0] if len(traces) == 1 else {"results": traces})
+    return 0
+
+
+class _progress:
+    """A rich progress bar on stderr for long runs; a no-op when disabled."""
+
+    def __init__(self, console, label: str, total: int, disabled: bool):
+        self.console, self.label, self.total, self.disabled = console, label, total, disabled
+
+    def __enter__(self):
+        if self.disabled:
+            return lambda done: None
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
+
+        self.bar = Progress("[bold]{task.description}", BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+                            console=self.console, transient=True)
+        self.bar.__enter__()
+        task = self.bar.add_task(self.label, total=self.total)
+        every = max(1, self.total // 200)
+        return lambda done: self.bar.update(task, completed=done) if done % every == 0 or done == self.total else None
+
+    def __exit__(self, *exc):
+        if not self.disabled:
+            self.bar.__exit__(*exc)
+        return False
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

