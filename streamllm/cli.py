@@ -160,7 +160,7 @@ def run_eval(args: argparse.Namespace) -> int:
     out.print(print_table)
     if args.json_out:
         records = [dict(r.summary(), tpot_ms=r.summary()["tpot_ms_cycle_mean"], runtime_s=rt)
-                   for r, rt in zip(results, runtimes)]
+                   for r, rt in zip(results, runtimes, strict=True)]
         write_json_atomic(args.json_out, records[0] if len(records) == 1 else {"results": records})
     if args.per_token_out:
         traces = [r.per_token() for r in results]
