@@ -111,19 +111,50 @@ def _load_pretrained(name: str, dtype: torch.dtype, device: torch.device, attn_i
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     local = Path(name).expanduser()
-    source = str(local) if local.is_dir() else name
+    if local.is_dir():
+        source, local_only = str(local), True
+    elif name.startswith(("/", ".", "~")) or name.count("/") > 1:
+        raise ModelUnavailableError(f"model directory {name!r} does not exist; {_FIXES}")
+    else:
+        # Cached hub models load offline; only go online when the cache misses and the hub answers
+        # (huggingface_hub otherwise retries for most of a minute before giving up).
+        source, local_only = name, _in_hub_cache(name) or not _hub_reachable()
     try:
-        tokenizer = AutoTokenizer.from_pretrained(source)
-        model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype, attn_implementation=attn_implementation)
-    except OSError as exc:
-        raise ModelUnavailableError(
-            f"cannot load model {name!r} here ({str(exc).splitlines()[0]}). Fixes: use --model embedded "
-            "(offline default), a local directory with a saved checkpoint, dummy:<config> for timing, "
-            "or download it on a machine with hub access (huggingface-cli download "
-            f"{name}) and unset HF_HUB_OFFLINE."
-        ) from None
+        tokenizer = AutoTokenizer.from_pretrained(source, local_files_only=local_only)
+        model = AutoModelForCausalLM.from_pretrained(
+            source, dtype=dtype, attn_implementation=attn_implementation, local_files_only=local_only
+        )
+    except (OSError, ValueError) as exc:
+        raise ModelUnavailableError(f"cannot load model {name!r} here ({str(exc).splitlines()[0]}); {_FIXES}") from None
     revision = getattr(model.config, "_commit_hash", None) or _config_hash(model.config)
     return _finish(model, tokenizer, name, revision, dtype, device)
+
+
+_FIXES = (
+    "fixes: --model embedded (the offline default), a local directory with a saved checkpoint, "
+    "dummy:<config> for timing, or download the model where the hub is reachable "
+    "(huggingface-cli download <id>) so it is in the local cache"
+)
+
+
+def _in_hub_cache(repo_id: str) -> bool:
+    from huggingface_hub import try_to_load_from_cache
+
+    found = try_to_load_from_cache(repo_id, "config.json")
+    return isinstance(found, str)
+
+
+def _hub_reachable(timeout: float = 3.0) -> bool:
+    import os
+    import socket
+
+    if os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False"):
+        return False
+    try:
+        socket.create_connection(("huggingface.co", 443), timeout=timeout).close()
+        return True
+    except OSError:
+        return False
 
 
 def _config_hash(config) -> str:

@@ -55,12 +55,13 @@ class StrategySpec:
         """W actually kept: overlap adds O recent tokens; auto-cap may shrink W to fit the cap."""
         if self.name == "dense":
             return 0
-        window = self.window + self.overlap
-        if self.auto_cap is not None:
-            over = self.sink + window + self.refresh - self.auto_cap
-            if over > 0:
-                window -= over
-        return window
+        return self.capped_window + self.overlap
+
+    @property
+    def capped_window(self) -> int:
+        """W after auto-cap: the cap takes room from W, never from the overlap or refresh budget."""
+        over = 0 if self.auto_cap is None else self.sink + self.window + self.overlap + self.refresh - self.auto_cap
+        return self.window - max(over, 0)
 
     @property
     def capacity(self) -> int | None:
@@ -124,7 +125,7 @@ class StrategySpec:
             raise StrategyError(
                 f"{self.name!r} evicts every step; for periodic eviction use --strategy lazy --compress-every R"
             )
-        if self.auto_cap is not None and self.effective_window <= 0:
+        if self.auto_cap is not None and self.capped_window <= 0:
             raise StrategyError(
                 f"--auto-cap {self.auto_cap} leaves no room for a window after {self.sink} sinks, "
                 f"overlap {self.overlap} and refresh {self.refresh}"

@@ -1,0 +1,45 @@
+"""Shared fixtures: tiny random GPT-NeoX (partial rotary) and Llama (GQA) models, fp32, seeded.
+
+Random weights are fine here: these tests pin *semantics* (two implementations agree), never
+quality. Quality claims use the embedded real model.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from transformers import GPTNeoXConfig, GPTNeoXForCausalLM, LlamaConfig, LlamaForCausalLM
+
+from streamllm.models import LoadedModel
+
+torch.set_num_threads(2)
+
+
+def tiny_neox(max_positions: int = 512, seed: int = 0) -> LoadedModel:
+    config = GPTNeoXConfig(
+        vocab_size=97, hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=128,
+        rotary_pct=0.25, max_position_embeddings=max_positions, use_parallel_residual=True,
+    )
+    torch.manual_seed(seed)
+    model = GPTNeoXForCausalLM(config).eval()
+    return LoadedModel(model, None, "tiny-neox", "test", torch.float32, torch.device("cpu"))
+
+
+def tiny_llama(max_positions: int = 512, seed: int = 0, **rope) -> LoadedModel:
+    config = LlamaConfig(
+        vocab_size=97, hidden_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+        intermediate_size=128, max_position_embeddings=max_positions, rope_theta=10000.0, **rope,
+    )
+    torch.manual_seed(seed)
+    model = LlamaForCausalLM(config).eval()
+    return LoadedModel(model, None, "tiny-llama", "test", torch.float32, torch.device("cpu"))
+
+
+@pytest.fixture(params=["neox", "llama"], scope="session")
+def tiny_model(request) -> LoadedModel:
+    return tiny_neox() if request.param == "neox" else tiny_llama()
+
+
+@pytest.fixture(scope="session")
+def token_ids() -> torch.Tensor:
+    return torch.randint(0, 97, (160,), generator=torch.Generator().manual_seed(1))
