@@ -1,0 +1,343 @@
+"""Baseline storage: schema, lookups, errors that name the file, atomic explicit updates."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from pathlib import Path
+
+import pytest
+
+import streamllm.baselines as bl
+from streamllm.baselines import (
+    SCHEMA,
+    BaselineError,
+    BaselineKey,
+    BaselineRecord,
+    BaselineStore,
+    average_records,
+    fingerprint_id,
+    hardware_fingerprint,
+    ppl_tolerance,
+)
+from streamllm.results import EvalResult
+from streamllm.stats import FAIL, compare_ppl
+
+FP_A = {"device_class": "cpu", "cpu_model": "Test CPU A", "cpu_count": 2, "gpu": None, "torch": "2.13.0+cpu",
+        "python": "3.11.7"}
+FP_B = {"device_class": "cuda:NVIDIA H100 80GB HBM3", "cpu_model": "Test CPU B", "cpu_count": 16,
+        "gpu": "NVIDIA H100 80GB HBM3", "torch": "2.13.0+cu130"}
+ID_A, ID_B = fingerprint_id(FP_A), fingerprint_id(FP_B)
+PROVENANCE = {"commit": "abc123", "date": "2026-11-22T08:00:00+00:00", "command": "pytest bench", "environment": {}}
+
+
+def make_key(strategy: str = "lazy-s4-w252-c32", **over) -> BaselineKey:
+    fields = dict(model="SmolLM2-135M-Instruct", model_revision="config-0123456789ab", dtype="float32",
+                  dataset="book", dataset_sha256="deadbeefdeadbeef", tokens=1024, strategy=strategy,
+                  params={"name": strategy.split("-")[0], "sink": 4, "window": 252, "compress_every": 32,
+                          "auto_cap": None})
+    fields.update(over)
+    return BaselineKey(**fields)
+
+
+def make_record(key: BaselineKey | None = None, *, ppl: float = 17.25, fid: str = ID_A, fp: dict = FP_A,
+                samples: list[float] | None = None) -> BaselineRecord:
+    samples = samples if samples is not None else [80.5, 81.25, 79.75, 90.0]
+    return BaselineRecord(key=key or make_key(), ppl=ppl, mean_nll=math.log(ppl), ppl_device_class=fp["device_class"],
+                          tpot_samples_ms={fid: samples}, tpot_ms={fid: sum(samples) / len(samples)},
+                          fingerprints={fid: fp}, runs_averaged=1, provenance=PROVENANCE, extra={"note": "test"})
+
+
+def snapshot(root: Path) -> dict[str, tuple[bytes, int]]:
+    return {str(p.relative_to(root)): (p.read_bytes(), p.stat().st_mtime_ns) for p in sorted(root.rglob("*"))
+            if p.is_file()}
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> BaselineStore:
+    return BaselineStore(tmp_path / "baselines")
+
+
+# -- layout and round trip ------------------------------------------------------------------------
+
+
+def test_round_trip_and_layout(store: BaselineStore):
+    record = make_record()
+    dense = make_record(make_key("dense", params={"name": "dense"}), ppl=16.5)
+    paths = store.update([record, dense])
+    path = store.root / "SmolLM2-135M-Instruct" / "book-1024-float32.json"
+    assert paths == [path] and store.path_for(record.key) == path
+    data = json.loads(path.read_text())
+    assert data["schema"] == SCHEMA and sorted(data["records"]) == ["dense", "lazy-s4-w252-c32"]
+    assert store.lookup(record.key) == record
+    assert store.lookup(dense.key) == dense
+    assert store.files() == [path]
+    assert sorted(r.key.strategy for _, r in store.all_records()) == ["dense", "lazy-s4-w252-c32"]
+    # number arrays are kept on one line so diffs stay readable
+    assert f'"{ID_A}": [80.5, 81.25, 79.75, 90.0]' in path.read_text()
+
+
+def test_key_normalizes_and_ids_are_stable():
+    a = make_key(dtype="torch.float32", params={"window": 252, "sink": 4, "compress_every": 32, "name": "lazy",
+                                                "auto_cap": None})
+    b = make_key(dtype="fp32")
+    assert a == b and a.id() == b.id()
+    assert a.id().startswith("SmolLM2-135M-Instruct:book-1024-float32:lazy-s4-w252-c32#")
+    assert make_key(model_revision="other").id() != a.id()
+    assert make_key(model="HuggingFaceTB/SmolLM2-135M").relpath() == Path("HuggingFaceTB_SmolLM2-135M/book-1024-float32.json")
+
+
+def test_missing_file_or_strategy_is_none(store: BaselineStore):
+    assert store.lookup(make_key()) is None  # no file at all
+    store.update([make_record()])
+    assert store.lookup(make_key("strict-s4-w252")) is None  # file exists, strategy not recorded
+    assert store.lookup(make_key(tokens=2048)) is None  # another file
+
+
+# -- errors that name the file -------------------------------------------------------------------
+
+
+def test_corrupt_json_names_file_and_fix(store: BaselineStore):
+    path = store.path_for(make_key())
+    path.parent.mkdir(parents=True)
+    path.write_text('{"schema": "streamllm.baseline/1", "records": {')
+    with pytest.raises(BaselineError) as err:
+        store.lookup(make_key())
+    msg = str(err.value)
+    assert str(path) in msg and "not valid JSON" in msg and "git checkout" in msg and "--update-baselines" in msg
+
+
+@pytest.mark.parametrize(("schema", "what"), [("streamllm.baseline/2", "has schema"), (None, "no 'schema'")])
+def test_wrong_or_missing_schema(store: BaselineStore, schema, what):
+    store.update([make_record()])
+    path = store.path_for(make_key())
+    data = json.loads(path.read_text())
+    if schema is None:
+        del data["schema"]
+    else:
+        data["schema"] = schema
+    path.write_text(json.dumps(data))
+    with pytest.raises(BaselineError, match=what) as err:
+        store.lookup(make_key())
+    assert str(path) in str(err.value)
+
+
+def test_missing_field_and_wrong_type(store: BaselineStore):
+    store.update([make_record()])
+    path = store.path_for(make_key())
+    data = json.loads(path.read_text())
+    del data["records"]["lazy-s4-w252-c32"]["ppl"]
+    path.write_text(json.dumps(data))
+    with pytest.raises(BaselineError, match="missing field 'ppl'"):
+        store.lookup(make_key())
+    data["records"]["lazy-s4-w252-c32"]["ppl"] = "17"
+    path.write_text(json.dumps(data))
+    with pytest.raises(BaselineError, match="ppl has type str"):
+        store.lookup(make_key())
+
+
+def test_key_mismatches_are_errors_not_silent_passes(store: BaselineStore):
+    store.update([make_record()])
+    path = store.path_for(make_key())
+    # the model or the text changed since recording: the stored numbers describe something else
+    with pytest.raises(BaselineError, match="model_revision") as err:
+        store.lookup(make_key(model_revision="config-ffffffffffff"))
+    assert str(path) in str(err.value) and "--update-baselines" in str(err.value)
+    with pytest.raises(BaselineError, match="dataset_sha256"):
+        store.lookup(make_key(dataset_sha256="0000000000000000"))
+    # same label, other params
+    with pytest.raises(BaselineError, match="other params"):
+        store.lookup(make_key(params={"name": "lazy", "sink": 4, "window": 252, "compress_every": 16}))
+    # a record filed under another label
+    data = json.loads(path.read_text())
+    data["records"]["lazy-s4-w252-c32"]["strategy"] = "strict-s4-w252"
+    path.write_text(json.dumps(data))
+    with pytest.raises(BaselineError, match="key mismatch"):
+        store.lookup(make_key())
+
+
+def test_file_copied_under_another_name_is_a_mismatch(store: BaselineStore):
+    store.update([make_record()])
+    src = store.path_for(make_key())
+    dst = store.path_for(make_key(tokens=2048))
+    dst.write_bytes(src.read_bytes())
+    with pytest.raises(BaselineError, match="belongs in") as err:
+        store.lookup(make_key(tokens=2048))
+    assert str(dst) in str(err.value)
+
+
+# -- fingerprints ---------------------------------------------------------------------------------
+
+
+def test_foreign_fingerprint_has_no_samples(store: BaselineStore):
+    store.update([make_record()])
+    record = store.lookup(make_key())
+    assert store.tpot_samples(record, ID_A) == [80.5, 81.25, 79.75, 90.0]
+    assert store.tpot_samples(record, ID_B) is None
+
+
+def test_fingerprint_id_uses_only_timing_fields():
+    assert fingerprint_id(FP_A) == fingerprint_id(dict(FP_A)) == ID_A
+    assert ID_A.startswith("cpu-") and ID_B.startswith("cuda-")
+    assert fingerprint_id({**FP_A, "python": "3.12.0", "platform": "other"}) == ID_A
+    for field, value in [("cpu_model", "Other CPU"), ("torch", "2.14.0"), ("cpu_count", 16), ("device_class", "cuda:X")]:
+        assert fingerprint_id({**FP_A, field: value}) != ID_A, field
+    # the core count splits CPU baselines only; a GPU's timing does not hinge on it the same way
+    assert fingerprint_id({**FP_B, "cpu_count": 32}) == ID_B
+
+
+def test_hardware_fingerprint_on_this_machine():
+    fp = hardware_fingerprint("cpu")
+    assert fp["device_class"] == "cpu" and fp["gpu"] is None
+    for field in ("cpu_model", "cpu_count", "torch", "transformers", "python"):
+        assert fp[field], field
+    assert fingerprint_id(fp) == fingerprint_id(hardware_fingerprint("cpu"))
+    json.dumps(fp)  # storable as is
+
+
+def test_ppl_tolerance_per_device_class():
+    assert ppl_tolerance("cpu", "cpu") == 0.002
+    assert ppl_tolerance("cpu", "cuda:NVIDIA H100 80GB HBM3") > 0.002
+
+
+# -- updates ---------------------------------------------------------------------------------------
+
+
+def test_update_merges_fingerprints_and_replaces_ppl(store: BaselineStore):
+    store.update([make_record()])
+    store.update([make_record(ppl=17.5, fid=ID_B, fp=FP_B, samples=[2.0, 2.1, 2.05])])
+    record = store.lookup(make_key())
+    assert record.ppl == 17.5 and record.ppl_device_class == FP_B["device_class"]
+    assert store.tpot_samples(record, ID_A) == [80.5, 81.25, 79.75, 90.0]  # other machine's timings kept
+    assert store.tpot_samples(record, ID_B) == [2.0, 2.1, 2.05]
+    assert set(record.fingerprints) == {ID_A, ID_B}
+    # re-recording on machine A replaces A's samples only
+    store.update([make_record(samples=[70.0, 71.0, 72.0])])
+    record = store.lookup(make_key())
+    assert store.tpot_samples(record, ID_A) == [70.0, 71.0, 72.0] and store.tpot_samples(record, ID_B) is not None
+
+
+def test_update_after_model_change_drops_stale_records(store: BaselineStore):
+    dense = make_record(make_key("dense", params={"name": "dense"}))
+    store.update([make_record(), dense])
+    new_key = make_key(model_revision="config-ffffffffffff")
+    with pytest.warns(UserWarning, match="dropping its records"):
+        store.update([make_record(new_key)])
+    assert store.lookup(new_key) is not None
+    assert store.lookup(make_key("dense", params={"name": "dense"}, model_revision="config-ffffffffffff")) is None
+
+
+def test_update_replaces_a_corrupt_file_with_a_warning(store: BaselineStore):
+    path = store.path_for(make_key())
+    path.parent.mkdir(parents=True)
+    path.write_text("not json")
+    with pytest.warns(UserWarning, match="unreadable"):
+        store.update([make_record()])
+    assert store.lookup(make_key()) == make_record()
+
+
+def test_update_refuses_unusable_records(store: BaselineStore):
+    with pytest.raises(ValueError, match="finite"):
+        store.update([make_record(ppl=float("nan"))])
+    with pytest.raises(ValueError, match="twice"):
+        store.update([make_record(), make_record()])
+    assert not store.root.exists() or not any(store.root.rglob("*.json"))
+
+
+@pytest.mark.parametrize("crash", ["json.dumps", "os.fsync", "os.replace"])
+def test_update_is_atomic(store: BaselineStore, monkeypatch, crash):
+    store.update([make_record()])
+    path = store.path_for(make_key())
+    before = path.read_bytes()
+
+    def boom(*args, **kwargs):
+        raise OSError(f"simulated crash in {crash}")
+
+    module, name = crash.split(".")
+    monkeypatch.setattr({"json": bl.json, "os": bl.os}[module], name, boom)
+    with pytest.raises(OSError, match="simulated crash"):
+        store.update([make_record(ppl=99.0)])
+    monkeypatch.undo()
+    assert path.read_bytes() == before  # old file intact
+    assert sorted(p.name for p in path.parent.iterdir()) == [path.name]  # no temp file left behind
+    assert store.lookup(make_key()).ppl == 17.25
+
+
+def test_lookup_never_modifies_files(store: BaselineStore):
+    store.update([make_record()])
+    corrupt = store.path_for(make_key(dataset="wiki"))
+    corrupt.write_text("{broken")
+    stale = store.path_for(make_key(tokens=512))
+    stale.write_text(store.path_for(make_key()).read_text().replace('"schema": "streamllm.baseline/1"',
+                                                                      '"schema": "streamllm.baseline/0"'))
+    before = snapshot(store.root)
+    assert store.lookup(make_key()) is not None
+    assert store.lookup(make_key("dense")) is None
+    for key in (make_key(dataset="wiki"), make_key(tokens=512), make_key(model_revision="other")):
+        with pytest.raises(BaselineError):
+            store.lookup(key)
+    assert snapshot(store.root) == before
+
+
+def test_edited_ppl_fails_with_message_naming_file(store: BaselineStore):
+    # The issue's acceptance check: bump a stored PPL by 2 % and exactly that comparison fails.
+    store.update([make_record(), make_record(make_key("dense", params={"name": "dense"}), ppl=16.5)])
+    path = store.path_for(make_key())
+    data = json.loads(path.read_text())
+    data["records"]["lazy-s4-w252-c32"]["ppl"] *= 1.02
+    path.write_text(json.dumps(data, indent=2))
+    lazy, dense = store.lookup(make_key()), store.lookup(make_key("dense", params={"name": "dense"}))
+    v = compare_ppl(17.25, lazy.ppl, tolerance=ppl_tolerance(lazy.ppl_device_class, "cpu"), source=str(path))
+    assert v.verdict == FAIL
+    assert str(path) in v.message and "17.25" in v.message and f"{17.25 * 1.02:.6g}" in v.message and "0.002" in v.message
+    assert compare_ppl(16.5, dense.ppl, source=str(path)).passed
+
+
+# -- averaging and construction from a run --------------------------------------------------------
+
+
+def test_average_records():
+    runs = [make_record(ppl=17.0, samples=[80.0, 82.0]), make_record(ppl=17.5, samples=[81.0]),
+            make_record(ppl=18.0, samples=[79.0, 78.0])]
+    avg = average_records(runs)
+    assert avg.ppl == pytest.approx(17.5) and avg.mean_nll == pytest.approx(sum(math.log(p) for p in (17, 17.5, 18)) / 3)
+    assert avg.tpot_samples_ms[ID_A] == [80.0, 82.0, 81.0, 79.0, 78.0]  # pooled, in run order
+    assert avg.tpot_ms[ID_A] == pytest.approx((81.0 + 81.0 + 78.5) / 3)
+    assert avg.runs_averaged == 3 and avg.extra["ppl_runs"] == [17.0, 17.5, 18.0]
+    assert average_records(runs[:1]) == runs[0]
+    with pytest.raises(ValueError, match="different keys"):
+        average_records([make_record(), make_record(make_key(tokens=2048))])
+    with pytest.raises(ValueError, match="device classes"):
+        average_records([make_record(), make_record(fid=ID_B, fp=FP_B)])
+    with pytest.raises(ValueError):
+        average_records([])
+
+
+def test_record_from_result_round_trips(store: BaselineStore):
+    result = EvalResult(
+        strategy="lazy-s4-w252-c32", params=make_key().params, model="SmolLM2-135M-Instruct",
+        model_revision="config-0123456789ab", dataset="book", dataset_sha256="deadbeefdeadbeef", tokens=1024,
+        tokens_scored=1023, scored_range=(1, 1023), evaluator="token", device="cpu", dtype="float32", ppl=17.25,
+        mean_nll=math.log(17.25), total_s=80.0, warmup_s=1.0, warmup_steps=8, tpot_ms_median=80.0,
+        tpot_ms_cycle_mean=81.23456789, steady_from=288, prune_events=24, max_position=287, beyond_context=False,
+    )
+    record = BaselineRecord.from_result(result, fingerprint=FP_A, tpot_samples_ms=[80.123456789, 82.0],
+                                        provenance=PROVENANCE)
+    assert record.key == make_key() and record.ppl_device_class == "cpu"
+    assert record.tpot_samples_ms == {ID_A: [80.1235, 82.0]} and record.tpot_ms == {ID_A: 81.2346}
+    store.update([record])
+    assert store.lookup(make_key()) == record
+    # the parallel evaluator has no timing: the record carries PPL only
+    untimed = BaselineRecord.from_result(
+        EvalResult(**{**result.__dict__, "tpot_ms_cycle_mean": float("nan")}), fingerprint=FP_A, provenance=PROVENANCE
+    )
+    assert untimed.tpot_ms == {} and untimed.tpot_samples_ms == {}
+
+
+def test_make_provenance_fields():
+    prov = bl.make_provenance(command="pytest bench --update-baselines", cwd=os.getcwd())
+    assert prov["command"] == "pytest bench --update-baselines"
+    assert prov["date"].endswith("+00:00") and prov["commit"]
+    assert prov["environment"]["python"]
+    json.dumps(prov)
