@@ -56,6 +56,14 @@ def load_text(dataset: str) -> Text:
 
 
 def _load_online(dataset: str) -> Text:
+    from . import hub
+
+    if not hub.offline_env() and not hub.reachable():
+        raise DatasetError(
+            f"dataset {dataset!r} needs the dataset hub, which is not reachable from here. Offline, use --dataset "
+            "book or --dataset wiki (embedded) or a text file path; if it is in your datasets cache, set "
+            "HF_DATASETS_OFFLINE=1 to load it from there."
+        )
     try:
         from datasets import load_dataset
 

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from . import embedded
+from . import embedded, hub
 
 DTYPES = {"float32": torch.float32, "fp32": torch.float32, "float16": torch.float16, "fp16": torch.float16,
           "bfloat16": torch.bfloat16, "bf16": torch.bfloat16}
@@ -118,7 +118,7 @@ def _load_pretrained(name: str, dtype: torch.dtype, device: torch.device, attn_i
     else:
         # Cached hub models load offline; only go online when the cache misses and the hub answers
         # (huggingface_hub otherwise retries for most of a minute before giving up).
-        source, local_only = name, _in_hub_cache(name) or not _hub_reachable()
+        source, local_only = name, _in_hub_cache(name) or not hub.reachable()
     try:
         tokenizer = AutoTokenizer.from_pretrained(source, local_files_only=local_only)
         model = AutoModelForCausalLM.from_pretrained(
@@ -142,19 +142,6 @@ def _in_hub_cache(repo_id: str) -> bool:
 
     found = try_to_load_from_cache(repo_id, "config.json")
     return isinstance(found, str)
-
-
-def _hub_reachable(timeout: float = 3.0) -> bool:
-    import os
-    import socket
-
-    if os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False"):
-        return False
-    try:
-        socket.create_connection(("huggingface.co", 443), timeout=timeout).close()
-        return True
-    except OSError:
-        return False
 
 
 def _config_hash(config) -> str:

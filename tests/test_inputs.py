@@ -98,3 +98,31 @@ def test_cli_window_beyond_context_on_dummy_model(capsys):
     # so use the small shipped SmolLM2 config (8192 positions)
     assert main(["eval", "--model", "dummy:smollm2-135m", "--strategy", "strict", "--window", "9000"]) == 2
     assert "exceeds the model's 8192 trained positions" in capsys.readouterr().err
+
+
+def test_online_datasets_fail_fast_offline(monkeypatch):
+    from streamllm import hub
+
+    monkeypatch.setattr(hub, "reachable", lambda timeout=3.0: False)
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.delenv("HF_DATASETS_OFFLINE", raising=False)
+    with pytest.raises(DatasetError, match="not reachable.*--dataset book"):
+        load_text("wikitext")
+
+
+def test_wikitext_loader_joins_rows(monkeypatch):
+    import datasets
+
+    from streamllm import hub
+
+    monkeypatch.setattr(hub, "reachable", lambda timeout=3.0: True)
+    calls = []
+
+    def fake_load_dataset(*args, **kwargs):
+        calls.append((args, kwargs))
+        return {"text": [" = A = \n", " line one\n", ""]}
+
+    monkeypatch.setattr(datasets, "load_dataset", fake_load_dataset)
+    text = load_text("wikitext")
+    assert calls[0][0] == ("wikitext", "wikitext-2-raw-v1") and calls[0][1]["split"] == "test"
+    assert text.text == " = A = \n\n\n line one\n\n\n"
