@@ -15,13 +15,15 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from .cache import StreamingCache, build_cache
+from .cache import StreamingCache
+from .decode import DecoderFactory, EagerDecoder, make_cache
+from .fixed_cache import FixedCache
 from .models import LoadedModel
 from .results import EvalResult, TokenTrace, ppl_from_nll
 from .spikes import summarize
 from .strategies import StrategySpec
 
-CacheFactory = Callable[[StrategySpec, torch.nn.Module], StreamingCache]
+CacheFactory = Callable[[StrategySpec, torch.nn.Module], StreamingCache | FixedCache]
 
 
 @dataclass(frozen=True)
@@ -38,7 +40,8 @@ def evaluate_tokens(
     dataset: str = "?",
     dataset_sha256: str = "",
     options: DecodeOptions = DecodeOptions(),
-    cache_factory: CacheFactory = build_cache,
+    cache_factory: CacheFactory = make_cache,
+    decoder_factory: DecoderFactory | None = None,
     reference: EvalResult | None = None,
     progress: Callable[[int], None] | None = None,
 ) -> EvalResult:
@@ -50,6 +53,8 @@ def evaluate_tokens(
     model, device = loaded.model, loaded.device
     spec.validate(loaded.max_positions, allow_beyond_context=True)
     cache = cache_factory(spec, model)
+    # eager by default; --compile picks a compiled or CUDA-graph decoder (decode.py)
+    decoder = (decoder_factory or EagerDecoder)(model, cache)
     ids = ids.to(device)
     steps = n - 1
     nll = torch.empty(steps, dtype=torch.float64)
@@ -66,16 +71,14 @@ def evaluate_tokens(
             position[t] = pos
             kv_length[t] = cache.length + 1
             token = ids[t : t + 1].view(1, 1)
-            pos_ids = torch.tensor([[pos]], device=device)
             if options.time_steps:
                 sync()
                 start = time.perf_counter()
-            logits = model(input_ids=token, position_ids=pos_ids, past_key_values=cache, use_cache=True).logits
-            event = cache.end_step()
+            logits, event = decoder.step(token)  # forward + the cache's end_step (eviction)
             if options.time_steps:
                 sync()
                 step_ms[t] = (time.perf_counter() - start) * 1e3
-            logp = torch.log_softmax(logits[0, -1].float(), dim=-1)
+            logp = torch.log_softmax(logits.float(), dim=-1)
             nll[t] = -logp[ids[t + 1]].item()
             if event is not None:
                 prune_steps.append(t)

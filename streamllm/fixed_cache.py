@@ -1,0 +1,170 @@
+"""Shared plumbing for the preallocated caches (static and ring): buffers, mask, HF Cache glue.
+
+Both caches keep every layer's keys and values in one tensor `[layers, batch=1, kv_heads, slots,
+head_dim]` allocated once, so a step writes in place and shapes never change (what CUDA graphs
+and `torch.compile` without recompiles need). Slots that hold no token are hidden by an additive
+4-D attention mask `[1, 1, 1, slots]` (0 where a token lives, dtype min elsewhere); transformers
+returns a 4-D mask as-is (masking_utils._preprocess_mask_arguments), so the model attends to
+exactly the slots the cache says.
+
+Everything the forward reads (write slot, position ids, mask, rotation angles) lives in device
+tensors updated in place, so one captured graph serves every step. The host keeps a mirror
+(`seen`, `slots`) for the step protocol and the evaluator's diagnostics; it is never read inside
+the forward.
+
+Step protocol (same as `StreamingCache`):
+
+    pos = cache.next_position()            # effective (pos-shift) position, for diagnostics
+    model(x_t, position_ids=cache.position_ids, attention_mask=cache.attention_mask,
+          past_key_values=cache)          # writes t's K/V in place
+    event = cache.end_step()               # advance counters, evict
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from transformers.cache_utils import Cache
+
+from .cache import EvictionEvent
+from .strategies import StrategyError, StrategySpec, plan_eviction
+
+
+class UnsupportedCacheError(StrategyError):
+    """A strategy / cache kind / compile combination that cannot work; the message says why."""
+
+
+@dataclass(frozen=True)
+class KVGeometry:
+    """Per-layer K/V shape of a decoder-only HF model (batch 1)."""
+
+    num_layers: int
+    kv_heads: int
+    head_dim: int
+    dtype: torch.dtype
+    device: torch.device
+
+    @classmethod
+    def from_model(cls, model: torch.nn.Module) -> KVGeometry:
+        config = model.config
+        heads = config.num_attention_heads
+        kv_heads = getattr(config, "num_key_value_heads", None) or heads
+        head_dim = getattr(config, "head_dim", None) or config.hidden_size // heads
+        param = next(model.parameters())
+        # INT8 weights are tensor subclasses whose dtype is the compute dtype; activations (and
+        # so K/V) follow the embedding's dtype, which quantization never touches.
+        dtype = model.get_input_embeddings().weight.dtype
+        return cls(config.num_hidden_layers, kv_heads, head_dim, dtype, param.device)
+
+
+class FixedCache(Cache):
+    """Base class: preallocated buffers + mask; subclasses choose slots and eviction."""
+
+    kind = "fixed"
+
+    def __init__(self, spec: StrategySpec, model: torch.nn.Module, num_slots: int):
+        super().__init__(layers=[])
+        self.spec = spec
+        self.geometry = geo = KVGeometry.from_model(model)
+        self.num_slots = num_slots
+        shape = (geo.num_layers, 1, geo.kv_heads, num_slots, geo.head_dim)
+        # zeros, not empty: masked slots still enter q·k, and NaN garbage times a zero softmax
+        # weight is NaN.
+        self.keys = torch.zeros(shape, dtype=geo.dtype, device=geo.device)
+        self.values = torch.zeros(shape, dtype=geo.dtype, device=geo.device)
+        self.masked_value = torch.finfo(geo.dtype).min
+        self.attention_mask = torch.full((1, 1, 1, num_slots), self.masked_value, dtype=geo.dtype, device=geo.device)
+        self.seen = 0  # host mirror: tokens fed so far
+        self.slots: list[int] = []  # host mirror: text index of each cache entry in pos-shift order
+        for tensor in (self.keys, self.values, self.attention_mask):
+            _mark_static(tensor)
+
+    # -- the step protocol -----------------------------------------------------------------
+    @property
+    def length(self) -> int:
+        return len(self.slots)
+
+    def next_position(self) -> int:
+        """Effective position of the token about to be fed (pos-shift: |C_t|), as in StreamingCache."""
+        from .strategies import PositionMode
+
+        return self.length if self.spec.position_mode is PositionMode.SHIFT else self.seen
+
+    def _host_step(self) -> tuple[int, list[int] | None]:
+        """Advance the host mirror by one token and apply the shared eviction rule to it."""
+        self.slots.append(self.seen)
+        self.seen += 1
+        length = len(self.slots)
+        keep = plan_eviction(self.spec, length, self.seen - 1)
+        if keep is not None:
+            self.slots = [self.slots[i] for i in keep]
+        return length, keep
+
+    @staticmethod
+    def _event(step: int, length: int, keep: list[int] | None) -> EvictionEvent | None:
+        if keep is None:
+            return None
+        return EvictionEvent(step=step, length_before=length, length_after=len(keep), evicted=length - len(keep))
+
+    # -- HF Cache API ----------------------------------------------------------------------
+    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, layer_idx: int, cache_kwargs=None):
+        if key_states.shape[0] != 1 or key_states.shape[-2] != 1:
+            raise ValueError(
+                f"{type(self).__name__} takes one token of batch 1 per step (got K/V {tuple(key_states.shape)}); "
+                "feed text token by token"
+            )
+        if layer_idx == 0:
+            self._begin_step()
+        self._write(layer_idx, key_states, value_states)
+        return self.keys[layer_idx], self.values[layer_idx]
+
+    def get_seq_length(self, layer_idx: int = 0) -> int:
+        return self.length
+
+    def get_mask_sizes(self, query_length: int, layer_idx: int = 0) -> tuple[int, int]:
+        return self.num_slots, 0
+
+    def get_max_length(self, layer_idx: int | None = None) -> int:
+        return self.num_slots
+
+    @property
+    def is_compileable(self) -> bool:
+        return True
+
+    @property
+    def is_initialized(self) -> bool:
+        return True
+
+    def __len__(self) -> int:
+        return self.geometry.num_layers
+
+    # -- subclass hooks (device-only: they run inside captured graphs) ---------------------
+    def _begin_step(self) -> None:
+        raise NotImplementedError
+
+    def _write(self, layer_idx: int, key_states: torch.Tensor, value_states: torch.Tensor) -> None:
+        raise NotImplementedError
+
+    def advance_device(self) -> None:
+        """Device-side counter update after a step (captured with the forward in graph mode)."""
+        raise NotImplementedError
+
+    def end_step(self, num_tokens: int = 1, advance_device: bool = True) -> EvictionEvent | None:
+        raise NotImplementedError
+
+    def prime_random(self, seen: int, generator: torch.Generator | None = None) -> None:
+        """Timing only: jump to steady state after `seen` tokens with random K/V (no forward)."""
+        raise NotImplementedError
+
+
+def _mark_static(tensor: torch.Tensor) -> None:
+    # torch.compile's CUDA-graph trees (mode="reduce-overhead") would otherwise copy mutated
+    # inputs on every call or refuse to graph them; transformers' StaticCache does the same.
+    if tensor.is_cuda:
+        torch._dynamo.mark_static_address(tensor)
+
+
+def check_one_token(num_tokens: int, kind: str) -> None:
+    if num_tokens != 1:
+        raise ValueError(f"the {kind} cache advances one token per step; feed text token by token")

@@ -1,0 +1,119 @@
+"""Ring cache: strict sink + window semantics in fixed buffers, O(1) eviction by overwrite.
+
+"Absolute frame + sink re-rotation" (design-notes §2). The model is fed absolute position ids t.
+Window entries are contiguous, so their pos-shift distances equal true distances t - j: they are
+stored rotated at j and never touched again. Only the S sink keys need distance |C_t| - i instead
+of t - i, so the cache keeps each sink key as rotated at i (its rotary part, in `sink_store`) and
+writes it into its slot rotated by (t - |C_t|) before each step. Nothing moves; eviction is the
+next write landing on the oldest window slot.
+
+Layout: slots [0, S) hold the sinks, slots [S, S + W + 1) are a ring over the window. Token t
+goes to slot t while t < S, else to S + (t - S) mod (W + 1). With W + 1 ring slots, after the
+write the ring holds tokens [t - W, t], i.e. exactly C_t's window plus t; the write of t + 1 then
+evicts t - W, which strict eviction removes after step t. Before the cache is full the valid
+slots are a prefix and the mask hides the rest.
+
+Everything per step is derived on the device from one counter `t` (long tensor): the write slot,
+the sink offset, its cos/sin (float64 angles, cast to float32), the mask update. So one captured
+CUDA graph serves every step, filling and steady state alike, with no Python-int state read.
+Softmax attention does not depend on slot order, so the ring's order is harmless.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import torch
+
+from .cache import EvictionEvent
+from .fixed_cache import FixedCache, UnsupportedCacheError, check_one_token
+from .rope import RopeSpec, apply_rotation
+from .strategies import PositionMode, StrategySpec, cache_kind_problem
+
+
+def check_ring(spec: StrategySpec) -> None:
+    problem = cache_kind_problem(dataclasses.replace(spec, cache="ring"))
+    if problem:
+        raise UnsupportedCacheError(problem)
+
+
+class RingStreamingCache(FixedCache):
+    kind = "ring"
+
+    def __init__(self, spec: StrategySpec, model: torch.nn.Module):
+        check_ring(spec)
+        self.sink = spec.sink
+        self.window = spec.effective_window
+        super().__init__(spec, model, self.sink + self.window + 1)
+        device = self.geometry.device
+        # Rotate sinks only under pos-shift; no-shift keeps every key at its absolute position.
+        self.rotate_sinks = spec.position_mode is PositionMode.SHIFT and self.sink > 0
+        self.t = torch.zeros(1, 1, dtype=torch.long, device=device)  # position of the token being fed
+        self.position_ids = self.t  # absolute frame: the model is fed t itself
+        self._slot = torch.zeros(1, dtype=torch.long, device=device)
+        self._sink_slot = torch.zeros(1, dtype=torch.long, device=device)
+        if self.rotate_sinks:
+            self.rope = RopeSpec.from_model(model)
+            rot = self.rope.rotary_dim
+            geo = self.geometry
+            # Row S is a scratch row: tokens past the sinks write there, so the store write needs
+            # no branch on the host.
+            self.sink_store = torch.zeros(
+                (geo.num_layers, 1, geo.kv_heads, self.sink + 1, rot), dtype=geo.dtype, device=device
+            )
+            self.inv_freq = self.rope.inv_freq.to(device)  # float64: t * inv_freq grows with t
+            self.cos = torch.ones(rot, dtype=torch.float32, device=device)
+            self.sin = torch.zeros(rot, dtype=torch.float32, device=device)
+
+    # -- device side (graph-safe) ----------------------------------------------------------
+    def _begin_step(self) -> None:
+        t = self.t.view(1)
+        sink, ring = self.sink, self.window + 1
+        ring_slot = sink + torch.remainder((t - sink).clamp(min=0), ring)
+        self._slot.copy_(torch.where(t < sink, t, ring_slot))
+        self.attention_mask.index_fill_(-1, self._slot, 0.0)
+        if not self.rotate_sinks:
+            return
+        self._sink_slot.copy_(self._slot.clamp(max=sink))
+        # |C_t| = min(t, S + W): the sink offset t - |C_t| is 0 until the first eviction.
+        offset = (t - (sink + self.window)).clamp(min=0).to(torch.float64)
+        angles = offset * self.inv_freq
+        angles = torch.cat((angles, angles))
+        self.cos.copy_(angles.cos())
+        self.sin.copy_(angles.sin())
+        rot = self.rope.rotary_dim
+        stored = self.sink_store[:, :, :, :sink]
+        self.keys[:, :, :, :sink, :rot] = apply_rotation(stored, self.cos, self.sin, rot)
+
+    def _write(self, layer_idx: int, key_states: torch.Tensor, value_states: torch.Tensor) -> None:
+        self.keys[layer_idx].index_copy_(2, self._slot, key_states)
+        self.values[layer_idx].index_copy_(2, self._slot, value_states)
+        if self.rotate_sinks:
+            rot = self.rope.rotary_dim
+            self.sink_store[layer_idx].index_copy_(2, self._sink_slot, key_states[..., :rot])
+
+    def advance_device(self) -> None:
+        self.t.add_(1)
+
+    # -- host side -------------------------------------------------------------------------
+    def end_step(self, num_tokens: int = 1, advance_device: bool = True) -> EvictionEvent | None:
+        check_one_token(num_tokens, "ring")
+        if advance_device:
+            self.advance_device()
+        length, keep = self._host_step()
+        return self._event(self.seen - 1, length, keep)
+
+    def prime_random(self, seen: int, generator: torch.Generator | None = None) -> None:
+        """Timing only: the state after `seen` tokens, every valid slot holding random K/V."""
+        valid = min(seen, self.num_slots)
+        self.keys[:, :, :, :valid].normal_(generator=generator)
+        self.values[:, :, :, :valid].normal_(generator=generator)
+        self.attention_mask.fill_(self.masked_value)
+        self.attention_mask[..., :valid].fill_(0.0)
+        if self.rotate_sinks:
+            self.sink_store.normal_(generator=generator)
+        self.seen = seen
+        kept = min(seen, self.sink + self.window)
+        self.slots = list(range(self.sink)) + list(range(seen - (kept - self.sink), seen))
+        self.slots = self.slots[:kept]
+        self.t.fill_(seen)
