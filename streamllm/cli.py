@@ -9,6 +9,7 @@ own parameters after colons: `lazy:c32`, `refresh:c32:b8`, `overlap:o64`, `stric
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import re
 import sys
 import time
@@ -77,6 +78,14 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--per-token", dest="per_token_out", default=None,
                     help="write per-token NLL, time, KV length, positions and prune events as JSON")
     ev.add_argument("--no-progress", action="store_true")
+    ev.add_argument("--cache", choices=("dynamic", "static", "ring"), default="dynamic",
+                    help="KV cache for the non-dense strategies: dynamic (cat/slice), static (preallocated, "
+                         "in-place shift), ring (strict only, O(1) overwrite) (default: dynamic)")
+    ev.add_argument("--compile", choices=("none", "default", "cudagraphs"), default="none",
+                    help="torch.compile the decode step: default (inductor, any cache) or cudagraphs "
+                         "(inductor + one captured CUDA graph; static/ring cache on CUDA) (default: none)")
+    ev.add_argument("--int8", action="store_true",
+                    help="INT8 weight-only MLP linears (torchao IntxWeightOnlyConfig version=2), logits checked finite")
 
     sub.add_parser("strategies", help="list the strategies")
     return parser
@@ -96,8 +105,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from .data import DatasetError
         from .models import ModelUnavailableError
         from .rope import UnsupportedRopeError
+        from .transforms import MissingDependencyError, NonFiniteLogitsError
 
-        if isinstance(exc, (StrategyError, DatasetError, ModelUnavailableError, UnsupportedRopeError)):
+        if isinstance(exc, (StrategyError, DatasetError, ModelUnavailableError, UnsupportedRopeError,
+                            MissingDependencyError, NonFiniteLogitsError)):
             print(f"streamllm: error: {exc}", file=sys.stderr)
             return 2
         raise
@@ -108,22 +119,35 @@ def run_eval(args: argparse.Namespace) -> int:
     from rich.console import Console
 
     from .data import load_text, synthetic_ids, tokenize
+    from .decode import decoder_factory
     from .evaluate import DecodeOptions, evaluate_tokens
-    from .models import load_model
+    from .models import load_model, resolve_device
     from .report_table import results_table
     from .results import write_json_atomic
+    from .transforms import apply_int8
 
     console = Console(stderr=True)
     defaults = {"sink": args.sink, "window": args.window, "compress_every": args.compress_every,
                 "overlap": args.overlap, "refresh": args.refresh, "auto_cap": args.auto_cap}
     specs = parse_strategies(args.strategy, defaults)  # fail fast, before loading anything
+    # --cache applies to every strategy but dense, which stays the dynamic speedup reference.
+    specs = [s if s.name == "dense" else dataclasses.replace(s, cache=args.cache).validate() for s in specs]
     if args.tokens < 2:
         raise StrategyError(f"--tokens must be >= 2 (got {args.tokens})")
     if args.threads:
         torch.set_num_threads(args.threads)
 
     started = time.perf_counter()
+    decoders = {}
+    for spec in specs:
+        mode = args.compile
+        if mode == "cudagraphs" and spec.name == "dense":
+            mode = "default"  # dense grows without bound: no static shapes to capture
+            console.print("dense: CUDA graphs need a bounded cache; compiling it without graphs")
+        decoders[spec] = decoder_factory(mode, resolve_device(args.device), spec.cache)
     loaded = load_model(args.model, dtype=args.dtype, device=args.device)
+    if args.int8:
+        apply_int8(loaded.model)
     for spec in specs:
         spec.validate(loaded.max_positions, allow_beyond_context=args.allow_beyond_context)
     if loaded.tokenizer is None:
@@ -146,7 +170,8 @@ def run_eval(args: argparse.Namespace) -> int:
         t0 = time.perf_counter()
         with _progress(console, spec.label(), args.tokens - 1, disabled=args.no_progress) as advance:
             result = evaluate_tokens(loaded, ids, spec, dataset=dataset, dataset_sha256=sha, options=options,
-                                     reference=reference, progress=advance)
+                                     reference=reference, progress=advance,
+                                     decoder_factory=decoders[spec])
         if spec.name == "dense":
             reference = result
             result.speedup = 1.0

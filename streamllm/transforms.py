@@ -100,10 +100,14 @@ def check_finite_logits(model: torch.nn.Module, input_ids: torch.Tensor | None =
     bad = first_non_finite(model, input_ids)
     if bad is not None:
         where = f"{bad.layer} ({bad.module})" if bad.layer else bad.module
-        raise NonFiniteLogitsError(
-            f"{what}: logits are not finite; first non-finite layer: {where}. "
-            "INT8 v1 did this in the log; use version=2, fp32, or drop --int8"
-        )
+        raise NonFiniteLogitsError(f"{what}: logits are not finite; first non-finite layer: {where}")
+
+
+def apply_int8(model: torch.nn.Module, input_ids: torch.Tensor | None = None) -> list[str]:
+    """INT8 v2 on the MLP linears, then the finite-logits check; returns the quantized module names."""
+    names = quantize_int8_mlp(model)
+    check_finite_logits(model, input_ids, what="INT8 v2 (MLP weight-only) model")
+    return names
 
 
 def _decoder_layer(name: str) -> str | None:
