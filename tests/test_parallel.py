@@ -26,7 +26,7 @@ TOLERANCE = 1e-4  # max |ΔNLL| per token, fp32
 VOCAB = 96
 
 
-def tiny_model(arch: str) -> LoadedModel:
+def build_tiny(arch: str) -> LoadedModel:
     """Seeded random model, eager attention; weights large enough that attention is peaked."""
     common = dict(vocab_size=VOCAB, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
                   num_attention_heads=4, max_position_embeddings=4096)
@@ -49,7 +49,7 @@ def tiny_model(arch: str) -> LoadedModel:
 @pytest.fixture(scope="module", params=["llama", "gpt_neox"])
 def loaded(request) -> LoadedModel:
     torch.set_num_threads(2)
-    return tiny_model(request.param)
+    return build_tiny(request.param)
 
 
 def text_ids(n: int, seed: int = 1) -> torch.Tensor:
