@@ -3,9 +3,10 @@
 "Absolute frame + sink re-rotation" (design-notes §2). The model is fed absolute position ids t.
 Window entries are contiguous, so their pos-shift distances equal true distances t - j: they are
 stored rotated at j and never touched again. Only the S sink keys need distance |C_t| - i instead
-of t - i, so the cache keeps each sink key as rotated at i (its rotary part, in `sink_store`) and
-writes it into its slot rotated by (t - |C_t|) before each step. Nothing moves; eviction is the
-next write landing on the oldest window slot.
+of t - i, so the cache keeps each sink key as rotated at i (in `sink_store`) and writes it into
+its slot rotated by (t - |C_t|) each step (S keys per layer). Nothing moves; eviction is the next
+write landing on the oldest window slot. All writes are index_copy_ into whole per-layer tensors:
+a slice assignment into a graph input is functionalized by inductor into a copy of the base.
 
 Layout: slots [0, S) hold the sinks, slots [S, S + W + 1) are a ring over the window. Token t
 goes to slot t while t < S, else to S + (t - S) mod (W + 1). With W + 1 ring slots, after the
@@ -58,9 +59,11 @@ class RingStreamingCache(FixedCache):
             geo = self.geometry
             # Row S is a scratch row: tokens past the sinks write there, so the store write needs
             # no branch on the host.
-            self.sink_store = torch.zeros(
-                (geo.num_layers, 1, geo.kv_heads, self.sink + 1, rot), dtype=geo.dtype, device=device
-            )
+            self.sink_store = [
+                torch.zeros((1, geo.kv_heads, self.sink + 1, geo.head_dim), dtype=geo.dtype, device=device)
+                for _ in range(geo.num_layers)
+            ]
+            self.sink_index = torch.arange(self.sink, device=device)
             self.inv_freq = self.rope.inv_freq.to(device)  # float64: t * inv_freq grows with t
             self.cos = torch.ones(rot, dtype=torch.float32, device=device)
             self.sin = torch.zeros(rot, dtype=torch.float32, device=device)
@@ -81,16 +84,18 @@ class RingStreamingCache(FixedCache):
         angles = torch.cat((angles, angles))
         self.cos.copy_(angles.cos())
         self.sin.copy_(angles.sin())
-        rot = self.rope.rotary_dim
-        stored = self.sink_store[:, :, :, :sink]
-        self.keys[:, :, :, :sink, :rot] = apply_rotation(stored, self.cos, self.sin, rot)
 
     def _write(self, layer_idx: int, key_states: torch.Tensor, value_states: torch.Tensor) -> None:
-        self.keys[layer_idx].index_copy_(2, self._slot, key_states)
-        self.values[layer_idx].index_copy_(2, self._slot, value_states)
+        keys = self.keys[layer_idx]
         if self.rotate_sinks:
-            rot = self.rope.rotary_dim
-            self.sink_store[layer_idx].index_copy_(2, self._sink_slot, key_states[..., :rot])
+            # Store first: while t < S the token is itself a sink (offset 0), so the rotated
+            # copy equals it; the full write below lands on the same slot anyway.
+            store = self.sink_store[layer_idx]
+            store.index_copy_(2, self._sink_slot, key_states)
+            rotated = apply_rotation(store[:, :, : self.sink], self.cos, self.sin, self.rope.rotary_dim)
+            keys.index_copy_(2, self.sink_index, rotated)
+        keys.index_copy_(2, self._slot, key_states)
+        self.values[layer_idx].index_copy_(2, self._slot, value_states)
 
     def advance_device(self) -> None:
         self.t.add_(1)
@@ -105,13 +110,13 @@ class RingStreamingCache(FixedCache):
 
     def prime_random(self, seen: int, generator: torch.Generator | None = None) -> None:
         """Timing only: the state after `seen` tokens, every valid slot holding random K/V."""
-        valid = min(seen, self.num_slots)
-        self.keys[:, :, :, :valid].normal_(generator=generator)
-        self.values[:, :, :, :valid].normal_(generator=generator)
+        valid = min(seen, self.used_slots)
+        self._randomize(valid, generator)
         self.attention_mask.fill_(self.masked_value)
         self.attention_mask[..., :valid].fill_(0.0)
         if self.rotate_sinks:
-            self.sink_store.normal_(generator=generator)
+            for store in self.sink_store:
+                store.normal_(generator=generator)
         self.seen = seen
         kept = min(seen, self.sink + self.window)
         self.slots = list(range(self.sink)) + list(range(seen - (kept - self.sink), seen))

@@ -80,15 +80,13 @@ class StaticStreamingCache(FixedCache):
         if keep != list(range(sink)) + list(range(start, start + window)):
             raise AssertionError(f"static cache expects sinks + a contiguous window, got keep={keep[:8]}...")
         if move:
-            # Sources overlap destinations: build the moved block first, then write it.
-            moved_keys = self.keys[:, :, :, start:length]
-            if self.shift:
-                cos, sin = self._table(-move)
-                moved_keys = apply_rotation(moved_keys, cos, sin, self.rope.rotary_dim)
-            else:
-                moved_keys = moved_keys.clone()
-            self.keys[:, :, :, sink : sink + window].copy_(moved_keys)
-            self.values[:, :, :, sink : sink + window].copy_(self.values[:, :, :, start:length].clone())
+            cos, sin = self._table(-move) if self.shift else (None, None)
+            for keys, values in zip(self.keys, self.values, strict=True):
+                # Sources overlap destinations: build the moved block first, then write it.
+                moved = keys[:, :, start:length]
+                moved = apply_rotation(moved, cos, sin, self.rope.rotary_dim) if self.shift else moved.clone()
+                keys[:, :, sink : sink + window].copy_(moved)
+                values[:, :, sink : sink + window].copy_(values[:, :, start:length].clone())
         self.attention_mask[..., len(keep) :].fill_(self.masked_value)
         self.length_t.fill_(len(keep))
         self._sync_position()
@@ -105,8 +103,7 @@ class StaticStreamingCache(FixedCache):
     def prime_random(self, seen: int, generator: torch.Generator | None = None) -> None:
         """Timing only: the state after `seen` tokens, K/V random, right after an eviction."""
         length = min(seen, self.spec.sink + self.spec.effective_window)
-        self.keys[:, :, :, :length].normal_(generator=generator)
-        self.values[:, :, :, :length].normal_(generator=generator)
+        self._randomize(length, generator)
         self.attention_mask.fill_(self.masked_value)
         self.attention_mask[..., :length].fill_(0.0)
         self.seen = seen

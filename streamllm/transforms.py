@@ -69,9 +69,9 @@ def first_non_finite(model: torch.nn.Module, input_ids: torch.Tensor) -> NonFini
     def hook(name: str):
         def check(_module, _inputs, output):
             tensor = output[0] if isinstance(output, tuple) else output
-            if not found and isinstance(tensor, torch.Tensor) and tensor.is_floating_point():
-                if not bool(torch.isfinite(tensor).all()):
-                    found.append(name)
+            floating = isinstance(tensor, torch.Tensor) and tensor.is_floating_point()
+            if not found and floating and not bool(torch.isfinite(tensor).all()):
+                found.append(name)
 
         return check
 

@@ -24,8 +24,8 @@ from streamllm.strategies import StrategyError, make_strategy
 from streamllm.transforms import (
     MissingDependencyError,
     NonFiniteLogitsError,
-    check_finite_logits,
     check_compile_combination,
+    check_finite_logits,
     quantize_int8_mlp,
 )
 
@@ -99,8 +99,10 @@ def test_ring_state_is_on_the_device(tiny_model):
     run(tiny_model, ids, spec, cache_factory=lambda s, m: cache)
     assert int(cache.t) == cache.seen == 19
     assert cache.slots == [0, 1, 14, 15, 16, 17, 18]
-    assert bool((cache.attention_mask == 0).all())  # full: every slot holds a token
-    assert cache.keys.shape[-2] == 2 + 5 + 1
+    assert cache.used_slots == 2 + 5 + 1
+    assert bool((cache.attention_mask[..., : cache.used_slots] == 0).all())  # full: every slot holds a token
+    assert bool((cache.attention_mask[..., cache.used_slots :] < -1e30).all())  # padding stays masked
+    assert cache.keys[0].shape[-2] == cache.num_slots == 8
 
 
 def test_cache_kind_refusals(tiny_model):
@@ -194,8 +196,10 @@ def test_cudagraph_trees_overwrite_held_outputs():
 
     x = torch.randn(64, device="cuda")
     for _ in range(3):  # warm-up, record, replay
+        torch.compiler.cudagraph_mark_step_begin()
         held = step(x)
-    step(x)
+    torch.compiler.cudagraph_mark_step_begin()
+    step(x)  # replays into the memory `held` lives in
     with pytest.raises(RuntimeError, match="overwritten"):
         _ = held + 1
 
