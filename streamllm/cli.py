@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import math
 import re
 import sys
 import time
@@ -84,10 +85,21 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--compile", choices=("none", "default", "cudagraphs"), default="none",
                     help="torch.compile the decode step: default (inductor, any cache) or cudagraphs "
                          "(inductor + one captured CUDA graph; static/ring cache on CUDA) (default: none)")
+    ev.add_argument("--evaluator", choices=("parallel", "token"), default="parallel",
+                    help="parallel: exact chunked PPL, no TPOT unless --timing (strategies it cannot honour, "
+                         "e.g. refresh, use the token loop); token: the decode loop (PPL and TPOT) (default: parallel)")
+    ev.add_argument("--chunk-size", type=int, default=512, help="queries per forward for --evaluator parallel")
+    ev.add_argument("--timing", action="store_true",
+                    help="with --evaluator parallel: also run the decode loop for TPOT and speedup")
     ev.add_argument("--int8", action="store_true",
                     help="INT8 weight-only MLP linears (torchao IntxWeightOnlyConfig version=2), logits checked finite")
 
     sub.add_parser("strategies", help="list the strategies")
+
+    rep = sub.add_parser("report", help="render the bench suite's run JSON (reports/runs/) into a report")
+    rep.add_argument("--runs", default="reports/runs", help="directory of run JSON files (default: reports/runs)")
+    rep.add_argument("--run", default=None, help="the run file to report (default: the newest under --runs)")
+    rep.add_argument("--out", default="reports/latest", help="output directory (default: reports/latest)")
     return parser
 
 
@@ -97,6 +109,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         for name, text in STRATEGIES.items():
             print(f"{name:10s} {text}")
         return 0
+    if args.command == "report":
+        return run_report(args)
     try:
         return run_eval(args)
     except KeyboardInterrupt:
@@ -120,7 +134,7 @@ def run_eval(args: argparse.Namespace) -> int:
 
     from .data import load_text, synthetic_ids, tokenize
     from .decode import decoder_factory
-    from .evaluate import DecodeOptions, evaluate_tokens
+    from .evaluate import DecodeOptions
     from .models import load_model, resolve_device
     from .report_table import results_table
     from .results import write_json_atomic
@@ -134,6 +148,8 @@ def run_eval(args: argparse.Namespace) -> int:
     specs = [s if s.name == "dense" else dataclasses.replace(s, cache=args.cache).validate() for s in specs]
     if args.tokens < 2:
         raise StrategyError(f"--tokens must be >= 2 (got {args.tokens})")
+    if args.chunk_size < 1:
+        raise StrategyError(f"--chunk-size must be >= 1 (got {args.chunk_size})")
     if args.threads:
         torch.set_num_threads(args.threads)
 
@@ -169,16 +185,21 @@ def run_eval(args: argparse.Namespace) -> int:
     for spec in specs:
         t0 = time.perf_counter()
         with _progress(console, spec.label(), args.tokens - 1, disabled=args.no_progress) as advance:
-            result = evaluate_tokens(loaded, ids, spec, dataset=dataset, dataset_sha256=sha, options=options,
-                                     reference=reference, progress=advance,
-                                     decoder_factory=decoders[spec])
+            result = _evaluate(args, console, loaded, ids, spec, dataset=dataset, dataset_sha256=sha,
+                               options=options, reference=reference, progress=advance,
+                               decoder_factory=decoders[spec])
         if spec.name == "dense":
             reference = result
-            result.speedup = 1.0
+            result.speedup = 1.0 if math.isfinite(result.total_s) else None
         results.append(result)
         runtimes.append(time.perf_counter() - t0)
 
     print_table = results_table(results, runtimes)
+    if any(r.evaluator == "parallel" and not math.isfinite(r.tpot_ms_cycle_mean) for r in results):
+        print_table.title += " | TPOT not measured by the parallel evaluator (add --timing or --evaluator token)"
+    fallbacks = [r.strategy for r in results if r.evaluator == "token" and args.evaluator == "parallel"]
+    if fallbacks:
+        print_table.title += f" | token loop for {', '.join(fallbacks)}"
     out = Console()
     if not out.is_terminal:
         out = Console(width=160)  # files and pipes: do not squeeze the table to 80 columns
@@ -191,6 +212,29 @@ def run_eval(args: argparse.Namespace) -> int:
         traces = [r.per_token() for r in results]
         write_json_atomic(args.per_token_out, traces[0] if len(traces) == 1 else {"results": traces})
     return 0
+
+
+def _evaluate(args: argparse.Namespace, console, loaded, ids, spec: StrategySpec, *, options, decoder_factory,
+              **common):
+    """One strategy with the chosen evaluator. TPOT only ever comes from the decode loop: with
+    --evaluator parallel it is measured only under --timing; strategies the parallel evaluator
+    cannot honour (refresh) run in the token loop, and the console and the result's notes say so."""
+    from .evaluate import evaluate_tokens
+    from .parallel import evaluate_parallel, supports_parallel, with_decode_timing
+
+    def token_loop():
+        return evaluate_tokens(loaded, ids, spec, options=options, decoder_factory=decoder_factory, **common)
+
+    if args.evaluator == "token":
+        return token_loop()
+    ok, reason = supports_parallel(spec, loaded.model)
+    if not ok:
+        console.print(f"{spec.label()}: the parallel evaluator cannot honour it ({reason}); using the token loop")
+        result = token_loop()
+        result.notes.append(f"evaluated by the token loop: {reason}")
+        return result
+    result = evaluate_parallel(loaded, ids, spec, chunk_size=args.chunk_size, **common)
+    return with_decode_timing(result, token_loop()) if args.timing else result
 
 
 class _progress:
@@ -215,6 +259,22 @@ class _progress:
         if not self.disabled:
             self.bar.__exit__(*exc)
         return False
+
+
+def run_report(args: argparse.Namespace) -> int:
+    """`streamllm report`: markdown/HTML, PNG plots and summary.json from the bench's run files."""
+    from .report import ReportError
+    from .report import run_report as render
+
+    try:
+        path, summary = render(args.runs, args.run, args.out)
+    except ReportError as exc:
+        print(f"streamllm: error: {exc}", file=sys.stderr)
+        return 2
+    counts = ", ".join(f"{k} {v}" for k, v in sorted(summary["verdict_counts"].items()))
+    print(f"wrote {path} (+ report.html, summary.json, {len(summary['plots'])} plots) from {summary['run']}: "
+          f"{'PASS' if summary['passed'] else 'FAIL'} ({counts})")
+    return 0
 
 
 if __name__ == "__main__":

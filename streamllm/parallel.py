@@ -25,6 +25,7 @@ own attention implementation is restored after each evaluation.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
@@ -361,3 +362,23 @@ def _chunked_nll(loaded: LoadedModel, ids: torch.Tensor, plan: Schedule, spec: S
             if progress is not None:
                 progress(stop)
     return nll
+
+
+def with_decode_timing(result: EvalResult, timed: EvalResult) -> EvalResult:
+    """`result` (parallel NLL) with TPOT, total time and speedup from a timed token-loop run.
+
+    The parallel evaluator does not decode, so TPOT can only come from the decode loop; the two
+    runs must cover the same strategy and tokens. Their NLL agreement is recorded in the notes.
+    """
+    if (timed.strategy, timed.tokens, timed.dataset_sha256) != (result.strategy, result.tokens, result.dataset_sha256):
+        raise ValueError("decode timing must come from the same strategy, text and token count")
+    delta = float(np.max(np.abs(np.asarray(result.trace.nll) - np.asarray(timed.trace.nll))))
+    merged = dataclasses.replace(
+        result,
+        total_s=timed.total_s, warmup_s=timed.warmup_s, warmup_steps=timed.warmup_steps,
+        tpot_ms_median=timed.tpot_ms_median, tpot_ms_cycle_mean=timed.tpot_ms_cycle_mean,
+        steady_from=timed.steady_from, speedup=timed.speedup,
+        trace=dataclasses.replace(result.trace, step_ms=list(timed.trace.step_ms)),
+        notes=[*result.notes, f"TPOT from the token loop; max |ΔNLL| parallel vs token loop = {delta:.2e}"],
+    )
+    return merged
