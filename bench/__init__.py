@@ -1,0 +1,1 @@
+"""The benchmark regression suite (run with `pytest bench`; see bench/README.md)."""

@@ -1,0 +1,465 @@
+"""The suite's session state and the measurement of one (strategy, dataset) case.
+
+One `Suite` lives on the pytest config (`config.stash`), created by the top-level conftest.py
+from the command-line options. It owns the loaded models (one per transform), the tokenized
+texts, the memoized measurements (a finding's reference strategy is measured once and shared,
+whichever test needs it first), the results for the verdict table and the run JSON, and the
+records to write under --update-baselines. Nothing is module-global.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import sys
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from streamllm.baselines import (
+    BaselineKey,
+    BaselineRecord,
+    BaselineStore,
+    average_records,
+    fingerprint_id,
+    hardware_fingerprint,
+    make_provenance,
+)
+from streamllm.results import EvalResult, write_json_atomic
+from streamllm.stats import PASS, check_finding, compare_timing, ppl_ratio_ci
+
+from .catalog import DEFAULT_SINK, DEFAULT_TOKENS, DEFAULT_WINDOW, BenchCase, build_catalog, compile_mode
+from .checks import NOT_APPLICABLE, Check, check_ppl, check_tpot, lookup
+from .findings import findings_for
+from .timing import DecodeSlice, TimingRun, collect, prepare_slice, steps_per_round, time_rounds
+
+RUN_SCHEMA = "streamllm.bench-run/1"
+NOISE_NOTE = ("CPU timings from a shared 2-core VM: other processes compete for the cores (steal time), "
+              "so TPOT samples are noisy; compare only within one fingerprint")
+
+
+@dataclass(frozen=True)
+class SuiteOptions:
+    model: str = "embedded"
+    datasets: tuple[str, ...] = ("book", "wiki")
+    tokens: int = DEFAULT_TOKENS
+    device: str = "cpu"
+    dtype: str = "float32"
+    strategies: str = "default"
+    sink: int = DEFAULT_SINK
+    window: int = DEFAULT_WINDOW
+    rounds: int = 8
+    warmup_rounds: int = 1
+    min_steps: int = 16  # steps per round, rounded up to whole eviction cycles
+    update_baselines: bool = False
+    baseline_runs: int = 1  # timing passes averaged into the baseline under --update-baselines
+    baselines_dir: str = "baselines"
+    report_dir: str | None = "reports"  # run JSON goes to <report_dir>/runs/; None: not written
+    threads: int | None = None
+    tpot_tolerance: float = 0.10
+    evaluator: str = "auto"  # auto (parallel where exact, else token loop) | token
+    chunk_size: int = 512
+    baseline_note: str = NOISE_NOTE
+
+    @property
+    def dummy(self) -> bool:
+        return self.model.startswith("dummy:")
+
+    @property
+    def device_type(self) -> str:
+        return torch.device(self.device).type if self.device not in ("auto", None) else (
+            "cuda" if torch.cuda.is_available() else "cpu")
+
+
+@dataclass
+class Text:
+    name: str  # dataset label ("synthetic" for dummy-weight models)
+    sha256: str
+    ids: torch.Tensor
+
+
+@dataclass
+class CaseResult:
+    case: BenchCase
+    dataset: str
+    evaluation: EvalResult | None = None
+    timing: TimingRun | None = None
+    speedup: float | None = None
+    ppl_delta_vs_dense_pct: float | None = None
+    slice_nll_max_abs_diff: float | None = None
+    checks: list[Check] = field(default_factory=list)
+    seconds: float = 0.0
+    skipped: str | None = None  # reason, when the case could not run here
+
+    @property
+    def verdicts(self) -> dict[str, str]:
+        from .checks import summarize
+
+        return {"a": summarize(self.checks, "ppl"), "b": summarize(self.checks, "tpot"),
+                "c": summarize(self.checks, "finding")}
+
+    def row(self) -> dict:
+        ev, tm = self.evaluation, self.timing
+        return {
+            "dataset": self.dataset,
+            "case": self.case.id,
+            "label": self.case.label,
+            "ppl": ev.ppl if ev else None,
+            "ppl_delta_vs_dense_pct": self.ppl_delta_vs_dense_pct,
+            "tpot_ms_mean": tm.mean_ms if tm else None,
+            "tpot_ms_median": tm.median_ms if tm else None,
+            "speedup": self.speedup,
+            "verdicts": self.verdicts if not self.skipped else {"a": "skip", "b": "skip", "c": "skip"},
+            "skipped": self.skipped,
+        }
+
+    def to_json(self) -> dict:
+        ev = self.evaluation
+        out = {
+            **self.row(),
+            "transform": self.case.transform,
+            "params": self.case.params(),
+            "seconds": self.seconds,
+            "slice_nll_max_abs_diff": self.slice_nll_max_abs_diff,
+            "evaluation": ev.summary() if ev else None,
+            "timing": self.timing.summary() if self.timing else None,
+            "timing_step_ms": self.timing.step_ms if self.timing else None,
+            "checks": [c.to_dict() for c in self.checks],
+        }
+        if ev is not None and ev.trace is not None:
+            out["trace"] = {"nll": ev.trace.nll, "prune_steps": ev.trace.prune_steps,
+                            "kv_length": ev.trace.kv_length, "evicted": ev.trace.evicted}
+        return _finite(out)
+
+
+class Suite:
+    def __init__(self, options: SuiteOptions, rootdir: Path):
+        self.options = options
+        self.rootdir = rootdir
+        self.catalog = build_catalog(options.sink, options.window)
+        self.store = BaselineStore(self._under_root(options.baselines_dir))
+        self.started = time.time()
+        self.results: list[CaseResult] = []
+        self.records: list[BaselineRecord] = []
+        self.written: list[Path] = []  # baseline files written by the update
+        self.run_file: Path | None = None
+        self._models: dict[str | None, object] = {}
+        self._texts: dict[str, Text] = {}
+        self._evals: dict[tuple[str, str], EvalResult] = {}
+        self._timings: dict[tuple[str, str], TimingRun] = {}
+        self._slices: dict[tuple[str, str], DecodeSlice] = {}  # kept until a rerun is decided
+        self._fingerprint: dict | None = None
+        if options.threads:
+            torch.set_num_threads(options.threads)
+
+    def _under_root(self, path: str) -> Path:
+        p = Path(path)
+        return p if p.is_absolute() else self.rootdir / p
+
+    # -- environment ---------------------------------------------------------------------------
+    @property
+    def fingerprint(self) -> dict:
+        if self._fingerprint is None:
+            self._fingerprint = hardware_fingerprint(self.options.device)
+        return self._fingerprint
+
+    @property
+    def fingerprint_id(self) -> str:
+        return fingerprint_id(self.fingerprint)
+
+    def case(self, case_id: str) -> BenchCase:
+        return next(c for c in self.catalog if c.id == case_id)
+
+    def model(self, transform: str | None = None):
+        """The loaded model, one instance per weight transform (INT8 quantizes in place)."""
+        from streamllm.models import load_model
+        from streamllm.transforms import apply_int8
+
+        weights = "int8" if transform == "int8" else None  # compile wraps the step, not the weights
+        if weights not in self._models:
+            loaded = load_model(self.options.model, dtype=self.options.dtype, device=self.options.device)
+            if weights == "int8":
+                apply_int8(loaded.model)
+            self._models[weights] = loaded
+        return self._models[weights]
+
+    def text(self, dataset: str) -> Text:
+        from streamllm.data import load_text, synthetic_ids, tokenize
+
+        if dataset not in self._texts:
+            loaded = self.model()
+            if loaded.tokenizer is None:  # dummy weights: random ids, quality meaningless
+                ids = synthetic_ids(loaded.model.config.vocab_size, self.options.tokens)
+                self._texts[dataset] = Text("synthetic", "synthetic", ids)
+            else:
+                text = load_text(dataset)
+                self._texts[dataset] = Text(text.name, text.sha256, tokenize(loaded.tokenizer, text, self.options.tokens))
+        return self._texts[dataset]
+
+    # -- measurements --------------------------------------------------------------------------
+    def evaluate(self, case: BenchCase, dataset: str) -> EvalResult:
+        """Per-token NLL and PPL of a case: the parallel evaluator where it is exact, else the token loop."""
+        key = (dataset, case.id)
+        if key not in self._evals:
+            from streamllm.decode import decoder_factory
+            from streamllm.evaluate import evaluate_tokens
+
+            loaded = self.model(case.transform)
+            text = self.text(dataset)
+            use_parallel, why = False, "--evaluator token"
+            if self.options.evaluator == "auto":
+                from streamllm.parallel import supports_parallel
+
+                use_parallel, why = supports_parallel(case.spec, loaded.model)
+            if use_parallel:
+                from streamllm.parallel import evaluate_parallel
+
+                # Static/ring/compile change how a step runs, not which tokens it sees: the parallel
+                # evaluator scores their semantics; the timed decode slice checks their numerics
+                # against it (slice_nll_max_abs_diff).
+                result = evaluate_parallel(loaded, text.ids, case.spec, dataset=text.name, dataset_sha256=text.sha256,
+                                           chunk_size=self.options.chunk_size)
+            else:
+                factory = decoder_factory(compile_mode(case), loaded.device, case.spec.cache)
+                result = evaluate_tokens(loaded, text.ids, case.spec, dataset=text.name, dataset_sha256=text.sha256,
+                                         decoder_factory=factory)
+                result.notes.append(f"token-loop evaluator: {why}")
+            result.strategy = case.label  # the transform is part of what was measured
+            result.params = case.params()
+            self._evals[key] = result
+        return self._evals[key]
+
+    def geometry(self, case: BenchCase) -> tuple[int, int]:
+        """(steps per round, cycle) of a case."""
+        return steps_per_round(case.cycle, self.options.min_steps), case.cycle
+
+    def new_slice(self, case: BenchCase, dataset: str, rounds: int | None = None) -> DecodeSlice:
+        from streamllm.decode import decoder_factory
+
+        loaded = self.model(case.transform)
+        steps, _ = self.geometry(case)
+        rounds = self.options.rounds if rounds is None else rounds
+        timed = steps * (self.options.warmup_rounds + rounds)
+        factory = decoder_factory(compile_mode(case), loaded.device, case.spec.cache)
+        return prepare_slice(loaded, self.text(dataset).ids, case.spec, timed_steps=timed, decoder_factory=factory)
+
+    def timing(self, case: BenchCase, dataset: str, benchmark=None) -> TimingRun:
+        """Time a case (through pytest-benchmark when given), memoized per (dataset, case)."""
+        key = (dataset, case.id)
+        if key in self._timings:
+            return self._timings[key]
+        steps, cycle = self.geometry(case)
+        rounds, warmup = self.options.rounds, self.options.warmup_rounds
+        slice_ = self.new_slice(case, dataset)
+        if benchmark is not None and not getattr(benchmark, "disabled", False):
+            benchmark.pedantic(slice_.run_round, args=(steps,), rounds=rounds, warmup_rounds=warmup, iterations=1)
+            run = collect(slice_, steps=steps, cycle=cycle, warmup_rounds=warmup, first=warmup, count=rounds)
+        else:
+            if benchmark is not None:  # --benchmark-disable: pedantic would run the target once, untimed
+                benchmark.pedantic(lambda: None)
+            run = time_rounds(slice_, steps=steps, cycle=cycle, rounds=rounds, warmup_rounds=warmup)
+        self._timings[key] = run
+        self._slices[key] = slice_
+        return run
+
+    def rerun(self, case: BenchCase, dataset: str) -> list[float]:
+        """More rounds on the same filled cache after an inconclusive verdict (design-notes §5:
+        rerun once with more rounds). Twice the rounds, as far as the text allows."""
+        steps, cycle = self.geometry(case)
+        slice_ = self._slices.get((dataset, case.id))
+        if slice_ is None:
+            return []
+        rounds = min(2 * self.options.rounds, slice_.remaining // steps)
+        if rounds < 1:
+            return []
+        more = time_rounds(slice_, steps=steps, cycle=cycle, rounds=rounds, warmup_rounds=0)
+        self._timings[(dataset, case.id)].rerun_samples.extend(more.samples)
+        return more.samples
+
+    # -- one case, end to end ------------------------------------------------------------------
+    def run_case(self, case: BenchCase, dataset: str, benchmark) -> CaseResult:
+        started = time.perf_counter()
+        out = CaseResult(case, dataset)
+        evaluation = self.evaluate(case, dataset)
+        out.evaluation = evaluation
+        timing = self.timing(case, dataset, benchmark)
+        out.timing = timing
+        out.slice_nll_max_abs_diff = self._slice_agreement(evaluation, timing)
+        dense = self.case("dense")
+        if case.id != "dense":
+            dense_eval = self.evaluate(dense, dataset)
+            out.ppl_delta_vs_dense_pct = 100.0 * (evaluation.ppl / dense_eval.ppl - 1.0)
+            out.speedup = self.timing(dense, dataset).mean_ms / timing.mean_ms
+        else:
+            out.ppl_delta_vs_dense_pct, out.speedup = 0.0, 1.0
+        out.checks = self.checks(case, dataset, evaluation, timing)
+        if self.options.update_baselines:
+            self.records.append(self.baseline_record(case, dataset, evaluation, timing))
+        self._slices.pop((dataset, case.id), None)
+        out.seconds = time.perf_counter() - started
+        self.results.append(out)
+        if benchmark is not None:
+            benchmark.group = f"{self.text(dataset).name} ({self.options.model}, {self.options.tokens} tokens)"
+            benchmark.extra_info.update(self.extra_info(out))
+        return out
+
+    def skip_case(self, case: BenchCase, dataset: str, reason: str) -> None:
+        self.results.append(CaseResult(case, dataset, skipped=reason))
+
+    def _slice_agreement(self, evaluation: EvalResult, timing: TimingRun) -> float | None:
+        """max |NLL(timed decode) - NLL(evaluator)| over the timed steps: do the cache being timed
+        and the scored semantics agree?"""
+        if not timing.positions or evaluation.trace is None:
+            return None
+        ref = np.asarray(evaluation.trace.nll)[np.asarray(timing.positions)]
+        return float(np.max(np.abs(np.asarray(timing.nll) - ref)))
+
+    def slice_tolerance(self) -> float:
+        # fp32 on CPU agrees to ~1e-4 nats; half precision and GPU kernels (TF32, fused attention)
+        # differ by more between a chunked and a single-token forward.
+        return 2e-3 if self.options.dtype in ("float32", "fp32") and self.options.device_type == "cpu" else 5e-2
+
+    # -- the three checks ----------------------------------------------------------------------
+    def key(self, case: BenchCase, evaluation: EvalResult) -> BaselineKey:
+        return BaselineKey(model=evaluation.model, model_revision=evaluation.model_revision, dtype=evaluation.dtype,
+                           dataset=evaluation.dataset, dataset_sha256=evaluation.dataset_sha256,
+                           tokens=evaluation.tokens, strategy=case.label, params=case.params())
+
+    def checks(self, case: BenchCase, dataset: str, evaluation: EvalResult, timing: TimingRun) -> list[Check]:
+        what = f"{case.label} on {evaluation.dataset}"
+        found = lookup(self.store, self.key(case, evaluation))
+        updating = self.options.update_baselines
+        device_class = self.fingerprint["device_class"]
+        checks = [check_ppl(evaluation.ppl, found, device_class=device_class, updating=updating, what=what)]
+        agreement = timing and self._slice_agreement(evaluation, timing)
+        if agreement is not None:
+            tol = self.slice_tolerance()
+            ok = agreement <= tol
+            checks.append(Check(
+                "ppl", "(a) timed decode agrees with the evaluator", PASS if ok else "fail",
+                f"{what}: max |NLL(timed decode) - NLL({evaluation.evaluator} evaluator)| = {agreement:.2e} over "
+                f"{len(timing.positions)} steps ({'within' if ok else 'OUTSIDE'} {tol:g})",
+                {"max_abs_diff": agreement, "tolerance": tol}))
+        checks.append(check_tpot(timing.samples if timing else None, found, fingerprint_id=self.fingerprint_id,
+                                 updating=updating, what=what, tolerance=self.options.tpot_tolerance,
+                                 rerun=lambda: self.rerun(case, dataset)))
+        checks.extend(self.finding_checks(case, dataset))
+        return checks
+
+    def finding_checks(self, case: BenchCase, dataset: str) -> list[Check]:
+        out: list[Check] = []
+        loaded = self.model()
+        for spec in findings_for(case.id):
+            f = spec.finding
+            name = f"(c) {f.name}"
+            why_not = spec.applies(model=loaded.name, dataset=self.text(dataset).name, sink=self.options.sink,
+                                   window=self.options.window, tokens=self.options.tokens,
+                                   device_type=self.options.device_type, dummy_weights=loaded.dummy_weights)
+            if why_not:
+                out.append(Check("finding", name, NOT_APPLICABLE, f"n/a: {why_not}"))
+                continue
+            ref_case = self.case(spec.reference)
+            if f.relation == "ratio_ppl":
+                s_nll = self.evaluate(case, dataset).trace.nll
+                r_nll = self.evaluate(ref_case, dataset).trace.nll
+                est, lo, hi = ppl_ratio_ci(s_nll, r_nll)
+            else:
+                verdict = compare_timing(self.timing(case, dataset).samples, self.timing(ref_case, dataset).samples,
+                                         tolerance=0.05)
+                est, lo, hi = verdict.ratio, verdict.ci_low, verdict.ci_high
+            verdict, message = check_finding(f, est, lo, hi)
+            out.append(Check("finding", name, verdict, f"{case.label} vs {ref_case.label}: {message}",
+                             {"estimate": est, "ci_low": lo, "ci_high": hi, "low": f.low, "high": f.high,
+                              "relation": f.relation, "reference": ref_case.label, "provenance": f.provenance}))
+        return out
+
+    # -- records -------------------------------------------------------------------------------
+    def baseline_record(self, case: BenchCase, dataset: str, evaluation: EvalResult, timing: TimingRun) -> BaselineRecord:
+        """This run's record; with --baseline-runs K, K-1 more timing passes (fresh caches) are
+        averaged in (samples pooled per fingerprint, PPL is deterministic)."""
+        provenance = make_provenance(cwd=str(self.rootdir))
+        provenance.update({"note": self.options.baseline_note, "evaluator": evaluation.evaluator,
+                           "timing": {"rounds": timing.rounds, "steps_per_round": timing.steps_per_round,
+                                      "warmup_rounds": timing.warmup_rounds, "sample": "per-cycle mean TPOT (ms)",
+                                      "threads": torch.get_num_threads()}})
+        runs = [timing]
+        for _ in range(self.options.baseline_runs - 1):
+            steps, cycle = self.geometry(case)
+            slice_ = self.new_slice(case, dataset)
+            runs.append(time_rounds(slice_, steps=steps, cycle=cycle, rounds=self.options.rounds,
+                                    warmup_rounds=self.options.warmup_rounds))
+        records = []
+        for run in runs:
+            record = BaselineRecord.from_result(evaluation, fingerprint=self.fingerprint, tpot_samples_ms=run.samples,
+                                                tpot_ms=run.mean_ms, provenance=provenance,
+                                                extra={"tpot_ms_median": run.median_ms, "spikes": evaluation.spikes})
+            records.append(dataclasses.replace(record, key=self.key(case, evaluation)))
+        return average_records(records)
+
+    def write_baselines(self) -> list[Path]:
+        if self.records:
+            self.written = self.store.update(self.records)
+        return self.written
+
+    def extra_info(self, out: CaseResult) -> dict:
+        ev, tm = out.evaluation, out.timing
+        return _finite({
+            "strategy": out.case.label,
+            "dataset": ev.dataset,
+            "tokens": ev.tokens,
+            "evaluator": ev.evaluator,
+            "ppl": ev.ppl,
+            "ppl_delta_vs_dense_pct": out.ppl_delta_vs_dense_pct,
+            "tpot_ms_mean": tm.mean_ms,
+            "tpot_ms_median": tm.median_ms,
+            "speedup_vs_dense": out.speedup,
+            "steps_per_round": tm.steps_per_round,
+            "round_unit": f"one round = {tm.steps_per_round} steady-state decode steps",
+            "prune_events": ev.prune_events,
+            "spikes": ev.spikes,
+            "verdicts": out.verdicts,
+        })
+
+    def run_json(self) -> dict:
+        loaded = self._models.get(None)
+        return _finite({
+            "schema": RUN_SCHEMA,
+            "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "runtime_s": time.time() - self.started,
+            "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
+            "options": dataclasses.asdict(self.options),
+            "model": {"name": loaded.name, "revision": loaded.revision, "dummy_weights": loaded.dummy_weights,
+                      "architecture": loaded.architecture} if loaded else None,
+            "fingerprint": self.fingerprint,
+            "fingerprint_id": self.fingerprint_id,
+            "threads": torch.get_num_threads(),
+            "provenance": make_provenance(cwd=str(self.rootdir)),
+            "baselines_written": [str(p) for p in self.written],
+            "results": [r.to_json() for r in self.results],
+        })
+
+    def write_run(self) -> Path | None:
+        if self.options.report_dir is None or not self.results:
+            return None
+        stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+        path = self._under_root(self.options.report_dir) / "runs" / f"{stamp}-{self.options.device_type}-{os.getpid()}.json"
+        self.run_file = write_json_atomic(path, self.run_json())
+        return self.run_file
+
+
+def _finite(obj):
+    """NaN/inf are not JSON: store them as null (numpy scalars become floats)."""
+    if isinstance(obj, (float, np.floating)):
+        return float(obj) if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: _finite(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_finite(v) for v in obj]
+    if isinstance(obj, np.integer):
+        return int(obj)
+    return obj

@@ -1,0 +1,44 @@
+"""The verdict table printed at the end of a bench run (pytest_terminal_summary) and in reports."""
+
+from __future__ import annotations
+
+import math
+
+COLUMNS = ("dataset", "strategy", "PPL", "ΔPPL %", "TPOT ms mean", "TPOT ms median", "speedup",
+           "a: PPL", "b: TPOT", "c: findings")
+
+
+def _num(value, spec: str) -> str:
+    if value is None or (isinstance(value, float) and not math.isfinite(value)):
+        return "-"
+    return format(value, spec)
+
+
+def table_rows(rows: list[dict]) -> list[list[str]]:
+    """Cells from CaseResult.row() dicts (or the same dicts read back from a run JSON)."""
+    out = []
+    for r in rows:
+        v = r["verdicts"]
+        out.append([
+            r["dataset"], r["label"], _num(r["ppl"], ".4f"), _num(r["ppl_delta_vs_dense_pct"], "+.2f"),
+            _num(r["tpot_ms_mean"], ".2f"), _num(r["tpot_ms_median"], ".2f"), _num(r["speedup"], ".2f"),
+            v["a"], v["b"], v["c"],
+        ])
+    return out
+
+
+def format_table(rows: list[dict]) -> list[str]:
+    cells = table_rows(rows)
+    widths = [max(len(h), *(len(c[i]) for c in cells)) if cells else len(h) for i, h in enumerate(COLUMNS)]
+    numeric = {2, 3, 4, 5, 6}
+
+    def line(values) -> str:
+        return "  ".join(v.rjust(w) if i in numeric else v.ljust(w) for i, (v, w) in enumerate(zip(values, widths, strict=True)))
+
+    return [line(COLUMNS), line(["-" * w for w in widths]), *(line(c) for c in cells)]
+
+
+def markdown_table(rows: list[dict]) -> list[str]:
+    cells = table_rows(rows)
+    return ["| " + " | ".join(COLUMNS) + " |", "|" + "|".join("---" for _ in COLUMNS) + "|",
+            *("| " + " | ".join(c) + " |" for c in cells)]

@@ -1,0 +1,35 @@
+"""Every strategy a benchmark: PPL, TPOT and findings asserted against stored baselines.
+
+Parameterized by the top-level conftest.py over (strategy, dataset) from --strategies and
+--dataset. Each test measures once and asserts three things, reporting which failed and by
+how much (bench/checks.py):
+  (a) PPL vs the stored baseline (and the timed decode agrees with the scored evaluator),
+  (b) TPOT vs the stored baseline of this hardware fingerprint,
+  (c) findings vs the reference strategy measured in the same run.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import pytest
+
+from bench.checks import INCONCLUSIVE, BaselineNotChecked, VerdictInconclusive
+
+
+def test_strategy(bench_suite, bench_case, bench_dataset, benchmark):
+    from bench.catalog import unavailable_reason
+
+    reason = unavailable_reason(bench_case, bench_suite.options.device_type)
+    if reason:
+        bench_suite.skip_case(bench_case, bench_dataset, reason)
+        pytest.skip(f"{bench_case.id}: {reason}")
+    result = bench_suite.run_case(bench_case, bench_dataset, benchmark)
+    for check in result.checks:
+        if check.unchecked:
+            warnings.warn(BaselineNotChecked(check.message), stacklevel=1)
+        elif check.verdict == INCONCLUSIVE:
+            warnings.warn(VerdictInconclusive(f"{check.name}: {check.message}"), stacklevel=1)
+    failed = [c for c in result.checks if c.failed]
+    if failed:
+        pytest.fail("\n".join(f"{c.name} FAILED: {c.message}" for c in failed), pytrace=False)

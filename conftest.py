@@ -1,0 +1,158 @@
+"""Top-level pytest configuration: the benchmark suite's options, fixtures and reporting.
+
+    pytest bench                                    # the CPU main job: embedded default, book + wiki
+    pytest bench --benchmark-autosave               # ... and keep pytest-benchmark's run in .benchmarks/
+    pytest bench --benchmark-compare                # compare with the last saved run
+    pytest bench --update-baselines --baseline-runs 3   # re-record baselines/ on purpose
+    pytest bench --model dummy:pythia-2.8b --device cuda --dtype float16   # GPU timing
+
+Everything here is cheap to import: the suite (torch, models) loads only when a bench test runs,
+so `pytest tests` pays nothing for it. See bench/README.md for what each option means.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+SUITE_KEY = pytest.StashKey["object"]()
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    group = parser.getgroup("streamllm bench", "streamllm benchmark suite (pytest bench)")
+    group.addoption("--model", default="embedded",
+                    help="embedded | HUB_ID | DIR | dummy:CONFIG (default: embedded; dummy = timing only)")
+    group.addoption("--dataset", default="book,wiki",
+                    help="comma list: book, wiki (embedded), wikitext, pg19 (need the hub), or text file paths")
+    group.addoption("--tokens", type=int, default=None, help="first N tokens of each text (default 1024)")
+    group.addoption("--device", default="cpu", help="cpu | cuda | cuda:N | auto (default: cpu)")
+    group.addoption("--dtype", default="float32", help="float32 | float16 | bfloat16 (default: float32)")
+    group.addoption("--strategies", default="default",
+                    help="default | all | comma list of case ids (see bench/catalog.py); 'default,lazy-c128' adds one")
+    group.addoption("--sink", type=int, default=None, help="attention sinks S (default 4)")
+    group.addoption("--window", type=int, default=None, help="recent window W (default 124)")
+    group.addoption("--rounds", type=int, default=8, help="measured rounds per strategy (default 8)")
+    group.addoption("--warmup-rounds", type=int, default=1, help="warm-up rounds, excluded (default 1)")
+    group.addoption("--steps-per-round", type=int, default=16,
+                    help="decode steps per round, rounded up to whole eviction cycles (default 16)")
+    group.addoption("--update-baselines", action="store_true",
+                    help="write this run's PPL and TPOT into baselines/ (the only way baselines change)")
+    group.addoption("--baseline-runs", type=int, default=1,
+                    help="with --update-baselines: timing passes averaged into each baseline (1-3)")
+    group.addoption("--baselines-dir", default="baselines", help="baseline store root (default: baselines)")
+    group.addoption("--report-dir", default="reports",
+                    help="the run JSON goes to REPORT_DIR/runs/ for `streamllm report` ('' to skip)")
+    group.addoption("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
+    group.addoption("--tpot-tolerance", type=float, default=0.10, help="TPOT band vs baseline (default ±10%%)")
+    group.addoption("--evaluator", default="auto", choices=("auto", "token"),
+                    help="PPL evaluator: auto (parallel where exact, else token loop) or token (always the loop)")
+
+
+def _options(config: pytest.Config):
+    from bench.catalog import DEFAULT_SINK, DEFAULT_TOKENS, DEFAULT_WINDOW
+    from bench.suite import SuiteOptions
+
+    get = config.getoption
+    model = get("--model")
+    datasets = tuple(d.strip() for d in get("--dataset").split(",") if d.strip())
+    if model.startswith("dummy:"):
+        datasets = ("synthetic",)  # no tokenizer: random ids stand in for text (timing only)
+    runs = get("--baseline-runs")
+    if not 1 <= runs <= 3:
+        raise pytest.UsageError(f"--baseline-runs must be 1..3 (got {runs})")
+    return SuiteOptions(
+        model=model, datasets=datasets, tokens=get("--tokens") or DEFAULT_TOKENS, device=get("--device"),
+        dtype=get("--dtype"), strategies=get("--strategies"),
+        sink=DEFAULT_SINK if get("--sink") is None else get("--sink"),
+        window=DEFAULT_WINDOW if get("--window") is None else get("--window"),
+        rounds=get("--rounds"), warmup_rounds=get("--warmup-rounds"), min_steps=get("--steps-per-round"),
+        update_baselines=get("--update-baselines"), baseline_runs=runs, baselines_dir=get("--baselines-dir"),
+        report_dir=get("--report-dir") or None, threads=get("--threads"), tpot_tolerance=get("--tpot-tolerance"),
+        evaluator=get("--evaluator"),
+    )
+
+
+def _suite(config: pytest.Config):
+    """The session's Suite, created on first use (only bench tests need it)."""
+    suite = config.stash.get(SUITE_KEY, None)
+    if suite is None:
+        from bench.suite import Suite
+
+        suite = Suite(_options(config), config.rootpath)
+        config.stash[SUITE_KEY] = suite
+    return suite
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    if "bench_case" not in metafunc.fixturenames:
+        return
+    from bench.catalog import select
+
+    suite = _suite(metafunc.config)
+    try:
+        cases = select(suite.catalog, suite.options.strategies, suite.options.device_type)
+    except ValueError as exc:
+        raise pytest.UsageError(str(exc)) from None
+    # Strategy-major order: dense first (the speedup reference), a transformed model is loaded once.
+    pairs = [(case, dataset) for case in cases for dataset in suite.options.datasets]
+    metafunc.parametrize(("bench_case", "bench_dataset"), pairs,
+                         ids=[f"{case.id}-{dataset}" for case, dataset in pairs])
+
+
+@pytest.fixture(scope="session")
+def bench_suite(request: pytest.FixtureRequest):
+    return _suite(request.config)
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_benchmark_update_machine_info(config: pytest.Config, machine_info: dict) -> None:
+    """CPU and GPU details (and the hardware fingerprint the TPOT baselines are keyed by)."""
+    from streamllm.baselines import fingerprint_id, hardware_fingerprint
+
+    try:
+        device = config.getoption("--device")
+    except ValueError:
+        device = None
+    fp = hardware_fingerprint(device if device not in (None, "auto") else None)
+    machine_info["streamllm"] = {"fingerprint_id": fingerprint_id(fp), **fp}
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    suite = session.config.stash.get(SUITE_KEY, None)
+    if suite is None or not suite.results:
+        return
+    if suite.options.update_baselines:
+        suite.write_baselines()
+    suite.write_run()
+
+
+def pytest_terminal_summary(terminalreporter, config: pytest.Config) -> None:
+    suite = config.stash.get(SUITE_KEY, None)
+    if suite is None or not suite.results:
+        return
+    import time
+
+    from bench.table import format_table
+
+    tr = terminalreporter
+    o = suite.options
+    loaded = suite._models.get(None)
+    name = loaded.name if loaded else o.model
+    tr.section("streamllm verdicts")
+    tr.write_line(f"{name} on {o.device} {o.dtype}, {o.tokens} tokens, S={o.sink} W={o.window}, "
+                  f"fingerprint {suite.fingerprint_id}; {o.rounds} rounds x >= {o.min_steps} steps; "
+                  f"wall {time.time() - suite.started:.0f} s")
+    for line in format_table([r.row() for r in suite.results]):
+        tr.write_line(line)
+    notes = []
+    for r in suite.results:
+        if r.skipped:
+            notes.append(f"skipped {r.case.id} on {r.dataset}: {r.skipped}")
+        for c in r.checks:
+            if c.failed or c.unchecked or c.verdict == "inconclusive":
+                notes.append(f"{c.verdict.upper()}: {c.name}: {c.message}")
+    for note in notes:
+        tr.write_line(note)
+    if suite.written:
+        tr.write_line("baselines written: " + ", ".join(str(p) for p in suite.written))
+    if suite.run_file:
+        tr.write_line(f"run JSON: {suite.run_file} (render with `streamllm report`)")

@@ -1,0 +1,254 @@
+"""The bench suite's glue: baselines missing / corrupt / foreign / edited, the timing slices, the
+run JSON and the report. A tiny random Llama stands in for the model (semantics, not quality)."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+from transformers import LlamaConfig, LlamaForCausalLM
+
+from bench.catalog import build_catalog, select
+from bench.checks import ERROR, NOT_CHECKED, RECORDED, Lookup, check_ppl, check_tpot, lookup
+from bench.suite import Suite, SuiteOptions
+from bench.table import format_table
+from bench.timing import prepare_slice, time_rounds
+from streamllm.baselines import BaselineKey, BaselineRecord, BaselineStore
+from streamllm.evaluate import evaluate_tokens
+from streamllm.models import LoadedModel
+from streamllm.stats import FAIL, INCONCLUSIVE, PASS
+from streamllm.strategies import make_strategy
+
+SINK, WINDOW, TOKENS = 4, 12, 128
+
+
+def tiny_llama(seed: int = 0) -> LoadedModel:
+    config = LlamaConfig(vocab_size=97, hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
+                         num_key_value_heads=2, intermediate_size=128, max_position_embeddings=512)
+    torch.manual_seed(seed)
+    return LoadedModel(LlamaForCausalLM(config).eval(), None, "tiny-llama", "test-rev", torch.float32,
+                       torch.device("cpu"))
+
+
+@pytest.fixture(scope="module")
+def tiny() -> LoadedModel:
+    return tiny_llama()
+
+
+def make_suite(tmp_path: Path, tiny: LoadedModel, **overrides) -> Suite:
+    options = SuiteOptions(model="tiny-llama", datasets=("synthetic",), tokens=TOKENS, sink=SINK, window=WINDOW,
+                           rounds=3, warmup_rounds=0, min_steps=4, baselines_dir=str(tmp_path / "baselines"),
+                           report_dir=str(tmp_path / "reports"), **overrides)
+    suite = Suite(options, tmp_path)
+    suite._models[None] = tiny  # the suite would load options.model by name; inject the tiny model
+    return suite
+
+
+def run(suite: Suite, *case_ids: str) -> dict[str, object]:
+    return {cid: suite.run_case(suite.case(cid), "synthetic", benchmark=None) for cid in case_ids}
+
+
+def ppl_check(result):
+    return next(c for c in result.checks if c.name == "(a) PPL vs baseline")
+
+
+def tpot_check(result):
+    return next(c for c in result.checks if c.kind == "tpot")
+
+
+# -- baselines through the suite ---------------------------------------------------------------
+def test_missing_baseline_is_reported_not_checked_and_recorded_only_on_update(tmp_path, tiny):
+    suite = make_suite(tmp_path, tiny)
+    out = run(suite, "strict")["strict"]
+    assert ppl_check(out).verdict == NOT_CHECKED and "no baseline: not checked" in ppl_check(out).message
+    assert tpot_check(out).verdict == NOT_CHECKED
+    assert not suite.records and not (tmp_path / "baselines").exists()  # reading never writes
+    assert out.verdicts["a"] == NOT_CHECKED  # the verdict table shows it, never "pass"
+
+    updating = make_suite(tmp_path, tiny, update_baselines=True)
+    out = run(updating, "strict")["strict"]
+    assert ppl_check(out).verdict == RECORDED
+    written = updating.write_baselines()
+    assert len(written) == 1 and written[0].is_file()
+
+
+def test_two_percent_ppl_edit_fails_exactly_that_strategy(tmp_path, tiny):
+    recorder = make_suite(tmp_path, tiny, update_baselines=True)
+    run(recorder, "dense", "strict", "lazy-c16")
+    (path,) = recorder.write_baselines()
+
+    clean = run(make_suite(tmp_path, tiny), "dense", "strict", "lazy-c16")
+    assert all(ppl_check(r).verdict == PASS for r in clean.values()), [ppl_check(r).message for r in clean.values()]
+
+    data = json.loads(path.read_text())
+    label = recorder.case("strict").label
+    stored = data["records"][label]["ppl"] * 1.02
+    data["records"][label]["ppl"] = stored
+    path.write_text(json.dumps(data, indent=2))
+
+    edited = run(make_suite(tmp_path, tiny), "dense", "strict", "lazy-c16")
+    verdicts = {cid: ppl_check(r).verdict for cid, r in edited.items()}
+    assert verdicts == {"dense": PASS, "strict": FAIL, "lazy-c16": PASS}
+    message = ppl_check(edited["strict"]).message
+    measured = edited["strict"].evaluation.ppl
+    assert str(path.relative_to(tmp_path)) in message or str(path) in message
+    assert f"{measured:.6g}" in message and f"{stored:.6g}" in message
+    assert "tolerance ±0.002" in message
+    assert abs(ppl_check(edited["strict"]).details["delta_ln"] - math.log(1 / 1.02)) < 1e-6
+
+
+def test_corrupt_baseline_is_a_clear_error_naming_the_file(tmp_path, tiny):
+    recorder = make_suite(tmp_path, tiny, update_baselines=True)
+    run(recorder, "strict")
+    (path,) = recorder.write_baselines()
+    path.write_text(path.read_text()[:-40])  # truncated JSON
+
+    out = run(make_suite(tmp_path, tiny), "strict")["strict"]
+    check = ppl_check(out)
+    assert check.verdict == ERROR and check.failed
+    assert str(path) in check.message and "not valid JSON" in check.message
+    assert "git checkout --" in check.message and "--update-baselines" in check.message
+
+    # an explicit update replaces it
+    fixer = make_suite(tmp_path, tiny, update_baselines=True)
+    assert ppl_check(run(fixer, "strict")["strict"]).verdict == RECORDED
+    with pytest.warns(UserWarning, match="replacing unreadable baseline file"):
+        fixer.write_baselines()
+    assert ppl_check(run(make_suite(tmp_path, tiny), "strict")["strict"]).verdict == PASS
+
+
+def test_foreign_fingerprint_checks_ppl_but_not_tpot(tmp_path, tiny):
+    recorder = make_suite(tmp_path, tiny, update_baselines=True)
+    run(recorder, "strict")
+    (path,) = recorder.write_baselines()
+    data = json.loads(path.read_text())
+    body = next(iter(data["records"].values()))
+    mine = recorder.fingerprint_id
+    for field in ("tpot_samples_ms", "tpot_ms", "fingerprints"):
+        body[field] = {"cuda-0123456789": body[field][mine]}
+    path.write_text(json.dumps(data, indent=2))
+
+    out = run(make_suite(tmp_path, tiny), "strict")["strict"]
+    assert ppl_check(out).verdict == PASS
+    tpot = tpot_check(out)
+    assert tpot.verdict == NOT_CHECKED
+    assert f"no baseline for hardware fingerprint {mine}" in tpot.message and "cuda-0123456789" in tpot.message
+
+
+def test_mismatched_dataset_text_is_an_error(tmp_path, tiny):
+    recorder = make_suite(tmp_path, tiny, update_baselines=True)
+    run(recorder, "strict")
+    (path,) = recorder.write_baselines()
+    data = json.loads(path.read_text())
+    data["dataset_sha256"] = "0000000000000000"
+    path.write_text(json.dumps(data, indent=2))
+    check = ppl_check(run(make_suite(tmp_path, tiny), "strict")["strict"])
+    assert check.verdict == ERROR and "key mismatch" in check.message and str(path) in check.message
+
+
+# -- the assertion helpers directly ------------------------------------------------------------
+def _record(tmp_path: Path, samples: dict[str, list[float]], ppl: float = 20.0) -> tuple[BaselineStore, BaselineKey]:
+    store = BaselineStore(tmp_path / "b")
+    key = BaselineKey("m", "r", "float32", "d", "sha", 64, "strict-s4-w12", {"name": "strict"})
+    record = BaselineRecord(key, ppl, math.log(ppl), "cpu", tpot_samples_ms=samples,
+                            tpot_ms={k: sum(v) / len(v) for k, v in samples.items()},
+                            fingerprints={k: {} for k in samples})
+    store.update([record])
+    return store, key
+
+
+def test_tpot_helper_pass_fail_and_one_rerun_when_inconclusive(tmp_path):
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    base = (40 + rng.normal(0, 0.5, 64)).tolist()
+    store, key = _record(tmp_path, {"cpu-aaaa": base})
+    found = lookup(store, key)
+    same = (40 + rng.normal(0, 0.5, 64)).tolist()
+    assert check_tpot(same, found, fingerprint_id="cpu-aaaa", updating=False, what="x").verdict == PASS
+    slow = [x * 1.3 for x in same]
+    failed = check_tpot(slow, found, fingerprint_id="cpu-aaaa", updating=False, what="x")
+    assert failed.verdict == FAIL and str(store.path_for(key)) in failed.message
+
+    calls = []
+
+    def rerun():
+        calls.append(1)
+        return (40 * 1.1 + rng.normal(0, 4, 8)).tolist()
+
+    edge = (40 * 1.1 + rng.normal(0, 4, 8)).tolist()  # straddles the +10 % edge
+    check = check_tpot(edge, found, fingerprint_id="cpu-aaaa", updating=False, what="x", rerun=rerun)
+    assert len(calls) == 1 and len(check.details["attempts"]) == 2
+    assert check.verdict in (INCONCLUSIVE, FAIL, PASS)
+
+
+def test_ppl_helper_cross_device_tolerance(tmp_path):
+    store, key = _record(tmp_path, {"cpu-aaaa": [1.0] * 5}, ppl=20.0)
+    found = lookup(store, key)
+    within_cross = 20.0 * math.exp(0.005)
+    assert check_ppl(within_cross, found, device_class="cpu", updating=False, what="x").verdict == FAIL
+    assert check_ppl(within_cross, found, device_class="cuda:NVIDIA H100", updating=False, what="x").verdict == PASS
+    missing = Lookup(None, tmp_path / "nope.json")
+    assert check_ppl(20.0, missing, device_class="cpu", updating=False, what="x").verdict == NOT_CHECKED
+
+
+# -- timing slices -----------------------------------------------------------------------------
+@pytest.mark.parametrize("name,params", [
+    ("dense", {}),
+    ("strict", {"sink": SINK, "window": WINDOW}),
+    ("lazy", {"sink": SINK, "window": WINDOW, "compress_every": 8}),
+    ("refresh", {"sink": SINK, "window": WINDOW, "compress_every": 8, "refresh": 2}),
+    ("strict-static", {"sink": SINK, "window": WINDOW}),
+    ("strict-ring", {"sink": SINK, "window": WINDOW}),
+])
+def test_filled_slice_decodes_what_the_token_loop_decodes(tiny, name, params):
+    import dataclasses
+
+    base, _, cache = name.partition("-")
+    spec = make_strategy(base, **params)
+    if cache:
+        spec = dataclasses.replace(spec, cache=cache)
+    ids = torch.randint(0, 97, (TOKENS,), generator=torch.Generator().manual_seed(3))
+    reference = evaluate_tokens(tiny, ids, spec)
+    cycle = spec.compress_every
+    slice_ = prepare_slice(tiny, ids, spec, timed_steps=4 * cycle * 3)
+    timing = time_rounds(slice_, steps=4 * cycle, cycle=cycle, rounds=2, warmup_rounds=1)
+    expected = torch.tensor([reference.trace.nll[t] for t in timing.positions], dtype=torch.float64)
+    assert torch.allclose(torch.tensor(timing.nll, dtype=torch.float64), expected, atol=1e-4)
+    # the timed steps are at steady state: every cycle prunes once (dense never)
+    assert sum(timing.prune_flags) == (0 if base == "dense" else len(timing.step_ms) // cycle)
+    assert len(timing.samples) == len(timing.step_ms) // cycle
+
+
+# -- selection, table, run JSON and report ----------------------------------------------------
+def test_selection():
+    catalog = build_catalog(4, 124)
+    default = [c.id for c in select(catalog, "default", "cpu")]
+    assert default[0] == "dense" and "compile" not in default and "lazy-c128" not in default
+    assert "compile" in [c.id for c in select(catalog, "default", "cuda")]
+    assert [c.id for c in select(catalog, "lazy-c32,strict", "cpu")] == ["strict", "lazy-c32"]
+    with pytest.raises(ValueError, match="unknown strategy"):
+        select(catalog, "nope", "cpu")
+
+
+def test_run_json_and_report(tmp_path, tiny):
+    from streamllm.report import run_report
+
+    suite = make_suite(tmp_path, tiny)
+    run(suite, "dense", "strict", "lazy-c16")
+    lines = format_table([r.row() for r in suite.results])
+    assert lines[0].split()[:2] == ["dataset", "strategy"] and len(lines) == 2 + 3
+    path = suite.write_run()
+    data = json.loads(path.read_text())
+    assert {r["case"] for r in data["results"]} == {"dense", "strict", "lazy-c16"}
+    lazy = next(r for r in data["results"] if r["case"] == "lazy-c16")
+    assert len(lazy["trace"]["nll"]) == TOKENS - 1 and lazy["trace"]["prune_steps"]
+    report, summary = run_report(tmp_path / "reports" / "runs", None, tmp_path / "out")
+    text = report.read_text()
+    assert "| strategy | PPL |" in text and "lazy-s4-w12-c16" in text and "no baseline: not checked" in text
+    assert (tmp_path / "out" / "report.html").is_file() and (tmp_path / "out" / "ppl_vs_tpot.png").is_file()
+    assert summary["passed"] and summary["verdict_counts"]["not checked"] >= 3
+    assert json.loads((tmp_path / "out" / "summary.json").read_text())["run"] == str(path)
