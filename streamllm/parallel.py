@@ -11,10 +11,14 @@ query attends exactly its context, with the scores the token loop would see:
 * sinks (separate from the window): they sit at slots i = 0..S-1, so the query is rotated at its
   cache position |C_t| instead of t for that block (shift strategies; dense and no-shift use t).
 
-Rotation happens inside our attention function, with angles computed in float64 from the
-model's RoPE parameters: the model is fed position ids 0 (an exact identity rotation), because
-float32 angles t * inv_freq lose precision as t grows (at t = 20k the angle error of the
-highest frequency is ~1e-3 rad, far above the token loop's own rounding at positions <= S+W).
+Where the rotation happens follows where the token loop's angles come from:
+* dense and no-shift: the token loop feeds absolute positions, so we feed them too and let the
+  model rotate q and k itself (bit-identical cos/sin; sinks sit at i in both);
+* shift strategies: the token loop only ever sees positions <= S+W+R, whose float32 angles are
+  accurate, while float32 angles t * inv_freq lose precision as t grows (the highest frequency
+  is off by ~1e-3 rad at t = 20k). So the model is fed position 0 (an exact identity rotation)
+  and our attention function rotates q and k at t, and q at |C_t| for the sinks, with angles
+  computed in float64 from the model's RoPE parameters.
 
 The attention function is registered once with transformers' `AttentionInterface` under
 `ATTENTION_NAME`; it is stateless and finds its per-call state (the chunk plan and the K/V
@@ -126,12 +130,12 @@ def _window_start_after(keep: list[int], sink: int, start: int, length: int, ste
 def supports_parallel(spec: StrategySpec, model: torch.nn.Module | None = None) -> tuple[bool, str]:
     """(True, "") if `evaluate_parallel` reproduces the token loop for `spec` (and `model`)."""
     ok, reason = _spec_supported(spec)
-    if not ok or model is None:
+    if not ok or model is None or spec.position_mode is PositionMode.ABSOLUTE:
         return ok, reason
     try:
         RopeSpec.from_model(model)
     except UnsupportedRopeError as exc:
-        return False, f"the parallel evaluator rotates q/k itself and needs a re-rotatable RoPE: {exc}"
+        return False, f"pos-shift needs a re-rotatable RoPE: {exc}"
     return True, ""
 
 
@@ -153,16 +157,17 @@ class ChunkPlan:
     keep_from: int  # first token a later chunk's window still needs
     window_bias: torch.Tensor  # [L, stop - key_start]: 0 where a_t <= j <= t, -inf elsewhere
     sink_bias: torch.Tensor | None  # [L, n_sinks]: 0 where i < min(S, a_t); None: no sink block
-    rot_abs: tuple[torch.Tensor, torch.Tensor]  # cos/sin at absolute positions [start, stop)
-    rot_sink_query: tuple[torch.Tensor, torch.Tensor] | None  # cos/sin at |C_t|; None: same as rot_abs
+    # cos/sin at absolute positions [start, stop); None: the model already rotated q/k there
+    rot_abs: tuple[torch.Tensor, torch.Tensor] | None
+    rot_sink_query: tuple[torch.Tensor, torch.Tensor] | None  # cos/sin at |C_t|; None: the sinks use q_abs
 
     @property
     def sinks(self) -> int:
         return 0 if self.sink_bias is None else self.sink_bias.shape[-1]
 
 
-def plan_chunk(plan: Schedule, start: int, stop: int, rope: RopeSpec, shift: bool,
-               device: torch.device) -> ChunkPlan:
+def plan_chunk(plan: Schedule, start: int, stop: int, rope: RopeSpec | None, device: torch.device) -> ChunkPlan:
+    """Masks and rotations of queries [start, stop); `rope` None: absolute positions, the model rotates."""
     t = np.arange(start, stop)
     a = plan.window_start[start:stop]
     key_start = int(a[0])  # a_t never decreases
@@ -172,10 +177,11 @@ def plan_chunk(plan: Schedule, start: int, stop: int, rope: RopeSpec, shift: boo
     used = plan.sinks_used(t)
     n_sinks = int(used.max())
     sink_bias = _bias(np.arange(n_sinks)[None, :] < used[:, None], device) if n_sinks else None
-    rot_abs = rope.cos_sin(torch.from_numpy(t).double(), torch.float32, device)
-    rot_sink = None
-    if n_sinks and shift:
-        rot_sink = rope.cos_sin(torch.from_numpy(plan.cache_length[start:stop]).double(), torch.float32, device)
+    rot_abs = rot_sink = None
+    if rope is not None:
+        rot_abs = rope.cos_sin(torch.from_numpy(t).double(), torch.float32, device)
+        if n_sinks:
+            rot_sink = rope.cos_sin(torch.from_numpy(plan.cache_length[start:stop]).double(), torch.float32, device)
     return ChunkPlan(start, stop, key_start, keep_from, _bias(window_ok, device), sink_bias, rot_abs, rot_sink)
 
 
@@ -201,7 +207,7 @@ class LayerStore:
 class ParallelContext:
     """Per-evaluation state handed to the attention function through `model(...)` kwargs."""
 
-    rope: RopeSpec
+    rope: RopeSpec | None  # None: absolute positions, q/k arrive rotated by the model
     sink: int
     layers: dict[int, LayerStore] = field(default_factory=dict)
     plan: ChunkPlan | None = None
@@ -213,9 +219,11 @@ class ParallelContext:
         if plan is None:
             raise RuntimeError("ParallelContext.attend called outside a chunk")
         store = self.layers.setdefault(layer, LayerStore(start=plan.start))
-        rotary = self.rope.rotary_dim
-        q_abs = apply_rotation(query, *plan.rot_abs, rotary)
-        k_abs = apply_rotation(key, *plan.rot_abs, rotary)
+        rotary = self.rope.rotary_dim if self.rope is not None else 0
+        q_abs, k_abs = query, key
+        if plan.rot_abs is not None:
+            q_abs = apply_rotation(query, *plan.rot_abs, rotary)
+            k_abs = apply_rotation(key, *plan.rot_abs, rotary)
         self._remember_sinks(store, k_abs, value, plan)
         keys, values = _append(store.keys, k_abs), _append(store.values, value)
         offset = plan.key_start - store.start
@@ -339,8 +347,8 @@ def evaluate_parallel(
 def _chunked_nll(loaded: LoadedModel, ids: torch.Tensor, plan: Schedule, spec: StrategySpec, chunk_size: int,
                  progress: Callable[[int], None] | None) -> torch.Tensor:
     model, device = loaded.model, loaded.device
-    rope = RopeSpec.from_model(model)
     shift = spec.position_mode is PositionMode.SHIFT
+    rope = RopeSpec.from_model(model) if shift else None
     context = ParallelContext(rope=rope, sink=plan.sink)
     ids = ids.to(device)
     steps = len(plan)
@@ -349,12 +357,12 @@ def _chunked_nll(loaded: LoadedModel, ids: torch.Tensor, plan: Schedule, spec: S
     with torch.inference_mode(), attention_implementation(model, ATTENTION_NAME):
         for start in range(0, steps, chunk_size):
             stop = min(start + chunk_size, steps)
-            context.plan = plan_chunk(plan, start, stop, rope, shift, device)
+            context.plan = plan_chunk(plan, start, stop, rope, device)
             tokens = ids[start:stop].view(1, -1)
-            # Position 0 makes the model's own RoPE an exact identity; the attention function
-            # rotates q/k at the right positions with float64 angles.
-            zeros = torch.zeros_like(tokens)
-            logits = model(input_ids=tokens, position_ids=zeros, use_cache=False,
+            # Shift: position 0 makes the model's RoPE an exact identity and the attention function
+            # rotates with float64 angles. Absolute: the model rotates at t, as in the token loop.
+            positions = torch.zeros_like(tokens) if shift else torch.arange(start, stop, device=device).view(1, -1)
+            logits = model(input_ids=tokens, position_ids=positions, use_cache=False,
                            **{CONTEXT_KWARG: context}).logits
             logp = torch.log_softmax(logits[0].float(), dim=-1)
             targets = ids[start + 1 : stop + 1]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 
 import numpy as np
 import pytest
@@ -18,6 +19,7 @@ from streamllm.parallel import (
     evaluate_parallel,
     schedule,
     supports_parallel,
+    with_decode_timing,
 )
 from streamllm.rope import RopeSpec
 from streamllm.strategies import StrategySpec, make_strategy
@@ -145,6 +147,34 @@ def test_refresh_raises_in_evaluate_parallel(loaded: LoadedModel):
     spec = make_strategy("refresh", sink=4, window=16, compress_every=4, refresh=2)
     with pytest.raises(ScheduleError, match="refresh"):
         evaluate_parallel(loaded, text_ids(40), spec)
+
+
+def test_with_decode_timing_takes_tpot_from_the_token_loop(loaded: LoadedModel):
+    spec = SPECS["lazy-c3"]
+    ids = text_ids(60)
+    timed = evaluate_tokens(loaded, ids, spec, options=DecodeOptions(warmup_steps=2))
+    merged = with_decode_timing(evaluate_parallel(loaded, ids, spec, chunk_size=16), timed)
+    assert merged.evaluator == "parallel" and merged.tpot_ms_cycle_mean == timed.tpot_ms_cycle_mean
+    assert merged.trace.step_ms == timed.trace.step_ms and merged.total_s == timed.total_s
+    assert any("TPOT from the token loop" in note for note in merged.notes)
+    with pytest.raises(ValueError):
+        with_decode_timing(evaluate_parallel(loaded, ids, SPECS["strict"]), timed)
+
+
+def test_cli_parallel_by_default_with_token_fallback(tmp_path, capsys):
+    from streamllm.cli import main
+
+    out = tmp_path / "r.json"
+    argv = ["eval", "--model", "dummy:smollm2-135m", "--strategy", "strict:s4:w16,refresh:s4:w16:c4:b2",
+            "--tokens", "40", "--chunk-size", "16", "--warmup", "2", "--no-progress", "--json", str(out)]
+    assert main(argv) == 0
+    captured = capsys.readouterr()
+    assert "cannot honour" in captured.err and "TPOT not measured" in captured.out
+    records = {r["strategy"]: r for r in json.loads(out.read_text())["results"]}
+    strict, refresh = records["strict-s4-w16"], records["refresh-s4-w16-c4-b2"]
+    assert strict["evaluator"] == "parallel" and strict["tpot_ms"] is None
+    assert refresh["evaluator"] == "token" and refresh["tpot_ms"] is not None
+    assert any("token loop" in note for note in refresh["notes"])
 
 
 # -- the schedule against the real cache's slot bookkeeping ----------------------------------
