@@ -185,6 +185,8 @@ def run_variant(setup: Setup, spec: StrategySpec, decoder_kind: str, label: str)
     if backend:
         from torch.nn.attention import SDPBackend, sdpa_kernel
 
+        torch._dynamo.reset()  # the backend is chosen while tracing: trace again under it
+
         with sdpa_kernel(getattr(SDPBackend, backend.upper())):
             timing = time_decoder(setup, label, cache, decoder, f"{decoder_kind}@{backend}")
     else:
@@ -434,6 +436,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--repro", action="store_true", help="reproduce the reduce-overhead 'overwritten' error")
     ap.add_argument("--out", default=os.environ.get("OUT", "."), help="directory for gpu_tpot.json")
     ap.add_argument("--list", action="store_true")
+    ap.add_argument("--tag", default="", help="suffix of the JSON file name (several runs in one $OUT)")
     args = ap.parse_args(argv)
     table = variants(args.sink, args.window)
     if args.list:
@@ -452,7 +455,7 @@ def main(argv: list[str] | None = None) -> int:
     dtype = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}[args.dtype]
     out_dir = Path(args.out)
     out_dir.mkdir(parents=True, exist_ok=True)
-    out_path = out_dir / "gpu_tpot.json"
+    out_path = out_dir / f"gpu_tpot{'-' + args.tag if args.tag else ''}.json"
     started = time.perf_counter()
     fp = hardware_fingerprint(args.device)
     try:

@@ -64,6 +64,7 @@ class RingStreamingCache(FixedCache):
                 for _ in range(geo.num_layers)
             ]
             self.sink_index = torch.arange(self.sink, device=device)
+            self._key_slots = torch.zeros(self.sink + 1, dtype=torch.long, device=device)
             self.inv_freq = self.rope.inv_freq.to(device)  # float64: t * inv_freq grows with t
             self.cos = torch.ones(rot, dtype=torch.float32, device=device)
             self.sin = torch.zeros(rot, dtype=torch.float32, device=device)
@@ -78,6 +79,7 @@ class RingStreamingCache(FixedCache):
         if not self.rotate_sinks:
             return
         self._sink_slot.copy_(self._slot.clamp(max=sink))
+        self._key_slots.copy_(torch.cat((self.sink_index, self._slot)))
         # |C_t| = min(t, S + W): the sink offset t - |C_t| is 0 until the first eviction.
         offset = (t - (sink + self.window)).clamp(min=0).to(torch.float64)
         angles = offset * self.inv_freq
@@ -88,13 +90,16 @@ class RingStreamingCache(FixedCache):
     def _write(self, layer_idx: int, key_states: torch.Tensor, value_states: torch.Tensor) -> None:
         keys = self.keys[layer_idx]
         if self.rotate_sinks:
-            # Store first: while t < S the token is itself a sink (offset 0), so the rotated
-            # copy equals it; the full write below lands on the same slot anyway.
+            # Store first, then one scatter writes the S re-rotated sinks and the new key (one
+            # kernel per layer once compiled: each launch counts at ~3 us inside a graph). While
+            # t < S the new token is itself a sink at offset 0, so both writes to its slot carry
+            # the same value (rotation by 0 is exact).
             store = self.sink_store[layer_idx]
             store.index_copy_(2, self._sink_slot, key_states)
             rotated = apply_rotation(store[:, :, : self.sink], self.cos, self.sin, self.rope.rotary_dim)
-            keys.index_copy_(2, self.sink_index, rotated)
-        keys.index_copy_(2, self._slot, key_states)
+            keys.index_copy_(2, self._key_slots, torch.cat((rotated, key_states), dim=2))
+        else:
+            keys.index_copy_(2, self._slot, key_states)
         self.values[layer_idx].index_copy_(2, self._slot, value_states)
 
     def advance_device(self) -> None:
