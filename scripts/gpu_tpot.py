@@ -68,6 +68,7 @@ class Setup:
     sync: Callable[[], None]
     tokens: torch.Tensor  # random ids for warm-up + timed steps
     int8: bool = False
+    profile: tuple[str, ...] = ()  # variants to profile after timing
 
 
 @dataclass
@@ -84,6 +85,7 @@ class Timing:
     kv_slots: int
     notes: list[str] = field(default_factory=list)
     step_ms: list[float] = field(default_factory=list)
+    profile: dict | None = None
 
 
 # -- model and cache set-up -------------------------------------------------------------------
@@ -135,6 +137,8 @@ def decoder_for(kind: str, model: torch.nn.Module, cache) -> object:
         return GraphDecoder(model, cache, compiled=True)
     if kind == "graph-eager":
         return GraphDecoder(model, cache, compiled=False)
+    if kind == "graph-autotune":
+        return GraphDecoder(model, cache, compiled=True, compile_mode="max-autotune-no-cudagraphs")
     raise ValueError(kind)
 
 
@@ -191,6 +195,8 @@ def run_variant(setup: Setup, spec: StrategySpec, decoder_kind: str, label: str)
             timing = time_decoder(setup, label, cache, decoder, f"{decoder_kind}@{backend}")
     else:
         timing = time_decoder(setup, label, cache, decoder, decoder_kind)
+    if label in setup.profile:
+        timing.profile = profile_steps(setup, decoder)
     if spec.name == "dense":
         timing.notes.append(f"dense grows from {setup.sink + setup.window} to "
                             f"{setup.sink + setup.window + setup.warmup + setup.steps} entries while timed")
@@ -223,6 +229,39 @@ def run_hf_static_compiled(setup: Setup, label: str) -> Timing:
     timing.kv_slots = max_len
     timing.notes.append(f"HF StaticCache(max_cache_len={max_len}) prefilled with {kept} tokens; attends to all slots")
     return timing
+
+
+def profile_steps(setup: Setup, decoder, steps: int = 8) -> dict:
+    """Device time per kernel over `steps` more steps (graph replays are traced kernel by kernel)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if setup.device.type == "cuda" else [])
+    token = setup.tokens[:1].view(1, 1)
+    with torch.inference_mode(), profile(activities=activities) as prof:
+        for _ in range(steps):
+            decoder.step(token)
+        setup.sync()
+    rows = []
+    for event in prof.key_averages():
+        device_us = getattr(event, "self_device_time_total", 0) or getattr(event, "self_cuda_time_total", 0)
+        if device_us > 0:
+            rows.append({"name": event.key[:120], "count": event.count, "us_per_step": device_us / steps})
+    rows.sort(key=lambda r: -r["us_per_step"])
+    groups: dict[str, float] = {}
+    for r in rows:
+        name = r["name"].lower()
+        if any(k in name for k in ("fmha", "attention", "flash", "attn")):
+            group = "attention"
+        elif any(k in name for k in ("gemv", "gemm", "cutlass", "cublas", "sm90_", "xmma", "mm_")):
+            group = "matmul"
+        elif name.startswith("triton"):
+            group = "triton (fused elementwise/norm/scatter)"
+        else:
+            group = "other"
+        groups[group] = groups.get(group, 0.0) + r["us_per_step"]
+    kernels = sum(r["count"] for r in rows if not r["name"].startswith(("cuda", "Memcpy", "Memset"))) / steps
+    return {"us_per_step_by_group": groups, "device_us_per_step": sum(groups.values()),
+            "kernels_per_step": kernels, "top": rows[:30]}
 
 
 # -- floor --------------------------------------------------------------------------------------
@@ -406,6 +445,8 @@ def variants(sink: int, window: int) -> dict[str, tuple[StrategySpec | None, str
         "strict-ring-graph": (ring, "graph"),
         "noevict-ring-graph": (dataclasses.replace(no_evict, cache="ring"), "graph"),
         "strict-ring-graph-eager": (ring, "graph-eager"),
+        "strict-ring-graph-autotune": (ring, "graph-autotune"),
+        "noevict-ring-graph-autotune": (dataclasses.replace(no_evict, cache="ring"), "graph-autotune"),
         "strict-ring-graph-math": (ring, "graph@math"),
         "strict-ring-graph-cudnn": (ring, "graph@cudnn_attention"),
         "strict-ring-graph-efficient": (ring, "graph@efficient_attention"),
@@ -436,6 +477,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--repro", action="store_true", help="reproduce the reduce-overhead 'overwritten' error")
     ap.add_argument("--out", default=os.environ.get("OUT", "."), help="directory for gpu_tpot.json")
     ap.add_argument("--list", action="store_true")
+    ap.add_argument("--profile", default="", help="comma list of variants to profile (kernel time per step)")
     ap.add_argument("--tag", default="", help="suffix of the JSON file name (several runs in one $OUT)")
     args = ap.parse_args(argv)
     table = variants(args.sink, args.window)
@@ -468,7 +510,8 @@ def main(argv: list[str] | None = None) -> int:
     loaded = load(args.config, dtype, device)
     vocab = loaded.model.config.vocab_size
     tokens = torch.randint(0, vocab, (args.warmup + args.steps,), generator=torch.Generator().manual_seed(3))
-    setup = Setup(loaded, args.sink, args.window, args.steps, args.warmup, args.prime, device, sync, tokens.to(device))
+    setup = Setup(loaded, args.sink, args.window, args.steps, args.warmup, args.prime, device, sync, tokens.to(device),
+                  profile=tuple(v.strip() for v in args.profile.split(",") if v.strip()))
 
     bandwidth = copy_bandwidth(device)
     slots = args.sink + args.window + 1
@@ -561,6 +604,14 @@ def print_table(report: dict) -> None:
         rel = r["tpot_ms"] / base if base else math.nan
         print(f"{name:28s} {r['tpot_ms']:8.3f} {r['median_ms']:8.3f} {r['p90_ms']:8.3f} {r['max_ms']:8.3f} "
               f"{r['warmup_s']:9.1f} {ratio:7.2f} {rel:8.3f}")
+    for name, r in results.items():
+        if r.get("profile"):
+            p = r["profile"]
+            groups = ", ".join(f"{k} {v / 1e3:.3f}" for k, v in sorted(p["us_per_step_by_group"].items()))
+            print(f"profile {name}: device {p['device_us_per_step'] / 1e3:.3f} ms/step, "
+                  f"{p['kernels_per_step']:.0f} kernels; {groups}")
+            for row in p["top"][:8]:
+                print(f"    {row['us_per_step']:8.1f} us x{row['count'] // 8:<4d} {row['name'][:90]}")
     for name, err in report["errors"].items():
         print(f"{name:28s} FAILED: {err.strip().splitlines()[-1][:200]}")
 

@@ -80,7 +80,8 @@ class CompiledDecoder(EagerDecoder):
 class GraphDecoder:
     """decode_step() compiled (or eager) and captured once in a CUDA graph; static/ring caches only."""
 
-    def __init__(self, model: torch.nn.Module, cache: FixedCache, compiled: bool = True, warmup: int = 3):
+    def __init__(self, model: torch.nn.Module, cache: FixedCache, compiled: bool = True, warmup: int = 3,
+                 compile_mode: str | None = None):
         if not isinstance(cache, FixedCache):
             raise UnsupportedCacheError("CUDA graphs need the static or ring cache (static shapes, in-place state)")
         self.model, self.cache = model, cache
@@ -88,7 +89,10 @@ class GraphDecoder:
         self.tokens = torch.zeros(1, 1, dtype=torch.long, device=device)
         self.logits = torch.zeros(model.config.vocab_size, dtype=cache.geometry.dtype, device=device)
         self.compiled = compiled
-        self.fn = torch.compile(self._decode_step, fullgraph=True, dynamic=False) if compiled else self._decode_step
+        # compile_mode: None (inductor default) or e.g. "max-autotune-no-cudagraphs"; never a mode
+        # with CUDA graphs of its own: the capture below is the only one.
+        self.fn = (torch.compile(self._decode_step, fullgraph=True, dynamic=False, mode=compile_mode)
+                   if compiled else self._decode_step)
         self.warmup = warmup
         self.steps = 0
         self.graph: torch.cuda.CUDAGraph | None = None
@@ -105,7 +109,7 @@ class GraphDecoder:
         self.tokens.copy_(token.view(1, 1))
         if self.graph is not None:
             self.graph.replay()
-        elif self.steps < self.warmup:
+        elif self.steps < self.warmup or not self.cache.graph_ready:
             # Real steps on a side stream (compilation, autotuning, cuBLAS workspaces) before capture.
             side = torch.cuda.Stream()
             side.wait_stream(torch.cuda.current_stream())

@@ -153,6 +153,11 @@ class FixedCache(Cache):
     def _write(self, layer_idx: int, key_states: torch.Tensor, value_states: torch.Tensor) -> None:
         raise NotImplementedError
 
+    @property
+    def graph_ready(self) -> bool:
+        """Whether every later step runs the same device code, so a captured graph stays valid."""
+        return True
+
     def advance_device(self) -> None:
         """Device-side counter update after a step (captured with the forward in graph mode)."""
         raise NotImplementedError

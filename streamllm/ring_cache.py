@@ -49,6 +49,7 @@ class RingStreamingCache(FixedCache):
         device = self.geometry.device
         # Rotate sinks only under pos-shift; no-shift keeps every key at its absolute position.
         self.rotate_sinks = spec.position_mode is PositionMode.SHIFT and self.sink > 0
+        self.sinks_recorded = False  # host: all S sink keys are in sink_store
         self.t = torch.zeros(1, 1, dtype=torch.long, device=device)  # position of the token being fed
         self.position_ids = self.t  # absolute frame: the model is fed t itself
         self._slot = torch.zeros(1, dtype=torch.long, device=device)
@@ -57,8 +58,7 @@ class RingStreamingCache(FixedCache):
             self.rope = RopeSpec.from_model(model)
             rot = self.rope.rotary_dim
             geo = self.geometry
-            # Row S is a scratch row: tokens past the sinks write there, so the store write needs
-            # no branch on the host.
+            # Raw sink keys (as rotated at i). Row S is a scratch row for the clamped write index.
             self.sink_store = [
                 torch.zeros((1, geo.kv_heads, self.sink + 1, geo.head_dim), dtype=geo.dtype, device=device)
                 for _ in range(geo.num_layers)
@@ -95,7 +95,10 @@ class RingStreamingCache(FixedCache):
             # t < S the new token is itself a sink at offset 0, so both writes to its slot carry
             # the same value (rotation by 0 is exact).
             store = self.sink_store[layer_idx]
-            store.index_copy_(2, self._sink_slot, key_states)
+            if not self.sinks_recorded:
+                # Only the first S tokens are sinks. A host flag (flips once, so a compiled step
+                # specializes on it once) keeps this write out of the steady-state graph.
+                store.index_copy_(2, self._sink_slot, key_states)
             rotated = apply_rotation(store[:, :, : self.sink], self.cos, self.sin, self.rope.rotary_dim)
             keys.index_copy_(2, self._key_slots, torch.cat((rotated, key_states), dim=2))
         else:
@@ -111,7 +114,14 @@ class RingStreamingCache(FixedCache):
         if advance_device:
             self.advance_device()
         length, keep = self._host_step()
+        self.sinks_recorded = self.seen >= self.sink
         return self._event(self.seen - 1, length, keep)
+
+    @property
+    def graph_ready(self) -> bool:
+        # A graph captured before the sinks are recorded would keep the store write; one captured
+        # after would miss it. Capture once every later step runs the same code.
+        return self.sinks_recorded or not self.rotate_sinks
 
     def prime_random(self, seen: int, generator: torch.Generator | None = None) -> None:
         """Timing only: the state after `seen` tokens, every valid slot holding random K/V."""
@@ -123,6 +133,7 @@ class RingStreamingCache(FixedCache):
             for store in self.sink_store:
                 store.normal_(generator=generator)
         self.seen = seen
+        self.sinks_recorded = seen >= self.sink
         kept = min(seen, self.sink + self.window)
         self.slots = list(range(self.sink)) + list(range(seen - (kept - self.sink), seen))
         self.slots = self.slots[:kept]
