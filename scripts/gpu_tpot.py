@@ -139,6 +139,8 @@ def decoder_for(kind: str, model: torch.nn.Module, cache) -> object:
         return GraphDecoder(model, cache, compiled=False)
     if kind == "graph-autotune":
         return GraphDecoder(model, cache, compiled=True, compile_mode="max-autotune-no-cudagraphs")
+    if kind.startswith("graph:"):  # graph:ATTENTION, e.g. graph:sdpa-maskfree, graph:eager
+        return GraphDecoder(model, cache, compiled=True, attention=kind.partition(":")[2])
     raise ValueError(kind)
 
 
@@ -445,6 +447,9 @@ def variants(sink: int, window: int) -> dict[str, tuple[StrategySpec | None, str
         "strict-ring-graph": (ring, "graph"),
         "noevict-ring-graph": (dataclasses.replace(no_evict, cache="ring"), "graph"),
         "strict-ring-graph-eager": (ring, "graph-eager"),
+        "strict-ring-graph-maskfree": (ring, "graph:sdpa-maskfree"),
+        "noevict-ring-graph-maskfree": (dataclasses.replace(no_evict, cache="ring"), "graph:sdpa-maskfree"),
+        "strict-ring-graph-matmulattn": (ring, "graph:eager"),
         "strict-ring-graph-autotune": (ring, "graph-autotune"),
         "noevict-ring-graph-autotune": (dataclasses.replace(no_evict, cache="ring"), "graph-autotune"),
         "strict-ring-graph-math": (ring, "graph@math"),

@@ -18,7 +18,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 
 import torch
 
@@ -77,52 +78,103 @@ class CompiledDecoder(EagerDecoder):
         self.forward = torch.compile(self._forward, fullgraph=fixed, dynamic=False if fixed else None)
 
 
+MASK_FREE_SDPA = "streamllm_sdpa"  # HF's SDPA under a name transformers builds no masks for
+ATTENTION_CHOICES = (None, "sdpa", "eager", "sdpa-maskfree")
+
+
+def register_mask_free_sdpa() -> str:
+    """Register transformers' own SDPA function under MASK_FREE_SDPA (idempotent).
+
+    transformers builds (or rebuilds) masks only for implementations in its mask registry; under
+    this name the cache's 4-D mask, or None, reaches SDPA untouched. With no mask at all SDPA may
+    pick its flash kernel, which a mask rules out.
+    """
+    from transformers import AttentionInterface
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    if MASK_FREE_SDPA not in AttentionInterface._global_mapping:
+        AttentionInterface.register(MASK_FREE_SDPA, sdpa_attention_forward)
+    return MASK_FREE_SDPA
+
+
+@contextmanager
+def attention_implementation(model: torch.nn.Module, name: str | None) -> Iterator[None]:
+    """Use attention implementation `name` for the calls inside, then restore the model's own."""
+    if name is None:
+        yield
+        return
+    config = model.config
+    previous = config._attn_implementation
+    config._attn_implementation = name
+    try:
+        yield
+    finally:
+        config._attn_implementation = previous
+
+
 class GraphDecoder:
-    """decode_step() compiled (or eager) and captured once in a CUDA graph; static/ring caches only."""
+    """decode_step() compiled (or eager) and captured in a CUDA graph; static/ring caches only.
+
+    One graph per cache phase (`FixedCache.graph_key`: e.g. the ring before and after its sinks
+    are recorded, with and without a mask): each phase's first `warmup` steps run un-captured on
+    a side stream (compilation, autotuning, cuBLAS workspaces), the next is captured and every
+    later step of that phase replays it.
+
+    `attention`: None keeps the model's attention; "sdpa" / "eager" pick transformers' SDPA or
+    matmul attention while tracing; "sdpa-maskfree" passes no mask once every slot of the cache
+    holds a token (ring, steady state), so SDPA may use its flash kernel.
+    """
 
     def __init__(self, model: torch.nn.Module, cache: FixedCache, compiled: bool = True, warmup: int = 3,
-                 compile_mode: str | None = None):
+                 compile_mode: str | None = None, attention: str | None = None):
         if not isinstance(cache, FixedCache):
             raise UnsupportedCacheError("CUDA graphs need the static or ring cache (static shapes, in-place state)")
+        if attention not in ATTENTION_CHOICES:
+            raise ValueError(f"attention must be one of {ATTENTION_CHOICES}, got {attention!r}")
         self.model, self.cache = model, cache
         device = cache.geometry.device
         self.tokens = torch.zeros(1, 1, dtype=torch.long, device=device)
         self.logits = torch.zeros(model.config.vocab_size, dtype=cache.geometry.dtype, device=device)
         self.compiled = compiled
+        self.mask_free = attention == "sdpa-maskfree"
+        self.attention = register_mask_free_sdpa() if self.mask_free else attention
         # compile_mode: None (inductor default) or e.g. "max-autotune-no-cudagraphs"; never a mode
         # with CUDA graphs of its own: the capture below is the only one.
         self.fn = (torch.compile(self._decode_step, fullgraph=True, dynamic=False, mode=compile_mode)
                    if compiled else self._decode_step)
         self.warmup = warmup
-        self.steps = 0
-        self.graph: torch.cuda.CUDAGraph | None = None
+        self.graphs: dict[tuple, torch.cuda.CUDAGraph] = {}
+        self.uncaptured: dict[tuple, int] = {}
 
     def _decode_step(self) -> None:
-        # Everything read here is a static buffer; everything produced is written into one.
+        # Everything read here is a static buffer; everything produced is written into one. The
+        # host flags read (cache.full) flip once: a compiled step specializes on them once.
         cache = self.cache
-        out = self.model(input_ids=self.tokens, position_ids=cache.position_ids, attention_mask=cache.attention_mask,
+        mask = None if self.mask_free and cache.full else cache.attention_mask
+        out = self.model(input_ids=self.tokens, position_ids=cache.position_ids, attention_mask=mask,
                          past_key_values=cache, use_cache=True)
         self.logits.copy_(out.logits[0, -1])
         cache.advance_device()
 
     def step(self, token: torch.Tensor) -> tuple[torch.Tensor, EvictionEvent | None]:
         self.tokens.copy_(token.view(1, 1))
-        if self.graph is not None:
-            self.graph.replay()
-        elif self.steps < self.warmup or not self.cache.graph_ready:
-            # Real steps on a side stream (compilation, autotuning, cuBLAS workspaces) before capture.
+        key = (self.cache.graph_key, self.mask_free and self.cache.full)
+        graph = self.graphs.get(key)
+        if graph is not None:
+            graph.replay()
+        elif self.uncaptured.get(key, 0) < self.warmup:
             side = torch.cuda.Stream()
             side.wait_stream(torch.cuda.current_stream())
-            with torch.cuda.stream(side):
+            with torch.cuda.stream(side), attention_implementation(self.model, self.attention):
                 self.fn()
             torch.cuda.current_stream().wait_stream(side)
+            self.uncaptured[key] = self.uncaptured.get(key, 0) + 1
         else:
             graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(graph):
+            with torch.cuda.graph(graph), attention_implementation(self.model, self.attention):
                 self.fn()  # recorded, not run
-            self.graph = graph
+            self.graphs[key] = graph
             graph.replay()
-        self.steps += 1
         event = self.cache.end_step(advance_device=False)
         return self.logits.clone(), event
 

@@ -66,15 +66,15 @@ class FixedCache(Cache):
 
     kind = "fixed"
 
-    def __init__(self, spec: StrategySpec, model: torch.nn.Module, num_slots: int):
+    def __init__(self, spec: StrategySpec, model: torch.nn.Module, num_slots: int, pad_to: int = 8):
         super().__init__(layers=[])
         self.spec = spec
         self.geometry = geo = KVGeometry.from_model(model)
-        # Slots the strategy uses; the buffers round up to a multiple of 8 (16-byte rows of the
-        # fp16 mask, which SDPA's memory-efficient kernel would otherwise pad on every call). The
-        # extra slots stay masked forever.
+        # Slots the strategy uses; the buffers may round up to a multiple of `pad_to` (16-byte rows
+        # of the fp16 mask, which SDPA's memory-efficient kernel would otherwise pad on every
+        # call). Extra slots stay masked forever, so a padded cache always needs its mask.
         self.used_slots = num_slots
-        self.num_slots = num_slots = -(-num_slots // 8) * 8
+        self.num_slots = num_slots = -(-num_slots // pad_to) * pad_to
         shape = (1, geo.kv_heads, num_slots, geo.head_dim)
         # zeros, not empty: masked slots still enter q·k, and NaN garbage times a zero softmax
         # weight is NaN.
@@ -154,9 +154,14 @@ class FixedCache(Cache):
         raise NotImplementedError
 
     @property
-    def graph_ready(self) -> bool:
-        """Whether every later step runs the same device code, so a captured graph stays valid."""
-        return True
+    def graph_key(self) -> tuple:
+        """Host flags the forward's code depends on; a captured graph is valid while they hold."""
+        return ()
+
+    @property
+    def full(self) -> bool:
+        """Every slot holds a token after this step's write (no mask needed); host flag."""
+        return False
 
     def advance_device(self) -> None:
         """Device-side counter update after a step (captured with the forward in graph mode)."""

@@ -45,11 +45,13 @@ class RingStreamingCache(FixedCache):
         check_ring(spec)
         self.sink = spec.sink
         self.window = spec.effective_window
-        super().__init__(spec, model, self.sink + self.window + 1)
+        # No padding: once full, every slot holds a token and attention may run without a mask.
+        super().__init__(spec, model, self.sink + self.window + 1, pad_to=1)
         device = self.geometry.device
         # Rotate sinks only under pos-shift; no-shift keeps every key at its absolute position.
         self.rotate_sinks = spec.position_mode is PositionMode.SHIFT and self.sink > 0
         self.sinks_recorded = False  # host: all S sink keys are in sink_store
+        self._full = False  # host: the token being fed fills the last free slot (or later)
         self.t = torch.zeros(1, 1, dtype=torch.long, device=device)  # position of the token being fed
         self.position_ids = self.t  # absolute frame: the model is fed t itself
         self._slot = torch.zeros(1, dtype=torch.long, device=device)
@@ -115,13 +117,19 @@ class RingStreamingCache(FixedCache):
             self.advance_device()
         length, keep = self._host_step()
         self.sinks_recorded = self.seen >= self.sink
+        self._full = self.seen >= self.sink + self.window
         return self._event(self.seen - 1, length, keep)
 
     @property
-    def graph_ready(self) -> bool:
-        # A graph captured before the sinks are recorded would keep the store write; one captured
-        # after would miss it. Capture once every later step runs the same code.
-        return self.sinks_recorded or not self.rotate_sinks
+    def graph_key(self) -> tuple:
+        # A graph captured before the sinks are recorded keeps the store write; one captured
+        # after leaves it out: two phases, one graph each.
+        return (self.sinks_recorded,)
+
+    @property
+    def full(self) -> bool:
+        # Token t = seen fills the last free slot when t >= S + W (slots = S + W + 1).
+        return self._full
 
     def prime_random(self, seen: int, generator: torch.Generator | None = None) -> None:
         """Timing only: the state after `seen` tokens, every valid slot holding random K/V."""
@@ -134,6 +142,7 @@ class RingStreamingCache(FixedCache):
                 store.normal_(generator=generator)
         self.seen = seen
         self.sinks_recorded = seen >= self.sink
+        self._full = seen >= self.sink + self.window
         kept = min(seen, self.sink + self.window)
         self.slots = list(range(self.sink)) + list(range(seen - (kept - self.sink), seen))
         self.slots = self.slots[:kept]

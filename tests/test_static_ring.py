@@ -99,10 +99,26 @@ def test_ring_state_is_on_the_device(tiny_model):
     run(tiny_model, ids, spec, cache_factory=lambda s, m: cache)
     assert int(cache.t) == cache.seen == 19
     assert cache.slots == [0, 1, 14, 15, 16, 17, 18]
-    assert cache.used_slots == 2 + 5 + 1
-    assert bool((cache.attention_mask[..., : cache.used_slots] == 0).all())  # full: every slot holds a token
-    assert bool((cache.attention_mask[..., cache.used_slots :] < -1e30).all())  # padding stays masked
-    assert cache.keys[0].shape[-2] == cache.num_slots == 8
+    assert cache.keys[0].shape[-2] == cache.num_slots == cache.used_slots == 2 + 5 + 1  # no padding
+    assert bool((cache.attention_mask == 0).all()) and cache.full  # every slot holds a token
+    static = make_cache(make_strategy("strict", sink=2, window=5, cache="static"), tiny_model.model)
+    assert static.num_slots == 8 and static.used_slots == 8 and not static.full
+
+
+def test_mask_free_attention_matches_masked(tiny_model):
+    """The registered mask-free SDPA gives what SDPA with an all-zero mask gives (what a full ring uses)."""
+    from streamllm.decode import attention_implementation, register_mask_free_sdpa
+
+    model = tiny_model.model
+    ids = stream(0, 12)[:10].view(1, -1)
+    with torch.inference_mode():
+        ref = model(input_ids=ids).logits
+        zeros = torch.zeros(1, 1, 10, 10)
+        causal = zeros.masked_fill(torch.ones(10, 10, dtype=torch.bool).triu(1), torch.finfo(torch.float32).min)
+        with attention_implementation(model, register_mask_free_sdpa()):
+            got = model(input_ids=ids, attention_mask=causal).logits
+        assert model.config._attn_implementation == "sdpa"  # restored
+    assert (got - ref).abs().max().item() <= 1e-5
 
 
 def test_cache_kind_refusals(tiny_model):
@@ -205,8 +221,8 @@ def test_cudagraph_trees_overwrite_held_outputs():
 
 @pytest.mark.gpu
 @gpu
-@pytest.mark.parametrize("compiled", [False, True])
-def test_graph_decoder_matches_eager_ring(compiled):
+@pytest.mark.parametrize(("compiled", "attention"), [(False, None), (True, None), (False, "sdpa-maskfree")])
+def test_graph_decoder_matches_eager_ring(compiled, attention):
     from conftest import tiny_neox
 
     loaded = tiny_neox()
@@ -215,6 +231,7 @@ def test_graph_decoder_matches_eager_ring(compiled):
     ids = stream(2, 9)
     spec = make_strategy("strict", sink=2, window=9, cache="ring")
     eager = run(loaded, ids, spec)
-    graph = run(loaded, ids, spec, decoder_factory=lambda m, c: GraphDecoder(m, c, compiled=compiled))
+    graph = run(loaded, ids, spec, decoder_factory=lambda m, c: GraphDecoder(m, c, compiled=compiled,
+                                                                           attention=attention))
     assert nll_gap(graph, eager) <= TOL
     assert nll_gap(graph, run(loaded, ids, dataclasses.replace(spec, cache="dynamic"))) <= TOL
