@@ -150,12 +150,16 @@ class Suite:
         self.run_file: Path | None = None
         self._models: dict[str | None, object] = {}
         self._texts: dict[str, Text] = {}
-        self._evals: dict[tuple[str, str], EvalResult] = {}
+        self._evals: dict[tuple, EvalResult] = {}
         self._timings: dict[tuple[str, str], TimingRun] = {}
         self._slices: dict[tuple[str, str], DecodeSlice] = {}  # kept until a rerun is decided
         self._fingerprint: dict | None = None
-        if options.threads:
-            torch.set_num_threads(options.threads)
+        self.threads = options.threads or (1 if options.device_type == "cpu" else None)
+        if self.threads:
+            # One thread by default on CPU: on a shared 2-core VM, two OpenMP threads spin-wait on
+            # each other whenever one is descheduled (measured under load: 500 ms/step with 2
+            # threads vs 74 ms with 1), so one thread is both faster there and far less noisy.
+            torch.set_num_threads(self.threads)
 
     def _under_root(self, path: str) -> Path:
         p = Path(path)
@@ -170,7 +174,7 @@ class Suite:
 
     @property
     def fingerprint_id(self) -> str:
-        return fingerprint_id(self.fingerprint)
+        return suite_fingerprint_id(self.fingerprint)
 
     def case(self, case_id: str) -> BenchCase:
         return next(c for c in self.catalog if c.id == case_id)
@@ -203,12 +207,14 @@ class Suite:
 
     # -- measurements --------------------------------------------------------------------------
     def evaluate(self, case: BenchCase, dataset: str) -> EvalResult:
-        """Per-token NLL and PPL of a case: the parallel evaluator where it is exact, else the token loop."""
+        """Per-token NLL and PPL of a case: the parallel evaluator where it is exact, else the token loop.
+
+        Static/ring caches and torch.compile change how a step runs, not which tokens it attends,
+        so for the parallel evaluator they share the dynamic strategy's evaluation (on the same
+        weights); the timed decode slice then checks *their* numerics against it
+        (`_slice_agreement`). Memoized: a finding's reference is evaluated once per dataset."""
         key = (dataset, case.id)
         if key not in self._evals:
-            from streamllm.decode import decoder_factory
-            from streamllm.evaluate import evaluate_tokens
-
             loaded = self.model(case.transform)
             text = self.text(dataset)
             use_parallel, why = False, "--evaluator token"
@@ -219,53 +225,113 @@ class Suite:
             if use_parallel:
                 from streamllm.parallel import evaluate_parallel
 
-                # Static/ring/compile change how a step runs, not which tokens it sees: the parallel
-                # evaluator scores their semantics; the timed decode slice checks their numerics
-                # against it (slice_nll_max_abs_diff).
-                result = evaluate_parallel(loaded, text.ids, case.spec, dataset=text.name, dataset_sha256=text.sha256,
-                                           chunk_size=self.options.chunk_size)
+                weights = "int8" if case.transform == "int8" else None
+                shared = ("parallel", dataset, dataclasses.replace(case.spec, cache="dynamic"), weights)
+                if shared not in self._evals:
+                    self._evals[shared] = evaluate_parallel(loaded, text.ids, dataclasses.replace(case.spec, cache="dynamic"),
+                                                            dataset=text.name, dataset_sha256=text.sha256,
+                                                            chunk_size=self.options.chunk_size)
+                result = self._evals[shared]
             else:
-                factory = decoder_factory(compile_mode(case), loaded.device, case.spec.cache)
-                result = evaluate_tokens(loaded, text.ids, case.spec, dataset=text.name, dataset_sha256=text.sha256,
-                                         decoder_factory=factory)
+                result = self._loop(case, dataset)
                 result.notes.append(f"token-loop evaluator: {why}")
-            result.strategy = case.label  # the transform is part of what was measured
-            result.params = case.params()
-            self._evals[key] = result
+            # the label carries the cache kind and transform: they are part of what was measured
+            self._evals[key] = dataclasses.replace(result, strategy=case.label, params=case.params(),
+                                                   notes=list(result.notes))
         return self._evals[key]
 
     def geometry(self, case: BenchCase) -> tuple[int, int]:
         """(steps per round, cycle) of a case."""
         return steps_per_round(case.cycle, self.options.min_steps), case.cycle
 
-    def new_slice(self, case: BenchCase, dataset: str, rounds: int | None = None) -> DecodeSlice:
+    def uses_loop(self, case: BenchCase) -> bool:
+        """True when the case's PPL comes from the token loop (refresh, or --evaluator token)."""
+        if self.options.evaluator != "auto":
+            return True
+        from streamllm.parallel import supports_parallel
+
+        return not supports_parallel(case.spec, self.model(case.transform).model)[0]
+
+    def new_slice(self, case: BenchCase, dataset: str, timed_steps: int | None = None,
+                  real_fill: bool = False) -> DecodeSlice:
         from streamllm.decode import decoder_factory
 
         loaded = self.model(case.transform)
         steps, _ = self.geometry(case)
-        rounds = self.options.rounds if rounds is None else rounds
-        timed = steps * (self.options.warmup_rounds + rounds)
+        if timed_steps is None:
+            timed_steps = steps * (self.options.warmup_rounds + self.options.rounds)
         factory = decoder_factory(compile_mode(case), loaded.device, case.spec.cache)
-        return prepare_slice(loaded, self.text(dataset).ids, case.spec, timed_steps=timed, decoder_factory=factory)
+        return prepare_slice(loaded, self.text(dataset).ids, case.spec, timed_steps=timed_steps,
+                             decoder_factory=factory, real_fill=real_fill)
 
     def timing(self, case: BenchCase, dataset: str, benchmark=None) -> TimingRun:
         """Time a case (through pytest-benchmark when given), memoized per (dataset, case)."""
         key = (dataset, case.id)
+        if key not in self._timings and self.uses_loop(case):
+            self._loop(case, dataset, benchmark)
         if key in self._timings:
             return self._timings[key]
         steps, cycle = self.geometry(case)
-        rounds, warmup = self.options.rounds, self.options.warmup_rounds
         slice_ = self.new_slice(case, dataset)
-        if benchmark is not None and not getattr(benchmark, "disabled", False):
-            benchmark.pedantic(slice_.run_round, args=(steps,), rounds=rounds, warmup_rounds=warmup, iterations=1)
-            run = collect(slice_, steps=steps, cycle=cycle, warmup_rounds=warmup, first=warmup, count=rounds)
-        else:
-            if benchmark is not None:  # --benchmark-disable: pedantic would run the target once, untimed
-                benchmark.pedantic(lambda: None)
-            run = time_rounds(slice_, steps=steps, cycle=cycle, rounds=rounds, warmup_rounds=warmup)
-        self._timings[key] = run
+        self._timings[key] = self._time(slice_, steps, cycle, self.options.rounds, benchmark)
         self._slices[key] = slice_
-        return run
+        return self._timings[key]
+
+    def _time(self, slice_: DecodeSlice, steps: int, cycle: int, rounds: int, benchmark) -> TimingRun:
+        warmup = self.options.warmup_rounds
+        if benchmark is not None and not getattr(benchmark, "disabled", False):
+            first = len(slice_.calls) + warmup
+            benchmark.pedantic(slice_.run_round, args=(steps,), rounds=rounds, warmup_rounds=warmup, iterations=1)
+            return collect(slice_, steps=steps, cycle=cycle, warmup_rounds=warmup, first=first, count=rounds)
+        if benchmark is not None:  # --benchmark-disable: pedantic would run the target once, untimed
+            benchmark.pedantic(lambda: None)
+        return time_rounds(slice_, steps=steps, cycle=cycle, rounds=rounds, warmup_rounds=warmup)
+
+    def _loop(self, case: BenchCase, dataset: str, benchmark=None) -> EvalResult:
+        """Token-loop evaluation whose steady-state steps are also the timing rounds.
+
+        The cache is filled to capacity by one chunked forward (its logits are the token loop's
+        NLL for those steps: nothing is evicted before), then the rest of the text is decoded in
+        rounds of whole eviction cycles through pytest-benchmark; every step's NLL is recorded
+        (outside the timed region), so one pass gives both the PPL and the TPOT samples. A
+        refresh run costs one token loop instead of a token loop plus a timing slice."""
+        key = ("loop", dataset, case.id)
+        if key in self._evals:
+            return self._evals[key]
+        from streamllm.evaluate import build_result
+        from streamllm.results import TokenTrace
+
+        loaded = self.model(case.transform)
+        text = self.text(dataset)
+        steps, cycle = self.geometry(case)
+        slice_ = self.new_slice(case, dataset, timed_steps=0, real_fill=True)
+        fill = slice_.cursor
+        rounds = slice_.remaining // steps - self.options.warmup_rounds
+        if rounds < 1:
+            raise ValueError(f"{case.label}: {text.ids.numel()} tokens leave no whole round of {steps} steps after "
+                             f"filling {fill}: raise --tokens")
+        run = self._time(slice_, steps, cycle, rounds, benchmark)
+        if slice_.remaining:
+            slice_.run_round(slice_.remaining)  # the text's tail: scored, not a whole round, not a sample
+        flat = lambda rows: [x for row in rows for x in row]  # noqa: E731 - local helper
+        positions = flat(slice_.positions)
+        prunes = flat(slice_.prunes)
+        evicted = flat(slice_.evicted)
+        nan = float("nan")
+        trace = TokenTrace(
+            nll=list(slice_.fill_nll) + flat(slice_.nll),
+            step_ms=[nan] * fill + flat(slice_.calls),
+            kv_length=list(range(1, fill + 1)) + list(slice_.kv_length),
+            position=list(range(fill)) + list(slice_.fed_position),
+            prune_steps=[t for t, p in zip(positions, prunes, strict=True) if p],
+            evicted=[e for e, p in zip(evicted, prunes, strict=True) if p],
+        )
+        result = build_result(loaded, case.spec, trace, text.ids.numel(), text.name, text.sha256, "token",
+                              self.options.warmup_rounds * steps)
+        self._evals[key] = result
+        self._timings[(dataset, case.id)] = run
+        self._slices[(dataset, case.id)] = slice_
+        return result
 
     def rerun(self, case: BenchCase, dataset: str) -> list[float]:
         """More rounds on the same filled cache after an inconclusive verdict (design-notes §5:
@@ -285,10 +351,11 @@ class Suite:
     def run_case(self, case: BenchCase, dataset: str, benchmark) -> CaseResult:
         started = time.perf_counter()
         out = CaseResult(case, dataset)
-        evaluation = self.evaluate(case, dataset)
-        out.evaluation = evaluation
+        # timing first: for token-loop cases the timed rounds *are* the evaluation's decode steps
         timing = self.timing(case, dataset, benchmark)
         out.timing = timing
+        evaluation = self.evaluate(case, dataset)
+        out.evaluation = evaluation
         out.slice_nll_max_abs_diff = self._slice_agreement(evaluation, timing)
         dense = self.case("dense")
         if case.id != "dense":
@@ -314,8 +381,8 @@ class Suite:
     def _slice_agreement(self, evaluation: EvalResult, timing: TimingRun) -> float | None:
         """max |NLL(timed decode) - NLL(evaluator)| over the timed steps: do the cache being timed
         and the scored semantics agree?"""
-        if not timing.positions or evaluation.trace is None:
-            return None
+        if not timing.positions or evaluation.trace is None or timing.fill_mode == "random":
+            return None  # random K/V (timing-only fill) cannot reproduce the text's NLL
         ref = np.asarray(evaluation.trace.nll)[np.asarray(timing.positions)]
         return float(np.max(np.abs(np.asarray(timing.nll) - ref)))
 
@@ -386,7 +453,7 @@ class Suite:
         provenance.update({"note": self.options.baseline_note, "evaluator": evaluation.evaluator,
                            "timing": {"rounds": timing.rounds, "steps_per_round": timing.steps_per_round,
                                       "warmup_rounds": timing.warmup_rounds, "sample": "per-cycle mean TPOT (ms)",
-                                      "threads": torch.get_num_threads()}})
+                                      "threads": torch.get_num_threads(), "fill": timing.fill_mode}})
         runs = [timing]
         for _ in range(self.options.baseline_runs - 1):
             steps, cycle = self.geometry(case)
@@ -398,7 +465,8 @@ class Suite:
             record = BaselineRecord.from_result(evaluation, fingerprint=self.fingerprint, tpot_samples_ms=run.samples,
                                                 tpot_ms=run.mean_ms, provenance=provenance,
                                                 extra={"tpot_ms_median": run.median_ms, "spikes": evaluation.spikes})
-            records.append(dataclasses.replace(record, key=self.key(case, evaluation)))
+            record = _rekey(dataclasses.replace(record, key=self.key(case, evaluation)), self.fingerprint_id)
+            records.append(record)
         return average_records(records)
 
     def write_baselines(self) -> list[Path]:
@@ -450,6 +518,22 @@ class Suite:
         path = self._under_root(self.options.report_dir) / "runs" / f"{stamp}-{self.options.device_type}-{os.getpid()}.json"
         self.run_file = write_json_atomic(path, self.run_json())
         return self.run_file
+
+
+def suite_fingerprint_id(fp: dict) -> str:
+    """`streamllm.baselines.fingerprint_id`, plus the torch thread count on CPU: the same 2-core
+    machine timed with 1 or 2 threads is two different baselines."""
+    fid = fingerprint_id(fp)
+    return f"{fid}-t{fp.get('torch_threads')}" if fp.get("device_class") == "cpu" else fid
+
+
+def _rekey(record: BaselineRecord, fid: str) -> BaselineRecord:
+    """Move a fresh record's per-fingerprint entries under the suite's fingerprint id."""
+    def move(d: dict) -> dict:
+        return {fid: next(iter(d.values()))} if d else {}
+
+    return dataclasses.replace(record, tpot_samples_ms=move(record.tpot_samples_ms), tpot_ms=move(record.tpot_ms),
+                               fingerprints=move(record.fingerprints))
 
 
 def _finite(obj):

