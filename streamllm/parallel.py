@@ -214,33 +214,39 @@ class ParallelContext:
 
     def attend(self, layer: int, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
                scaling: float) -> torch.Tensor:
-        """Attention output [B, L, H, D] for un-rotated q/k/v [B, H(kv), L, D] of the current chunk."""
+        """Attention output [B, L, H, D] of the current chunk's q/k/v [B, H(kv), L, D], as the model gave
+        them: un-rotated for shift strategies (position 0), rotated at t for absolute ones."""
         plan = self.plan
         if plan is None:
             raise RuntimeError("ParallelContext.attend called outside a chunk")
         store = self.layers.setdefault(layer, LayerStore(start=plan.start))
-        rotary = self.rope.rotary_dim if self.rope is not None else 0
-        q_abs, k_abs = query, key
-        if plan.rot_abs is not None:
-            q_abs = apply_rotation(query, *plan.rot_abs, rotary)
-            k_abs = apply_rotation(key, *plan.rot_abs, rotary)
+        q_abs, k_abs = self._rotate(query, plan.rot_abs), self._rotate(key, plan.rot_abs)
         self._remember_sinks(store, k_abs, value, plan)
-        keys, values = _append(store.keys, k_abs), _append(store.values, value)
-        offset = plan.key_start - store.start
-        keys, values = keys[:, :, offset:], values[:, :, offset:]
-        # Later chunks need tokens [keep_from, stop) only (plus the sinks, kept apart).
-        keep = plan.keep_from - plan.key_start
-        store.keys, store.values, store.start = keys[:, :, keep:], values[:, :, keep:], plan.keep_from
+        keys, values = self._window_kv(store, k_abs, value, plan)
 
         scores = _grouped_scores(q_abs, keys, scaling) + plan.window_bias
         if plan.sinks:
-            q_sink = q_abs if plan.rot_sink_query is None else apply_rotation(query, *plan.rot_sink_query, rotary)
+            # Sinks sit at slots 0..S-1: the query scores them from its cache position |C_t|.
+            q_sink = q_abs if plan.rot_sink_query is None else self._rotate(query, plan.rot_sink_query)
             sink_scores = _grouped_scores(q_sink, store.sink_keys[:, :, : plan.sinks], scaling) + plan.sink_bias
             scores = torch.cat((sink_scores, scores), dim=-1)
             values = torch.cat((store.sink_values[:, :, : plan.sinks], values), dim=-2)
         probs = torch.softmax(scores, dim=-1).to(values.dtype)
-        out = _grouped_output(probs, values, query.shape[1])
-        return out
+        return _grouped_output(probs, values, query.shape[1])
+
+    def _rotate(self, x: torch.Tensor, cos_sin: tuple[torch.Tensor, torch.Tensor] | None) -> torch.Tensor:
+        return x if cos_sin is None else apply_rotation(x, *cos_sin, self.rope.rotary_dim)
+
+    @staticmethod
+    def _window_kv(store: LayerStore, keys: torch.Tensor, values: torch.Tensor,
+                   plan: ChunkPlan) -> tuple[torch.Tensor, torch.Tensor]:
+        """K/V of tokens [key_start, stop) for this chunk; keeps [keep_from, stop) for the next one."""
+        keys, values = _append(store.keys, keys), _append(store.values, values)
+        offset = plan.key_start - store.start
+        keys, values = keys[:, :, offset:], values[:, :, offset:]
+        keep = plan.keep_from - plan.key_start
+        store.keys, store.values, store.start = keys[:, :, keep:], values[:, :, keep:], plan.keep_from
+        return keys, values
 
     def _remember_sinks(self, store: LayerStore, keys: torch.Tensor, values: torch.Tensor, plan: ChunkPlan) -> None:
         # Sink keys are rotated at i == their slot, so the absolute-frame keys serve as they are.
