@@ -30,10 +30,10 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                     help="default | all | comma list of case ids (see bench/catalog.py); 'default,lazy-c128' adds one")
     group.addoption("--sink", type=int, default=None, help="attention sinks S (default 4)")
     group.addoption("--window", type=int, default=None, help="recent window W (default 124)")
-    group.addoption("--rounds", type=int, default=8, help="measured rounds per strategy (default 8)")
+    group.addoption("--rounds", type=int, default=5, help="measured rounds per strategy (default 5)")
     group.addoption("--warmup-rounds", type=int, default=1, help="warm-up rounds, excluded (default 1)")
-    group.addoption("--steps-per-round", type=int, default=16,
-                    help="decode steps per round, rounded up to whole eviction cycles (default 16)")
+    group.addoption("--steps-per-round", type=int, default=8,
+                    help="decode steps per round, rounded up to whole eviction cycles (default 8)")
     group.addoption("--update-baselines", action="store_true",
                     help="write this run's PPL and TPOT into baselines/ (the only way baselines change)")
     group.addoption("--baseline-runs", type=int, default=1,
@@ -85,7 +85,7 @@ def _suite(config: pytest.Config):
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     if "bench_case" not in metafunc.fixturenames:
         return
-    from bench.catalog import select
+    from bench.catalog import datasets_for, select
 
     suite = _suite(metafunc.config)
     try:
@@ -93,7 +93,8 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     except ValueError as exc:
         raise pytest.UsageError(str(exc)) from None
     # Strategy-major order: dense first (the speedup reference), a transformed model is loaded once.
-    pairs = [(case, dataset) for case in cases for dataset in suite.options.datasets]
+    options = suite.options
+    pairs = [(case, dataset) for case in cases for dataset in datasets_for(case, options.datasets, options.strategies)]
     metafunc.parametrize(("bench_case", "bench_dataset"), pairs,
                          ids=[f"{case.id}-{dataset}" for case, dataset in pairs])
 

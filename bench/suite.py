@@ -53,9 +53,9 @@ class SuiteOptions:
     strategies: str = "default"
     sink: int = DEFAULT_SINK
     window: int = DEFAULT_WINDOW
-    rounds: int = 8
+    rounds: int = 5
     warmup_rounds: int = 1
-    min_steps: int = 16  # steps per round, rounded up to whole eviction cycles
+    min_steps: int = 8  # steps per round, rounded up to whole eviction cycles
     update_baselines: bool = False
     baseline_runs: int = 1  # timing passes averaged into the baseline under --update-baselines
     baselines_dir: str = "baselines"
@@ -499,7 +499,7 @@ class Suite:
             "schema": RUN_SCHEMA,
             "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             "runtime_s": time.time() - self.started,
-            "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
+            "command": " ".join([_program(), *sys.argv[1:]]),
             "options": dataclasses.asdict(self.options),
             "model": {"name": loaded.name, "revision": loaded.revision, "dummy_weights": loaded.dummy_weights,
                       "architecture": loaded.architecture} if loaded else None,
@@ -518,6 +518,11 @@ class Suite:
         path = self._under_root(self.options.report_dir) / "runs" / f"{stamp}-{self.options.device_type}-{os.getpid()}.json"
         self.run_file = write_json_atomic(path, self.run_json())
         return self.run_file
+
+
+def _program() -> str:
+    name = Path(sys.argv[0]).name
+    return "python -m pytest" if name == "__main__.py" else name
 
 
 def suite_fingerprint_id(fp: dict) -> str:

@@ -135,7 +135,6 @@ def plot_ppl_vs_tpot(run: Run, path: Path) -> Path | None:
             ax.annotate(r["case"], (r["tpot_ms_mean"], r["ppl"]), fontsize=7, xytext=(4, 2), textcoords="offset points")
     ax.set_xlabel("TPOT, ms per token (whole-cycle mean, steady state)")
     ax.set_ylabel("PPL")
-    ax.set_yscale("log")
     ax.set_title(_title(run, "PPL vs TPOT"), fontsize=9)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
@@ -374,7 +373,7 @@ def build_report(run: Run, history: list[Run], out_dir: str | Path) -> dict:
     text = _markdown(run, summary, made)
     (out / "report.md").write_text(text, encoding="utf-8")
     (out / "report.html").write_text(_html(text, run, made), encoding="utf-8")
-    write_json_atomic(out / "summary.json", summary)
+    write_json_atomic(out / "summary.json", summary).chmod(0o644)  # an artifact: readable like its siblings
     return summary
 
 
