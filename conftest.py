@@ -107,14 +107,16 @@ def bench_suite(request: pytest.FixtureRequest):
 @pytest.hookimpl(optionalhook=True)
 def pytest_benchmark_update_machine_info(config: pytest.Config, machine_info: dict) -> None:
     """CPU and GPU details (and the hardware fingerprint the TPOT baselines are keyed by)."""
-    from streamllm.baselines import fingerprint_id, hardware_fingerprint
+    from bench.suite import suite_fingerprint_id
+    from streamllm.baselines import hardware_fingerprint
 
-    try:
-        device = config.getoption("--device")
-    except ValueError:
-        device = None
-    fp = hardware_fingerprint(device if device not in (None, "auto") else None)
-    machine_info["streamllm"] = {"fingerprint_id": fingerprint_id(fp), **fp}
+    suite = config.stash.get(SUITE_KEY, None)
+    if suite is not None:
+        fp = suite.fingerprint
+    else:
+        device = config.getoption("--device", None)
+        fp = hardware_fingerprint(device if device not in (None, "auto") else None)
+    machine_info["streamllm"] = {"fingerprint_id": suite_fingerprint_id(fp), **fp}
 
 
 def pytest_sessionfinish(session: pytest.Session) -> None:
