@@ -214,8 +214,14 @@ def plot_nll_aligned(run: Run, dataset: str, path: Path, before: int = 16, after
 def plot_tpot_history(run: Run, history: list[Run], path: Path) -> Path | None:
     """TPOT of each strategy across the stored runs of the same model, options and fingerprint."""
     fid = run.data.get("fingerprint_id")
-    model = (run.data.get("model") or {}).get("name")
-    same = [h for h in history if h.data.get("fingerprint_id") == fid and (h.data.get("model") or {}).get("name") == model]
+
+    def config(r: Run) -> tuple:
+        o = r.data.get("options") or {}
+        return ((r.data.get("model") or {}).get("name"), o.get("dtype"), o.get("tokens"), o.get("sink"),
+                o.get("window"), o.get("min_steps"))
+
+    # Only runs whose TPOT means the same thing: same machine, model, dtype, tokens, geometry, round size.
+    same = [h for h in history if h.data.get("fingerprint_id") == fid and config(h) == config(run)]
     if run.path not in {h.path for h in same}:
         same.append(run)
     series: dict[str, list[tuple[int, float]]] = {}
