@@ -19,8 +19,15 @@ from bench.checks import INCONCLUSIVE, BaselineNotChecked, VerdictInconclusive
 
 def test_strategy(bench_suite, bench_case, bench_dataset, benchmark):
     from bench.catalog import unavailable_reason
+    from streamllm.data import DatasetError
+    from streamllm.models import ModelUnavailableError
 
     reason = unavailable_reason(bench_case, bench_suite.options.device_type)
+    if not reason:
+        try:  # wikitext / pg19 need the dataset hub, hub models need the hub or a local copy
+            bench_suite.text(bench_dataset)
+        except (DatasetError, ModelUnavailableError) as exc:
+            reason = str(exc)
     if reason:
         bench_suite.skip_case(bench_case, bench_dataset, reason)
         pytest.skip(f"{bench_case.id}: {reason}")
