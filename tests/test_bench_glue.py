@@ -276,3 +276,27 @@ def test_loop_evaluation_equals_the_token_loop(tmp_path, tiny):
     assert got.position == reference.trace.position and got.kv_length == reference.trace.kv_length
     assert out.evaluation.ppl == pytest.approx(reference.ppl, rel=1e-5)
     assert len(out.timing.samples) >= 2  # the decode rounds double as timing samples
+
+
+def test_findings_pass_fail_on_either_side_and_not_applicable(tmp_path, tiny, monkeypatch):
+    from bench import findings
+    from streamllm.stats import Finding
+
+    def spec(name, low, high, models=("tiny-llama",)):
+        return findings.FindingSpec(Finding(name, "ratio_ppl", low, high, "test provenance"), case="window",
+                                    reference="strict", models=models, real_weights=False)
+
+    suite = make_suite(tmp_path, tiny)
+    est = suite.evaluate(suite.case("window"), "synthetic").ppl / suite.evaluate(suite.case("strict"), "synthetic").ppl
+    monkeypatch.setattr(findings, "FINDINGS", [
+        spec("wide", est / 10, est * 10),
+        spec("expects worse", est * 5, None),  # measured is *better* than the band: fails too
+        spec("expects better", None, est / 5),
+        spec("other model", 0.0, 1.0, models=("EleutherAI/pythia-2.8b",)),
+    ])
+    checks = {c.name: c for c in run(suite, "window")["window"].checks if c.kind == "finding"}
+    assert checks["(c) wide"].verdict == PASS
+    worse = checks["(c) expects worse"]
+    assert worse.verdict == FAIL and "below the band" in worse.message and "test provenance" in worse.message
+    assert checks["(c) expects better"].verdict == FAIL and "above the band" in checks["(c) expects better"].message
+    assert checks["(c) other model"].verdict == "n/a"
