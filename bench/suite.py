@@ -451,6 +451,7 @@ class Suite:
         averaged in (samples pooled per fingerprint, PPL is deterministic)."""
         provenance = make_provenance(cwd=str(self.rootdir))
         provenance.update({"note": self.options.baseline_note, "evaluator": evaluation.evaluator,
+                           "load_average_1_5_15min": _load_average(),
                            "timing": {"rounds": timing.rounds, "steps_per_round": timing.steps_per_round,
                                       "warmup_rounds": timing.warmup_rounds, "sample": "per-cycle mean TPOT (ms)",
                                       "threads": torch.get_num_threads(), "fill": timing.fill_mode}})
@@ -506,6 +507,7 @@ class Suite:
             "fingerprint": self.fingerprint,
             "fingerprint_id": self.fingerprint_id,
             "threads": torch.get_num_threads(),
+            "load_average_1_5_15min": _load_average(),  # how busy the (shared) machine was
             "provenance": make_provenance(cwd=str(self.rootdir)),
             "baselines_written": [str(p) for p in self.written],
             "results": [r.to_json() for r in self.results],
@@ -518,6 +520,13 @@ class Suite:
         path = self._under_root(self.options.report_dir) / "runs" / f"{stamp}-{self.options.device_type}-{os.getpid()}.json"
         self.run_file = write_json_atomic(path, self.run_json())
         return self.run_file
+
+
+def _load_average() -> list[float] | None:
+    try:
+        return [round(x, 2) for x in os.getloadavg()]
+    except OSError:
+        return None
 
 
 def _program() -> str:
