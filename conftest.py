@@ -43,16 +43,26 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                     help="the run JSON goes to REPORT_DIR/runs/ for `streamllm report` ('' to skip)")
     group.addoption("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     group.addoption("--tpot-tolerance", type=float, default=0.10, help="TPOT band vs baseline (default ±10%%)")
+    group.addoption("--sweep", default=None,
+                    help="run a sweep instead of --strategies: window | sinks | compress | overlap | refresh | b2 | "
+                         "context | all (all but context), comma list allowed; see bench/catalog.py SWEEPS")
     group.addoption("--evaluator", default="auto", choices=("auto", "token"),
                     help="PPL evaluator: auto (parallel where exact, else token loop) or token (always the loop)")
 
 
 def _options(config: pytest.Config):
-    from bench.catalog import DEFAULT_SINK, DEFAULT_TOKENS, DEFAULT_WINDOW
+    from bench.catalog import CONTEXT_TOKENS, DEFAULT_SINK, DEFAULT_TOKENS, DEFAULT_WINDOW
     from bench.suite import SuiteOptions
 
     get = config.getoption
     model = get("--model")
+    strategies, sweeps = get("--strategies"), [s.strip() for s in (get("--sweep") or "").split(",") if s.strip()]
+    if sweeps:
+        # a sweep replaces the default selection; explicitly named --strategies are added to it
+        named = "" if strategies == "default" else "," + strategies
+        strategies = ",".join(f"sweep:{s}" for s in sweeps) + named
+    # the context sweep's window is the model's whole trained context: it needs ~10k tokens
+    tokens = get("--tokens") or (CONTEXT_TOKENS if "context" in sweeps else DEFAULT_TOKENS)
     datasets = tuple(d.strip() for d in get("--dataset").split(",") if d.strip())
     if model.startswith("dummy:"):
         datasets = ("synthetic",)  # no tokenizer: random ids stand in for text (timing only)
@@ -60,8 +70,8 @@ def _options(config: pytest.Config):
     if not 1 <= runs <= 3:
         raise pytest.UsageError(f"--baseline-runs must be 1..3 (got {runs})")
     return SuiteOptions(
-        model=model, datasets=datasets, tokens=get("--tokens") or DEFAULT_TOKENS, device=get("--device"),
-        dtype=get("--dtype"), strategies=get("--strategies"),
+        model=model, datasets=datasets, tokens=tokens, device=get("--device"),
+        dtype=get("--dtype"), strategies=strategies, sweep=",".join(sweeps) or None,
         sink=DEFAULT_SINK if get("--sink") is None else get("--sink"),
         window=DEFAULT_WINDOW if get("--window") is None else get("--window"),
         rounds=get("--rounds"), warmup_rounds=get("--warmup-rounds"), min_steps=get("--steps-per-round"),
@@ -95,8 +105,15 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     # Strategy-major order: dense first (the speedup reference), a transformed model is loaded once.
     options = suite.options
     pairs = [(case, dataset) for case in cases for dataset in datasets_for(case, options.datasets, options.strategies)]
-    metafunc.parametrize(("bench_case", "bench_dataset"), pairs,
-                         ids=[f"{case.id}-{dataset}" for case, dataset in pairs])
+    # sweep points carry the `sweep` marker (`-m "not sweep"` drops them from a mixed selection)
+    params = [pytest.param(case, dataset, id=f"{case.id}-{dataset}",
+                           marks=[pytest.mark.sweep] if case.sweep_only else [])
+              for case, dataset in pairs]
+    metafunc.parametrize(("bench_case", "bench_dataset"), params)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "sweep: a sweep point (bench/catalog.py SWEEPS); selected by --sweep only")
 
 
 @pytest.fixture(scope="session")

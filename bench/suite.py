@@ -51,6 +51,7 @@ class SuiteOptions:
     device: str = "cpu"
     dtype: str = "float32"
     strategies: str = "default"
+    sweep: str | None = None  # the --sweep names (already folded into `strategies` as sweep:NAME)
     sink: int = DEFAULT_SINK
     window: int = DEFAULT_WINDOW
     rounds: int = 5
@@ -123,17 +124,23 @@ class CaseResult:
         out = {
             **self.row(),
             "transform": self.case.transform,
+            "sweeps": list(self.case.sweeps),  # the report draws one curve per sweep
             "params": self.case.params(),
             "seconds": self.seconds,
             "slice_nll_max_abs_diff": self.slice_nll_max_abs_diff,
             "evaluation": ev.summary() if ev else None,
             "timing": self.timing.summary() if self.timing else None,
             "timing_step_ms": self.timing.step_ms if self.timing else None,
+            # text index and prune flag of each timed step: the phase A diagnostics put the step
+            # times next to the per-token NLL and KV length
+            "timing_positions": self.timing.positions if self.timing else None,
+            "timing_prune_flags": self.timing.prune_flags if self.timing else None,
             "checks": [c.to_dict() for c in self.checks],
         }
         if ev is not None and ev.trace is not None:
             out["trace"] = {"nll": ev.trace.nll, "prune_steps": ev.trace.prune_steps,
-                            "kv_length": ev.trace.kv_length, "evicted": ev.trace.evicted}
+                            "kv_length": ev.trace.kv_length, "evicted": ev.trace.evicted,
+                            "step_ms": ev.trace.step_ms}  # NaN (null) for the parallel evaluator
         return _finite(out)
 
 
@@ -141,20 +148,23 @@ class Suite:
     def __init__(self, options: SuiteOptions, rootdir: Path):
         self.options = options
         self.rootdir = rootdir
-        self.catalog = build_catalog(options.sink, options.window)
+        self.threads = options.threads or (1 if options.device_type == "cpu" else None)
+        self._models: dict[str | None, object] = {}
+        # The context sweep's arms straddle the model's trained context, so the catalog needs it:
+        # loaded (config and weights) only when that sweep is asked for.
+        positions = self.model().max_positions if "sweep:context" in options.strategies else None
+        self.catalog = build_catalog(options.sink, options.window, context_positions=positions)
         self.store = BaselineStore(self._under_root(options.baselines_dir))
         self.started = time.time()
         self.results: list[CaseResult] = []
         self.records: list[BaselineRecord] = []
         self.written: list[Path] = []  # baseline files written by the update
         self.run_file: Path | None = None
-        self._models: dict[str | None, object] = {}
         self._texts: dict[str, Text] = {}
         self._evals: dict[tuple, EvalResult] = {}
         self._timings: dict[tuple[str, str], TimingRun] = {}
         self._slices: dict[tuple[str, str], DecodeSlice] = {}  # kept until a rerun is decided
         self._fingerprint: dict | None = None
-        self.threads = options.threads or (1 if options.device_type == "cpu" else None)
         if self.threads:
             # One thread by default on CPU: on a shared 2-core VM, two OpenMP threads spin-wait on
             # each other whenever one is descheduled (measured under load: 500 ms/step with 2
@@ -374,6 +384,13 @@ class Suite:
             benchmark.group = f"{self.text(dataset).name} ({self.options.model}, {self.options.tokens} tokens)"
             benchmark.extra_info.update(self.extra_info(out))
         return out
+
+    def too_short(self, case: BenchCase) -> str | None:
+        """Why this run's text is too short for the case (context arms need ~P + 2k tokens)."""
+        if self.options.tokens < case.min_tokens:
+            return (f"needs --tokens >= {case.min_tokens} (window {case.spec.window} ~ the model's trained context); "
+                    f"this run has {self.options.tokens}")
+        return None
 
     def skip_case(self, case: BenchCase, dataset: str, reason: str) -> None:
         self.results.append(CaseResult(case, dataset, skipped=reason))

@@ -22,7 +22,7 @@ def test_strategy(bench_suite, bench_case, bench_dataset, benchmark):
     from streamllm.data import DatasetError
     from streamllm.models import ModelUnavailableError
 
-    reason = unavailable_reason(bench_case, bench_suite.options.device_type)
+    reason = unavailable_reason(bench_case, bench_suite.options.device_type) or bench_suite.too_short(bench_case)
     if not reason:
         try:  # wikitext / pg19 need the dataset hub, hub models need the hub or a local copy
             bench_suite.text(bench_dataset)
