@@ -211,6 +211,115 @@ def plot_nll_aligned(run: Run, dataset: str, path: Path, before: int = 16, after
     return path
 
 
+def sweep_rows(run: Run, sweep: str, dataset: str) -> list[dict]:
+    """The measured points of one sweep on one dataset, in run (catalog) order, dense excluded."""
+    return [r for r in run.results if r["dataset"] == dataset and sweep in (r.get("sweeps") or [])
+            and not r.get("skipped") and r.get("case") != "dense"]
+
+
+def plot_sweep(run: Run, sweep: str, dataset: str, path: Path) -> Path | None:
+    """One sweep's curve: PPL change and speedup vs the dense baseline, one point per case."""
+    rows = sweep_rows(run, sweep, dataset)
+    if not rows:
+        return None
+    plt = _plt()
+    fig, (top, bottom) = plt.subplots(2, 1, figsize=(max(6.0, 1.1 * len(rows) + 2), 6), sharex=True)
+    x = np.arange(len(rows))
+    top.plot(x, [r.get("ppl_delta_vs_dense_pct") for r in rows], marker="o", color="C0")
+    top.set_ylabel("ΔPPL % vs dense")
+    bottom.plot(x, [r.get("speedup") for r in rows], marker="s", color="C1")
+    bottom.set_ylabel("speedup vs dense (TPOT)")
+    for ax in (top, bottom):
+        ax.grid(alpha=0.3)
+    bottom.set_xticks(x)
+    bottom.set_xticklabels([r["label"] for r in rows], rotation=30, ha="right", fontsize=7)
+    top.set_title(_title(run, f"sweep {sweep}, {dataset}"), fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def _floats(values) -> np.ndarray:
+    return np.asarray([np.nan if v is None else v for v in values], dtype=float)
+
+
+def diagnosed(run: Run, dataset: str) -> dict | None:
+    """The result phase A diagnoses on a dataset: the first one with isolated prune events
+    (lazy / refresh: every-step eviction has no event to look at)."""
+    for r in run.results:
+        prunes = (r.get("trace") or {}).get("prune_steps") or []
+        if r["dataset"] == dataset and not r.get("skipped") and len(prunes) >= 3 and np.diff(prunes).min() >= 8:
+            return r
+    return None
+
+
+def event_spikes(r: dict) -> list[dict]:
+    """Per-event spike metrics (streamllm.spikes) of one result's trace."""
+    from .spikes import spikes
+
+    trace = r.get("trace") or {}
+    return [dict(vars(s)) for s in spikes(_floats(trace.get("nll") or []), trace.get("prune_steps") or [])]
+
+
+def plot_diagnostics(run: Run, dataset: str, path: Path) -> Path | None:
+    """Phase A for one run: per-token NLL, KV length and step time, prune events marked."""
+    r = diagnosed(run, dataset)
+    if r is None:
+        return None
+    trace = r["trace"]
+    nll = _floats(trace["nll"])
+    prunes = trace.get("prune_steps") or []
+    kv = trace.get("kv_length") or []
+    step_ms = _floats(trace.get("step_ms") or [])
+    if not np.isfinite(step_ms).any() and r.get("timing_positions"):
+        # parallel evaluator: no per-token times; the timed decode steps are at their text positions
+        tx, ty = r["timing_positions"], _floats(r["timing_step_ms"])
+    else:
+        tx, ty = np.arange(step_ms.size), step_ms
+    plt = _plt()
+    fig, axes = plt.subplots(3, 1, figsize=(10, 7), sharex=True)
+    axes[0].plot(nll, color="0.75", lw=0.5)
+    sm = _smooth(nll)
+    axes[0].plot(np.arange(sm.size) + (nll.size - sm.size) // 2, sm, color="C0", lw=1.2)
+    axes[0].set_ylabel("NLL (grey raw, blue 32-mean)", fontsize=8)
+    axes[1].plot(np.arange(len(kv)), kv, color="C2", lw=1)
+    axes[1].set_ylabel("KV length |C_t|+1", fontsize=8)
+    axes[2].plot(tx, ty, ".", ms=3, color="C1")
+    axes[2].set_ylabel("step ms (timed steps)", fontsize=8)
+    for ax in axes:
+        for p in prunes:
+            ax.axvline(p, color="C3", lw=0.4, alpha=0.5)
+        ax.grid(alpha=0.3)
+    axes[-1].set_xlabel("decode step t; red: prune events")
+    fig.suptitle(_title(run, f"phase A diagnostics: {r['label']} on {dataset}"), fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def diagnostics(run: Run) -> list[dict]:
+    """Aggregate spike metrics per result and per-event metrics of the diagnosed result."""
+    out = []
+    for dataset in sorted({r["dataset"] for r in run.results}):
+        for r in run.results:
+            if r["dataset"] != dataset or r.get("skipped") or not r.get("trace"):
+                continue
+            trace = r["trace"]
+            kv = _floats(trace.get("kv_length") or [])
+            prunes = trace.get("prune_steps") or []
+            # KV drift (the log's phase A): mean attended length after the first eviction
+            kv_mean = float(np.nanmean(kv[prunes[0]:])) if prunes and kv.size > prunes[0] else None
+            entry = {"dataset": dataset, "case": r["case"], "label": r["label"], "prune_events": len(prunes),
+                     "kv_mean_after_first_prune": kv_mean,
+                     "spikes": (r.get("evaluation") or {}).get("spikes")}
+            if r is diagnosed(run, dataset):
+                entry["events"] = event_spikes(r)
+            out.append(entry)
+    return out
+
+
 def plot_tpot_history(run: Run, history: list[Run], path: Path) -> Path | None:
     """TPOT of each strategy across the stored runs of the same model, options and fingerprint."""
     fid = run.data.get("fingerprint_id")
@@ -256,6 +365,33 @@ def _title(run: Run, what: str) -> str:
 
 
 # -- documents ----------------------------------------------------------------------------------
+def _diagnostics_md(diag: list[dict], events_shown: int = 12) -> list[str]:
+    rows = [d for d in diag if d["prune_events"]]
+    if not rows:
+        return []
+    lines = ["## Phase A diagnostics (NLL spikes around prune events)", "",
+             "Aggregate per strategy (`streamllm.spikes`: peak over the local median of the 32 steps before the "
+             "event, area above it, width at half peak; aligned = the same on the event-aligned mean curve).", "",
+             "| dataset | strategy | events | KV mean after 1st prune | peak mean | peak median | area mean | "
+             "width mean | aligned peak | aligned area | aligned width |", "|" + "---|" * 11]
+    for d in rows:
+        sp = d.get("spikes") or {}
+        lines.append("| " + " | ".join([d["dataset"], d["label"], str(d["prune_events"]),
+                                         _fmt(d["kv_mean_after_first_prune"], ".1f")]
+                                        + [_fmt(sp.get(k), ".3f") for k in ("peak_mean", "peak_median", "area_mean",
+                                                                           "width_mean", "aligned_peak", "aligned_area")]
+                                        + [_fmt(sp.get("aligned_width"), "d")]) + " |")
+    lines.append("")
+    for d in rows:
+        if d.get("events"):
+            lines += [f"Per event, {d['label']} on {d['dataset']} (first {events_shown} of {len(d['events'])}; all in "
+                      "summary.json):", "", "| step | baseline | peak | area | width |", "|---|---|---|---|---|"]
+            lines += [f"| {e['step']} | {e['baseline']:.3f} | {e['peak']:.3f} | {e['area']:.3f} | {e['width']} |"
+                      for e in d["events"][:events_shown]]
+            lines.append("")
+    return lines
+
+
 def _markdown(run: Run, summary: dict, plots: list[Path]) -> str:
     o = run.data.get("options") or {}
     m = run.data.get("model") or {}
@@ -298,6 +434,7 @@ def _markdown(run: Run, summary: dict, plots: list[Path]) -> str:
         lines += ["## Findings", ""]
         lines += [f"- **{c['verdict']}** ({r['dataset']}) {c['message']}" for r, c in findings]
         lines.append("")
+    lines += _diagnostics_md(summary.get("diagnostics") or [])
     if plots:
         lines += ["## Plots", ""]
         lines += [f"![{p.stem}]({p.name})" for p in plots]
@@ -369,13 +506,18 @@ def build_report(run: Run, history: list[Run], out_dir: str | Path) -> dict:
     for old in out.glob("*.png"):  # a report is one run: stale plots of other datasets would mislead
         old.unlink()
     plots = [plot_ppl_vs_tpot(run, out / "ppl_vs_tpot.png")]
+    sweeps = sorted({s for r in run.results for s in (r.get("sweeps") or [])
+                     if (run.data.get("options") or {}).get("sweep")})
     for dataset in sorted({r["dataset"] for r in run.results}):
         plots.append(plot_nll(run, dataset, out / f"nll_{dataset}.png"))
         plots.append(plot_nll_aligned(run, dataset, out / f"nll_aligned_{dataset}.png"))
+        plots.append(plot_diagnostics(run, dataset, out / f"diagnostics_{dataset}.png"))
+        plots += [plot_sweep(run, sweep, dataset, out / f"sweep_{sweep}_{dataset}.png") for sweep in sweeps]
     plots.append(plot_tpot_history(run, history, out / "tpot_history.png"))
     made = [p for p in plots if p is not None]
     summary = summarize(run)
     summary["plots"] = [p.name for p in made]
+    summary["diagnostics"] = diagnostics(run)
     text = _markdown(run, summary, made)
     (out / "report.md").write_text(text, encoding="utf-8")
     (out / "report.html").write_text(_html(text, run, made), encoding="utf-8")
