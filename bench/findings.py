@@ -91,11 +91,9 @@ FINDINGS: list[FindingSpec] = [
             numbers="int8/strict TPOT 2.6x book, 2.6x wiki (234 vs 89 ms, 1 thread): eager INT8 dequantizes "
                     "per call")),
         case="int8", reference="strict", models=(EMBEDDED_MODEL,), devices=("cpu",), real_weights=False),
-    FindingSpec(
-        Finding("lazy c32 amortizes pruning: per-token not slower than strict", "ratio_tpot", 0.5, 1.0,
-                MEASURED_HERE.format(numbers="lazy-c32/strict whole-cycle TPOT 0.92x book, 0.88x wiki; the log's "
-                                     "positive result 1 (lazy pruning lowers TPOT)")),
-        case="lazy-c32", reference="strict", models=(EMBEDDED_MODEL,), devices=("cpu",), real_weights=False),
+    # Not encoded: "lazy c32 is faster per token than strict" (0.88-0.92x measured here). The two are
+    # timed minutes apart, not interleaved, and on this shared VM the load swings TPOT by more than
+    # that (strict 89 ms at load 4, 160 ms at load 9), so the finding failed on noise (2026-11-22).
     # -- the log's Pythia-2.8b numbers, as expectations for that configuration -----------------
     FindingSpec(
         Finding("lazy c32 costs ~6 % PPL (Pythia-2.8b)", "ratio_ppl", 1.02, 1.12, _LOG.format(
