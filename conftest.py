@@ -5,6 +5,7 @@
     pytest bench --benchmark-compare                # compare with the last saved run
     pytest bench --update-baselines --baseline-runs 3   # re-record baselines/ on purpose
     pytest bench --model dummy:pythia-2.8b --device cuda --dtype float16   # GPU timing
+    pytest bench --sweep compress                   # one of the log's sweeps (bench/catalog.py SWEEPS)
 
 Everything here is cheap to import: the suite (torch, models) loads only when a bench test runs,
 so `pytest tests` pays nothing for it. See bench/README.md for what each option means.
@@ -110,10 +111,6 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
                            marks=[pytest.mark.sweep] if case.sweep_only else [])
               for case, dataset in pairs]
     metafunc.parametrize(("bench_case", "bench_dataset"), params)
-
-
-def pytest_configure(config: pytest.Config) -> None:
-    config.addinivalue_line("markers", "sweep: a sweep point (bench/catalog.py SWEEPS); selected by --sweep only")
 
 
 @pytest.fixture(scope="session")

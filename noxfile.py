@@ -1,4 +1,4 @@
-"""nox sessions: tests, bench (CPU main job), gpu (nightly), lint, update-baselines.
+"""nox sessions: tests, bench (CPU main job), sweeps, gpu (nightly), lint, update-baselines.
 
 Installs into a fresh virtualenv are slow here (torch alone is GBs), so every session can run in
 the current environment instead:
@@ -6,6 +6,8 @@ the current environment instead:
     nox -s bench --no-venv        # run in the active environment, install nothing
     nox -s bench -R               # reuse .nox/bench from an earlier run, skip re-installing
     nox -s gpu -- --rounds 20     # everything after -- goes to pytest
+    nox -s sweeps --no-venv -- compress            # one sweep (first arg: a --sweep name), report in reports/sweeps/compress
+    nox -s sweeps --no-venv -- context --device cuda   # the eviction-vs-context arms (10240 tokens)
 
 Environment knobs (all optional):
     STREAMLLM_TORCH     pip requirement for torch in a fresh venv (default "torch==2.13.0": the CPU
@@ -66,6 +68,26 @@ def bench_cpu(session: nox.Session) -> None:
     install(session)
     if not bench(session, "embedded on CPU", ["--device", "cpu", "--benchmark-autosave"]):
         session.error("bench checks failed: see the verdict table and reports/latest/report.md")
+
+
+@nox.session
+def sweeps(session: nox.Session) -> None:
+    """The log's sweeps as benchmarks: `nox -s sweeps -- NAME [pytest args]`, NAME one of
+    bench/catalog.py SWEEPS or `all` (default). Report (curves, phase A diagnostics) in
+    reports/sweeps/NAME/; a failed check still renders the report, then fails the session."""
+    install(session)
+    args = list(session.posargs)
+    name = args.pop(0) if args and not args[0].startswith("-") else "all"
+    session.log(f"sweep: {name}")
+    report_dir = f"reports/sweeps/{name}"
+    try:
+        session.run("python", "-m", "pytest", "bench", "--sweep", name, "--report-dir", report_dir, *args)
+        passed = True
+    except CommandFailed:
+        passed = False
+    session.run("streamllm", "report", "--runs", f"{report_dir}/runs", "--out", report_dir)
+    if not passed:
+        session.error(f"sweep {name}: checks failed, see {report_dir}/report.md")
 
 
 @nox.session
