@@ -211,10 +211,21 @@ def plot_nll_aligned(run: Run, dataset: str, path: Path, before: int = 16, after
     return path
 
 
+# The StrategySpec field a sweep varies: its points are drawn in that order (catalog order puts
+# the default cases first, e.g. lazy-c128 before the sweep-only lazy-c64).
+SWEEP_AXIS = {"window": "window", "sinks": "sink", "compress": "compress_every", "overlap": "overlap",
+              "refresh": "refresh"}
+
+
 def sweep_rows(run: Run, sweep: str, dataset: str) -> list[dict]:
-    """The measured points of one sweep on one dataset, in run (catalog) order, dense excluded."""
-    return [r for r in run.results if r["dataset"] == dataset and sweep in (r.get("sweeps") or [])
+    """The measured points of one sweep on one dataset, dense excluded, ordered along the swept
+    parameter where there is one (else in run order)."""
+    rows = [r for r in run.results if r["dataset"] == dataset and sweep in (r.get("sweeps") or [])
             and not r.get("skipped") and r.get("case") != "dense"]
+    axis = SWEEP_AXIS.get(sweep)
+    if axis:
+        rows.sort(key=lambda r: (r.get("params") or {}).get(axis) or 0)  # stable: ties keep run order
+    return rows
 
 
 def plot_sweep(run: Run, sweep: str, dataset: str, path: Path) -> Path | None:
