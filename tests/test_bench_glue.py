@@ -300,3 +300,30 @@ def test_findings_pass_fail_on_either_side_and_not_applicable(tmp_path, tiny, mo
     assert worse.verdict == FAIL and "below the band" in worse.message and "test provenance" in worse.message
     assert checks["(c) expects better"].verdict == FAIL and "above the band" in checks["(c) expects better"].message
     assert checks["(c) other model"].verdict == "n/a"
+
+
+@pytest.mark.parametrize("load,expected", [(0.5, FAIL), (9.0, INCONCLUSIVE)])
+def test_tpot_fail_is_inconclusive_only_on_an_oversubscribed_cpu(tmp_path, tiny, monkeypatch, load, expected):
+    import dataclasses
+
+    import numpy as np
+
+    import bench.suite
+
+    recorder = make_suite(tmp_path, tiny, update_baselines=True)
+    run(recorder, "strict")
+    (path,) = recorder.write_baselines()
+    rng = np.random.default_rng(0)
+    data = json.loads(path.read_text())
+    body = next(iter(data["records"].values()))
+    for fid in body["tpot_samples_ms"]:  # deterministic stand-ins: the stored machine took ~1 ms
+        body["tpot_samples_ms"][fid] = (1.0 + rng.normal(0, 0.01, 64)).tolist()
+    path.write_text(json.dumps(data, indent=2))
+
+    monkeypatch.setattr(bench.suite, "_load_average", lambda: [load, load, load])
+    suite = make_suite(tmp_path, tiny)
+    case = suite.case("strict")
+    timing = dataclasses.replace(recorder.timing(case, "synthetic"), step_ms=(3.0 + rng.normal(0, 0.01, 64)).tolist())
+    tpot = next(c for c in suite.checks(case, "synthetic", suite.evaluate(case, "synthetic"), timing) if c.kind == "tpot")
+    assert tpot.verdict == expected, tpot.message
+    assert ("oversubscribed" in tpot.message) == (expected == INCONCLUSIVE)
