@@ -439,10 +439,11 @@ class Suite:
                 f"{what}: max |NLL(timed decode) - NLL({evaluation.evaluator} evaluator)| = {agreement:.2e} over "
                 f"{len(timing.positions)} steps ({'within' if ok else 'OUTSIDE'} {tol:g})",
                 {"max_abs_diff": agreement, "tolerance": tol}))
+        busy = self.oversubscribed()
+        # No rerun on an oversubscribed CPU: more rounds there cannot turn into evidence of a regression.
         tpot = check_tpot(timing.samples if timing else None, found, fingerprint_id=self.fingerprint_id,
                           updating=updating, what=what, tolerance=self.options.tpot_tolerance,
-                          rerun=lambda: self.rerun(case, dataset))
-        busy = self.oversubscribed()
+                          rerun=None if busy else (lambda: self.rerun(case, dataset)))
         if busy and tpot.verdict == "fail":
             # Time-slicing by other processes moves TPOT by far more than the band (measured here:
             # 89 ms at load 4, 160 ms at load 9): a fail on an oversubscribed CPU is not evidence.
