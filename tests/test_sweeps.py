@@ -134,3 +134,12 @@ def test_report_writes_sweep_curve_aligned_nll_and_diagnostics(tmp_path):
     assert lazy["prune_events"] == len(run.results[1]["trace"]["prune_steps"]) and lazy["events"]
     assert np.mean([e["peak"] for e in lazy["events"]]) > 1.0  # the injected spikes are found
     assert "Phase A diagnostics" in (tmp_path / "out" / "report.md").read_text()
+
+
+def test_sweep_curve_follows_the_swept_parameter(tmp_path):
+    from streamllm.report import sweep_rows
+
+    run = read_run(_synthetic_run(tmp_path))
+    base = run.results[1]
+    run.data["results"] = [{**base, "case": f"lazy-c{r}", "params": {"compress_every": r}} for r in (128, 16, 64)]
+    assert [r["case"] for r in sweep_rows(run, "compress", "book")] == ["lazy-c16", "lazy-c64", "lazy-c128"]
