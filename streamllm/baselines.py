@@ -30,7 +30,6 @@ import re
 import statistics
 import subprocess
 import sys
-import tempfile
 import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field, replace
@@ -38,6 +37,8 @@ from datetime import datetime, timezone
 from importlib import metadata
 from pathlib import Path
 from typing import TYPE_CHECKING
+
+from .results import write_text_atomic
 
 if TYPE_CHECKING:  # only for annotations: keep `import streamllm.baselines` free of torch
     from .results import EvalResult
@@ -493,28 +494,6 @@ def _dumps(header: dict, records: dict[str, BaselineRecord]) -> str:
     return text + "\n"
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    """Readers see the old file or the new one, never a torn one; a crash leaves no temp file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    # Make the rename itself durable (best effort: not every platform can fsync a directory).
-    with contextlib.suppress(OSError):
-        dir_fd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
-
-
 @contextlib.contextmanager
 def _dir_lock(directory: Path) -> Iterator[None]:
     """Serialize read-merge-write of concurrent updaters (e.g. pytest-xdist workers) without
@@ -634,7 +613,7 @@ class BaselineStore:
                 for label, record in incoming.items():
                     old = merged.get(label)
                     merged[label] = _merge(old, record) if old is not None and old.key == record.key else record
-                _write_atomic(path, _dumps(header, merged))
+                write_text_atomic(path, _dumps(header, merged))
             written.append(path)
         return written
 
