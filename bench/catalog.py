@@ -50,7 +50,7 @@ CONTEXT_R = 128  # the log's quality cliff: lets the largest position run 127 pa
 class BenchCase:
     id: str  # pytest id, --strategies name
     spec: StrategySpec
-    transform: str | None = None  # "int8" | "compile" | "compile-cudagraphs"
+    transform: str | None = None  # "int8" | "compile" | "compile-cudagraphs" | "compile-cudagraphs-gemv"
     default: bool = True  # in the default selection
     every_dataset: bool = True  # False: the default selection runs it on the first --dataset only
     note: str = ""  # why it is (not) in the default selection, shown by --strategies help
@@ -101,6 +101,8 @@ def build_catalog(sink: int = DEFAULT_SINK, window: int = DEFAULT_WINDOW,
                   note="torch.compile without CUDA graphs; minutes of compile on CPU, default on CUDA"),
         BenchCase("ring", ring, sweeps=("b2",)),
         BenchCase("ring-cudagraphs", ring, transform="compile-cudagraphs", note="CUDA only"),
+        BenchCase("ring-cudagraphs-gemv", ring, transform="compile-cudagraphs-gemv",
+                  note="CUDA only: linears as Triton reductions (streamllm.gemv)"),
         # Sweep points the log's findings need (c128: +34 % on Pythia-2.8b); not in the default run.
         BenchCase("lazy-c128", make_strategy("lazy", sink=sink, window=window, compress_every=128), default=False,
                   note="the log's quality cliff; slow on CPU", sweeps=("compress",)),
@@ -243,4 +245,5 @@ def unavailable_reason(case: BenchCase, device_type: str) -> str | None:
 
 def compile_mode(case: BenchCase) -> str:
     """The streamllm.decode --compile mode of a case."""
-    return {"compile": "default", "compile-cudagraphs": "cudagraphs"}.get(case.transform or "", "none")
+    return {"compile": "default", "compile-cudagraphs": "cudagraphs",
+            "compile-cudagraphs-gemv": "cudagraphs-gemv"}.get(case.transform or "", "none")

@@ -129,6 +129,9 @@ def make_primed_cache(setup: Setup, spec: StrategySpec):
 
 
 def decoder_for(kind: str, model: torch.nn.Module, cache) -> object:
+    if kind.endswith("+gemv"):  # graph[:ATTENTION]+gemv: linears as Triton reductions (streamllm.gemv)
+        attention = kind.removesuffix("+gemv").partition(":")[2] or None
+        return GraphDecoder(model, cache, compiled=True, attention=attention, gemv=True)
     if kind == "eager":
         return EagerDecoder(model, cache)
     if kind == "compile":
@@ -313,7 +316,7 @@ def kv_bytes(model: torch.nn.Module, slots: int, dtype: torch.dtype) -> int:
 
 
 # -- equivalence --------------------------------------------------------------------------------
-def equivalence(setup: Setup, window: int, tokens: int) -> dict:
+def equivalence(setup: Setup, window: int, tokens: int, extra_kinds: tuple[str, ...] = ()) -> dict:
     """Ring (CUDA graph when on CUDA) vs strict (dynamic, eager) logits per step, in the model dtype."""
     model = setup.loaded.model
     ids = torch.randint(0, model.config.vocab_size, (tokens,), generator=torch.Generator().manual_seed(7))
@@ -354,12 +357,15 @@ def equivalence(setup: Setup, window: int, tokens: int) -> dict:
             "logit_scale": float(b.abs().max()),
         }
 
+    extra = {f"ring[{kind}]_vs_strict_fp32": compare(logits_of(dataclasses.replace(strict, cache="ring"), kind), ref32)
+             for kind in extra_kinds}
     return {
         "sink": setup.sink, "window": window, "tokens": tokens, "dtype": str(setup.loaded.dtype),
         "ring_decoder": graph_kind,
         "ring_vs_strict": compare(ring, ref),
         "ring_vs_strict_fp32": compare(ring, ref32),
         "strict_vs_strict_fp32": compare(ref, ref32),
+        **extra,
     }
 
 
@@ -455,6 +461,10 @@ def variants(sink: int, window: int) -> dict[str, tuple[StrategySpec | None, str
         "strict-ring-graph-math": (ring, "graph@math"),
         "strict-ring-graph-cudnn": (ring, "graph@cudnn_attention"),
         "strict-ring-graph-efficient": (ring, "graph@efficient_attention"),
+        "strict-ring-graph-gemv": (ring, "graph+gemv"),
+        "noevict-ring-graph-gemv": (dataclasses.replace(no_evict, cache="ring"), "graph+gemv"),
+        "strict-ring-graph-gemv-maskfree": (ring, "graph:sdpa-maskfree+gemv"),
+        "strict-ring-graph-gemv-matmulattn": (ring, "graph:eager+gemv"),
         "strict-static-graph": (dataclasses.replace(strict, cache="static"), "graph"),
         "lazy-c32-static-graph": (dataclasses.replace(lazy32, cache="static"), "graph"),
         "strict-dynamic-compile": (strict, "compile"),
@@ -462,6 +472,7 @@ def variants(sink: int, window: int) -> dict[str, tuple[StrategySpec | None, str
         "hf-static-compile": (None, "hf"),
         "int8-strict-ring-eager": (ring, "eager"),
         "int8-strict-ring-graph": (ring, "graph"),
+        "int8-strict-ring-graph-gemv": (ring, "graph+gemv"),
     }
 
 
@@ -479,6 +490,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--equiv-window", type=int, default=128)
     ap.add_argument("--equiv-tokens", type=int, default=400)
     ap.add_argument("--no-equiv", action="store_true")
+    ap.add_argument("--equiv-kinds", default="", help="more ring decoders to compare, e.g. graph+gemv")
     ap.add_argument("--repro", action="store_true", help="reproduce the reduce-overhead 'overwritten' error")
     ap.add_argument("--out", default=os.environ.get("OUT", "."), help="directory for gpu_tpot.json")
     ap.add_argument("--list", action="store_true")
@@ -543,7 +555,8 @@ def main(argv: list[str] | None = None) -> int:
         save()
     if not args.no_equiv:
         try:
-            report["equivalence"] = equivalence(setup, args.equiv_window, args.equiv_tokens)
+            report["equivalence"] = equivalence(setup, args.equiv_window, args.equiv_tokens,
+                                                tuple(k for k in args.equiv_kinds.split(",") if k))
         except Exception as exc:  # keep going: the timings are still worth having
             report["errors"]["equivalence"] = traceback.format_exc()
             print(f"equivalence failed: {exc}", flush=True)
@@ -592,9 +605,10 @@ def print_table(report: dict) -> None:
     eq = report.get("equivalence")
     if eq:
         print(f"equivalence ({eq['dtype']}, S={eq['sink']} W={eq['window']}, {eq['tokens']} tokens):")
-        for key in ("ring_vs_strict", "ring_vs_strict_fp32", "strict_vs_strict_fp32"):
-            r = eq[key]
-            print(f"  {key:22s} max|dlogit| {r['max_abs_logit_diff']:.3g} rel {r['rel_l2']:.2g} "
+        for key, r in eq.items():
+            if not isinstance(r, dict):
+                continue
+            print(f"  {key:36s} max|dlogit| {r['max_abs_logit_diff']:.3g} rel {r['rel_l2']:.2g} "
                   f"argmax {r['argmax_agreement']:.4f} max|dNLL| {r['max_abs_nll_diff']:.3g} "
                   f"mean|dNLL| {r['mean_abs_nll_diff']:.3g}")
     if report.get("cudagraph_repro"):

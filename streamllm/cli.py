@@ -16,7 +16,7 @@ import sys
 import time
 from collections.abc import Sequence
 
-from .strategies import STRATEGIES, StrategyError, StrategySpec, make_strategy
+from .strategies import COMPILE_MODES, GRAPH_MODES, STRATEGIES, StrategyError, StrategySpec, make_strategy
 
 ITEM_KEYS = {"c": "compress_every", "b": "refresh", "o": "overlap", "s": "sink", "w": "window"}
 
@@ -82,9 +82,10 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--cache", choices=("dynamic", "static", "ring"), default="dynamic",
                     help="KV cache for the non-dense strategies: dynamic (cat/slice), static (preallocated, "
                          "in-place shift), ring (strict only, O(1) overwrite) (default: dynamic)")
-    ev.add_argument("--compile", choices=("none", "default", "cudagraphs"), default="none",
-                    help="torch.compile the decode step: default (inductor, any cache) or cudagraphs "
-                         "(inductor + one captured CUDA graph; static/ring cache on CUDA) (default: none)")
+    ev.add_argument("--compile", choices=COMPILE_MODES, default="none",
+                    help="torch.compile the decode step: default (inductor, any cache), cudagraphs "
+                         "(inductor + one captured CUDA graph; static/ring cache on CUDA) or cudagraphs-gemv "
+                         "(the same with batch-1 linears as Triton reductions) (default: none)")
     ev.add_argument("--evaluator", choices=("parallel", "token"), default="parallel",
                     help="parallel: exact chunked PPL, no TPOT unless --timing (strategies it cannot honour, "
                          "e.g. refresh, use the token loop); token: the decode loop (PPL and TPOT) (default: parallel)")
@@ -157,7 +158,7 @@ def run_eval(args: argparse.Namespace) -> int:
     decoders = {}
     for spec in specs:
         mode = args.compile
-        if mode == "cudagraphs" and spec.name == "dense":
+        if mode in GRAPH_MODES and spec.name == "dense":
             mode = "default"  # dense grows without bound: no static shapes to capture
             console.print("dense: CUDA graphs need a bounded cache; compiling it without graphs")
         decoders[spec] = decoder_factory(mode, resolve_device(args.device), spec.cache)

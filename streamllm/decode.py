@@ -19,12 +19,14 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
+from functools import partial
 
 import torch
 
 from .cache import EvictionEvent, StreamingCache, build_cache
 from .fixed_cache import FixedCache, UnsupportedCacheError
+from .gemv import INDUCTOR_OPTIONS, reduction_linears
 from .ring_cache import RingStreamingCache
 from .static_cache import StaticStreamingCache
 from .strategies import StrategySpec
@@ -123,10 +125,13 @@ class GraphDecoder:
     `attention`: None keeps the model's attention; "sdpa" / "eager" pick transformers' SDPA or
     matmul attention while tracing; "sdpa-maskfree" passes no mask once every slot of the cache
     holds a token (ring, steady state), so SDPA may use its flash kernel.
+
+    `gemv`: trace batch-1 linears as reductions (streamllm.gemv) with inductor's coordinate-descent
+    tuning, so the matrix-vector products are Triton kernels instead of cuBLAS calls.
     """
 
     def __init__(self, model: torch.nn.Module, cache: FixedCache, compiled: bool = True, warmup: int = 3,
-                 compile_mode: str | None = None, attention: str | None = None):
+                 compile_mode: str | None = None, attention: str | None = None, gemv: bool = False):
         if not isinstance(cache, FixedCache):
             raise UnsupportedCacheError("CUDA graphs need the static or ring cache (static shapes, in-place state)")
         if attention not in ATTENTION_CHOICES:
@@ -140,7 +145,11 @@ class GraphDecoder:
         self.attention = register_mask_free_sdpa() if self.mask_free else attention
         # compile_mode: None (inductor default) or e.g. "max-autotune-no-cudagraphs"; never a mode
         # with CUDA graphs of its own: the capture below is the only one.
-        self.fn = (torch.compile(self._decode_step, fullgraph=True, dynamic=False, mode=compile_mode)
+        if gemv and (not compiled or compile_mode is not None):
+            raise ValueError("gemv needs the default compile mode (it sets inductor options of its own)")
+        self.gemv = gemv
+        options = INDUCTOR_OPTIONS if gemv else None
+        self.fn = (torch.compile(self._decode_step, fullgraph=True, dynamic=False, mode=compile_mode, options=options)
                    if compiled else self._decode_step)
         self.warmup = warmup
         self.graphs: dict[tuple, torch.cuda.CUDAGraph] = {}
@@ -156,6 +165,14 @@ class GraphDecoder:
         self.logits.copy_(out.logits[0, -1])
         cache.advance_device()
 
+    @contextmanager
+    def _tracing(self) -> Iterator[None]:
+        # What the compiled step sees while it is traced and captured; replays need neither.
+        with attention_implementation(self.model, self.attention), ExitStack() as stack:
+            if self.gemv:
+                stack.enter_context(reduction_linears(self.model))
+            yield
+
     def step(self, token: torch.Tensor) -> tuple[torch.Tensor, EvictionEvent | None]:
         self.tokens.copy_(token.view(1, 1))
         key = (self.cache.graph_key, self.mask_free and self.cache.full)
@@ -165,13 +182,13 @@ class GraphDecoder:
         elif self.uncaptured.get(key, 0) < self.warmup:
             side = torch.cuda.Stream()
             side.wait_stream(torch.cuda.current_stream())
-            with torch.cuda.stream(side), attention_implementation(self.model, self.attention):
+            with torch.cuda.stream(side), self._tracing():
                 self.fn()
             torch.cuda.current_stream().wait_stream(side)
             self.uncaptured[key] = self.uncaptured.get(key, 0) + 1
         else:
             graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(graph), attention_implementation(self.model, self.attention):
+            with torch.cuda.graph(graph), self._tracing():
                 self.fn()  # recorded, not run
             self.graphs[key] = graph
             graph.replay()
@@ -190,4 +207,6 @@ def decoder_factory(compile_mode: str = "none", device: torch.device | str = "cp
         return EagerDecoder
     if compile_mode == "default":
         return CompiledDecoder
+    if compile_mode == "cudagraphs-gemv":
+        return partial(GraphDecoder, gemv=True)
     return GraphDecoder

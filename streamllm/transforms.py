@@ -17,9 +17,9 @@ from dataclasses import dataclass
 import torch
 
 from .fixed_cache import UnsupportedCacheError
+from .strategies import COMPILE_MODES, GRAPH_MODES
 
 MLP_LINEAR_NAMES = frozenset({"dense_h_to_4h", "dense_4h_to_h", "gate_proj", "up_proj", "down_proj"})
-COMPILE_MODES = ("none", "default", "cudagraphs")
 
 
 class NonFiniteLogitsError(RuntimeError):
@@ -122,13 +122,13 @@ def check_compile_combination(compile_mode: str, cache_kind: str, device: torch.
     """Refuse (with the reason) combinations of --compile and --cache that cannot work."""
     if compile_mode not in COMPILE_MODES:
         raise UnsupportedCacheError(f"unknown --compile {compile_mode!r}; choose one of: {', '.join(COMPILE_MODES)}")
-    if compile_mode != "cudagraphs":
+    if compile_mode not in GRAPH_MODES:
         return
     if device.type != "cuda":
-        raise UnsupportedCacheError("--compile cudagraphs needs a CUDA device; on CPU use --compile default or none")
+        raise UnsupportedCacheError(f"--compile {compile_mode} needs a CUDA device; on CPU use --compile default or none")
     if cache_kind == "dynamic":
         raise UnsupportedCacheError(
-            "--compile cudagraphs needs a cache with static shapes and in-place state: the dynamic cache grows "
+            f"--compile {compile_mode} needs a cache with static shapes and in-place state: the dynamic cache grows "
             "by torch.cat and is re-sliced on eviction, so each step makes new tensors that a replayed graph "
             "would overwrite (the log's 'accessing tensor output of CUDAGraphs that has been overwritten'). "
             "Use --cache ring (strict) or --cache static, or --compile default with the dynamic cache"

@@ -221,8 +221,10 @@ def test_cudagraph_trees_overwrite_held_outputs():
 
 @pytest.mark.gpu
 @gpu
-@pytest.mark.parametrize(("compiled", "attention"), [(False, None), (True, None), (False, "sdpa-maskfree")])
-def test_graph_decoder_matches_eager_ring(compiled, attention):
+@pytest.mark.parametrize(("compiled", "attention", "gemv"),
+                         [(False, None, False), (True, None, False), (False, "sdpa-maskfree", False),
+                          (True, None, True)])
+def test_graph_decoder_matches_eager_ring(compiled, attention, gemv):
     from conftest import tiny_neox
 
     loaded = tiny_neox()
@@ -232,6 +234,6 @@ def test_graph_decoder_matches_eager_ring(compiled, attention):
     spec = make_strategy("strict", sink=2, window=9, cache="ring")
     eager = run(loaded, ids, spec)
     graph = run(loaded, ids, spec, decoder_factory=lambda m, c: GraphDecoder(m, c, compiled=compiled,
-                                                                           attention=attention))
+                                                                           attention=attention, gemv=gemv))
     assert nll_gap(graph, eager) <= TOL
     assert nll_gap(graph, run(loaded, ids, dataclasses.replace(spec, cache="dynamic"))) <= TOL
