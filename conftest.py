@@ -37,6 +37,9 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                     help="decode steps per round, rounded up to whole eviction cycles (default 8)")
     group.addoption("--update-baselines", action="store_true",
                     help="write this run's PPL and TPOT into baselines/ (the only way baselines change)")
+    group.addoption("--append-baselines", action="store_true",
+                    help="add this run's TPOT to the stored baselines of this machine as one more run (PPL must "
+                         "match); run it in a few separate processes so the TPOT band learns the run-to-run spread")
     group.addoption("--baseline-runs", type=int, default=1,
                     help="with --update-baselines: timing passes averaged into each baseline (1-3)")
     group.addoption("--baselines-dir", default="baselines", help="baseline store root (default: baselines)")
@@ -70,13 +73,17 @@ def _options(config: pytest.Config):
     runs = get("--baseline-runs")
     if not 1 <= runs <= 3:
         raise pytest.UsageError(f"--baseline-runs must be 1..3 (got {runs})")
+    if get("--update-baselines") and get("--append-baselines"):
+        raise pytest.UsageError("--update-baselines replaces the stored records, --append-baselines adds a run to "
+                                "them: pick one")
     return SuiteOptions(
         model=model, datasets=datasets, tokens=tokens, device=get("--device"),
         dtype=get("--dtype"), strategies=strategies, sweep=",".join(sweeps) or None,
         sink=DEFAULT_SINK if get("--sink") is None else get("--sink"),
         window=DEFAULT_WINDOW if get("--window") is None else get("--window"),
         rounds=get("--rounds"), warmup_rounds=get("--warmup-rounds"), min_steps=get("--steps-per-round"),
-        update_baselines=get("--update-baselines"), baseline_runs=runs, baselines_dir=get("--baselines-dir"),
+        update_baselines=get("--update-baselines") or get("--append-baselines"),
+        append_baselines=get("--append-baselines"), baseline_runs=runs, baselines_dir=get("--baselines-dir"),
         report_dir=get("--report-dir") or None, threads=get("--threads"), tpot_tolerance=get("--tpot-tolerance"),
         evaluator=get("--evaluator"),
     )

@@ -23,7 +23,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from streamllm.baselines import BaselineError, BaselineRecord, BaselineStore, ppl_tolerance
-from streamllm.stats import FAIL, INCONCLUSIVE, PASS, compare_ppl, compare_timing
+from streamllm.stats import FAIL, INCONCLUSIVE, PASS, compare_ppl, compare_timing, run_spread_tolerance
 
 NOT_CHECKED = "not checked"
 RECORDED = "recorded"
@@ -139,14 +139,20 @@ def check_tpot(
         text = "recorded, not checked" if updating else "not checked"
         return Check("tpot", name, verdict, f"{what}: {why}: {text} (file {file})",
                      {"file": file, "fingerprint": fingerprint_id, "stored_fingerprints": others})
-    result = compare_timing(samples, stored, tolerance=tolerance, source=file)
+    runs = BaselineStore.tpot_runs(found.record, fingerprint_id)
+    band = run_spread_tolerance(runs, tolerance)
+    result = compare_timing(samples, stored, tolerance=band, source=file)
     attempts = [result.as_dict()]
     if result.verdict == INCONCLUSIVE and rerun is not None and not updating:
         samples = [*samples, *rerun()]  # design-notes §5: rerun once with more rounds, then report
-        result = compare_timing(samples, stored, tolerance=tolerance, source=file)
+        result = compare_timing(samples, stored, tolerance=band, source=file)
         attempts.append(result.as_dict())
-    details = {**result.as_dict(), "file": file, "fingerprint": fingerprint_id, "attempts": attempts}
+    details = {**result.as_dict(), "file": file, "fingerprint": fingerprint_id, "attempts": attempts,
+               "tolerance_floor": tolerance, "baseline_runs_ms": runs}
     message = f"{what}: {result.message}"
+    if band > tolerance:
+        message += (f" (band ±{band:.0%}, widened from ±{tolerance:.0%} by the run-to-run spread of the "
+                    f"{len(runs)} stored runs: {min(runs):.3g}–{max(runs):.3g} ms)")
     if len(attempts) > 1:
         message += " (after one rerun with more rounds)"
     if updating:

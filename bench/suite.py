@@ -58,6 +58,9 @@ class SuiteOptions:
     warmup_rounds: int = 1
     min_steps: int = 8  # steps per round, rounded up to whole eviction cycles
     update_baselines: bool = False
+    # with update_baselines: add this run's timing to the stored records as one more run (pools the
+    # run-to-run spread that sets the TPOT band) instead of replacing them
+    append_baselines: bool = False
     baseline_runs: int = 1  # timing passes averaged into the baseline under --update-baselines
     baselines_dir: str = "baselines"
     report_dir: str | None = "reports"  # run JSON goes to <report_dir>/runs/; None: not written
@@ -508,7 +511,8 @@ class Suite:
 
     def write_baselines(self) -> list[Path]:
         if self.records:
-            self.written = self.store.update(self.records)
+            self.written = self.store.update(
+                self.records, append_for=self.fingerprint_id if self.options.append_baselines else None)
         return self.written
 
     def extra_info(self, out: CaseResult) -> dict:

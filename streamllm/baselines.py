@@ -226,6 +226,8 @@ class BaselineRecord:
     ppl_device_class: str  # device class whose numerics produced ppl (tolerance depends on it)
     tpot_samples_ms: dict[str, list[float]] = field(default_factory=dict)  # fingerprint_id -> raw samples
     tpot_ms: dict[str, float] = field(default_factory=dict)  # fingerprint_id -> summary TPOT
+    # fingerprint_id -> median TPOT of each run averaged in: the run-to-run spread (stats.run_spread_tolerance)
+    tpot_runs_ms: dict[str, list[float]] = field(default_factory=dict)
     fingerprints: dict[str, dict] = field(default_factory=dict)  # fingerprint_id -> hardware_fingerprint()
     runs_averaged: int = 1
     provenance: dict = field(default_factory=dict)  # commit, date, command, environment
@@ -243,6 +245,7 @@ class BaselineRecord:
             # float(): numpy scalars (float32 in particular) are not JSON-serializable
             "tpot_ms": {k: float(self.tpot_ms[k]) for k in sorted(self.tpot_ms)},
             "tpot_samples_ms": {k: [float(x) for x in self.tpot_samples_ms[k]] for k in sorted(self.tpot_samples_ms)},
+            "tpot_runs_ms": {k: [float(x) for x in self.tpot_runs_ms[k]] for k in sorted(self.tpot_runs_ms)},
             "fingerprints": {k: self.fingerprints[k] for k in sorted(self.fingerprints)},
             "provenance": self.provenance,
             "extra": self.extra,
@@ -285,6 +288,7 @@ class BaselineRecord:
             ppl_device_class=str(fingerprint.get("device_class", result.device)),
             tpot_samples_ms={fid: samples} if samples else {},
             tpot_ms={fid: _round_ms(summary)} if summary is not None else {},
+            tpot_runs_ms={fid: [_round_ms(statistics.median(samples))]} if samples else {},
             fingerprints={fid: dict(fingerprint)},
             runs_averaged=1,
             provenance=dict(provenance) if provenance is not None else make_provenance(),
@@ -303,6 +307,8 @@ def average_records(runs: Sequence[BaselineRecord]) -> BaselineRecord:
     pooled per fingerprint (more samples, tighter CIs), summary TPOT averaged, runs counted."""
     if not runs:
         raise ValueError("average_records needs at least one run")
+    if len(runs) == 1:
+        return runs[0]
     first = runs[0]
     for run in runs[1:]:
         if run.key != first.key:
@@ -314,13 +320,15 @@ def average_records(runs: Sequence[BaselineRecord]) -> BaselineRecord:
             )
     samples: dict[str, list[float]] = {}
     summaries: dict[str, list[float]] = {}
+    run_medians: dict[str, list[float]] = {}
     fingerprints: dict[str, dict] = {}
     extra: dict = {}
     for run in runs:
         for fid, xs in run.tpot_samples_ms.items():
             samples.setdefault(fid, []).extend(float(x) for x in xs)
+            run_medians.setdefault(fid, []).extend(_runs_of(run, fid))
         for fid, v in run.tpot_ms.items():
-            summaries.setdefault(fid, []).append(float(v))
+            summaries.setdefault(fid, []).extend([float(v)] * run.runs_averaged)  # weighted by its runs
         fingerprints.update(run.fingerprints)
         extra.update(run.extra)
     n = len(runs)
@@ -336,10 +344,58 @@ def average_records(runs: Sequence[BaselineRecord]) -> BaselineRecord:
         ppl_device_class=first.ppl_device_class,
         tpot_samples_ms=samples,
         tpot_ms={fid: math.fsum(v) / len(v) for fid, v in summaries.items()},
+        tpot_runs_ms=run_medians,
         fingerprints=fingerprints,
         runs_averaged=sum(r.runs_averaged for r in runs),
         provenance=provenance,
         extra=extra,
+    )
+
+
+def _runs_of(record: BaselineRecord, fid: str) -> list[float]:
+    """Per-run TPOT summaries of `fid` (older files without them: the pooled median, once)."""
+    runs = record.tpot_runs_ms.get(fid)
+    if runs:
+        return [float(x) for x in runs]
+    samples = record.tpot_samples_ms.get(fid)
+    return [_round_ms(statistics.median(samples))] if samples else []
+
+
+def append_run(old: BaselineRecord, new: BaselineRecord, fingerprint_id: str) -> BaselineRecord:
+    """`old` with `new`'s timing for one fingerprint added as more runs (`--append-baselines`).
+
+    What is appended is timing only: the stored PPL, provenance and other machines' timings stay.
+    The PPL must agree (same key, same numbers), else the code changed and appending would mix
+    two versions: that is a re-record (`--update-baselines`), not a new run.
+    """
+    if old.key != new.key:
+        raise ValueError(f"cannot append {new.key.id()} to {old.key.id()}: different key")
+    tol = ppl_tolerance(old.ppl_device_class, new.ppl_device_class)
+    if abs(math.log(new.ppl / old.ppl)) > tol:
+        raise ValueError(
+            f"{old.key.id()}: PPL {new.ppl:.6g} differs from the stored {old.ppl:.6g} beyond ±{tol:g} in ln PPL; "
+            "the code changed: re-record with --update-baselines instead of appending"
+        )
+    fid = fingerprint_id
+    if fid not in new.tpot_samples_ms:
+        return old
+    old_runs = _runs_of(old, fid)
+    new_runs = _runs_of(new, fid)
+    n_old = len(old_runs)
+    n_new = len(new_runs)
+    old_tpot = old.tpot_ms.get(fid)
+    tpot = (new.tpot_ms[fid] if old_tpot is None
+            else (old_tpot * n_old + new.tpot_ms[fid] * n_new) / (n_old + n_new))
+    provenance = dict(old.provenance)
+    provenance["appended_dates"] = [*provenance.get("appended_dates", []), new.provenance.get("date")]
+    return replace(
+        old,
+        tpot_samples_ms={**old.tpot_samples_ms, fid: [*old.tpot_samples_ms.get(fid, []), *new.tpot_samples_ms[fid]]},
+        tpot_ms={**old.tpot_ms, fid: _round_ms(tpot)},
+        tpot_runs_ms={**old.tpot_runs_ms, fid: [*old_runs, *new_runs]},
+        fingerprints={**old.fingerprints, **new.fingerprints},
+        runs_averaged=old.runs_averaged + new.runs_averaged,
+        provenance=provenance,
     )
 
 
@@ -445,6 +501,9 @@ def read_baseline_file(path: str | os.PathLike) -> BaselineFile:
         samples = _typed(body, "tpot_samples_ms", dict, path, where)
         summaries = _typed(body, "tpot_ms", dict, path, where)
         fingerprints = _typed(body, "fingerprints", dict, path, where)
+        runs_ms = body.get("tpot_runs_ms", {})  # absent in files written before per-run summaries
+        if not isinstance(runs_ms, dict):
+            raise _fail(path, f"{where}.tpot_runs_ms must be an object")
         runs = _typed(body, "runs_averaged", int, path, where)
         if runs < 1:
             raise _fail(path, f"{where}.runs_averaged must be >= 1")
@@ -458,6 +517,10 @@ def read_baseline_file(path: str | os.PathLike) -> BaselineFile:
                 for fid, xs in samples.items()
             },
             tpot_ms={fid: _number(v, path, f"{where}.tpot_ms[{fid!r}]") for fid, v in summaries.items()},
+            tpot_runs_ms={
+                fid: [_number(x, path, f"{where}.tpot_runs_ms[{fid!r}]") for x in _list(xs, path, where, fid)]
+                for fid, xs in runs_ms.items()
+            },
             fingerprints={fid: _dict(fp, path, where, fid) for fid, fp in fingerprints.items()},
             runs_averaged=runs,
             provenance=_typed(body, "provenance", dict, path, where),
@@ -579,14 +642,23 @@ class BaselineStore:
         samples = record.tpot_samples_ms.get(fingerprint_id)
         return list(samples) if samples else None
 
+    @staticmethod
+    def tpot_runs(record: BaselineRecord, fingerprint_id: str) -> list[float]:
+        """Per-run TPOT summaries stored for this hardware (one per run averaged or appended)."""
+        return _runs_of(record, fingerprint_id)
+
     def all_records(self) -> Iterator[tuple[Path, BaselineRecord]]:
         """Every stored record (for reports: TPOT history, tables). Raises on a bad file."""
         for path in self.files():
             for record in self.read(path).records.values():
                 yield path, record
 
-    def update(self, records: Sequence[BaselineRecord]) -> list[Path]:
+    def update(self, records: Sequence[BaselineRecord], append_for: str | None = None) -> list[Path]:
         """Merge `records` into their files and write each file atomically. Only for explicit updates.
+
+        `append_for` (a fingerprint id, `--append-baselines`): a stored record with the same key
+        keeps everything and gains the new timing of that fingerprint as more runs (append_run);
+        records not stored yet are written as they are.
 
         Per strategy label: PPL, runs, provenance and extra are replaced; TPOT samples, summaries
         and fingerprints are merged per fingerprint id, so updating on one machine keeps the other
@@ -612,7 +684,12 @@ class BaselineStore:
                 merged = self._existing_for_update(path, header)
                 for label, record in incoming.items():
                     old = merged.get(label)
-                    merged[label] = _merge(old, record) if old is not None and old.key == record.key else record
+                    if old is None or old.key != record.key:
+                        merged[label] = record
+                    elif append_for is not None:
+                        merged[label] = append_run(old, record, append_for)
+                    else:
+                        merged[label] = _merge(old, record)
                 write_text_atomic(path, _dumps(header, merged))
             written.append(path)
         return written
@@ -641,5 +718,6 @@ def _merge(old: BaselineRecord, new: BaselineRecord) -> BaselineRecord:
         new,
         tpot_samples_ms={**old.tpot_samples_ms, **new.tpot_samples_ms},
         tpot_ms={**old.tpot_ms, **new.tpot_ms},
+        tpot_runs_ms={**old.tpot_runs_ms, **new.tpot_runs_ms},
         fingerprints={**old.fingerprints, **new.fingerprints},
     )

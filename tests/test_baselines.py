@@ -16,6 +16,7 @@ from streamllm.baselines import (
     BaselineKey,
     BaselineRecord,
     BaselineStore,
+    append_run,
     average_records,
     fingerprint_id,
     hardware_fingerprint,
@@ -305,6 +306,7 @@ def test_average_records():
     assert avg.tpot_samples_ms[ID_A] == [80.0, 82.0, 81.0, 79.0, 78.0]  # pooled, in run order
     assert avg.tpot_ms[ID_A] == pytest.approx((81.0 + 81.0 + 78.5) / 3)
     assert avg.runs_averaged == 3 and avg.extra["ppl_runs"] == [17.0, 17.5, 18.0]
+    assert avg.tpot_runs_ms[ID_A] == [81.0, 81.0, 78.5]  # one median per run: the run-to-run spread
     assert average_records(runs[:1]) == runs[0]
     with pytest.raises(ValueError, match="different keys"):
         average_records([make_record(), make_record(make_key(tokens=2048))])
@@ -341,3 +343,41 @@ def test_make_provenance_fields():
     assert prov["date"].endswith("+00:00") and prov["commit"]
     assert prov["environment"]["python"]
     json.dumps(prov)
+
+
+# -- appended runs (--append-baselines) --------------------------------------------------------------
+
+
+def test_append_run_pools_timing_and_keeps_the_rest(store: BaselineStore):
+    old = average_records([make_record(samples=[80.0, 82.0]), make_record(samples=[90.0, 92.0])])
+    store.update([old])
+    other = make_record(fid=ID_B, fp=FP_B, samples=[5.0])
+    store.update([other])  # another machine's timing in the same record
+    new = make_record(samples=[100.0, 102.0])
+    store.update([new], append_for=ID_A)
+    got = store.lookup(make_key())
+    assert got.tpot_samples_ms[ID_A] == [80.0, 82.0, 90.0, 92.0, 100.0, 102.0]
+    assert got.tpot_runs_ms[ID_A] == [81.0, 91.0, 101.0]
+    assert got.tpot_ms[ID_A] == pytest.approx((81.0 + 91.0 + 101.0) / 3)
+    assert got.tpot_samples_ms[ID_B] == [5.0]  # the other machine keeps its timing
+    assert got.provenance["appended_dates"] == [PROVENANCE["date"]]
+
+
+def test_append_refuses_a_changed_ppl():
+    with pytest.raises(ValueError, match="re-record with --update-baselines"):
+        append_run(make_record(ppl=17.25), make_record(ppl=17.25 * 1.01), ID_A)
+
+
+def test_append_to_a_missing_record_writes_it(store: BaselineStore):
+    store.update([make_record()], append_for=ID_A)
+    assert store.lookup(make_key()).tpot_runs_ms == {}  # built directly: no per-run list, read back as given
+
+
+def test_files_without_per_run_summaries_still_read(store: BaselineStore):
+    store.update([make_record(samples=[1.0, 3.0, 2.0])])
+    path = store.path_for(make_key())
+    data = json.loads(path.read_text())
+    del data["records"]["lazy-s4-w252-c32"]["tpot_runs_ms"]
+    path.write_text(json.dumps(data))
+    record = store.lookup(make_key())
+    assert record.tpot_runs_ms == {} and BaselineStore.tpot_runs(record, ID_A) == [2.0]

@@ -193,6 +193,26 @@ def test_tpot_helper_pass_fail_and_one_rerun_when_inconclusive(tmp_path):
     assert check.verdict in (INCONCLUSIVE, FAIL, PASS)
 
 
+def test_tpot_band_widens_with_the_stored_run_to_run_spread(tmp_path):
+    import dataclasses
+
+    import numpy as np
+
+    rng = np.random.default_rng(1)
+    base = (40 + rng.normal(0, 0.4, 60)).tolist()
+    slow = (52 + rng.normal(0, 0.4, 20)).tolist()  # 1.3x: far outside ±10 %
+    store, key = _record(tmp_path, {"cpu-aaaa": base})
+    assert check_tpot(slow, lookup(store, key), fingerprint_id="cpu-aaaa", updating=False, what="x").verdict == FAIL
+    # the same samples, stored as three runs whose levels moved (host-bound GPU decode does this)
+    record = dataclasses.replace(store.lookup(key), tpot_runs_ms={"cpu-aaaa": [33.0, 40.0, 47.0]})
+    store.update([record])
+    check = check_tpot(slow, lookup(store, key), fingerprint_id="cpu-aaaa", updating=False, what="x")
+    assert check.verdict == PASS and "widened from ±10%" in check.message and "33–47 ms" in check.message
+    assert check.details["tolerance"] > 0.5 and check.details["baseline_runs_ms"] == [33.0, 40.0, 47.0]
+    far = [x * 3 for x in slow]  # the widened band still fails what is outside it
+    assert check_tpot(far, lookup(store, key), fingerprint_id="cpu-aaaa", updating=False, what="x").verdict == FAIL
+
+
 def test_ppl_helper_cross_device_tolerance(tmp_path):
     store, key = _record(tmp_path, {"cpu-aaaa": [1.0] * 5}, ppl=20.0)
     found = lookup(store, key)
