@@ -89,14 +89,14 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     loaded = load_model(args.model, dtype=args.dtype, device=args.device)
     if loaded.tokenizer is None:  # dummy weights: synthetic ids (timing and agreement only)
-        ids = synthetic_ids(loaded.model.config.vocab_size, args.tokens)
+        ids, text = synthetic_ids(loaded.model.config.vocab_size, args.tokens), "synthetic ids"
     else:
-        ids = tokenize(loaded.tokenizer, load_text(args.dataset), args.tokens)
+        ids, text = tokenize(loaded.tokenizer, load_text(args.dataset), args.tokens), args.dataset
     spec = make_strategy(args.strategy, sink=args.sink, window=args.window, compress_every=args.compress_every)
     evaluate_parallel(loaded, ids[:600], spec, chunk_size=args.chunk_size)  # warm-up: allocator, kernels
     load = os.getloadavg()[0]
     where = torch.cuda.get_device_name(loaded.device) if loaded.device.type == "cuda" else f"{args.threads} threads"
-    print(f"{loaded.name} {args.dtype} on {where}, {args.dataset} {args.tokens} tokens, {spec.label()}, "
+    print(f"{loaded.name} {args.dtype} on {where}, {text}: {args.tokens} tokens, {spec.label()}, "
           f"chunk {args.chunk_size}, load average {load:.1f} on {os.cpu_count()} CPUs")
     timings = measure(loaded, ids, spec, args.repeats, args.token_repeats, args.chunk_size)
     steps = args.tokens - 1
