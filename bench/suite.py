@@ -587,7 +587,7 @@ def _rekey(record: BaselineRecord, fid: str) -> BaselineRecord:
         return {fid: next(iter(d.values()))} if d else {}
 
     return dataclasses.replace(record, tpot_samples_ms=move(record.tpot_samples_ms), tpot_ms=move(record.tpot_ms),
-                               fingerprints=move(record.fingerprints))
+                               tpot_runs_ms=move(record.tpot_runs_ms), fingerprints=move(record.fingerprints))
 
 
 def _finite(obj):

@@ -157,6 +157,19 @@ def test_mismatched_dataset_text_is_an_error(tmp_path, tiny):
     assert check.verdict == ERROR and "key mismatch" in check.message and str(path) in check.message
 
 
+def test_update_then_append_keeps_one_run_list_under_the_suite_fingerprint(tmp_path, tiny):
+    recorder = make_suite(tmp_path, tiny, update_baselines=True)
+    run(recorder, "strict")
+    (path,) = recorder.write_baselines()
+    appender = make_suite(tmp_path, tiny, update_baselines=True, append_baselines=True)
+    run(appender, "strict")
+    appender.write_baselines()
+    (record,) = BaselineStore(tmp_path / "baselines").read(path).records.values()
+    fid = recorder.fingerprint_id
+    assert set(record.tpot_runs_ms) == set(record.tpot_samples_ms) == {fid}
+    assert len(record.tpot_runs_ms[fid]) == 2 and record.runs_averaged == 2
+
+
 # -- the assertion helpers directly ------------------------------------------------------------
 def _record(tmp_path: Path, samples: dict[str, list[float]], ppl: float = 20.0) -> tuple[BaselineStore, BaselineKey]:
     store = BaselineStore(tmp_path / "b")
