@@ -170,6 +170,26 @@ def test_update_then_append_keeps_one_run_list_under_the_suite_fingerprint(tmp_p
     assert len(record.tpot_runs_ms[fid]) == 2 and record.runs_averaged == 2
 
 
+def test_a_finished_run_json_appends_like_append_baselines(tmp_path, tiny):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("append_run", Path(__file__).parents[1] / "scripts/append_run_to_baselines.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    recorder = make_suite(tmp_path, tiny, update_baselines=True)
+    run(recorder, "strict")
+    (path,) = recorder.write_baselines()
+    checker = make_suite(tmp_path, tiny)
+    run(checker, "strict")
+    run_file = checker.write_run()
+    assert script.main([str(run_file), "--baselines-dir", str(tmp_path / "baselines")]) == 0
+    (record,) = BaselineStore(tmp_path / "baselines").read(path).records.values()
+    fid = recorder.fingerprint_id
+    assert len(record.tpot_runs_ms[fid]) == 2 and set(record.tpot_runs_ms) == {fid}
+    timed = json.loads(run_file.read_text())["results"][0]["timing"]["samples_ms"]
+    assert record.tpot_samples_ms[fid][-len(timed):] == pytest.approx(timed, rel=1e-5)
+
+
 # -- the assertion helpers directly ------------------------------------------------------------
 def _record(tmp_path: Path, samples: dict[str, list[float]], ppl: float = 20.0) -> tuple[BaselineStore, BaselineKey]:
     store = BaselineStore(tmp_path / "b")
