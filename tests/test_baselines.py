@@ -381,3 +381,10 @@ def test_files_without_per_run_summaries_still_read(store: BaselineStore):
     path.write_text(json.dumps(data))
     record = store.lookup(make_key())
     assert record.tpot_runs_ms == {} and BaselineStore.tpot_runs(record, ID_A) == [2.0]
+
+
+def test_every_committed_baseline_file_reads():
+    """baselines/ holds only store files: a stray file of another schema would break every reader."""
+    root = Path(__file__).parents[1] / "baselines"
+    records = list(BaselineStore(root).all_records())
+    assert records and all(r.tpot_samples_ms for _, r in records)
