@@ -19,7 +19,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from streamllm.baselines import BaselineKey, BaselineRecord, BaselineStore, make_provenance  # noqa: E402
+from streamllm.baselines import BaselineKey, BaselineRecord, BaselineStore  # noqa: E402
 
 
 def records_of(run: dict) -> list[BaselineRecord]:
@@ -39,7 +39,7 @@ def records_of(run: dict) -> list[BaselineRecord]:
             key=key, ppl=ev["ppl"], mean_nll=ev["mean_nll"], ppl_device_class=fingerprint["device_class"],
             tpot_samples_ms={fid: samples}, tpot_ms={fid: timing["tpot_ms_mean"]},
             tpot_runs_ms={fid: [statistics.median(samples)]}, fingerprints={fid: fingerprint},
-            provenance=provenance or make_provenance(),
+            provenance=provenance,
         ))
     return out
 

@@ -19,7 +19,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from contextlib import ExitStack, contextmanager
+from contextlib import contextmanager, nullcontext
 from functools import partial
 
 import torch
@@ -168,9 +168,8 @@ class GraphDecoder:
     @contextmanager
     def _tracing(self) -> Iterator[None]:
         # What the compiled step sees while it is traced and captured; replays need neither.
-        with attention_implementation(self.model, self.attention), ExitStack() as stack:
-            if self.gemv:
-                stack.enter_context(reduction_linears(self.model))
+        linears = reduction_linears(self.model) if self.gemv else nullcontext()
+        with attention_implementation(self.model, self.attention), linears:
             yield
 
     def step(self, token: torch.Tensor) -> tuple[torch.Tensor, EvictionEvent | None]:

@@ -32,25 +32,30 @@ import torch.nn.functional as F
 INDUCTOR_OPTIONS = {"coordinate_descent_tuning": True}
 
 
-def reduction_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
-    """F.linear for one row of `x`, as a multiply + sum accumulated in float32 (like cuBLAS)."""
-    if x.numel() != x.shape[-1]:
-        return F.linear(x, weight, bias)
-    y = (x.unsqueeze(-2).float() * weight.float()).sum(-1)
+def _reduce(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
+            row_scale: torch.Tensor | None = None) -> torch.Tensor:
+    """sum(x * weight) per output row (times row_scale) + bias, accumulated in float32 (like cuBLAS)."""
+    y = (x.unsqueeze(-2).float() * weight).sum(-1)
+    if row_scale is not None:
+        y = y * row_scale
     if bias is not None:
         y = y + bias.float()
     return y.to(x.dtype)
+
+
+def reduction_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """F.linear for one row of `x`, as a multiply + sum."""
+    if x.numel() != x.shape[-1]:
+        return F.linear(x, weight, bias)
+    return _reduce(x, weight.float(), bias)
 
 
 def int8_reduction_linear(x: torch.Tensor, weight, bias: torch.Tensor | None) -> torch.Tensor:
-    """reduction_linear for a per-row INT8 weight: sum(x * (q - zero)) * scale, in float32."""
+    """reduction_linear for a per-row INT8 weight: sum(x * (q - zero)) * scale."""
     if x.numel() != x.shape[-1]:
         return F.linear(x, weight, bias)
     q = weight.qdata.float() - weight.zero_point.float()
-    y = (x.unsqueeze(-2).float() * q).sum(-1) * weight.scale.float().squeeze(-1)
-    if bias is not None:
-        y = y + bias.float()
-    return y.to(x.dtype)
+    return _reduce(x, q, bias, row_scale=weight.scale.float().squeeze(-1))
 
 
 def weight_kind(module: torch.nn.Module) -> str | None:

@@ -144,11 +144,11 @@ class StrategySpec:
         return self
 
 
-# Cache kinds: "dynamic" (cache.py), "static" (static_cache.py), "ring" (ring_cache.py).
 # How the decode step runs (`--compile`); the graph modes are captured by hand in one CUDA graph.
 COMPILE_MODES = ("none", "default", "cudagraphs", "cudagraphs-gemv")
 GRAPH_MODES = frozenset({"cudagraphs", "cudagraphs-gemv"})
 
+# Cache kinds: "dynamic" (cache.py), "static" (static_cache.py), "ring" (ring_cache.py).
 CACHE_KINDS: dict[str, str] = {
     "dynamic": "HF tensors grown by cat, evicted by slicing + re-rotation (any strategy)",
     "static": "preallocated buffer, eviction by in-place shift (strict, lazy, window, overlap, no-shift)",
