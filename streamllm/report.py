@@ -138,10 +138,7 @@ def plot_ppl_vs_tpot(run: Run, path: Path) -> Path | None:
     ax.set_title(_title(run, "PPL vs TPOT"), fontsize=9)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def _smooth(x: np.ndarray, k: int = 32) -> np.ndarray:
@@ -172,10 +169,7 @@ def plot_nll(run: Run, dataset: str, path: Path) -> Path | None:
                 transform=ax.transAxes, fontsize=8, va="top")
     axes[-1, 0].set_xlabel("decode step t (scores x_{t+1}); red: prune events (band: every step)")
     fig.suptitle(_title(run, f"per-token NLL, {dataset} (grey raw, blue 32-token mean)"), fontsize=9)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return _save(fig, path, dpi=100)
 
 
 def plot_nll_aligned(run: Run, dataset: str, path: Path, before: int = 16, after: int = 32) -> Path | None:
@@ -205,10 +199,7 @@ def plot_nll_aligned(run: Run, dataset: str, path: Path, before: int = 16, after
     ax.set_title(_title(run, f"NLL around prune events, {dataset}"), fontsize=9)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 # The StrategySpec field a sweep varies: its points are drawn in that order (catalog order puts
@@ -245,10 +236,7 @@ def plot_sweep(run: Run, sweep: str, dataset: str, path: Path) -> Path | None:
     bottom.set_xticks(x)
     bottom.set_xticklabels([r["label"] for r in rows], rotation=30, ha="right", fontsize=7)
     top.set_title(_title(run, f"sweep {sweep}, {dataset}"), fontsize=9)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def _floats(values) -> np.ndarray:
@@ -304,10 +292,7 @@ def plot_diagnostics(run: Run, dataset: str, path: Path) -> Path | None:
         ax.grid(alpha=0.3)
     axes[-1].set_xlabel("decode step t; red: prune events")
     fig.suptitle(_title(run, f"phase A diagnostics: {r['label']} on {dataset}"), fontsize=9)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return _save(fig, path, dpi=100)
 
 
 def diagnostics(run: Run) -> list[dict]:
@@ -362,9 +347,14 @@ def plot_tpot_history(run: Run, history: list[Run], path: Path) -> Path | None:
     ax.set_title(_title(run, f"TPOT history, fingerprint {fid} ({len(same)} runs)"), fontsize=9)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=6, ncol=2)
+    return _save(fig, path)
+
+
+def _save(fig, path: Path, dpi: int = 110) -> Path:
+    """Lay out, write and close one figure (closed: a report draws many, pyplot keeps them all)."""
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    fig.savefig(path, dpi=dpi)
+    _plt().close(fig)
     return path
 
 
