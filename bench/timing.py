@@ -36,7 +36,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from streamllm.cache import StreamingCache
+from streamllm.caches import StreamingCache
+from streamllm.compat import cache_kwargs
 from streamllm.decode import EagerDecoder, make_cache
 from streamllm.models import LoadedModel
 from streamllm.strategies import StrategySpec
@@ -156,7 +157,7 @@ def prepare_slice(
     started = time.perf_counter()
     if type(cache) is StreamingCache:
         with torch.inference_mode():
-            logits = loaded.model(input_ids=ids[:n].view(1, -1), past_key_values=cache, use_cache=True,
+            logits = loaded.model(input_ids=ids[:n].view(1, -1), **cache_kwargs(loaded.model, cache),
                                   position_ids=torch.arange(n, device=loaded.device).view(1, -1)).logits[0]
             fill_nll = -torch.log_softmax(logits.float(), dim=-1).gather(1, ids[1 : n + 1].view(-1, 1)).view(-1)
         if spec.name == "dense":

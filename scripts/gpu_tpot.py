@@ -42,9 +42,9 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from streamllm.baselines import fingerprint_id, hardware_fingerprint  # noqa: E402
-from streamllm.cache import StreamingCache  # noqa: E402
-from streamllm.decode import CompiledDecoder, EagerDecoder, GraphDecoder, make_cache  # noqa: E402
-from streamllm.fixed_cache import FixedCache  # noqa: E402
+from streamllm.caches import FixedCache, StreamingCache, make_cache  # noqa: E402
+from streamllm.compat import cache_kwargs  # noqa: E402
+from streamllm.decode import CompiledDecoder, EagerDecoder, GraphDecoder  # noqa: E402
 from streamllm.models import LoadedModel, load_dummy  # noqa: E402
 from streamllm.strategies import StrategySpec, make_strategy  # noqa: E402
 from streamllm.transforms import apply_int8  # noqa: E402
@@ -220,13 +220,13 @@ def run_hf_static_compiled(setup: Setup, label: str) -> Timing:
     forward = torch.compile(model.forward, mode="reduce-overhead", fullgraph=True)
     prompt = torch.randint(0, model.config.vocab_size, (1, kept), device=setup.device)
     with torch.inference_mode():
-        model(input_ids=prompt, past_key_values=cache, use_cache=True)  # prefill, eager
+        model(input_ids=prompt, **cache_kwargs(model, cache))  # prefill, eager
     position = [kept]
 
     class Step:
         def step(self, token):
             pos = torch.tensor([[position[0]]], device=setup.device)
-            out = forward(input_ids=token, position_ids=pos, past_key_values=cache, use_cache=True)
+            out = forward(input_ids=token, position_ids=pos, **cache_kwargs(model, cache))
             position[0] += 1
             return out.logits[0, -1].clone()  # a graph-owned output must not outlive the next replay
 

@@ -24,26 +24,12 @@ from functools import partial
 
 import torch
 
-from .cache import EvictionEvent, StreamingCache, build_cache
-from .fixed_cache import FixedCache, UnsupportedCacheError
+from .caches import AnyCache, EvictionEvent, FixedCache, UnsupportedCacheError, make_cache
+from .compat import cache_kwargs, incompatibility_guard, register_attention, sdpa_attention
 from .gemv import INDUCTOR_OPTIONS, reduction_linears
-from .ring_cache import RingStreamingCache
-from .static_cache import StaticStreamingCache
-from .strategies import StrategySpec
 from .transforms import check_compile_combination
 
-AnyCache = StreamingCache | FixedCache
-
-
-def make_cache(spec: StrategySpec, model: torch.nn.Module) -> AnyCache:
-    """The cache kind `spec.cache` names, for `spec`'s strategy (the evaluator's default factory)."""
-    if spec.cache == "dynamic":
-        return build_cache(spec, model)
-    if spec.cache == "static":
-        return StaticStreamingCache(spec, model)
-    if spec.cache == "ring":
-        return RingStreamingCache(spec, model)
-    raise UnsupportedCacheError(f"unknown cache kind {spec.cache!r}; choose one of: dynamic, static, ring")
+__all__ = ["AnyCache", "CompiledDecoder", "EagerDecoder", "GraphDecoder", "decoder_factory", "make_cache"]
 
 
 class EagerDecoder:
@@ -56,7 +42,7 @@ class EagerDecoder:
 
     def _forward(self, token: torch.Tensor, position_ids: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
         out = self.model(input_ids=token, position_ids=position_ids, attention_mask=mask,
-                         past_key_values=self.cache, use_cache=True)
+                         **cache_kwargs(self.model, self.cache))
         return out.logits[0, -1]
 
     def _inputs(self) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -66,7 +52,8 @@ class EagerDecoder:
 
     def step(self, token: torch.Tensor) -> tuple[torch.Tensor, EvictionEvent | None]:
         position_ids, mask = self._inputs()
-        logits = self.forward(token, position_ids, mask)
+        with incompatibility_guard("the decode step"):
+            logits = self.forward(token, position_ids, mask)
         return logits, self.cache.end_step()
 
 
@@ -91,12 +78,7 @@ def register_mask_free_sdpa() -> str:
     this name the cache's 4-D mask, or None, reaches SDPA untouched. With no mask at all SDPA may
     pick its flash kernel, which a mask rules out.
     """
-    from transformers import AttentionInterface
-    from transformers.integrations.sdpa_attention import sdpa_attention_forward
-
-    if MASK_FREE_SDPA not in AttentionInterface._global_mapping:
-        AttentionInterface.register(MASK_FREE_SDPA, sdpa_attention_forward)
-    return MASK_FREE_SDPA
+    return register_attention(MASK_FREE_SDPA, sdpa_attention())
 
 
 @contextmanager
@@ -161,7 +143,7 @@ class GraphDecoder:
         cache = self.cache
         mask = None if self.mask_free and cache.full else cache.attention_mask
         out = self.model(input_ids=self.tokens, position_ids=cache.position_ids, attention_mask=mask,
-                         past_key_values=cache, use_cache=True)
+                         **cache_kwargs(self.model, cache))
         self.logits.copy_(out.logits[0, -1])
         cache.advance_device()
 

@@ -15,15 +15,14 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from .cache import StreamingCache
-from .decode import DecoderFactory, EagerDecoder, make_cache
-from .fixed_cache import FixedCache
+from .caches import AnyCache, make_cache
+from .decode import DecoderFactory, EagerDecoder
 from .models import LoadedModel
 from .results import EvalResult, TokenTrace, ppl_from_nll
 from .spikes import summarize
 from .strategies import StrategySpec
 
-CacheFactory = Callable[[StrategySpec, torch.nn.Module], StreamingCache | FixedCache]
+CacheFactory = Callable[[StrategySpec, torch.nn.Module], AnyCache]
 
 
 @dataclass(frozen=True)

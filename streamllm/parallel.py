@@ -35,8 +35,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
-from transformers.modeling_utils import AttentionInterface
 
+from .compat import register_attention
 from .evaluate import build_result
 from .models import LoadedModel
 from .results import EvalResult, TokenTrace
@@ -303,12 +303,6 @@ def attention_implementation(model: torch.nn.Module, name: str) -> Iterator[None
             config._attn_implementation = previous[key]
 
 
-def _register() -> None:
-    # Idempotent, and the function holds no state: registering it changes no behaviour elsewhere.
-    if AttentionInterface._global_mapping.get(ATTENTION_NAME) is not parallel_attention:
-        AttentionInterface.register(ATTENTION_NAME, parallel_attention)
-
-
 # -- the evaluator ---------------------------------------------------------------------------
 def evaluate_parallel(
     loaded: LoadedModel,
@@ -359,7 +353,8 @@ def _chunked_nll(loaded: LoadedModel, ids: torch.Tensor, plan: Schedule, spec: S
     ids = ids.to(device)
     steps = len(plan)
     nll = torch.empty(steps, dtype=torch.float64)
-    _register()
+    # Idempotent, and the function holds no state: registering it changes no behaviour elsewhere.
+    register_attention(ATTENTION_NAME, parallel_attention)
     with torch.inference_mode(), attention_implementation(model, ATTENTION_NAME):
         for start in range(0, steps, chunk_size):
             stop = min(start + chunk_size, steps)

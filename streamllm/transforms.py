@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .fixed_cache import UnsupportedCacheError
+from .caches import UnsupportedCacheError
 from .strategies import COMPILE_MODES, GRAPH_MODES
 
 MLP_LINEAR_NAMES = frozenset({"dense_h_to_4h", "dense_4h_to_h", "gate_proj", "up_proj", "down_proj"})

@@ -11,6 +11,8 @@ from __future__ import annotations
 import torch
 from transformers.cache_utils import Cache, DynamicLayer
 
+from streamllm.compat import cache_kwargs
+
 
 def _rotate_half(x: torch.Tensor) -> torch.Tensor:
     half = x.shape[-1] // 2
@@ -65,7 +67,7 @@ def reference_strict_nll(model: torch.nn.Module, ids: torch.Tensor, sink: int, w
     out = []
     for t in range(ids.numel() - 1):
         logits = model(input_ids=ids[t : t + 1].view(1, 1), position_ids=torch.tensor([[cache.length]]),
-                       past_key_values=cache, use_cache=True).logits
+                       **cache_kwargs(model, cache)).logits
         cache.end_step()
         out.append(-torch.log_softmax(logits[0, -1].double(), -1)[ids[t + 1]])
     return torch.stack(out)

@@ -7,10 +7,11 @@ import dataclasses
 import numpy as np
 import pytest
 import torch
-from conftest import tiny_llama
 from reference_cache import reference_strict_nll
 
-from streamllm.cache import StreamingCache, build_cache
+from conftest import tiny_llama
+from streamllm.caches import StreamingCache, build_cache
+from streamllm.compat import cache_kwargs
 from streamllm.evaluate import DecodeOptions, evaluate_tokens
 from streamllm.rope import RopeSpec, UnsupportedRopeError
 from streamllm.strategies import make_strategy, plan_eviction, uniform_choice
@@ -142,7 +143,7 @@ def test_batch_of_two_matches_batch_of_one(tiny_model, token_ids):
     with torch.inference_mode():
         for t in range(39):
             pos = torch.full((2, 1), cache2.next_position())
-            logits2.append(tiny_model.model(input_ids=batch[:, t : t + 1], position_ids=pos, past_key_values=cache2).logits)
+            logits2.append(tiny_model.model(input_ids=batch[:, t : t + 1], position_ids=pos, **cache_kwargs(tiny_model.model, cache2)).logits)
             cache2.end_step()
     for row in range(2):
         single = nll(tiny_model, batch[row], spec)

@@ -10,7 +10,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, GPTNeoXConfig, LlamaConfig
 
-from streamllm.cache import StreamingCache
+from streamllm.caches import StreamingCache
 from streamllm.evaluate import DecodeOptions, evaluate_tokens
 from streamllm.models import LoadedModel
 from streamllm.parallel import (

@@ -14,12 +14,10 @@ import dataclasses
 import pytest
 import torch
 
+from streamllm.caches import RingStreamingCache, StaticStreamingCache, UnsupportedCacheError
 from streamllm.cli import main
 from streamllm.decode import CompiledDecoder, GraphDecoder, decoder_factory, make_cache
 from streamllm.evaluate import DecodeOptions, evaluate_tokens
-from streamllm.fixed_cache import UnsupportedCacheError
-from streamllm.ring_cache import RingStreamingCache
-from streamllm.static_cache import StaticStreamingCache
 from streamllm.strategies import StrategyError, make_strategy
 from streamllm.transforms import (
     MissingDependencyError,

@@ -26,10 +26,10 @@ import dataclasses
 
 import torch
 
-from .cache import EvictionEvent
-from .fixed_cache import FixedCache, UnsupportedCacheError, check_one_token
-from .rope import RopeSpec, apply_rotation
-from .strategies import PositionMode, StrategySpec, cache_kind_problem
+from ..rope import RopeSpec, apply_rotation
+from ..strategies import PositionMode, StrategySpec, cache_kind_problem
+from .events import EvictionEvent
+from .fixed import FixedCache, UnsupportedCacheError, check_one_token
 
 
 def check_ring(spec: StrategySpec) -> None:
@@ -90,7 +90,7 @@ class RingStreamingCache(FixedCache):
         self.sin.copy_(angles.sin())
 
     def _write(self, layer_idx: int, key_states: torch.Tensor, value_states: torch.Tensor) -> None:
-        keys = self.keys[layer_idx]
+        keys = self.layers[layer_idx].keys
         if self.rotate_sinks:
             # Store first, then one scatter writes the S re-rotated sinks and the new key (one
             # kernel per layer once compiled: each launch counts at ~3 us inside a graph). While
@@ -105,7 +105,7 @@ class RingStreamingCache(FixedCache):
             keys.index_copy_(2, self._key_slots, torch.cat((rotated, key_states), dim=2))
         else:
             keys.index_copy_(2, self._slot, key_states)
-        self.values[layer_idx].index_copy_(2, self._slot, value_states)
+        self.layers[layer_idx].values.index_copy_(2, self._slot, value_states)
 
     def advance_device(self) -> None:
         self.t.add_(1)

@@ -3,7 +3,7 @@
 The decode loop owns step boundaries:
 
     pos = cache.next_position()             # position id for token t
-    model(x_t, position_ids=pos, past_key_values=cache)   # appends t's K/V (already rotated at pos)
+    model(x_t, position_ids=pos, **cache_kwargs(model, cache))   # appends t's K/V (rotated at pos)
     event = cache.end_step()                # C_{t+1} = evict(C_t + [t])
 
 With pos-shift (`PositionMode.SHIFT`) the k-th slot holds a key rotated at position k. When an
@@ -14,22 +14,12 @@ absolute positions (dense, no-shift) keys keep the rotation they were computed w
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 from transformers.cache_utils import Cache, DynamicLayer
 
-from .rope import RopeSpec, apply_rotation
-from .strategies import PositionMode, StrategySpec, plan_eviction
-
-
-@dataclass(frozen=True)
-class EvictionEvent:
-    step: int  # index t of the token whose append triggered the eviction
-    length_before: int  # |C_t + [t]|
-    length_after: int  # |C_{t+1}|
-    evicted: int  # how many entries left the cache
-    reinserted: int = 0  # refresh: evicted tokens put back at the tail
+from ..rope import RopeSpec, apply_rotation
+from ..strategies import PositionMode, StrategySpec, plan_eviction
+from .events import EvictionEvent
 
 
 class StreamingCache(Cache):

@@ -18,10 +18,10 @@ import dataclasses
 
 import torch
 
-from .cache import EvictionEvent
-from .fixed_cache import FixedCache, UnsupportedCacheError, check_one_token
-from .rope import RopeSpec, apply_rotation
-from .strategies import PositionMode, StrategySpec, cache_kind_problem
+from ..rope import RopeSpec, apply_rotation
+from ..strategies import PositionMode, StrategySpec, cache_kind_problem
+from .events import EvictionEvent
+from .fixed import FixedCache, UnsupportedCacheError, check_one_token
 
 
 def check_static(spec: StrategySpec) -> None:
@@ -50,8 +50,8 @@ class StaticStreamingCache(FixedCache):
         self.attention_mask.index_fill_(-1, self.length_t, 0.0)
 
     def _write(self, layer_idx: int, key_states: torch.Tensor, value_states: torch.Tensor) -> None:
-        self.keys[layer_idx].index_copy_(2, self.length_t, key_states)
-        self.values[layer_idx].index_copy_(2, self.length_t, value_states)
+        self.layers[layer_idx].keys.index_copy_(2, self.length_t, key_states)
+        self.layers[layer_idx].values.index_copy_(2, self.length_t, value_states)
 
     def advance_device(self) -> None:
         self.length_t.add_(1)

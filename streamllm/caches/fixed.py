@@ -28,10 +28,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-from transformers.cache_utils import Cache
+from transformers.cache_utils import Cache, CacheLayerMixin
 
-from .cache import EvictionEvent
-from .strategies import StrategyError, StrategySpec, plan_eviction
+from ..strategies import PositionMode, StrategyError, StrategySpec, plan_eviction
+from .events import EvictionEvent
 
 
 class UnsupportedCacheError(StrategyError):
@@ -61,13 +61,57 @@ class KVGeometry:
         return cls(config.num_hidden_layers, kv_heads, head_dim, dtype, param.device)
 
 
+class FixedLayer(CacheLayerMixin):
+    """One decoder layer's preallocated K/V, as a transformers cache layer.
+
+    transformers' `Cache.update` hands each layer's new K/V to its layer object with whatever
+    extra arguments this release passes; the layer forwards only the tensors to its owning
+    cache, which decides the slot (the step's device state is shared by all layers). So an
+    upstream change of `update`'s signature or of the Cache's bookkeeping meets the layer
+    interface transformers itself maintains, not a hand-written copy of it.
+    """
+
+    is_compileable = True
+    is_sliding = False
+    is_croppable = False
+
+    def __init__(self, owner: FixedCache, index: int, shape: tuple[int, ...], dtype: torch.dtype,
+                 device: torch.device):
+        super().__init__()
+        self.owner, self.index = owner, index
+        # zeros, not empty: masked slots still enter q·k, and NaN garbage times a zero softmax
+        # weight is NaN.
+        self.keys = torch.zeros(shape, dtype=dtype, device=device)
+        self.values = torch.zeros(shape, dtype=dtype, device=device)
+        self.device = device
+        self.batch_size = shape[0]
+        self.is_initialized = True
+
+    def lazy_initialization(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs) -> None:
+        pass  # preallocated in __init__
+
+    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs):
+        return self.owner.write(self.index, key_states, value_states)
+
+    def get_mask_sizes(self, *args, **kwargs) -> tuple[int, int]:
+        return self.owner.num_slots, 0
+
+    def get_seq_length(self, *args, **kwargs) -> int:
+        return self.owner.length
+
+    def get_max_length(self, *args, **kwargs) -> int:
+        return self.owner.num_slots
+
+    def reset(self) -> None:
+        raise NotImplementedError("streaming caches are built per run; make a new one instead of reset()")
+
+
 class FixedCache(Cache):
-    """Base class: preallocated buffers + mask; subclasses choose slots and eviction."""
+    """Base class: one FixedLayer per decoder layer + the mask; subclasses choose slots and eviction."""
 
     kind = "fixed"
 
     def __init__(self, spec: StrategySpec, model: torch.nn.Module, num_slots: int, pad_to: int = 8):
-        super().__init__(layers=[])
         self.spec = spec
         self.geometry = geo = KVGeometry.from_model(model)
         # Slots the strategy uses; the buffers may round up to a multiple of `pad_to` (16-byte rows
@@ -76,16 +120,21 @@ class FixedCache(Cache):
         self.used_slots = num_slots
         self.num_slots = num_slots = -(-num_slots // pad_to) * pad_to
         shape = (1, geo.kv_heads, num_slots, geo.head_dim)
-        # zeros, not empty: masked slots still enter q·k, and NaN garbage times a zero softmax
-        # weight is NaN.
-        self.keys = [torch.zeros(shape, dtype=geo.dtype, device=geo.device) for _ in range(geo.num_layers)]
-        self.values = [torch.zeros(shape, dtype=geo.dtype, device=geo.device) for _ in range(geo.num_layers)]
+        super().__init__(layers=[FixedLayer(self, i, shape, geo.dtype, geo.device) for i in range(geo.num_layers)])
         self.masked_value = torch.finfo(geo.dtype).min
         self.attention_mask = torch.full((1, 1, 1, num_slots), self.masked_value, dtype=geo.dtype, device=geo.device)
         self.seen = 0  # host mirror: tokens fed so far
         self.slots: list[int] = []  # host mirror: text index of each cache entry in pos-shift order
         for tensor in (*self.keys, *self.values, self.attention_mask):
             _mark_static(tensor)
+
+    @property
+    def keys(self) -> list[torch.Tensor]:
+        return [layer.keys for layer in self.layers]
+
+    @property
+    def values(self) -> list[torch.Tensor]:
+        return [layer.values for layer in self.layers]
 
     # -- the step protocol -----------------------------------------------------------------
     @property
@@ -94,8 +143,6 @@ class FixedCache(Cache):
 
     def next_position(self) -> int:
         """Effective position of the token about to be fed (pos-shift: |C_t|), as in StreamingCache."""
-        from .strategies import PositionMode
-
         return self.length if self.spec.position_mode is PositionMode.SHIFT else self.seen
 
     def _host_step(self) -> tuple[int, list[int] | None]:
@@ -114,8 +161,8 @@ class FixedCache(Cache):
             return None
         return EvictionEvent(step=step, length_before=length, length_after=len(keep), evicted=length - len(keep))
 
-    # -- HF Cache API ----------------------------------------------------------------------
-    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, layer_idx: int, cache_kwargs=None):
+    # -- the write every layer's update lands in -------------------------------------------
+    def write(self, layer_idx: int, key_states: torch.Tensor, value_states: torch.Tensor):
         if key_states.shape[0] != 1 or key_states.shape[-2] != 1:
             raise ValueError(
                 f"{type(self).__name__} takes one token of batch 1 per step (got K/V {tuple(key_states.shape)}); "
@@ -124,27 +171,8 @@ class FixedCache(Cache):
         if layer_idx == 0:
             self._begin_step()
         self._write(layer_idx, key_states, value_states)
-        return self.keys[layer_idx], self.values[layer_idx]
-
-    def get_seq_length(self, layer_idx: int = 0) -> int:
-        return self.length
-
-    def get_mask_sizes(self, query_length: int, layer_idx: int = 0) -> tuple[int, int]:
-        return self.num_slots, 0
-
-    def get_max_length(self, layer_idx: int | None = None) -> int:
-        return self.num_slots
-
-    @property
-    def is_compileable(self) -> bool:
-        return True
-
-    @property
-    def is_initialized(self) -> bool:
-        return True
-
-    def __len__(self) -> int:
-        return self.geometry.num_layers
+        layer = self.layers[layer_idx]
+        return layer.keys, layer.values
 
     # -- subclass hooks (device-only: they run inside captured graphs) ---------------------
     def _begin_step(self) -> None:
