@@ -15,6 +15,7 @@ import re
 import sys
 import time
 from collections.abc import Sequence
+from pathlib import Path
 
 from .strategies import COMPILE_MODES, GRAPH_MODES, STRATEGIES, StrategyError, StrategySpec, make_strategy
 
@@ -55,11 +56,12 @@ def parse_strategies(text: str, defaults: dict) -> list[StrategySpec]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="streamllm", description=__doc__.splitlines()[0])
+    parser = _Parser(prog="streamllm", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
 
     ev = sub.add_parser("eval", help="evaluate streaming strategies (PPL, TPOT, prune events)")
-    ev.add_argument("--model", default="embedded", help="embedded | HUB_ID | DIR | dummy:CONFIG (default: embedded)")
+    ev.add_argument("--model", default="embedded",
+                    help="embedded | PATH.gguf | HUB_ID | DIR | dummy:CONFIG (default: embedded)")
     ev.add_argument("--dataset", default="book", help="book | wiki | wikitext | pg19 | PATH (default: book)")
     ev.add_argument("--strategy", default="strict", help="comma list, e.g. dense,strict,lazy:c32,refresh:c32:b8")
     ev.add_argument("--sink", type=int, default=4, help="attention sinks S (default 4)")
@@ -104,29 +106,76 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class UsageError(ValueError):
+    """A command-line value that cannot work (size <= 0, output path is a directory, ...)."""
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line on stderr (exit 2) pointing at --help."""
+
+    def error(self, message: str):  # type: ignore[override]
+        self.exit(2, _usage_line(message, self.prog))
+
+
+def _usage_line(message: str, prog: str) -> str:
+    return f"streamllm: error: {_one_line(message)} (see {prog} --help)\n"
+
+
+def _one_line(text: str) -> str:
+    return "; ".join(line.strip() for line in str(text).splitlines() if line.strip()) or "no message"
+
+
+def _user_errors() -> tuple[type[BaseException], ...]:
+    """The one list of errors that mean "bad input or environment": their message names the fix and
+    the CLI prints it as one line with exit code 2. Anything else is a bug and keeps its traceback.
+    (StrategyError covers the caches' UnsupportedCacheError, its subclass.)"""
+    from .baselines import BaselineError
+    from .data import DatasetError
+    from .models import ModelOptionError, ModelUnavailableError
+    from .report import ReportError
+    from .rope import UnsupportedRopeError
+    from .transforms import MissingDependencyError, NonFiniteLogitsError
+
+    return (UsageError, StrategyError, DatasetError, ModelUnavailableError, ModelOptionError, UnsupportedRopeError,
+            MissingDependencyError, NonFiniteLogitsError, ReportError, BaselineError)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    if args.command == "strategies":
-        for name, text in STRATEGIES.items():
-            print(f"{name:10s} {text}")
-        return 0
-    if args.command == "report":
-        return run_report(args)
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    if extra:  # argparse would blame the top-level parser; point at the subcommand's help instead
+        parser.exit(2, _usage_line(f"unrecognized arguments: {' '.join(extra)}", f"{parser.prog} {args.command}"))
+    commands = {"strategies": run_strategies, "eval": run_eval, "report": run_report}
     try:
-        return run_eval(args)
+        return commands[args.command](args)
     except KeyboardInterrupt:
         return 130
-    except Exception as exc:  # user-facing errors: one line, no traceback soup
-        from .data import DatasetError
-        from .models import ModelUnavailableError
-        from .rope import UnsupportedRopeError
-        from .transforms import MissingDependencyError, NonFiniteLogitsError
+    except Exception as exc:
+        if not isinstance(exc, _user_errors()):
+            raise
+        print(f"streamllm: error: {_one_line(str(exc))}", file=sys.stderr)
+        return 2
 
-        if isinstance(exc, (StrategyError, DatasetError, ModelUnavailableError, UnsupportedRopeError,
-                            MissingDependencyError, NonFiniteLogitsError)):
-            print(f"streamllm: error: {exc}", file=sys.stderr)
-            return 2
-        raise
+
+def run_strategies(args: argparse.Namespace) -> int:
+    for name, text in STRATEGIES.items():
+        print(f"{name:10s} {text}")
+    return 0
+
+
+def check_eval_args(args: argparse.Namespace) -> None:
+    """Sizes and output paths that cannot work, before anything is loaded."""
+    minimums = {"tokens": (2, "one token fed, one scored"), "window": (1, None), "sink": (0, None),
+                "compress_every": (1, "1 means evict every step"), "overlap": (0, None), "refresh": (0, None),
+                "warmup": (0, None), "chunk_size": (1, None), "threads": (1, None), "auto_cap": (1, None)}
+    for name, (least, why) in minimums.items():
+        value = getattr(args, name)
+        if value is not None and value < least:
+            flag = "--" + name.replace("_", "-")
+            raise UsageError(f"{flag} must be >= {least} (got {value})" + (f"; {why}" if why else ""))
+    for flag, path in (("--json", args.json_out), ("--per-token", args.per_token_out)):
+        if path is not None and Path(path).is_dir():
+            raise UsageError(f"{flag} {path} is a directory; pass a file path such as {Path(path) / 'out.json'}")
 
 
 def run_eval(args: argparse.Namespace) -> int:
@@ -136,7 +185,7 @@ def run_eval(args: argparse.Namespace) -> int:
     from .data import load_text, synthetic_ids, tokenize
     from .decode import decoder_factory
     from .evaluate import DecodeOptions
-    from .models import load_model, resolve_device
+    from .models import is_dummy, load_model, parse_dtype, resolve_device
     from .report_table import results_table
     from .results import write_json_atomic
     from .transforms import apply_int8
@@ -144,13 +193,14 @@ def run_eval(args: argparse.Namespace) -> int:
     console = Console(stderr=True)
     defaults = {"sink": args.sink, "window": args.window, "compress_every": args.compress_every,
                 "overlap": args.overlap, "refresh": args.refresh, "auto_cap": args.auto_cap}
-    specs = parse_strategies(args.strategy, defaults)  # fail fast, before loading anything
+    # Fail fast, before loading anything: sizes, strategies, device, dtype and the text.
+    check_eval_args(args)
+    specs = parse_strategies(args.strategy, defaults)
     # --cache applies to every strategy but dense, which stays the dynamic speedup reference.
     specs = [s if s.name == "dense" else dataclasses.replace(s, cache=args.cache).validate() for s in specs]
-    if args.tokens < 2:
-        raise StrategyError(f"--tokens must be >= 2 (got {args.tokens})")
-    if args.chunk_size < 1:
-        raise StrategyError(f"--chunk-size must be >= 1 (got {args.chunk_size})")
+    device = resolve_device(args.device)
+    parse_dtype(args.dtype)
+    text = None if is_dummy(args.model) else load_text(args.dataset)
     if args.threads:
         torch.set_num_threads(args.threads)
 
@@ -161,17 +211,16 @@ def run_eval(args: argparse.Namespace) -> int:
         if mode in GRAPH_MODES and spec.name == "dense":
             mode = "default"  # dense grows without bound: no static shapes to capture
             console.print("dense: CUDA graphs need a bounded cache; compiling it without graphs")
-        decoders[spec] = decoder_factory(mode, resolve_device(args.device), spec.cache)
+        decoders[spec] = decoder_factory(mode, device, spec.cache)
     loaded = load_model(args.model, dtype=args.dtype, device=args.device)
     if args.int8:
         apply_int8(loaded.model)
     for spec in specs:
         spec.validate(loaded.max_positions, allow_beyond_context=args.allow_beyond_context)
-    if loaded.tokenizer is None:
+    if loaded.tokenizer is None or text is None:
         ids = synthetic_ids(loaded.model.config.vocab_size, args.tokens)
         dataset, sha = "synthetic", "synthetic"
     else:
-        text = load_text(args.dataset)
         ids = tokenize(loaded.tokenizer, text, args.tokens)
         dataset, sha = text.name, text.sha256
     console.print(f"model {loaded.name} ({loaded.revision}) on {loaded.device}, {loaded.dtype}; "
@@ -267,11 +316,15 @@ def run_report(args: argparse.Namespace) -> int:
     from .report import ReportError
     from .report import run_report as render
 
+    fix = f"pass --run a file that `pytest bench` wrote under {args.runs}/, or leave --run out for the newest"
+    if args.run is not None and not Path(args.run).is_file():
+        raise UsageError(f"run file {args.run} does not exist; {fix}")
     try:
         path, summary = render(args.runs, args.run, args.out)
     except ReportError as exc:
-        print(f"streamllm: error: {exc}", file=sys.stderr)
-        return 2
+        if args.run is None:  # no run under --runs: the message already says to run `pytest bench`
+            raise
+        raise ReportError(f"{exc}; {fix}") from None
     counts = ", ".join(f"{k} {v}" for k, v in sorted(summary["verdict_counts"].items()))
     print(f"wrote {path} (+ report.html, summary.json, {len(summary['plots'])} plots) from {summary['run']}: "
           f"{'PASS' if summary['passed'] else 'FAIL'} ({counts})")

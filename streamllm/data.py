@@ -48,11 +48,26 @@ def load_text(dataset: str) -> Text:
     if dataset in ONLINE:
         return _load_online(dataset)
     path = Path(dataset).expanduser()
+    choices = f"use one of {', '.join([*EMBEDDED, *ONLINE])} or the path of a UTF-8 text file"
     if path.is_file():
-        return Text(str(path), str(path.resolve()), path.read_text(encoding="utf-8"))
-    raise DatasetError(
-        f"unknown dataset {dataset!r}: use one of {', '.join([*EMBEDDED, *ONLINE])} or the path of a UTF-8 text file"
-    )
+        return Text(str(path), str(path.resolve()), _read_text_file(path))
+    if path.is_dir():
+        raise DatasetError(f"dataset path {dataset!r} is a directory: {choices}")
+    if path.suffix or len(path.parts) > 1:  # looks like a path, not a dataset name
+        raise DatasetError(f"dataset file {dataset!r} does not exist: {choices}")
+    raise DatasetError(f"unknown dataset {dataset!r}: {choices}")
+
+
+def _read_text_file(path: Path) -> str:
+    try:
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise DatasetError(
+            f"dataset file {str(path)!r} is not UTF-8 text ({exc.reason} at byte {exc.start}); "
+            "convert it (iconv -t UTF-8) or pass another text file"
+        ) from None
+    except OSError as exc:
+        raise DatasetError(f"dataset file {str(path)!r} cannot be read ({exc.strerror}); pass a readable text file") from None
 
 
 def _load_online(dataset: str) -> Text:
@@ -85,6 +100,10 @@ def tokenize(tokenizer, text: Text, num_tokens: int) -> torch.Tensor:
     if num_tokens < 2:
         raise DatasetError(f"--tokens must be >= 2 (one token fed, one scored); got {num_tokens}")
     ids = tokenizer(text.text)["input_ids"]
+    if len(ids) < 2:
+        raise DatasetError(
+            f"dataset {text.name!r} has {len(ids)} token(s) with this tokenizer; pass a longer text (at least 2 tokens)"
+        )
     if len(ids) < num_tokens:
         raise DatasetError(
             f"dataset {text.name!r} has only {len(ids)} tokens with this tokenizer; ask for --tokens {len(ids)} or fewer"

