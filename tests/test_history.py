@@ -1,0 +1,188 @@
+"""Run history (streamllm.history) on synthetic histories: the last-K-accepted baseline, the
+p < 0.002 + band rule, the nightly two-consecutive-points rule, and the append-only store."""
+
+from __future__ import annotations
+
+import json
+import threading
+from datetime import datetime, timedelta, timezone
+
+import numpy as np
+import pytest
+
+from streamllm.history import (
+    IMPROVEMENT,
+    NOT_CHECKED,
+    PASS,
+    REGRESSION,
+    UNCONFIRMED,
+    HistoryError,
+    Run,
+    RunHistory,
+    acceptable,
+    apply_nightly,
+    judge,
+)
+
+FP = "cpu-0123456789-t2"
+T0 = datetime(2025, 1, 1, tzinfo=timezone.utc)
+BAND = 0.10
+
+
+def rounds(rng: np.random.Generator, level: float, n: int = 10, noise: float = 0.05) -> list[float]:
+    """One run's per-round TPOT: the run's level times 5 % lognormal round noise."""
+    return list(level * np.exp(rng.normal(0.0, noise, n)))
+
+
+def process_level(rng: np.random.Generator, ms: float = 40.0, spread: float = 0.03) -> float:
+    """Each process lands at its own level (±3 %): what pooled samples of separate runs show."""
+    return ms * float(np.exp(rng.normal(0.0, spread)))
+
+
+def seeded_history(tmp_path, rng, runs: int = 5, case: str = "strict-book") -> RunHistory:
+    hist = RunHistory(tmp_path, FP)
+    for i in range(runs):
+        hist.append({case: rounds(rng, process_level(rng))}, accepted=True, now=T0 + timedelta(days=i))
+    return hist
+
+
+def test_step_change_flagged_after_two_runs_in_nightly_mode(tmp_path):
+    rng = np.random.default_rng(0)
+    hist = seeded_history(tmp_path, rng)
+    slow = 1.3  # a real 30 % regression lands and stays
+    j1, run1 = hist.record({"strict-book": rounds(rng, slow * process_level(rng))}, band=BAND, nightly=True)
+    first = j1["strict-book"]
+    assert first.raw == REGRESSION and first.verdict == UNCONFIRMED and not first.flagged
+    assert "first point" in first.message
+    assert not run1.accepted  # a run beyond its band does not become the baseline by itself
+    j2, run2 = hist.record({"strict-book": rounds(rng, slow * process_level(rng))}, band=BAND, nightly=True)
+    second = j2["strict-book"]
+    assert second.verdict == REGRESSION and second.flagged
+    assert f"run #{run1.number} got regression too" in second.message
+    # Without --nightly the first point is flagged at once.
+    assert hist.check("strict-book", rounds(rng, slow * 40.0), band=BAND).flagged
+
+
+def test_single_outlier_run_never_flagged_in_nightly_mode(tmp_path):
+    for seed in range(20):
+        rng = np.random.default_rng(seed)
+        root = tmp_path / str(seed)
+        hist = seeded_history(root, rng)
+        j, _ = hist.record({"strict-book": rounds(rng, 2.0 * process_level(rng))}, band=BAND, nightly=True)
+        assert j["strict-book"].raw == REGRESSION and not j["strict-book"].flagged
+        for _ in range(3):  # back to normal: nothing is ever flagged
+            j, run = hist.record({"strict-book": rounds(rng, process_level(rng))}, band=BAND, nightly=True)
+            assert j["strict-book"].verdict == PASS and not j["strict-book"].flagged, j["strict-book"].message
+            assert run.accepted
+
+
+def test_a_a_history_no_false_alarms(tmp_path):
+    """40 ordinary runs, each judged against its last 5 accepted runs: nothing flagged."""
+    rng = np.random.default_rng(7)
+    hist = seeded_history(tmp_path, rng, runs=3)
+    for _ in range(40):
+        j, _ = hist.record({"strict-book": rounds(rng, process_level(rng))}, band=BAND)
+        assert not j["strict-book"].flagged, j["strict-book"].message
+    assert len(hist.runs()) == 43
+
+
+def test_improvement_is_symmetric(tmp_path):
+    rng = np.random.default_rng(1)
+    hist = seeded_history(tmp_path, rng)
+    fast = hist.check("strict-book", rounds(rng, 40.0 / 1.3), band=BAND)
+    assert fast.verdict == IMPROVEMENT and fast.flagged and "accept the run on purpose" in fast.message
+    # Inside the log-symmetric band [1/1.1, 1.1]: a 5 % change passes however significant.
+    assert hist.check("strict-book", rounds(rng, 40.0 * 1.05, noise=0.005), band=BAND).verdict == PASS
+
+
+def test_too_few_runs_not_checked_with_reason(tmp_path):
+    rng = np.random.default_rng(2)
+    hist = seeded_history(tmp_path, rng, runs=2)
+    j = hist.check("strict-book", rounds(rng, 80.0), band=BAND)
+    assert j.verdict == NOT_CHECKED and not j.flagged
+    assert "2 accepted run(s)" in j.message and "need 3" in j.message and "1 more accepted run" in j.message
+    assert hist.check("lazy-c32-book", rounds(rng, 40.0), band=BAND).verdict == NOT_CHECKED
+    # Enough runs but too few samples for Mann-Whitney to ever reach p < 0.002: not checked either.
+    few = judge([50.0, 51.0, 52.0], [40.0, 40.5, 41.0, 39.5], BAND)
+    assert few.verdict == NOT_CHECKED and "cannot reach Mann-Whitney p < 0.002" in few.message
+
+
+def test_baseline_pools_last_k_accepted_runs(tmp_path):
+    hist = RunHistory(tmp_path, FP)
+    for i, (level, ok) in enumerate([(10, True), (11, True), (12, False), (13, True), (14, True)]):
+        hist.append({"a": [level, level + 0.5]}, accepted=ok, now=T0 + timedelta(hours=i))
+    base = hist.baseline("a", k=3)
+    assert base.runs == (2, 4, 5)  # run 3 was rejected, run 1 is older than the last 3
+    assert base.samples == (11.0, 11.5, 13.0, 13.5, 14.0, 14.5)
+    assert base.run_medians == (11.25, 13.25, 14.25)
+    assert base.band(0.10) >= 0.10
+    with pytest.raises(ValueError, match="min_runs"):
+        hist.baseline("a", k=2, min_runs=3)
+
+
+def test_append_only_store(tmp_path):
+    hist = RunHistory(tmp_path, FP)
+    r1 = hist.append({"a": [1.0, 2.0]}, accepted=True, now=T0, meta={"commit": "abc"})
+    path1 = tmp_path / FP / r1.filename
+    before = path1.read_bytes()
+    r2 = hist.append({"a": [1.5]}, accepted=False, verdicts={"a": REGRESSION}, now=T0 + timedelta(seconds=1))
+    assert (r1.number, r2.number) == (1, 2)
+    assert r1.filename == "0001-20250101T000000Z.json" and r2.filename.startswith("0002-")
+    assert path1.read_bytes() == before  # never rewritten
+    again = RunHistory(tmp_path, FP).runs()
+    assert [r.number for r in again] == [1, 2] and again[0] == r1 and again[1].cases["a"].verdict == REGRESSION
+    assert Run.from_json(json.loads(path1.read_text())) == r1
+    assert not list((tmp_path / FP).glob("*.tmp"))
+    with pytest.raises(ValueError, match="raw verdict"):
+        hist.append({"a": [1.0]}, accepted=True, verdicts={"a": "meh"})
+    with pytest.raises(ValueError, match="finite positive"):
+        hist.append({"a": [float("nan")]}, accepted=True)
+
+
+def test_concurrent_appends_take_distinct_numbers(tmp_path):
+    hist_dir = tmp_path
+
+    def worker(i: int) -> None:
+        RunHistory(hist_dir, FP).append({"a": [float(i + 1)]}, accepted=True)
+
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(r.number for r in RunHistory(hist_dir, FP).runs()) == list(range(1, 9))
+
+
+def test_malformed_files_fail_with_the_fix(tmp_path):
+    hist = RunHistory(tmp_path, FP)
+    run = hist.append({"a": [1.0]}, accepted=True, now=T0)
+    path = tmp_path / FP / run.filename
+    (tmp_path / FP / "README.md").write_text("ignored")
+    path.write_text("{not json")
+    with pytest.raises(HistoryError, match=r"0001-.*not valid JSON.*git checkout") as err:
+        RunHistory(tmp_path, FP).runs()
+    assert "\n" not in str(err.value)
+    good = run.to_json()
+    for broken, match in [
+        (good | {"accepted": "yes"}, "accepted must be true or false"),
+        (good | {"schema": "x/1"}, "schema"),
+        (good | {"cases": {"a": {"samples_ms": [-1.0]}}}, "finite positive"),
+        (good | {"cases": {"a": {"samples_ms": [1.0], "verdict": "bad"}}}, "verdict"),
+        (good | {"number": 7}, "does not match its run number"),
+        (good | {"fingerprint_id": "cuda-x"}, "stored under"),
+    ]:
+        path.write_text(json.dumps(broken))
+        with pytest.raises(HistoryError, match=match):
+            RunHistory(tmp_path, FP).runs()
+
+
+def test_nightly_rule_unit():
+    j = judge([50.0 + i / 10 for i in range(10)], [40.0 + i / 10 for i in range(10)], BAND, case="x")
+    assert j.raw == REGRESSION and j.p_value < 0.002 and j.ratio == pytest.approx(1.25, rel=0.01)
+    assert apply_nightly(j, None).verdict == UNCONFIRMED
+    assert apply_nightly(j, PASS).verdict == UNCONFIRMED
+    assert apply_nightly(j, IMPROVEMENT).verdict == UNCONFIRMED  # opposite direction: not two points
+    assert apply_nightly(j, REGRESSION, 4).flagged
+    ok = judge([40.0 + i / 10 for i in range(10)], [40.0 + i / 10 for i in range(10)], BAND)
+    assert apply_nightly(ok, REGRESSION).verdict == PASS
+    assert acceptable([ok]) and not acceptable([j])
