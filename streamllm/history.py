@@ -8,7 +8,8 @@ re-keyed by hand:
 (numbered like pytest-benchmark's storage, written atomically under a directory lock so two
 processes never take the same number). A run holds, per case, the per-round TPOT samples (ms)
 and the verdict that run got against its own baseline, plus an `accepted` flag fixed at write
-time. The baseline of a case is the pooled samples of the last K accepted runs that have it.
+time (per run, optionally overridden per case). The baseline of a case is the pooled samples of
+the last K runs in which that case was accepted.
 
 Verdicts (`judge`): a regression needs both a two-sided Mann-Whitney p < 0.002 and a median
 ratio beyond the band (ratio > 1 + band); an improvement is the mirror image in log space
@@ -20,9 +21,11 @@ too few accepted runs, or samples too few for Mann-Whitney to ever reach alpha, 
 
 Nightly mode (PyTorch HUD's rule): a case is flagged only when the previous run of that case
 got the same raw verdict, i.e. two consecutive points; a single outlier run is reported as
-"unconfirmed" and never fails. Suggested acceptance: a run is accepted when none of its cases
-got a raw regression/improvement (`acceptable`), so a step change keeps being compared with the
-old level until a person accepts the new one (`record(..., accept=True)`).
+"unconfirmed" and never fails. Acceptance (`record`'s default): the run is accepted, except each
+case that got a raw regression/improvement, so one moved case does not keep the other cases'
+samples out of their baselines, and a step change keeps being compared with the old level until a
+person accepts the new one on purpose (`record(..., accept=True)`); `accept=False` rejects a run
+known to be disturbed.
 """
 
 from __future__ import annotations
@@ -87,6 +90,7 @@ def _samples(values: Any, where: str) -> tuple[float, ...]:
 class CaseRun:
     samples: tuple[float, ...]  # per-round TPOT (ms) of this case in this run
     verdict: str | None = None  # raw verdict this run got against its baseline (nightly rule)
+    accepted: bool | None = None  # None: the run's flag decides
 
 
 @dataclass(frozen=True)
@@ -98,6 +102,11 @@ class Run:
     cases: dict[str, CaseRun]
     fingerprint: dict = field(default_factory=dict)  # the full hardware fingerprint, for people
     meta: dict = field(default_factory=dict)  # commit, command, ...: provenance, never read back
+
+    def case_accepted(self, case: str) -> bool:
+        """Whether `case`'s samples of this run may enter its baseline."""
+        c = self.cases.get(case)
+        return c is not None and (self.accepted if c.accepted is None else c.accepted)
 
     @property
     def filename(self) -> str:
@@ -111,7 +120,8 @@ class Run:
             "number": self.number,
             "timestamp": self.timestamp,
             "accepted": self.accepted,
-            "cases": {name: {"samples_ms": list(c.samples), "verdict": c.verdict} for name, c in self.cases.items()},
+            "cases": {name: {"samples_ms": list(c.samples), "verdict": c.verdict, "accepted": c.accepted}
+                      for name, c in self.cases.items()},
             "fingerprint": self.fingerprint,
             "meta": self.meta,
         }
@@ -143,8 +153,12 @@ class Run:
             verdict = c.get("verdict")
             if verdict is not None and verdict not in RAW_VERDICTS:
                 raise _fail(source, f"case {name!r} has verdict {verdict!r}; expected one of {RAW_VERDICTS} or null")
+            case_accepted = c.get("accepted")
+            if case_accepted is not None and not isinstance(case_accepted, bool):
+                raise _fail(source, f"case {name!r} accepted must be true, false or null, got {case_accepted!r}")
             try:
-                cases[name] = CaseRun(_samples(c.get("samples_ms"), f"case {name!r} samples_ms"), verdict)
+                cases[name] = CaseRun(_samples(c.get("samples_ms"), f"case {name!r} samples_ms"), verdict,
+                                      case_accepted)
             except ValueError as exc:
                 raise _fail(source, str(exc)) from None
         for name in ("fingerprint", "meta"):
@@ -192,9 +206,10 @@ class Judgement:
         return out
 
 
-def acceptable(judgements: Sequence[Judgement]) -> bool:
-    """The suggested `accepted` flag of a run: no case moved beyond its band (raw verdicts)."""
-    return not any(j.raw in (REGRESSION, IMPROVEMENT) for j in judgements)
+def acceptable(judgement: Judgement) -> bool:
+    """Whether a case's samples should enter its baseline by default: it did not move beyond its
+    band (raw verdict), confirmed or not."""
+    return judgement.raw not in (REGRESSION, IMPROVEMENT)
 
 
 # --------------------------------------------------------------------------------------------
@@ -326,11 +341,11 @@ class RunHistory:
         return list(self._runs)
 
     def baseline(self, case: str, k: int = 5, *, min_runs: int = 3) -> Baseline:
-        """Pooled samples of the last `k` accepted runs that measured `case`; `reason` says why
-        not when fewer than `min_runs` such runs exist."""
+        """Pooled samples of the last `k` runs in which `case` was accepted; `reason` says why not
+        when fewer than `min_runs` such runs exist."""
         if k < 1 or not 1 <= min_runs <= k:
             raise ValueError(f"need k >= 1 and 1 <= min_runs <= k (got k={k}, min_runs={min_runs})")
-        runs = [r for r in self.runs() if r.accepted and case in r.cases][-k:]
+        runs = [r for r in self.runs() if r.case_accepted(case)][-k:]
         samples = tuple(s for r in runs for s in r.cases[case].samples)
         medians = tuple(statistics.median(r.cases[case].samples) for r in runs)
         numbers = tuple(r.number for r in runs)
@@ -375,24 +390,27 @@ class RunHistory:
         *,
         accepted: bool,
         verdicts: Mapping[str, str] | None = None,
+        case_accepted: Mapping[str, bool] | None = None,
         fingerprint: Mapping[str, Any] | None = None,
         meta: Mapping[str, Any] | None = None,
         now: datetime | None = None,
     ) -> Run:
         """Write one new run (the next number) and return it. `verdicts`: each case's raw verdict
-        from `check` (Judgement.raw), which the next nightly run reads back."""
+        from `check` (Judgement.raw), which the next nightly run reads back; `case_accepted`:
+        per-case overrides of `accepted`."""
         if not cases:
             raise ValueError("a run needs at least one case")
-        verdicts = dict(verdicts or {})
+        verdicts, overrides = dict(verdicts or {}), dict(case_accepted or {})
         for name, v in verdicts.items():
             if v not in RAW_VERDICTS:
                 raise ValueError(f"verdict of {name!r} must be a raw verdict {RAW_VERDICTS}, got {v!r}")
         built = {}
         for name, c in cases.items():
             if isinstance(c, CaseRun):
-                built[name] = CaseRun(_samples(list(c.samples), f"case {name!r}"), verdicts.get(name, c.verdict))
+                built[name] = CaseRun(_samples(list(c.samples), f"case {name!r}"), verdicts.get(name, c.verdict),
+                                      overrides.get(name, c.accepted))
             else:
-                built[name] = CaseRun(_samples(list(c), f"case {name!r}"), verdicts.get(name))
+                built[name] = CaseRun(_samples(list(c), f"case {name!r}"), verdicts.get(name), overrides.get(name))
         stamp = (now or datetime.now(timezone.utc)).astimezone(timezone.utc)
         self.directory.mkdir(parents=True, exist_ok=True)
         with _locked(self.directory):
@@ -424,15 +442,17 @@ class RunHistory:
     ) -> tuple[dict[str, Judgement], Run]:
         """Check every case against the history, then append this run with the raw verdicts.
 
-        `band`: one band for all cases or one per case. `accept`: None = `acceptable(...)` (no case
-        beyond its band), True/False to accept or reject the run on purpose.
+        `band`: one band for all cases or one per case. `accept`: None = the run is accepted except
+        the cases beyond their band (`acceptable`); True/False accepts or rejects the whole run on
+        purpose (True: this run's level becomes the baseline, e.g. after an intended change).
         """
         judgements = {
             case: self.check(case, samples, band=band if isinstance(band, (int, float)) else band[case],
                              k=k, min_runs=min_runs, nightly=nightly, alpha=alpha)
             for case, samples in results.items()
         }
-        accepted = acceptable(list(judgements.values())) if accept is None else accept
-        run = self.append(results, accepted=accepted, verdicts={c: j.raw for c, j in judgements.items()},
+        overrides = {c: False for c, j in judgements.items() if not acceptable(j)} if accept is None else {}
+        run = self.append(results, accepted=True if accept is None else accept,
+                          verdicts={c: j.raw for c, j in judgements.items()}, case_accepted=overrides,
                           fingerprint=fingerprint, meta=meta, now=now)
         return judgements, run

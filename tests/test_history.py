@@ -54,7 +54,7 @@ def test_step_change_flagged_after_two_runs_in_nightly_mode(tmp_path):
     first = j1["strict-book"]
     assert first.raw == REGRESSION and first.verdict == UNCONFIRMED and not first.flagged
     assert "first point" in first.message
-    assert not run1.accepted  # a run beyond its band does not become the baseline by itself
+    assert not run1.case_accepted("strict-book")  # a case beyond its band does not enter its baseline
     j2, run2 = hist.record({"strict-book": rounds(rng, slow * process_level(rng))}, band=BAND, nightly=True)
     second = j2["strict-book"]
     assert second.verdict == REGRESSION and second.flagged
@@ -73,7 +73,7 @@ def test_single_outlier_run_never_flagged_in_nightly_mode(tmp_path):
         for _ in range(3):  # back to normal: nothing is ever flagged
             j, run = hist.record({"strict-book": rounds(rng, process_level(rng))}, band=BAND, nightly=True)
             assert j["strict-book"].verdict == PASS and not j["strict-book"].flagged, j["strict-book"].message
-            assert run.accepted
+            assert run.case_accepted("strict-book")
 
 
 def test_a_a_history_no_false_alarms(tmp_path):
@@ -185,4 +185,21 @@ def test_nightly_rule_unit():
     assert apply_nightly(j, REGRESSION, 4).flagged
     ok = judge([40.0 + i / 10 for i in range(10)], [40.0 + i / 10 for i in range(10)], BAND)
     assert apply_nightly(ok, REGRESSION).verdict == PASS
-    assert acceptable([ok]) and not acceptable([j])
+    assert acceptable(ok) and not acceptable(j)
+
+
+def test_one_moved_case_does_not_reject_the_others(tmp_path):
+    rng = np.random.default_rng(3)
+    hist = RunHistory(tmp_path, FP)
+    for i in range(3):
+        hist.append({"a": rounds(rng, 40.0), "b": rounds(rng, 20.0)}, accepted=True, now=T0 + timedelta(days=i))
+    j, run = hist.record({"a": rounds(rng, 60.0), "b": rounds(rng, 20.0)}, band=BAND, nightly=True)
+    assert j["a"].raw == REGRESSION and j["b"].raw == PASS
+    assert run.accepted and not run.case_accepted("a") and run.case_accepted("b")
+    assert hist.baseline("b", k=3).runs == (2, 3, 4) and hist.baseline("a", k=3).runs == (1, 2, 3)
+    # A person accepts the new level on purpose: it becomes the baseline.
+    _, run = hist.record({"a": rounds(rng, 60.0), "b": rounds(rng, 20.0)}, band=BAND, accept=True)
+    assert run.case_accepted("a") and hist.baseline("a", k=3).runs == (2, 3, 5)
+    # A disturbed run rejected on purpose enters no baseline.
+    _, run = hist.record({"a": rounds(rng, 60.0), "b": rounds(rng, 20.0)}, band=BAND, accept=False)
+    assert not run.case_accepted("b") and run.number not in hist.baseline("b").runs
