@@ -1,0 +1,198 @@
+"""Batch-1 GEMV for decode: y = act(W x + b), W [N, K] row-major as nn.Linear stores it.
+
+At batch 1 a linear layer streams its weight once and does two flops per loaded element, so the
+only thing that matters is how close the weight read gets to the copy bandwidth. The kernel is the
+plain bandwidth design: each program owns BLOCK_N whole rows (contiguous K, so every thread issues
+16-byte loads), keeps a [BLOCK_N, BLOCK_K] float32 product accumulator and reduces it across K once
+at the end (one reduction per program instead of one per tile). K is a compile-time constant, so
+the loop bounds are static and the loads of successive tiles do not wait on index arithmetic.
+
+Split over K (SPLIT_K > 1) for short, wide matrices: the K splits of one row block write float32
+partial sums into a workspace and bump a per-row-block counter; the program that arrives last
+(atomic acq_rel) sums the partials, adds the bias, applies the activation, writes the output and
+resets the counter to zero. One launch, no memset, and the counters are zero again after every
+call, so the same kernel replays inside a CUDA graph. A second kernel to reduce the partials
+would cost a launch per linear (~2-3 us each inside a graph, as much as the whole dense GEMV).
+
+Fused epilogues: the bias, GELU (exact, erf) for GPT-NeoX's up-projection, and the gated form
+silu(W1 x) * (W2 x) for Llama's gate/up pair: two weights that share one input in one pass, so the
+MLP's input is read once and no elementwise kernel follows.
+
+Rows past N are clamped to row N-1 for the loads (always valid memory, no mask on the hot load)
+and masked only at the store.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import triton
+import triton.language as tl
+
+ACT_NONE, ACT_GELU, ACT_SILU_GATED = 0, 1, 2
+
+
+@dataclass(frozen=True)
+class GemvConfig:
+    block_n: int
+    block_k: int
+    split_k: int = 1
+    num_warps: int = 4
+    num_stages: int = 1
+
+    def fits(self, n: int, k: int, gated: bool) -> bool:
+        # Splits must cover K exactly in whole tiles (no masks in the hot loop); the gated form
+        # keeps two partial sets and is only written without a split.
+        if gated and self.split_k > 1:
+            return False
+        if self.split_k > 1 and k % (self.block_k * self.split_k) != 0:
+            return False
+        return self.block_k <= max(16, triton.next_power_of_2(k))
+
+
+@triton.jit
+def _gelu(x):
+    return 0.5 * x * (1.0 + tl.math.erf(x * 0.7071067811865476))
+
+
+@triton.jit
+def _epilogue(y, y2, b_ptr, rows, ACT: tl.constexpr, HAS_BIAS: tl.constexpr):
+    if HAS_BIAS:
+        y += tl.load(b_ptr + rows).to(tl.float32)
+    if ACT == 1:
+        y = _gelu(y)
+    if ACT == 2:
+        y = y / (1.0 + tl.exp(-y)) * y2
+    return y
+
+
+@triton.jit
+def _gemv_kernel(
+    x_ptr, w_ptr, w2_ptr, b_ptr, y_ptr, part_ptr, count_ptr,
+    N, stride_wn,
+    K: tl.constexpr, K_SPLIT: tl.constexpr, EVEN_K: tl.constexpr,
+    HAS_BIAS: tl.constexpr, ACT: tl.constexpr,
+    BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, SPLIT_K: tl.constexpr,
+):
+    pid_n = tl.program_id(0)
+    pid_k = tl.program_id(1)
+    rows = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    safe_rows = tl.minimum(rows, N - 1)
+    row_off = safe_rows.to(tl.int64)[:, None] * stride_wn
+    acc = tl.zeros((BLOCK_N, BLOCK_K), dtype=tl.float32)
+    acc2 = tl.zeros((BLOCK_N, BLOCK_K), dtype=tl.float32)
+    k_begin = pid_k * K_SPLIT
+    for k0 in range(0, K_SPLIT, BLOCK_K):
+        cols = k_begin + k0 + tl.arange(0, BLOCK_K)
+        if EVEN_K:
+            x = tl.load(x_ptr + cols).to(tl.float32)
+            # evict_first: every weight is read once per step; keep L2 for activations and K/V.
+            w = tl.load(w_ptr + row_off + cols[None, :], eviction_policy="evict_first")
+        else:
+            kmask = cols < K
+            x = tl.load(x_ptr + cols, mask=kmask, other=0.0).to(tl.float32)
+            w = tl.load(w_ptr + row_off + cols[None, :], mask=kmask[None, :], other=0.0,
+                        eviction_policy="evict_first")
+        acc += w.to(tl.float32) * x[None, :]
+        if ACT == 2:
+            if EVEN_K:
+                w2 = tl.load(w2_ptr + row_off + cols[None, :], eviction_policy="evict_first")
+            else:
+                w2 = tl.load(w2_ptr + row_off + cols[None, :], mask=kmask[None, :], other=0.0,
+                             eviction_policy="evict_first")
+            acc2 += w2.to(tl.float32) * x[None, :]
+    y = tl.sum(acc, axis=1)
+    y2 = tl.sum(acc2, axis=1)
+    out_mask = rows < N
+    if SPLIT_K == 1:
+        y = _epilogue(y, y2, b_ptr, safe_rows, ACT, HAS_BIAS)
+        tl.store(y_ptr + rows, y.to(y_ptr.dtype.element_ty), mask=out_mask)
+    else:
+        # Workspace rows are padded to whole row blocks: no mask needed for the partials.
+        n_pad = tl.num_programs(0) * BLOCK_N
+        tl.store(part_ptr + pid_k * n_pad + rows, y)
+        # Every thread's partial store must precede the counter bump that publishes them.
+        tl.debug_barrier()
+        arrived = tl.atomic_add(count_ptr + pid_n, 1, sem="acq_rel", scope="gpu")
+        if arrived == SPLIT_K - 1:
+            splits = tl.arange(0, SPLIT_K)
+            # .cg: read the other programs' partials from L2, never from a stale L1 line.
+            parts = tl.load(part_ptr + splits[:, None] * n_pad + rows[None, :], cache_modifier=".cg")
+            y = tl.sum(parts, axis=0)
+            y = _epilogue(y, y2, b_ptr, safe_rows, ACT, HAS_BIAS)
+            tl.store(y_ptr + rows, y.to(y_ptr.dtype.element_ty), mask=out_mask)
+            tl.atomic_xchg(count_ptr + pid_n, 0, sem="relaxed", scope="gpu")
+
+
+# -- workspace: one per (device, N); split partials and self-resetting counters -------------
+_WORKSPACE: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
+
+
+def _workspace(device: torch.device, n: int, cfg: GemvConfig) -> tuple[torch.Tensor, torch.Tensor]:
+    blocks = triton.cdiv(n, cfg.block_n)
+    key = (device, n, cfg.block_n, cfg.split_k)
+    ws = _WORKSPACE.get(key)
+    if ws is None:
+        # Allocated on first use (an uncaptured warm-up step); counters start at zero and every
+        # call leaves them at zero.
+        ws = (torch.empty(cfg.split_k * blocks * cfg.block_n, dtype=torch.float32, device=device),
+              torch.zeros(blocks, dtype=torch.int32, device=device))
+        _WORKSPACE[key] = ws
+    return ws
+
+
+def launch_gemv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, out: torch.Tensor,
+                cfg: GemvConfig, act: int = ACT_NONE, weight2: torch.Tensor | None = None) -> torch.Tensor:
+    """out[N] = act(weight @ x + bias) (x: K contiguous elements); one kernel launch."""
+    n, k = weight.shape
+    if weight.stride(1) != 1 or (weight2 is not None and weight2.stride() != weight.stride()):
+        raise ValueError("gemv needs row-major weights (nn.Linear layout)")
+    if not cfg.fits(n, k, weight2 is not None):
+        raise ValueError(f"{cfg} does not fit N={n} K={k}")
+    k_split = triton.cdiv(triton.cdiv(k, cfg.split_k), cfg.block_k) * cfg.block_k
+    even_k = k_split * cfg.split_k == k
+    if cfg.split_k > 1:
+        part, count = _workspace(x.device, n, cfg)
+    else:
+        part = count = out  # unused (constexpr-dead) pointers
+    grid = (triton.cdiv(n, cfg.block_n), cfg.split_k)
+    _gemv_kernel[grid](
+        x, weight, weight2 if weight2 is not None else weight, bias if bias is not None else weight, out,
+        part, count, n, weight.stride(0),
+        K=k, K_SPLIT=k_split, EVEN_K=even_k, HAS_BIAS=bias is not None, ACT=act,
+        BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k, SPLIT_K=cfg.split_k,
+        num_warps=cfg.num_warps, num_stages=cfg.num_stages,
+    )
+    return out
+
+
+def candidate_configs(n: int, k: int, gated: bool = False) -> list[GemvConfig]:
+    """What the tuner tries: few rows per program (many programs in flight), wide K tiles."""
+    configs = []
+    for block_n, block_k, split_k, warps in (
+        (4, 512, 1, 4), (8, 256, 1, 4), (8, 512, 1, 4), (16, 256, 1, 4), (16, 512, 1, 8),
+        (32, 256, 1, 8), (8, 512, 2, 4), (16, 256, 2, 4), (16, 512, 4, 4), (32, 256, 4, 8),
+        (8, 1024, 1, 8), (32, 128, 1, 4),
+    ):
+        cfg = GemvConfig(block_n, block_k, split_k, warps)
+        if cfg.fits(n, k, gated):
+            configs.append(cfg)
+    return configs
+
+
+def default_config(n: int, k: int, gated: bool = False) -> GemvConfig:
+    """Untuned choice (the interpreter and first calls inside a capture): many small programs."""
+    block_k = min(512, max(16, triton.next_power_of_2(k)))
+    return GemvConfig(block_n=8 if n >= 1024 else 4, block_k=block_k, num_warps=4 if block_k >= 256 else 1)
+
+
+def gemv_reference(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, act: int = ACT_NONE,
+                   weight2: torch.Tensor | None = None) -> torch.Tensor:
+    """Pure-PyTorch meaning of the kernel (float32 accumulation, like cuBLAS and the kernel)."""
+    y = torch.nn.functional.linear(x.float(), weight.float(), None if bias is None else bias.float())
+    if act == ACT_GELU:
+        y = torch.nn.functional.gelu(y)
+    elif act == ACT_SILU_GATED:
+        y = torch.nn.functional.silu(y) * torch.nn.functional.linear(x.float(), weight2.float())
+    return y.to(x.dtype)

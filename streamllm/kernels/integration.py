@@ -1,0 +1,195 @@
+"""Route one model instance's batch-1 work through the Triton kernels, reversibly.
+
+`TritonKernels(model)` is a context manager. Inside it:
+- every plain floating-point `nn.Linear` computes one-row inputs with `torch.ops.streamllm.gemv`
+  (more rows, i.e. prefill, keep `F.linear`);
+- GPT-NeoX MLPs with exact GELU run the up-projection with GELU fused into the GEMV's epilogue, and
+  Llama MLPs run gate and up in one GEMV with silu(gate) * up fused (the MLP input is read once);
+- attention goes to `decode_attention` (split-KV) for one query token with an additive [1, 1, 1, S]
+  mask or none; anything else falls back to transformers' SDPA function.
+
+Nothing is copied and nothing global changes: the overrides are per-instance `forward` attributes
+(what streamllm.gemv does), and attention is a function registered under its own name with
+transformers' AttentionInterface and selected by setting the instance's configs'
+`_attn_implementation` for the duration. The override functions are built once per
+`TritonKernels` object, so entering it again hands dynamo the same function objects (no
+recompiles from fresh closures).
+
+`TritonGraphDecoder` is streamllm.decode.GraphDecoder with this context added while the step is
+traced and captured; the replays need nothing (the kernels are in the graph).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from functools import cache
+
+import torch
+import torch.nn.functional as F
+
+from . import ops as _ops  # noqa: F401  (registers torch.ops.streamllm.*)
+from . import unavailable_reason
+from .gemv import ACT_GELU, ACT_SILU_GATED
+
+ATTENTION_NAME = "streamllm_triton_decode"
+
+
+def triton_decode_attention(module: torch.nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
+                            attention_mask: torch.Tensor | None, scaling: float | None = None, dropout: float = 0.0,
+                            **kwargs) -> tuple[torch.Tensor, None]:
+    """transformers attention function: split-KV kernel for one token, SDPA otherwise."""
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    mask = attention_mask
+    if mask is not None and mask.dim() == 4:
+        mask = mask[:, :, :, : key.shape[-2]]
+    one_token = query.shape[0] == 1 and query.shape[2] == 1
+    mask_ok = mask is None or (mask.dim() == 4 and mask.shape[:3] == (1, 1, 1) and mask.dtype.is_floating_point)
+    if not (one_token and mask_ok) or dropout:
+        return sdpa_attention_forward(module, query, key, value, attention_mask, scaling=scaling, dropout=dropout,
+                                      **kwargs)
+    scale = scaling if scaling is not None else query.shape[-1] ** -0.5
+    return torch.ops.streamllm.decode_attention(query, key, value, mask, scale), None
+
+
+def register_attention() -> str:
+    """Register `triton_decode_attention` under ATTENTION_NAME (idempotent); returns the name.
+
+    transformers builds masks only for implementations in its mask registry; this name is not in
+    it, so the cache's own 4-D mask (or None) reaches the function untouched.
+    """
+    from transformers import AttentionInterface
+
+    if AttentionInterface._global_mapping.get(ATTENTION_NAME) is not triton_decode_attention:
+        AttentionInterface.register(ATTENTION_NAME, triton_decode_attention)
+    return ATTENTION_NAME
+
+
+def _plain_weight(weight: torch.Tensor) -> bool:
+    # torchao tensor subclasses (INT8) and odd layouts keep their own linear.
+    return (type(weight.data) is torch.Tensor and weight.dtype in (torch.float16, torch.bfloat16, torch.float32)
+            and weight.dim() == 2 and weight.stride(1) == 1)
+
+
+def _one_row(x: torch.Tensor) -> bool:
+    return x.numel() == x.shape[-1]
+
+
+def _linear_forward(module: torch.nn.Linear) -> Callable[[torch.Tensor], torch.Tensor]:
+    def forward(x: torch.Tensor) -> torch.Tensor:
+        if not _one_row(x):
+            return F.linear(x, module.weight, module.bias)
+        return torch.ops.streamllm.gemv(x, module.weight, module.bias)
+
+    return forward
+
+
+def _neox_mlp_forward(mlp: torch.nn.Module) -> Callable[[torch.Tensor], torch.Tensor]:
+    up, down = mlp.dense_h_to_4h, mlp.dense_4h_to_h
+
+    def forward(x: torch.Tensor) -> torch.Tensor:
+        if not _one_row(x):
+            return down(mlp.act(up(x)))
+        h = torch.ops.streamllm.gemv(x, up.weight, up.bias, ACT_GELU)
+        return torch.ops.streamllm.gemv(h, down.weight, down.bias)
+
+    return forward
+
+
+def _llama_mlp_forward(mlp: torch.nn.Module) -> Callable[[torch.Tensor], torch.Tensor]:
+    gate, up, down = mlp.gate_proj, mlp.up_proj, mlp.down_proj
+
+    def forward(x: torch.Tensor) -> torch.Tensor:
+        if not _one_row(x):
+            return down(mlp.act_fn(gate(x)) * up(x))
+        h = torch.ops.streamllm.gemv(x, gate.weight, None, ACT_SILU_GATED, up.weight)
+        return torch.ops.streamllm.gemv(h, down.weight, down.bias)
+
+    return forward
+
+
+def _mlp_override(module: torch.nn.Module, hidden_act: str | None):
+    names = {n for n, _ in module.named_children()}
+    if {"dense_h_to_4h", "dense_4h_to_h", "act"} <= names and hidden_act == "gelu":
+        linears = (module.dense_h_to_4h, module.dense_4h_to_h)
+        if all(_plain_weight(m.weight) for m in linears):
+            return _neox_mlp_forward(module), linears
+    if {"gate_proj", "up_proj", "down_proj", "act_fn"} <= names and hidden_act == "silu":
+        linears = (module.gate_proj, module.up_proj, module.down_proj)
+        if (all(_plain_weight(m.weight) for m in linears) and module.gate_proj.bias is None
+                and module.up_proj.bias is None and module.gate_proj.weight.stride() == module.up_proj.weight.stride()):
+            return _llama_mlp_forward(module), linears
+    return None, ()
+
+
+class TritonKernels:
+    """Context manager: `model`'s batch-1 linears / MLPs / attention on the Triton kernels."""
+
+    def __init__(self, model: torch.nn.Module, linears: bool = True, mlp: bool = True, attention: bool = True):
+        device = next(model.parameters()).device
+        reason = unavailable_reason(device)
+        if reason:
+            raise RuntimeError(reason)
+        self.model = model
+        hidden_act = getattr(model.config, "hidden_act", None)
+        self.overrides: list[tuple[torch.nn.Module, Callable]] = []
+        covered: set[int] = set()
+        if mlp:
+            for module in model.modules():
+                forward, linears_of = _mlp_override(module, hidden_act)
+                if forward is not None:
+                    self.overrides.append((module, forward))
+                    covered.update(id(m) for m in linears_of)
+        self.fused_mlps = len(self.overrides)
+        if linears:
+            for module in model.modules():
+                if isinstance(module, torch.nn.Linear) and id(module) not in covered and _plain_weight(module.weight):
+                    self.overrides.append((module, _linear_forward(module)))
+        self.attention = register_attention() if attention else None
+        self._configs = {id(m.config): m.config for m in model.modules()
+                         if hasattr(getattr(m, "config", None), "_attn_implementation")}
+        self._previous: dict[int, str] | None = None
+
+    def __enter__(self) -> TritonKernels:
+        for module, forward in self.overrides:
+            module.forward = forward
+        if self.attention:
+            self._previous = {k: c._attn_implementation for k, c in self._configs.items()}
+            for config in self._configs.values():
+                config._attn_implementation = self.attention
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for module, _ in self.overrides:
+            module.__dict__.pop("forward", None)
+        if self._previous is not None:
+            for key, config in self._configs.items():
+                config._attn_implementation = self._previous[key]
+            self._previous = None
+
+
+@cache
+def _graph_decoder_class():
+    from ..decode import GraphDecoder
+
+    class TritonGraphDecoder(GraphDecoder):
+        """GraphDecoder whose traced and captured step runs the Triton kernels (--compile cudagraphs-triton)."""
+
+        def __init__(self, model: torch.nn.Module, cache, **kwargs):
+            super().__init__(model, cache, **kwargs)
+            self.kernels = TritonKernels(model)
+
+        @contextmanager
+        def _tracing(self) -> Iterator[None]:
+            # Inside GraphDecoder's own context, so the Triton attention name wins over its choice
+            # (its mask-free flag still decides whether a mask is passed).
+            with super()._tracing(), self.kernels:
+                yield
+
+    return TritonGraphDecoder
+
+
+def TritonGraphDecoder(model: torch.nn.Module, cache, **kwargs):  # noqa: N802 (a class factory)
+    """GraphDecoder(model, cache, **kwargs) with the Triton kernels (class built on first use)."""
+    return _graph_decoder_class()(model, cache, **kwargs)

@@ -1,0 +1,126 @@
+"""The kernels as torch custom ops (opaque to dynamo/inductor), with a per-shape config tuner.
+
+`torch.ops.streamllm.gemv` and `torch.ops.streamllm.decode_attention` are what the patched model
+calls. As custom ops they trace under torch.compile(fullgraph=True) as one node each (a fake
+implementation gives the output shape), inductor fuses the elementwise work around them, and the
+compiled step captured in a CUDA graph replays the Triton launches like any other kernel.
+
+Config choice (`choose`): on CUDA, the first call of a shape times every candidate with
+`triton.testing.do_bench` (L2 flushed before each call, so a matrix that fits in the H100's 50 MB
+L2 is timed cold, as in decode where the other layers' weights evict it) and keeps the fastest for
+the process; `TUNED` (tuned_configs.py, measured on the H100) is consulted first so a process need
+not re-time. Inside a CUDA-graph capture nothing is timed: an untuned shape gets the default config.
+Under Triton's CPU interpreter the default config is used (interpreting is for correctness only).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Sequence
+
+import torch
+import triton
+
+from . import decode_attention as attn
+from . import gemv as gv
+from .tuned_configs import TUNED
+
+INTERPRETED = os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+
+_CHOSEN: dict[tuple, object] = {}
+TUNING_LOG: dict[str, dict[str, float]] = {}  # key -> {config repr: ms}, for scripts/kernel_bench.py
+
+
+def _device_name(device: torch.device) -> str:
+    return torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
+
+
+def choose(kind: str, key: tuple, device: torch.device, candidates: Sequence, default,
+           run: Callable[[object], None], config_type: type):
+    """The config for `key`: cached, shipped (TUNED), timed now, or the default."""
+    full = (kind, *key)
+    cached = _CHOSEN.get(full)
+    if cached is not None:
+        return cached
+    if device.type != "cuda" or INTERPRETED:
+        return default
+    shipped = TUNED.get(_device_name(device), {}).get(":".join(map(str, full)))
+    if shipped is not None:
+        chosen = config_type(**shipped)
+    elif torch.cuda.is_current_stream_capturing():
+        return default  # no timing inside a capture; the warm-up steps should have tuned
+    else:
+        times = {}
+        for cfg in candidates:
+            try:
+                times[cfg] = triton.testing.do_bench(lambda cfg=cfg: run(cfg), warmup=5, rep=20,
+                                                     return_mode="median")
+            except Exception as exc:  # a config that does not compile (resources) is skipped
+                times[cfg] = float("inf")
+                TUNING_LOG.setdefault(":".join(map(str, full)) + ":errors", {})[repr(cfg)] = repr(exc)[:200]
+        TUNING_LOG[":".join(map(str, full))] = {repr(c): t for c, t in times.items()}
+        chosen = min(times, key=times.get) if times and min(times.values()) < float("inf") else default
+    _CHOSEN[full] = chosen
+    return chosen
+
+
+def gemv_config(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, act: int,
+                weight2: torch.Tensor | None) -> gv.GemvConfig:
+    n, k = weight.shape
+    gated = weight2 is not None
+    key = (n, k, str(weight.dtype).removeprefix("torch."), "gated" if gated else "plain")
+    scratch = torch.empty(n, dtype=x.dtype, device=x.device)
+
+    def run(cfg: gv.GemvConfig) -> None:
+        gv.launch_gemv(x, weight, bias, scratch, cfg, act, weight2)
+
+    return choose("gemv", key, x.device, gv.candidate_configs(n, k, gated), gv.default_config(n, k, gated),
+                  run, gv.GemvConfig)
+
+
+def attention_config(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None,
+                     scale: float) -> attn.AttentionConfig:
+    heads, kv_heads, slots, head_dim = q.shape[1], k.shape[1], k.shape[2], k.shape[3]
+    group = heads // kv_heads
+    key = (kv_heads, group, slots, head_dim, str(k.dtype).removeprefix("torch."))
+    scratch = q.new_empty(1, 1, heads, head_dim)
+
+    def run(cfg: attn.AttentionConfig) -> None:
+        attn.launch_decode_attention(q, k, v, mask, scale, scratch, cfg)
+
+    return choose("attention", key, q.device, attn.candidate_configs(slots, group),
+                  attn.default_config(slots, group), run, attn.AttentionConfig)
+
+
+# -- custom ops ------------------------------------------------------------------------------
+@torch.library.custom_op("streamllm::gemv", mutates_args=())
+def gemv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None, act: int = 0,
+         weight2: torch.Tensor | None = None) -> torch.Tensor:
+    """act(x @ weight.T + bias) for one row x [..., K] (act 2: silu(x W^T) * (x W2^T))."""
+    x_flat = x.reshape(-1)
+    if not x_flat.is_contiguous():
+        x_flat = x_flat.contiguous()
+    n = weight.shape[0]
+    out = torch.empty(n, dtype=x.dtype, device=x.device)
+    cfg = gemv_config(x_flat, weight, bias, act, weight2)
+    gv.launch_gemv(x_flat, weight, bias, out, cfg, act, weight2)
+    return out.view(*x.shape[:-1], n)
+
+
+@gemv.register_fake
+def _gemv_fake(x, weight, bias=None, act=0, weight2=None):
+    return x.new_empty(*x.shape[:-1], weight.shape[0])
+
+
+@torch.library.custom_op("streamllm::decode_attention", mutates_args=())
+def decode_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None,
+                     scale: float) -> torch.Tensor:
+    """[1, 1, H, D] attention output of one query token over the whole K/V buffer."""
+    out = q.new_empty(1, 1, q.shape[1], q.shape[3])
+    cfg = attention_config(q, k, v, mask, scale)
+    return attn.launch_decode_attention(q, k, v, mask, scale, out, cfg)
+
+
+@decode_attention.register_fake
+def _decode_attention_fake(q, k, v, mask, scale):
+    return q.new_empty(1, 1, q.shape[1], q.shape[3])

@@ -1,0 +1,291 @@
+"""Triton decode kernels (streamllm.kernels) against their PyTorch references.
+
+On CPU the kernels run under Triton's interpreter (TRITON_INTERPRET=1, set here before the kernels
+are defined, then restored); on a CUDA machine they are compiled and run for real. Every check
+draws fresh random inputs, poisons the output first (NaN) so an unwritten element fails, and
+compares with a float32 reference by relative L2 error: float32 kernels land near 1e-6, fp16
+inputs near 1e-3 (fp16 output rounding). Skipped only when triton is not importable.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+CUDA = torch.cuda.is_available()
+DEVICE = torch.device("cuda" if CUDA else "cpu")
+
+pytest.importorskip("triton", reason="triton is not installed: the Triton kernels cannot be tested "
+                                     "(CUDA torch ships it; on CPU: pip install triton)")
+
+
+def _interpreter_active() -> bool:
+    # Triton decides at import (its own standard library is @jit'd then) and again at each launch:
+    # the interpreter works only in a process that had TRITON_INTERPRET=1 before triton was imported.
+    import triton.language as tl
+    from triton.runtime.interpreter import InterpretedFunction
+
+    return isinstance(tl.zeros, InterpretedFunction) and os.environ.get("TRITON_INTERPRET") == "1"
+
+
+# transformers (imported by conftest) already imports triton, so on CPU this process usually cannot
+# interpret: the kernel tests then run in a child pytest started with TRITON_INTERPRET=1.
+RUN_HERE = CUDA or _interpreter_active()
+DELEGATED = ("run under the Triton interpreter in a child process (test_kernels_under_interpreter): "
+             "triton was imported here before TRITON_INTERPRET=1 could be set")
+
+from streamllm.kernels import decode_attention as attn  # noqa: E402
+from streamllm.kernels import gemv as gv  # noqa: E402
+from streamllm.kernels.integration import ATTENTION_NAME, TritonKernels  # noqa: E402
+
+
+@pytest.fixture(autouse=True)
+def _where(request):
+    if not RUN_HERE and request.node.originalname != "test_kernels_under_interpreter":
+        pytest.skip(DELEGATED)
+
+
+@pytest.mark.skipif(RUN_HERE, reason="the kernels run in this process")
+def test_kernels_under_interpreter():
+    """Every test of this file, on CPU, in a child process with Triton's interpreter on."""
+    root = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "TRITON_INTERPRET": "1"}
+    proc = subprocess.run([sys.executable, "-m", "pytest", str(Path(__file__).resolve()), "-q", "-x",
+                           "-p", "no:cacheprovider"], cwd=root, env=env, capture_output=True, text=True,
+                          timeout=1800)
+    tail = "\n".join(proc.stdout.strip().splitlines()[-40:])
+    assert proc.returncode == 0, f"kernel tests under TRITON_INTERPRET=1 failed:\n{tail}\n{proc.stderr[-2000:]}"
+    summary = proc.stdout.strip().splitlines()[-1]
+    assert " passed" in summary and "failed" not in summary, summary
+    print(f"child (TRITON_INTERPRET=1): {summary}")
+
+
+FP32_TOL, FP16_TOL = 2e-5, 3e-3
+
+
+def rel_err(out: torch.Tensor, ref: torch.Tensor) -> float:
+    assert not out.isnan().any(), "an output element was never written (or is NaN)"
+    return ((out.double() - ref.double()).norm() / ref.double().norm()).item()
+
+
+def gen(seed: int) -> torch.Generator:
+    return torch.Generator(device=DEVICE).manual_seed(seed)
+
+
+def randn(*shape, dtype=torch.float32, g=None, scale=1.0):
+    return (torch.randn(*shape, generator=g, device=DEVICE) * scale).to(dtype)
+
+
+# -- GEMV ----------------------------------------------------------------------------------------
+GEMV_CASES = [
+    # (N, K, config): default tiles, ragged N and K, split over K (2 and 4 ways), wide rows
+    (20, 48, None),
+    (37, 256, gv.GemvConfig(block_n=8, block_k=64)),
+    (37, 256, gv.GemvConfig(block_n=8, block_k=64, split_k=4)),
+    (64, 512, gv.GemvConfig(block_n=16, block_k=128, split_k=2)),
+    (5, 100, gv.GemvConfig(block_n=4, block_k=32)),
+]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+@pytest.mark.parametrize(("n", "k", "cfg"), GEMV_CASES)
+@pytest.mark.parametrize("bias", [True, False])
+def test_gemv_matches_linear(n, k, cfg, dtype, bias):
+    g = gen(n * 1000 + k)
+    x = randn(k, dtype=dtype, g=g)
+    w = randn(n, k, dtype=dtype, g=g, scale=k ** -0.5)
+    b = randn(n, dtype=dtype, g=g) if bias else None
+    cfg = cfg or gv.default_config(n, k)
+    out = torch.full((n,), float("nan"), dtype=dtype, device=DEVICE)
+    gv.launch_gemv(x, w, b, out, cfg)
+    ref = torch.nn.functional.linear(x.double(), w.double(), None if b is None else b.double())
+    assert rel_err(out, ref) < (FP32_TOL if dtype == torch.float32 else FP16_TOL)
+
+
+def test_split_k_counters_reset_and_repeat():
+    """The last split resets its counter: a second call (a graph replay) computes the same."""
+    n, k = 37, 256
+    cfg = gv.GemvConfig(block_n=8, block_k=64, split_k=4)
+    g = gen(3)
+    x, w, b = randn(k, g=g), randn(n, k, g=g), randn(n, g=g)
+    outs = []
+    for _ in range(2):
+        out = torch.full((n,), float("nan"), device=DEVICE)
+        outs.append(gv.launch_gemv(x, w, b, out, cfg))
+        _, count = gv._workspace(x.device, n, cfg)
+        assert count.eq(0).all()
+    torch.testing.assert_close(outs[0], outs[1], rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("split_k", [1, 2])
+def test_gemv_gelu_epilogue(split_k):
+    n, k = 24, 128
+    g = gen(5)
+    x, w, b = randn(k, g=g), randn(n, k, g=g, scale=0.1), randn(n, g=g)
+    out = torch.full((n,), float("nan"), device=DEVICE)
+    gv.launch_gemv(x, w, b, out, gv.GemvConfig(8, 32, split_k), act=gv.ACT_GELU)
+    ref = torch.nn.functional.gelu(torch.nn.functional.linear(x.double(), w.double(), b.double()))
+    assert rel_err(out, ref) < FP32_TOL
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+def test_gemv_gated_silu(dtype):
+    """Llama's gate/up pair in one pass: silu(W1 x) * (W2 x)."""
+    n, k = 30, 96
+    g = gen(6)
+    x = randn(k, dtype=dtype, g=g)
+    w1, w2 = randn(n, k, dtype=dtype, g=g, scale=0.2), randn(n, k, dtype=dtype, g=g, scale=0.2)
+    out = torch.full((n,), float("nan"), dtype=dtype, device=DEVICE)
+    gv.launch_gemv(x, w1, None, out, gv.default_config(n, k, gated=True), act=gv.ACT_SILU_GATED, weight2=w2)
+    ref = gv.gemv_reference(x.double(), w1.double(), None, gv.ACT_SILU_GATED, w2.double())
+    assert rel_err(out, ref) < (FP32_TOL if dtype == torch.float32 else FP16_TOL)
+    assert not gv.GemvConfig(8, 32, split_k=2).fits(n, 64, gated=True)
+
+
+def test_gemv_op_shapes_and_fake():
+    g = gen(7)
+    x, w, b = randn(1, 1, 48, g=g), randn(20, 48, g=g), randn(20, g=g)
+    y = torch.ops.streamllm.gemv(x, w, b)
+    assert y.shape == (1, 1, 20)
+    assert rel_err(y, torch.nn.functional.linear(x.double(), w.double(), b.double())) < FP32_TOL
+    torch.library.opcheck(torch.ops.streamllm.gemv.default, (x, w, b),
+                          test_utils=("test_schema", "test_faketensor"))
+
+
+# -- decode attention ----------------------------------------------------------------------------
+ATTN_CASES = [
+    # (heads, kv_heads, slots, head_dim, config)
+    (4, 4, 37, 16, attn.AttentionConfig(block_s=16, target_splits=4)),
+    (8, 2, 100, 80, attn.AttentionConfig(block_s=16, target_splits=3, num_warps=2)),  # GQA 4, head_dim 80
+    (6, 2, 50, 32, attn.AttentionConfig(block_s=8, target_splits=8)),  # group 3 (padded to 4)
+    (4, 1, 64, 32, None),  # one KV head, default config
+]
+
+
+def ring_mask(slots: int, dtype: torch.dtype, g: torch.Generator, tail: int = 0) -> torch.Tensor:
+    """FixedCache's additive mask: a few holes anywhere and `tail` masked slots at the end."""
+    hidden = torch.rand(slots, generator=g, device=DEVICE) < 0.2
+    hidden[0] = False  # at least one live slot
+    if tail:
+        hidden[-tail:] = True
+    mask = torch.zeros(1, 1, 1, slots, dtype=dtype, device=DEVICE)
+    return mask.masked_fill(hidden, torch.finfo(dtype).min)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+@pytest.mark.parametrize(("heads", "kv_heads", "slots", "head_dim", "cfg"), ATTN_CASES)
+@pytest.mark.parametrize("masked", [True, False])
+def test_decode_attention_matches_sdpa(heads, kv_heads, slots, head_dim, cfg, dtype, masked):
+    g = gen(heads * 100 + slots)
+    # q as GPT-NeoX makes it: a chunk of a fused qkv tensor (non-contiguous over heads).
+    qkv = randn(1, heads, 1, 3 * head_dim, dtype=dtype, g=g)
+    q = qkv[..., :head_dim]
+    k = randn(1, kv_heads, slots, head_dim, dtype=dtype, g=g)
+    v = randn(1, kv_heads, slots, head_dim, dtype=dtype, g=g)
+    # A masked tail longer than one split: whole splits with no live slot must merge with weight 0.
+    mask = ring_mask(slots, dtype, g, tail=slots // 3) if masked else None
+    scale = head_dim ** -0.5
+    cfg = cfg or attn.default_config(slots, heads // kv_heads)
+    out = torch.full((1, 1, heads, head_dim), float("nan"), dtype=dtype, device=DEVICE)
+    attn.launch_decode_attention(q, k, v, mask, scale, out, cfg)
+    ref = attn.attention_reference(q.double(), k.double(), v.double(), None if mask is None else mask.double(), scale)
+    assert rel_err(out, ref) < (FP32_TOL if dtype == torch.float32 else FP16_TOL)
+
+
+def test_decode_attention_repeats_and_resets():
+    g = gen(11)
+    q, k, v = randn(1, 4, 1, 16, g=g), randn(1, 2, 40, 16, g=g), randn(1, 2, 40, 16, g=g)
+    cfg = attn.AttentionConfig(block_s=8, target_splits=4)
+    first = attn.launch_decode_attention(q, k, v, None, 0.25, torch.empty(1, 1, 4, 16, device=DEVICE), cfg)
+    second = attn.launch_decode_attention(q, k, v, None, 0.25, torch.empty(1, 1, 4, 16, device=DEVICE), cfg)
+    torch.testing.assert_close(first, second, rtol=0, atol=0)
+    assert all(ws[2].eq(0).all() for ws in attn._WORKSPACE.values())
+
+
+# -- integration: a model instance on the kernels ------------------------------------------------
+def _counting(monkeypatch) -> dict[str, int]:
+    calls = {"gemv": 0, "attention": 0}
+    launch_gemv, launch_attention = gv.launch_gemv, attn.launch_decode_attention
+
+    def count_gemv(*a, **kw):
+        calls["gemv"] += 1
+        return launch_gemv(*a, **kw)
+
+    def count_attention(*a, **kw):
+        calls["attention"] += 1
+        return launch_attention(*a, **kw)
+
+    monkeypatch.setattr(gv, "launch_gemv", count_gemv)
+    monkeypatch.setattr(attn, "launch_decode_attention", count_attention)
+    return calls
+
+
+def test_ring_decode_on_kernels_equals_eager(tiny_model, monkeypatch):
+    """The strict ring decoded with every linear, MLP and attention on the kernels (eager, fp32)
+    gives the eager ring's per-token NLL; the model is left as it was."""
+    from streamllm.evaluate import DecodeOptions, evaluate_tokens
+    from streamllm.strategies import make_strategy
+
+    loaded = tiny_model
+    if CUDA:
+        loaded = dataclasses.replace(loaded, model=loaded.model.to(DEVICE), device=DEVICE)
+    model = loaded.model
+    spec = make_strategy("strict", sink=2, window=7, cache="ring")
+    ids = torch.randint(0, 97, (2 + 7 + 2 * 8 + 3,), generator=torch.Generator().manual_seed(2))
+    options = DecodeOptions(warmup_steps=0, time_steps=False)
+    ref = evaluate_tokens(loaded, ids, spec, options=options)
+    previous = model.config._attn_implementation
+    calls = _counting(monkeypatch)
+    kernels = TritonKernels(model)
+    with kernels:
+        assert model.config._attn_implementation == ATTENTION_NAME
+        got = evaluate_tokens(loaded, ids, spec, options=options)
+    steps = len(ids) - 1
+    layers = model.config.num_hidden_layers
+    # Per layer: qkv (or q,k,v), dense/o_proj, the fused MLP's two GEMVs; plus the head.
+    assert kernels.fused_mlps == layers
+    assert calls["attention"] == steps * layers
+    assert calls["gemv"] >= steps * (4 * layers + 1)
+    gap = (torch.tensor(got.trace.nll) - torch.tensor(ref.trace.nll)).abs().max().item()
+    assert gap <= 1e-4
+    assert model.config._attn_implementation == previous
+    assert not any("forward" in m.__dict__ for m in model.modules())
+
+
+def test_prefill_and_bool_masks_fall_back(tiny_model):
+    """More than one row keeps F.linear / SDPA: a full-sequence forward is unchanged."""
+    model = tiny_model.model
+    ids = torch.randint(0, 97, (1, 9), generator=torch.Generator().manual_seed(4))
+    with torch.no_grad():
+        ref = model.to(DEVICE)(input_ids=ids.to(DEVICE)).logits
+        with TritonKernels(model):
+            got = model(input_ids=ids.to(DEVICE)).logits
+    torch.testing.assert_close(got, ref, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not CUDA, reason="CUDA graphs need a CUDA device")
+@pytest.mark.parametrize("attention", [None, "sdpa-maskfree"])
+def test_triton_graph_decoder_matches_eager_ring(attention):
+    """Compiled step with the kernels, captured in a CUDA graph and replayed, equals eager (fp32)."""
+    from conftest import tiny_neox
+    from streamllm.evaluate import DecodeOptions, evaluate_tokens
+    from streamllm.kernels.integration import TritonGraphDecoder
+    from streamllm.strategies import make_strategy
+
+    loaded = tiny_neox()
+    loaded = dataclasses.replace(loaded, model=loaded.model.to("cuda"), device=torch.device("cuda"))
+    ids = torch.randint(0, 97, (2 + 9 + 2 * 10 + 3,), generator=torch.Generator().manual_seed(5))
+    spec = make_strategy("strict", sink=2, window=9, cache="ring")
+    options = DecodeOptions(warmup_steps=0, time_steps=False)
+    eager = evaluate_tokens(loaded, ids, spec, options=options)
+    graph = evaluate_tokens(loaded, ids, spec, options=options,
+                            decoder_factory=lambda m, c: TritonGraphDecoder(m, c, attention=attention))
+    gap = (torch.tensor(graph.trace.nll) - torch.tensor(eager.trace.nll)).abs().max().item()
+    assert gap <= 1e-4
