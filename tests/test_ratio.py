@@ -1,0 +1,122 @@
+"""Same-run ratio (streamllm.ratio) on synthetic interleaved rounds: a 15 % slowdown is caught,
+an A/A run passes, machine drift cancels, and interleave alternates the order."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from streamllm.ratio import (
+    DEFAULT_PAIRS,
+    RatioCI,
+    check_ratio,
+    interleave,
+    pair_log_ratios,
+    pairs_needed,
+    ratio_ci,
+    timed_round,
+)
+
+BAND = 0.10
+NOISE = 0.05  # per-round lognormal noise of each arm
+
+
+class Machine:
+    """Synthetic rounds: each call's time = arm cost x machine speed now x 5 % noise. The speed
+    drifts from call to call (shared by both arms), like a host whose load comes and goes."""
+
+    def __init__(self, seed: int, drift: float = 0.0):
+        self.rng = np.random.default_rng(seed)
+        self.calls = 0
+        self.drift = drift
+        self.order: list[str] = []
+
+    def arm(self, name: str, cost_ms: float):
+        def run() -> float:
+            self.calls += 1
+            self.order.append(name)
+            speed = 1.0 + self.drift * math.sin(self.calls / 7.0)  # slow swings of ±drift
+            return cost_ms * speed * float(np.exp(self.rng.normal(0.0, NOISE)))
+
+        return run
+
+
+def measure(seed: int, slowdown: float, pairs: int = DEFAULT_PAIRS, drift: float = 0.0):
+    m = Machine(seed, drift)
+    a, b = interleave(m.arm("A", 40.0 * slowdown), m.arm("B", 40.0), pairs)
+    return check_ratio(ratio_ci(a, b), stored_ratio=1.0, band=BAND)
+
+
+def test_fifteen_percent_slowdown_fails():
+    verdicts = [measure(seed, 1.15).verdict for seed in range(10)]
+    assert verdicts.count("fail") >= 9, verdicts
+    v = measure(0, 1.15)
+    assert "slower than the band" in v.message and "16 pairs" in v.message
+
+
+def test_a_a_passes():
+    verdicts = [measure(seed, 1.0).verdict for seed in range(100, 200)]
+    assert verdicts.count("pass") >= 99, [v for v in verdicts if v != "pass"]
+    assert "fail" not in verdicts
+
+
+def test_drift_cancels_in_pairs():
+    """±30 % machine swings: the interleaved ratio still passes A/A and still catches 15 %."""
+    aa = [measure(seed, 1.0, drift=0.3).verdict for seed in range(30)]
+    assert aa.count("pass") >= 29 and "fail" not in aa
+    slow = [measure(seed, 1.15, drift=0.3).verdict for seed in range(10)]
+    assert slow.count("fail") >= 9
+
+
+def test_interleave_alternates_order_and_drops_warmup():
+    m = Machine(0)
+    a, b = interleave(m.arm("A", 10.0), m.arm("B", 20.0), 4, warmup=1)
+    assert m.order == ["A", "B", "B", "A", "A", "B", "B", "A", "A", "B"]
+    assert len(a) == len(b) == 4
+    assert all(x < 15 for x in a) and all(y > 15 for y in b)  # results go back to their own arm
+
+
+def test_check_ratio_verdicts():
+    def ci(r, lo, hi, n=16):
+        return RatioCI(r, lo, hi, n, 0.95, 0.07)
+
+    assert check_ratio(ci(0.52, 0.50, 0.54), 0.5, BAND).verdict == "pass"  # e.g. strict vs dense
+    assert check_ratio(ci(1.20, 1.12, 1.28), 1.0, BAND).verdict == "fail"
+    faster = check_ratio(ci(0.80, 0.75, 0.85), 1.0, BAND)
+    assert faster.verdict == "fail" and "improvement" in faster.message
+    # Beyond the band but the CI holds the stored ratio: noise, not evidence.
+    assert check_ratio(ci(1.15, 0.98, 1.35), 1.0, BAND).verdict == "inconclusive"
+    # Straddles the band's edge.
+    assert check_ratio(ci(1.05, 1.01, 1.12), 1.0, BAND).verdict == "inconclusive"
+    assert check_ratio(ci(1.0, 0.99, 1.01, n=2), 1.0, BAND).verdict == "inconclusive"
+    # Log-symmetric band: [1/1.1, 1.1].
+    assert check_ratio(ci(0.92, 0.91, 0.93), 1.0, BAND).verdict == "pass"
+    assert check_ratio(ci(0.905, 0.90, 0.91), 1.0, BAND).verdict != "pass"
+    with pytest.raises(ValueError):
+        check_ratio(ci(1, 1, 1), 0.0, BAND)
+
+
+def test_ratio_ci_math():
+    a, b = [2.0, 4.0, 8.0], [1.0, 2.0, 4.0]
+    ci = ratio_ci(a, b)
+    assert ci.ratio == pytest.approx(2.0) and ci.low == pytest.approx(2.0) and ci.high == pytest.approx(2.0)
+    rng = np.random.default_rng(0)
+    b = 40 * np.exp(rng.normal(0, 0.05, 200))
+    a = 1.15 * b * np.exp(rng.normal(0, 0.05, 200))
+    ci = ratio_ci(a, b)
+    assert ci.low < 1.15 < ci.high and ci.sd_log == pytest.approx(0.05, rel=0.2)
+    with pytest.raises(ValueError, match="differ in rounds"):
+        pair_log_ratios([1.0, 2.0], [1.0])
+    with pytest.raises(ValueError, match="finite"):
+        ratio_ci([1.0, float("nan")], [1.0, 1.0])
+
+
+def test_pairs_needed_and_timed_round():
+    n = pairs_needed(NOISE * math.sqrt(2), BAND)
+    assert 10 <= n <= DEFAULT_PAIRS  # the default has margin over the 5 % noise it was chosen for
+    assert pairs_needed(0.2, BAND) > 50  # noisier machines need more pairs
+    calls = []
+    run = timed_round(lambda: calls.append(1), sync=lambda: calls.append(0))
+    assert run() >= 0.0 and calls == [0, 1, 0]
