@@ -264,3 +264,32 @@ def test_analytic_floor():
     assert mean_attended_slots(make_strategy("strict", sink=4, window=16)) == 21
     assert mean_attended_slots(make_strategy("lazy", sink=4, window=16, compress_every=4)) == 20 + 2.5
     assert mean_attended_slots(make_strategy("dense"), context=99) == 100
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_kernels_and_graph_replays():
+    """On CUDA: kernels and memcpys counted by the profiler, repeatable; a CUDA-graph decoder's
+    replays counted on its graph instances (kernels inside replays are counted too)."""
+    from streamllm.decode import GraphDecoder
+
+    model = tiny_llama().model.cuda()
+    ids = IDS.cuda()
+
+    def counts(kind: str) -> WorkCounts:
+        spec = make_strategy("strict", sink=4, window=16, cache=kind)
+        cache = make_cache(spec, model)
+        decoder = EagerDecoder(model, cache) if kind == "dynamic" else GraphDecoder(model, cache, compiled=False)
+        step = token_feeder(decoder, ids, 0)
+        with torch.inference_mode():
+            for _ in range(spec.capacity + 8):  # the graph decoder warms up, then captures
+                step()
+        return count_work(step, 8, device="cuda", graphs=getattr(decoder, "graphs", None),
+                          key=counter_key(model, device="cuda", strategy=spec))
+
+    eager, eager2 = counts("dynamic"), counts("dynamic")
+    assert eager.kernels and eager.kernels > eager.steps and eager.graph_replays is None
+    assert eager.diff(eager2) == [] and eager.key.kernel_id != eager.key.id
+    graph = counts("ring")
+    assert graph.graph_replays == graph.steps and not graph.notes
+    assert graph.kernels and graph.total_ops < eager.total_ops  # the forward is inside the graph
