@@ -27,6 +27,7 @@ from functools import cache
 
 import torch
 import torch.nn.functional as F
+from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
 from . import ops as _ops  # noqa: F401  (registers torch.ops.streamllm.*)
 from . import unavailable_reason
@@ -39,8 +40,6 @@ def triton_decode_attention(module: torch.nn.Module, query: torch.Tensor, key: t
                             attention_mask: torch.Tensor | None, scaling: float | None = None, dropout: float = 0.0,
                             **kwargs) -> tuple[torch.Tensor, None]:
     """transformers attention function: split-KV kernel for one token, SDPA otherwise."""
-    from transformers.integrations.sdpa_attention import sdpa_attention_forward
-
     mask = attention_mask
     if mask is not None and mask.dim() == 4:
         mask = mask[:, :, :, : key.shape[-2]]

@@ -9,7 +9,8 @@ Config choice (`choose`): on CUDA, the first call of a shape times every candida
 `triton.testing.do_bench` (L2 flushed before each call, so a matrix that fits in the H100's 50 MB
 L2 is timed cold, as in decode where the other layers' weights evict it) and keeps the fastest for
 the process; `TUNED` (tuned_configs.py, measured on the H100) is consulted first so a process need
-not re-time. Inside a CUDA-graph capture nothing is timed: an untuned shape gets the default config.
+not re-time. Inside a CUDA-graph capture nothing is timed: an untuned shape gets the default config;
+STREAMLLM_KERNEL_TUNING=0 turns timing off altogether (tests: correctness needs no tuning).
 Under Triton's CPU interpreter the default config is used (interpreting is for correctness only).
 """
 
@@ -42,7 +43,7 @@ def choose(kind: str, key: tuple, device: torch.device, candidates: Sequence, de
     cached = _CHOSEN.get(full)
     if cached is not None:
         return cached
-    if device.type != "cuda" or INTERPRETED:
+    if device.type != "cuda" or INTERPRETED or os.environ.get("STREAMLLM_KERNEL_TUNING") == "0":
         return default
     shipped = TUNED.get(_device_name(device), {}).get(":".join(map(str, full)))
     if shipped is not None:
