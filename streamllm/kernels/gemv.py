@@ -170,12 +170,12 @@ def launch_gemv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None
 def candidate_configs(n: int, k: int, gated: bool = False) -> list[GemvConfig]:
     """What the tuner tries: few rows per program (many programs in flight), wide K tiles."""
     configs = []
-    for block_n, block_k, split_k, warps in (
-        (4, 512, 1, 4), (8, 256, 1, 4), (8, 512, 1, 4), (16, 256, 1, 4), (16, 512, 1, 8),
-        (32, 256, 1, 8), (8, 512, 2, 4), (16, 256, 2, 4), (16, 512, 4, 4), (32, 256, 4, 8),
-        (8, 1024, 1, 8), (32, 128, 1, 4),
+    for block_n, block_k, split_k, warps, stages in (
+        (4, 512, 1, 4, 1), (8, 256, 1, 4, 1), (8, 512, 1, 4, 1), (16, 256, 1, 4, 1), (16, 512, 1, 8, 1),
+        (32, 256, 1, 8, 1), (8, 512, 2, 4, 1), (16, 256, 2, 4, 1), (16, 512, 4, 4, 1), (32, 256, 4, 8, 1),
+        (8, 1024, 1, 8, 1), (32, 128, 1, 4, 1), (8, 512, 1, 4, 3), (16, 256, 1, 4, 3),
     ):
-        cfg = GemvConfig(block_n, block_k, split_k, warps)
+        cfg = GemvConfig(block_n, block_k, split_k, warps, stages)
         if cfg.fits(n, k, gated):
             configs.append(cfg)
     return configs
