@@ -1,4 +1,4 @@
-"""nox sessions: tests, bench (CPU main job), sweeps, gpu (nightly), lint, update-baselines.
+"""nox sessions: tests, compat, bench (CPU main job), sweeps, gpu (nightly), lint, update-baselines.
 
 Installs into a fresh virtualenv are slow here (torch alone is GBs), so every session can run in
 the current environment instead:
@@ -20,6 +20,7 @@ Environment knobs (all optional):
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 import nox
@@ -60,6 +61,27 @@ def tests(session: nox.Session) -> None:
     """Unit and equivalence tests (CPU, offline)."""
     install(session)
     session.run("python", "-m", "pytest", "tests", *session.posargs)
+
+
+def lowest_supported_transformers() -> str:
+    """streamllm/compat.py's LOWEST_TESTED, read as text (nox's own Python need not have torch)."""
+    text = (ROOT / "streamllm" / "compat.py").read_text()
+    return re.search(r'^LOWEST_TESTED = "([^"]+)"', text, flags=re.M).group(1)
+
+
+@nox.session(reuse_venv=False)
+def compat(session: nox.Session) -> None:
+    """Both ends of the supported transformers range, in a venv built from scratch: the newest
+    release pip resolves (full tests), then the lowest supported one (cache, decode and
+    equivalence tests, `-m compat`)."""
+    if session.venv_backend == "none":
+        session.error("nox -s compat builds its own environment; run it without --no-venv")
+    install(session)
+    session.run("python", "-c", "import transformers; print('newest transformers', transformers.__version__)")
+    session.run("python", "-m", "pytest", "tests", *session.posargs)
+    session.install(f"transformers=={lowest_supported_transformers()}")
+    session.run("python", "-c", "import transformers; print('lowest supported transformers', transformers.__version__)")
+    session.run("python", "-m", "pytest", "tests", "-m", "compat", *session.posargs)
 
 
 @nox.session(name="bench")

@@ -18,6 +18,7 @@ declares the same bounds, and a test keeps the two in agreement.
 from __future__ import annotations
 
 import inspect
+import logging
 import os
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -33,6 +34,26 @@ LOWEST_TESTED = "5.17.0"
 
 class IncompatibleTransformersError(RuntimeError):
     """transformers changed an interface streamllm relies on; the message names the supported range."""
+
+
+# Loggers that speak once, at import, when transformers' modeling code imports torchao (its
+# quantizer registry does whenever torchao is installed): torchao warns per CUDA extension a CPU
+# build lacks, torch's pytree per enum torchao registers. Nothing a user can act on.
+IMPORT_NOISE_LOGGERS = ("torchao", "torch.utils._pytree")
+
+
+@contextmanager
+def quiet_import_noise() -> Iterator[None]:
+    """Raise the import-time noise loggers to ERROR for the block, then restore their levels."""
+    loggers = [logging.getLogger(name) for name in IMPORT_NOISE_LOGGERS]
+    levels = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        for logger, level in zip(loggers, levels, strict=True):
+            logger.setLevel(level)
 
 
 def transformers_version() -> str:

@@ -19,6 +19,7 @@ from pathlib import Path
 import torch
 
 from . import embedded, hub
+from .compat import quiet_import_noise
 
 DTYPES = {"float32": torch.float32, "fp32": torch.float32, "float16": torch.float16, "fp16": torch.float16,
           "bfloat16": torch.bfloat16, "bf16": torch.bfloat16}
@@ -99,6 +100,8 @@ def load_model(name: str = "embedded", dtype: str | torch.dtype = "float32", dev
                attn_implementation: str = "sdpa") -> LoadedModel:
     torch_dtype = parse_dtype(dtype)
     dev = resolve_device(device)
+    with quiet_import_noise():
+        import transformers.modeling_utils  # noqa: F401  (the import that brings torchao in)
     if name == "embedded":
         model, tokenizer, revision = embedded.load(torch_dtype, attn_implementation)
         return _finish(model, tokenizer, embedded.MODEL_NAME, revision, torch_dtype, dev)

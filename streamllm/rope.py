@@ -16,6 +16,8 @@ from dataclasses import dataclass
 
 import torch
 
+from .compat import rope_parameter
+
 # Angle linear in position, unit magnitude: re-rotation by a delta is exact.
 SUPPORTED_ROPE_TYPES = frozenset({"default", "linear", "llama3"})
 
@@ -93,9 +95,8 @@ def _float64_inv_freq(rotary: torch.nn.Module, config, head_dim: int, rope_type:
     buffer = rotary.inv_freq.detach().to("cpu", torch.float64)
     if rope_type != "default":
         return buffer  # linear / llama3 rescale per frequency; the buffer holds the result
-    params = getattr(config, "rope_parameters", None) or {}
-    base = params.get("rope_theta", getattr(config, "rope_theta", None))
-    partial = params.get("partial_rotary_factor", getattr(config, "partial_rotary_factor", 1.0))
+    base = rope_parameter(config, "rope_theta")
+    partial = rope_parameter(config, "partial_rotary_factor", 1.0)
     if base is None:
         return buffer
     dim = int(head_dim * partial)

@@ -16,6 +16,8 @@ from streamllm.evaluate import DecodeOptions, evaluate_tokens
 from streamllm.rope import RopeSpec, UnsupportedRopeError
 from streamllm.strategies import make_strategy, plan_eviction, uniform_choice
 
+pytestmark = pytest.mark.compat
+
 FAST = DecodeOptions(warmup_steps=0, time_steps=False)
 
 

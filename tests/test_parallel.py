@@ -24,6 +24,8 @@ from streamllm.parallel import (
 from streamllm.rope import RopeSpec
 from streamllm.strategies import StrategySpec, make_strategy
 
+pytestmark = pytest.mark.compat
+
 TOLERANCE = 1e-4  # max |ΔNLL| per token, fp32
 VOCAB = 96
 

@@ -27,6 +27,8 @@ from streamllm.transforms import (
     quantize_int8_mlp,
 )
 
+pytestmark = pytest.mark.compat
+
 TOL = 1e-4
 OPTIONS = DecodeOptions(warmup_steps=0, time_steps=False)
 
