@@ -28,11 +28,13 @@ Counts are stored as totals over `steps`; per-step values are exact fractions
 (`fractions.Fraction(total, steps)`), so e.g. a lazy c32 cycle's one prune reads `+1/32` instead
 of a rounded float, and counts over 32 and 64 steps compare exactly.
 
-Caveats (the caller's to handle, see the report): torch.compile'd frames are not traced by dynamo
-while a dispatch mode is active (they run eagerly, or a cached graph runs with its Triton/C++
-kernels invisible to the mode), so aten-op counts describe eager decoders; for compiled and
-CUDA-graph decoders assert kernels and replays. Counting costs a Python call per op (~10-30 us):
-count in separate steps, never inside timed ones.
+Caveats (the caller's to handle): dynamo cannot trace under a dispatch mode, so the aten-op pass
+runs torch.compile'd functions eagerly on purpose (`torch.compiler.set_stance("force_eager")`,
+which leaves their compiled code intact): for compiled decoders the aten-op counts describe the
+eager trace of the same code (an extra op in the cache's code still shows); their kernels are
+counted in a second pass without the mode, so kernel counts are the compiled step's. CUDA-graph
+decoders dispatch only the few ops around `replay()`: assert their kernels and replays. Counting
+costs a Python call per op (~10-30 us): count in separate steps, never inside timed ones.
 """
 
 from __future__ import annotations
@@ -553,6 +555,19 @@ def _device_events(prof: Any) -> tuple[int, int]:
     return kernels, copies
 
 
+def _eager_stance():
+    """torch.compile'd functions run as plain Python inside (torch >= 2.6). Without this, dynamo
+    meets their frames while the dispatch mode is active, skips them, and marks their code as
+    skipped for good: a CompiledDecoder counted once would decode eagerly ever after (seen on
+    torch 2.11: 43 kernels per step before counting, 124 after)."""
+    set_stance = getattr(torch.compiler, "set_stance", None)
+    return set_stance("force_eager") if set_stance is not None else nullcontext()
+
+
+def _graph_count(graphs: Mapping[Any, Any] | None) -> int:
+    return 0 if graphs is None else len(graphs)
+
+
 def count_work(
     step: Callable[[], object],
     steps: int,
@@ -565,7 +580,8 @@ def count_work(
     key: CounterKey | None = None,
     inference_mode: bool = True,
 ) -> WorkCounts:
-    """Run `warmup` then `steps` calls of `step()` and count the work of the latter.
+    """Run `warmup` then `steps` calls of `step()` and count the work of the latter (on CUDA with
+    kernel counts, `steps` more: kernels are counted in a second pass without the dispatch mode).
 
     `steps` must be a whole number of eviction cycles (`cycle` = R for lazy, 1 for strict), so the
     per-step averages include each prune exactly once per cycle; any R consecutive steps hold one
@@ -574,7 +590,12 @@ def count_work(
     `kernels`: count CUDA kernels with torch.profiler (default: when `device` is CUDA).
     `graphs`: the decoder's CUDA graphs (e.g. `GraphDecoder.graphs`) to count replays of.
     Run this on a cache and decoder that are not timed afterwards, or after the timed rounds:
-    every counted step is ~2x slower than a plain one and advances the cache like any step.
+    every counted step is slower than a plain one and advances the cache like any step.
+
+    Compiled decoders: their aten-op counts describe the eager trace of the same Python code
+    (still exact, and an extra op in the cache's code still shows); their kernel counts (pass 2)
+    are the compiled step's. A CUDA graph captured during pass 1 would record the eager trace:
+    warm up until every phase is captured (a capture while counting is reported in `notes`).
     """
     if steps < 1 or cycle < 1:
         raise ValueError(f"steps and cycle must be >= 1 (got steps={steps}, cycle={cycle})")
@@ -593,19 +614,33 @@ def count_work(
         if cuda:
             torch.cuda.synchronize(dev)
 
+    mode = _CountingMode()
+    prof = replays = None
     with grad:
         for _ in range(cycle if warmup is None else warmup):
             step()
         sync()
-        mode = _CountingMode()
-        replays = ReplayCounter(graphs) if graphs is not None else None
-        with _cuda_profile(kernels) as prof, replays or nullcontext(), mode:
+        graphs_before = _graph_count(graphs)
+        # Pass 1, aten ops: a dispatch mode. Graph replays are counted here when no kernel pass
+        # follows (a replay is no dispatched op: the mode does not change it).
+        replays = ReplayCounter(graphs) if graphs is not None and not kernels else None
+        with _eager_stance(), replays or nullcontext(), mode:
             for _ in range(steps):
                 step()
             sync()
+        if kernels:
+            # Pass 2, kernels: without the dispatch mode, because dynamo does not run compiled
+            # frames while one is active (they fall back to eager), so kernels counted under it
+            # would be the eager model's, not the compiled step's.
+            replays = ReplayCounter(graphs) if graphs is not None else None
+            with _cuda_profile(True) as prof, replays or nullcontext():
+                for _ in range(steps):
+                    step()
+                sync()
     notes = []
-    if replays is not None and replays.captured:
-        notes.append(f"{replays.captured} CUDA graph(s) captured while counting: warm up longer")
+    captured = _graph_count(graphs) - graphs_before
+    if captured:
+        notes.append(f"{captured} CUDA graph(s) captured while counting: warm up longer")
     n_kernels = n_copies = None
     if prof is not None:
         n_kernels, n_copies = _device_events(prof)

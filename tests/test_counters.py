@@ -181,6 +181,29 @@ def test_dispatch_details():
     assert op_name(torch.ops.aten.cat.default) == "aten.cat"
 
 
+def test_counting_leaves_compiled_functions_compiled():
+    """dynamo skips frames met under a dispatch mode and marks them skipped for good; count_work
+    runs compiled functions eagerly by stance instead, so their compiled code keeps running."""
+    torch._dynamo.reset()
+    runs = []
+
+    def backend(gm, example_inputs):
+        def compiled(*args):
+            runs.append(1)
+            return gm.forward(*args)
+
+        return compiled
+
+    f = torch.compile(lambda x: torch.cat((x, x)).sin(), backend=backend)
+    x = torch.ones(4)
+    f(x)
+    assert len(runs) == 1
+    c = count_work(lambda: f(x), 2, warmup=0)
+    assert c.ops == {"aten.cat": 2, "aten.sin": 2}  # the eager trace
+    f(x)
+    assert len(runs) == 2  # still compiled after counting
+
+
 def test_json_round_trip_and_validation():
     loaded = tiny_llama()
     spec = make_strategy("strict", sink=4, window=16)
@@ -271,21 +294,29 @@ def test_analytic_floor():
 def test_cuda_kernels_and_graph_replays():
     """On CUDA: kernels and memcpys counted by the profiler, repeatable; a CUDA-graph decoder's
     replays counted on its graph instances (kernels inside replays are counted too)."""
-    from streamllm.decode import GraphDecoder
+    from streamllm.decode import CompiledDecoder, GraphDecoder
 
     model = tiny_llama().model.cuda()
     ids = IDS.cuda()
 
-    def counts(kind: str) -> WorkCounts:
+    def counts(kind: str, graph: bool = True, compiled: bool = False) -> WorkCounts:
         spec = make_strategy("strict", sink=4, window=16, cache=kind)
         cache = make_cache(spec, model)
-        decoder = EagerDecoder(model, cache) if kind == "dynamic" else GraphDecoder(model, cache, compiled=False)
+        if kind != "dynamic" and graph:
+            decoder = GraphDecoder(model, cache, compiled=False)
+        else:
+            decoder = (CompiledDecoder if compiled else EagerDecoder)(model, cache)
         step = token_feeder(decoder, ids, 0)
         with torch.inference_mode():
             for _ in range(spec.capacity + 8):  # the graph decoder warms up, then captures
                 step()
-        return count_work(step, 8, device="cuda", graphs=getattr(decoder, "graphs", None),
-                          key=counter_key(model, device="cuda", strategy=spec))
+        first = count_work(step, 8, device="cuda", graphs=getattr(decoder, "graphs", None),
+                           key=counter_key(model, device="cuda", strategy=spec))
+        # Counting must leave the decoder as it was (compiled stays compiled): count again.
+        again = count_work(step, 8, device="cuda", graphs=getattr(decoder, "graphs", None),
+                           key=counter_key(model, device="cuda", strategy=spec))
+        assert first.diff(again) == [], (kind, compiled, first.diff(again))
+        return first
 
     eager, eager2 = counts("dynamic"), counts("dynamic")
     assert eager.kernels and eager.kernels > eager.steps and eager.graph_replays is None
@@ -293,3 +324,9 @@ def test_cuda_kernels_and_graph_replays():
     graph = counts("ring")
     assert graph.graph_replays == graph.steps and not graph.notes
     assert graph.kernels and graph.total_ops < eager.total_ops  # the forward is inside the graph
+    # Compiled (inductor): aten ops are the eager trace's (dynamo is off under the dispatch mode),
+    # kernels come from the pass without the mode: fused, fewer than eager.
+    ring_eager = counts("ring", graph=False)
+    compiled = counts("ring", graph=False, compiled=True)
+    assert compiled.ops == ring_eager.ops
+    assert compiled.kernels < ring_eager.kernels
