@@ -10,9 +10,10 @@ Counted over N decode steps run through a zero-argument callable (`count_work`),
 of the eviction cycle R, so every prune is counted once per cycle:
 
 - aten ops dispatched, as a histogram keyed by the overload packet (`aten.cat.default` and
-  `aten.cat.out` are both `aten.cat`). Counted by a TorchDispatchMode, i.e. below autograd and
-  after CompositeImplicit decompositions (`aten.linear` shows up as `aten.t` + `aten.addmm`),
-  top-level ops only: what a kernel calls internally is not dispatched through the mode.
+  `aten.cat.out` are both `aten.cat`). Counted by a TorchDispatchMode, i.e. below autograd, as
+  the dispatcher delivers them (under inference mode, which `count_work` uses like the timed
+  loop, some composite ops arrive whole: `aten.linear`, `aten.item`), top-level ops only: what a
+  kernel calls internally is not dispatched through the mode.
 - bytes read / written by those ops (logical sizes, `Tensor.nbytes`): reads are the tensor
   inputs (not the `out=` buffers); writes are fresh outputs plus every argument the schema marks
   as mutated (in-place and `out=` ops). An op whose tensor outputs all alias its inputs and that
@@ -25,8 +26,9 @@ of the eviction cycle R, so every prune is counted once per cycle:
   CUDA-graph replays (`ReplayCounter` on the decoder's graphs).
 
 Counts are stored as totals over `steps`; per-step values are exact fractions
-(`fractions.Fraction(total, steps)`), so e.g. a lazy c32 cycle's one prune reads `+1/32` instead
-of a rounded float, and counts over 32 and 64 steps compare exactly.
+(`fractions.Fraction(total, steps)`), so counts over 32 and 64 steps compare exactly, and a
+diff line whose per-step change is not an integer (lazy c32: one prune per 32 steps) also gives
+the exact total: `+0.03125 aten.cat per step (+1 over 32 steps)`.
 
 Caveats (the caller's to handle): dynamo cannot trace under a dispatch mode, so the aten-op pass
 runs torch.compile'd functions eagerly on purpose (`torch.compiler.set_stance("force_eager")`,
