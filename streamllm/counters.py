@@ -36,7 +36,7 @@ which leaves their compiled code intact): for compiled decoders the aten-op coun
 eager trace of the same code (an extra op in the cache's code still shows); their kernels are
 counted in a second pass without the mode, so kernel counts are the compiled step's. CUDA-graph
 decoders dispatch only the few ops around `replay()`: assert their kernels and replays. Counting
-costs a Python call per op (~10-30 us): count in separate steps, never inside timed ones.
+costs a Python call per dispatched op: count in separate steps, never inside timed ones.
 """
 
 from __future__ import annotations
