@@ -3,7 +3,7 @@
     pytest bench                                    # the CPU main job: embedded default, book + wiki
     pytest bench --benchmark-autosave               # ... and keep pytest-benchmark's run in .benchmarks/
     pytest bench --benchmark-compare                # compare with the last saved run
-    pytest bench --update-baselines --baseline-runs 3   # re-record baselines/ on purpose
+    pytest bench --update-baselines                  # re-record baselines/ on purpose
     pytest bench --model dummy:pythia-2.8b --device cuda --dtype float16   # GPU timing
     pytest bench --sweep compress                   # one of the log's sweeps (bench/catalog.py SWEEPS)
 
@@ -31,7 +31,8 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                     help="default | all | comma list of case ids (see bench/catalog.py); 'default,lazy-c128' adds one")
     group.addoption("--sink", type=int, default=None, help="attention sinks S (default 4)")
     group.addoption("--window", type=int, default=None, help="recent window W (default 124)")
-    group.addoption("--rounds", type=int, default=5, help="measured rounds per strategy (default 5)")
+    group.addoption("--rounds", type=int, default=8,
+                    help="measured rounds of a strict case, each interleaved with its reference (default 8)")
     group.addoption("--warmup-rounds", type=int, default=1, help="warm-up rounds, excluded (default 1)")
     group.addoption("--steps-per-round", type=int, default=8,
                     help="decode steps per round, rounded up to whole eviction cycles (default 8)")
@@ -40,8 +41,10 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group.addoption("--append-baselines", action="store_true",
                     help="add this run's TPOT to the stored baselines of this machine as one more run (PPL must "
                          "match); run it in a few separate processes so the TPOT band learns the run-to-run spread")
-    group.addoption("--baseline-runs", type=int, default=1,
-                    help="with --update-baselines: timing passes averaged into each baseline (1-3)")
+    group.addoption("--nightly", action="store_true",
+                    help="absolute TPOT vs run history: flag a row only when the previous run flagged it too")
+    group.addoption("--no-work-counts", action="store_true",
+                    help="skip the (b) work counters (each case counts one round of separate steps)")
     group.addoption("--baselines-dir", default="baselines", help="baseline store root (default: baselines)")
     group.addoption("--report-dir", default="reports",
                     help="the run JSON goes to REPORT_DIR/runs/ for `streamllm report` ('' to skip)")
@@ -70,9 +73,6 @@ def _options(config: pytest.Config):
     datasets = tuple(d.strip() for d in get("--dataset").split(",") if d.strip())
     if model.startswith("dummy:"):
         datasets = ("synthetic",)  # no tokenizer: random ids stand in for text (timing only)
-    runs = get("--baseline-runs")
-    if not 1 <= runs <= 3:
-        raise pytest.UsageError(f"--baseline-runs must be 1..3 (got {runs})")
     if get("--update-baselines") and get("--append-baselines"):
         raise pytest.UsageError("--update-baselines replaces the stored records, --append-baselines adds a run to "
                                 "them: pick one")
@@ -83,7 +83,8 @@ def _options(config: pytest.Config):
         window=DEFAULT_WINDOW if get("--window") is None else get("--window"),
         rounds=get("--rounds"), warmup_rounds=get("--warmup-rounds"), min_steps=get("--steps-per-round"),
         update_baselines=get("--update-baselines") or get("--append-baselines"),
-        append_baselines=get("--append-baselines"), baseline_runs=runs, baselines_dir=get("--baselines-dir"),
+        append_baselines=get("--append-baselines"), nightly=get("--nightly"),
+        count_work=not get("--no-work-counts"), baselines_dir=get("--baselines-dir"),
         report_dir=get("--report-dir") or None, threads=get("--threads"), tpot_tolerance=get("--tpot-tolerance"),
         evaluator=get("--evaluator"),
     )
@@ -146,6 +147,7 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
         return
     if suite.options.update_baselines:
         suite.write_baselines()
+    suite.history_file = suite.write_history()
     suite.write_run()
 
 

@@ -145,5 +145,5 @@ def update_baselines(session: nox.Session) -> None:
 
     Pass the configuration after --, e.g. `nox -s update-baselines --no-venv -- --device cuda`."""
     install(session)
-    bench(session, "update baselines", ["--update-baselines", "--baseline-runs", "3"])
+    bench(session, "update baselines", ["--update-baselines"])
     session.log("baselines updated: review `git diff baselines/` and commit them with a reason")

@@ -3,8 +3,10 @@ them directly).
 
 (a) PPL against the stored baseline of this configuration: |Δ ln PPL| within the tolerance of
     the device class pair (`streamllm.baselines.ppl_tolerance`).
-(b) TPOT against the stored baseline of this hardware fingerprint: `compare_timing` (bootstrap CI
-    of the ratio + Mann-Whitney U); INCONCLUSIVE reruns once with more rounds, then is reported
+(b) the decode step's cost, three ways: its work counts (aten ops, bytes, syncs, kernels: exact,
+    keyed by software, not machine), its TPOT relative to a reference arm timed step for step in
+    the same process (keyed by device class), and its absolute TPOT against this machine's run
+    history (asv style). INCONCLUSIVE reruns the ratio once with more rounds, then is reported
     without failing.
 (c) Findings: relations to a reference strategy measured in the same run (bench/findings.py).
 
@@ -22,8 +24,13 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+import numpy as np
+
 from streamllm.baselines import BaselineError, BaselineRecord, BaselineStore, ppl_tolerance
-from streamllm.stats import FAIL, INCONCLUSIVE, PASS, compare_ppl, compare_timing, run_spread_tolerance
+from streamllm.counters import CounterError, CounterKey, WorkCounts, compare_counts
+from streamllm.history import HistoryError, RunHistory
+from streamllm.ratio import check_ratio, ratio_ci
+from streamllm.stats import FAIL, INCONCLUSIVE, PASS, compare_ppl, run_spread_tolerance
 
 NOT_CHECKED = "not checked"
 RECORDED = "recorded"
@@ -112,57 +119,129 @@ def check_ppl(measured_ppl: float, found: Lookup, *, device_class: str, updating
 RUN_BAND_CONFIDENCE = 0.99
 
 
-def check_tpot(
+def check_work(measured: WorkCounts | None, found: Lookup, *, updating: bool, what: str) -> Check:
+    """(b) work counts: exact, against the counts stored under the same counter key (software
+    versions, device type, dtype, model config, strategy, decoder). Any difference fails and
+    names the ops that changed (`+64 aten.cat per step`)."""
+    name = "(b) work per step vs baseline"
+    file = _relative(found.path)
+    if measured is None:
+        return Check("tpot", name, NOT_APPLICABLE, f"{what}: work not counted")
+    details = {"file": file, "key": measured.key.to_json() if measured.key else None, "measured": measured.summary()}
+    if found.error is not None:
+        if updating:
+            return Check("tpot", name, RECORDED, f"{what}: {found.error}; re-recorded by --update-baselines", details)
+        return Check("tpot", name, ERROR, f"{what}: {found.error}", details)
+    stored_all = (found.record.extra.get("work_counts") or {}) if found.record is not None else {}
+    stored_json = stored_all.get(measured.key.id) if measured.key is not None else None
+    if stored_json is None:
+        others = sorted(stored_all)
+        why = "no stored work counts" if not others else (
+            f"no stored work counts for counter key {measured.key.id} (stored: {', '.join(others)}; "
+            + "; ".join(_key_differences(measured, stored_all)) + ")")
+        verdict = RECORDED if updating else NOT_CHECKED
+        return Check("tpot", name, verdict, f"{what}: {why}: {'recorded' if updating else 'not checked'} "
+                     f"({measured.summary()}; file {file})", details)
+    try:
+        stored = WorkCounts.from_json(stored_json, source=f"{file} work_counts[{measured.key.id}]")
+    except CounterError as exc:
+        return Check("tpot", name, ERROR, f"{what}: {exc}", details)
+    verdict = compare_counts(measured, stored, label=f"{what}: work per step", source=file)
+    details["diff"] = verdict.lines
+    if updating:
+        return Check("tpot", name, RECORDED, verdict.message + "; re-recorded by --update-baselines", details)
+    return Check("tpot", name, PASS if verdict.passed else FAIL if verdict.verdict == "fail" else NOT_CHECKED,
+                 verdict.message, details)
+
+
+def _key_differences(measured: WorkCounts, stored_all: dict) -> list[str]:
+    out = []
+    for stored_json in stored_all.values():
+        key = stored_json.get("key") if isinstance(stored_json, dict) else None
+        if isinstance(key, dict) and isinstance(key.get("fields"), dict) and measured.key is not None:
+            out.append(", ".join(measured.key.differences(CounterKey(key["fields"]))) or "same fields")
+    return out[:2]
+
+
+def ratio_key(fingerprint: dict, threads: int) -> str:
+    """What a stored TPOT ratio is comparable across: the device class (CPU, or the GPU model) and,
+    on CPU, the thread count; not the CPU model or the machine."""
+    device_class = str(fingerprint.get("device_class", "unknown"))
+    return f"{device_class}-t{threads}" if device_class == "cpu" else device_class
+
+
+def check_ratio_vs_baseline(
     samples: list[float] | None,
+    reference: list[float] | None,
     found: Lookup,
     *,
-    fingerprint_id: str,
+    key: str,
     updating: bool,
     what: str,
     tolerance: float = 0.10,
-    rerun: Callable[[], list[float]] | None = None,
+    rerun: Callable[[], tuple[list[float], list[float]]] | None = None,
+    not_applicable: str | None = None,
 ) -> Check:
-    """(b): `samples` are this run's per-cycle TPOT means (ms); `rerun` returns more of them.
-
-    Timings are only ever compared with samples stored for the same hardware fingerprint; a
-    record from other machines only is "no baseline for this fingerprint: not checked".
-    """
-    name = "(b) TPOT vs baseline"
+    """(b) same-run relative TPOT: per-round case / reference ratios (interleaved in this process)
+    against the ratio stored for this device class. Band: ±tolerance, widened to the prediction
+    interval of the stored per-run ratios where they moved more than that between processes."""
+    name = "(b) TPOT / reference, same run"
     file = _relative(found.path)
-    if not samples:
+    if not_applicable:
+        ci = ratio_ci(samples, reference) if samples and reference else None
+        return Check("tpot", name, NOT_APPLICABLE, f"{what}: n/a: {not_applicable}",
+                     {"ratio": ci.as_dict() if ci else None})
+    if not samples or not reference:
         return Check("tpot", name, NOT_APPLICABLE, f"{what}: not timed (benchmarks disabled?)")
+    ci = ratio_ci(samples, reference)
+    details = {"file": file, "key": key, "ratio": ci.as_dict()}
     if found.error is not None:
         if updating:
-            return Check("tpot", name, RECORDED, f"{what}: {found.error}; re-recorded by --update-baselines")
-        return Check("tpot", name, ERROR, f"{what}: {found.error}", {"file": file})
-    stored = BaselineStore.tpot_samples(found.record, fingerprint_id) if found.record is not None else None
-    if stored is None:
-        others = sorted(found.record.tpot_samples_ms) if found.record is not None else []
-        why = (f"no baseline for hardware fingerprint {fingerprint_id} (stored: {', '.join(others)})"
-               if others else "no baseline")
+            return Check("tpot", name, RECORDED, f"{what}: {found.error}; re-recorded by --update-baselines", details)
+        return Check("tpot", name, ERROR, f"{what}: {found.error}", details)
+    stored_all = (found.record.extra.get("tpot_ratio") or {}) if found.record is not None else {}
+    runs = stored_all.get(key)
+    if not runs:
+        why = "no stored ratio" if not stored_all else f"no stored ratio for {key} (stored: {', '.join(sorted(stored_all))})"
         verdict = RECORDED if updating else NOT_CHECKED
-        text = "recorded, not checked" if updating else "not checked"
-        return Check("tpot", name, verdict, f"{what}: {why}: {text} (file {file})",
-                     {"file": file, "fingerprint": fingerprint_id, "stored_fingerprints": others})
-    runs = BaselineStore.tpot_runs(found.record, fingerprint_id)
-    band = run_spread_tolerance(runs, tolerance, confidence=RUN_BAND_CONFIDENCE)
-    result = compare_timing(samples, stored, tolerance=band, source=file)
-    attempts = [result.as_dict()]
-    if result.verdict == INCONCLUSIVE and rerun is not None and not updating:
-        samples = [*samples, *rerun()]  # design-notes §5: rerun once with more rounds, then report
-        result = compare_timing(samples, stored, tolerance=band, source=file)
-        attempts.append(result.as_dict())
-    details = {**result.as_dict(), "file": file, "fingerprint": fingerprint_id, "attempts": attempts,
-               "tolerance_floor": tolerance, "baseline_runs_ms": runs}
-    message = f"{what}: {result.message}"
-    if band > tolerance:
-        message += (f" (band ±{band:.0%}, widened from ±{tolerance:.0%} by the run-to-run spread of the "
-                    f"{len(runs)} stored runs: {min(runs):.3g}–{max(runs):.3g} ms)")
-    if len(attempts) > 1:
-        message += " (after one rerun with more rounds)"
+        return Check("tpot", name, verdict, f"{what}: ratio {ci.ratio:.3f} [{ci.low:.3f}, {ci.high:.3f}]; {why}: "
+                     f"{'recorded' if updating else 'not checked'} (file {file})", details)
+    stored = float(np.exp(np.mean(np.log(runs))))
+    band = run_spread_tolerance([float(r) for r in runs], tolerance, confidence=RUN_BAND_CONFIDENCE)
+    verdict = check_ratio(ci, stored, band, label=f"{what}: TPOT / reference")
+    attempts = [verdict.as_dict()]
+    if verdict.verdict == INCONCLUSIVE and rerun is not None and not updating:
+        more, more_ref = rerun()  # one rerun with more rounds, then report
+        if more and more_ref:
+            ci = ratio_ci([*samples, *more], [*reference, *more_ref])
+            verdict = check_ratio(ci, stored, band, label=f"{what}: TPOT / reference")
+            attempts.append(verdict.as_dict())
+    details.update({"ratio": ci.as_dict(), "stored_ratio": stored, "stored_runs": runs, "band": band,
+                    "attempts": attempts})
+    message = verdict.message + (f" (band ±{band:.0%}, widened by the spread of {len(runs)} stored runs)"
+                                 if band > tolerance else "") + (" (after one rerun)" if len(attempts) > 1 else "")
     if updating:
         return Check("tpot", name, RECORDED, message + "; re-recorded by --update-baselines", details)
-    return Check("tpot", name, result.verdict, message, details)
+    return Check("tpot", name, verdict.verdict, message, details)
+
+
+def check_history(history: RunHistory, case: str, samples: list[float] | None, *, what: str, clock: str,
+                  floor: float, k: int, nightly: bool) -> Check:
+    """(b) absolute TPOT against this machine's run history (last K accepted runs): a regression
+    needs Mann-Whitney p < 0.002 and a median ratio beyond the band (streamllm.history)."""
+    name = "(b) TPOT vs run history"
+    if not samples:
+        return Check("tpot", name, NOT_APPLICABLE, f"{what}: not timed")
+    try:
+        base = history.baseline(case, k)
+    except HistoryError as exc:
+        return Check("tpot", name, ERROR, f"{what}: {exc}")
+    band = base.band(floor, RUN_BAND_CONFIDENCE) if base.ok else floor
+    judgement = history.check(case, samples, band=band, k=k, nightly=nightly)
+    verdict = {"regression": FAIL, "improvement": FAIL, "pass": PASS, "unconfirmed": INCONCLUSIVE}.get(
+        judgement.verdict, NOT_CHECKED)
+    details = {**judgement.as_dict(), "raw": judgement.raw, "clock": clock, "history": _relative(history.directory)}
+    return Check("tpot", name, verdict, f"{what} ({clock}): {judgement.message}", details)
 
 
 def summarize(checks: list[Check], kind: str) -> str:

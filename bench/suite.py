@@ -25,18 +25,38 @@ from streamllm.baselines import (
     BaselineKey,
     BaselineRecord,
     BaselineStore,
-    average_records,
     fingerprint_id,
     hardware_fingerprint,
     make_provenance,
 )
+from streamllm.counters import WorkCounts, count_work, counter_key
+from streamllm.history import RunHistory
+from streamllm.measure import (
+    DecodeSlice,
+    TimingRun,
+    prepare_slice,
+    reference_slice,
+    speedup,
+    steps_per_round,
+    time_interleaved,
+)
+from streamllm.ratio import RatioCI, ratio_ci
 from streamllm.results import EvalResult, write_json_atomic
 from streamllm.stats import PASS, check_finding, compare_timing, ppl_ratio_ci
 
 from .catalog import DEFAULT_SINK, DEFAULT_TOKENS, DEFAULT_WINDOW, BenchCase, build_catalog, compile_mode
-from .checks import INCONCLUSIVE, NOT_APPLICABLE, Check, check_ppl, check_tpot, lookup
+from .checks import (
+    INCONCLUSIVE,
+    NOT_APPLICABLE,
+    Check,
+    check_history,
+    check_ppl,
+    check_ratio_vs_baseline,
+    check_work,
+    lookup,
+    ratio_key,
+)
 from .findings import findings_for
-from .timing import DecodeSlice, TimingRun, collect, prepare_slice, steps_per_round, time_rounds
 
 RUN_SCHEMA = "streamllm.bench-run/1"
 NOISE_NOTE = ("CPU timings from a shared 2-core VM: other processes compete for the cores (steal time), "
@@ -54,21 +74,23 @@ class SuiteOptions:
     sweep: str | None = None  # the --sweep names (already folded into `strategies` as sweep:NAME)
     sink: int = DEFAULT_SINK
     window: int = DEFAULT_WINDOW
-    rounds: int = 5
+    rounds: int = 8  # measured rounds of a strict case; long-cycle cases take fewer, longer ones (rounds_for)
     warmup_rounds: int = 1
     min_steps: int = 8  # steps per round, rounded up to whole eviction cycles
     update_baselines: bool = False
     # with update_baselines: add this run's timing to the stored records as one more run (pools the
     # run-to-run spread that sets the TPOT band) instead of replacing them
     append_baselines: bool = False
-    baseline_runs: int = 1  # timing passes averaged into the baseline under --update-baselines
     baselines_dir: str = "baselines"
     report_dir: str | None = "reports"  # run JSON goes to <report_dir>/runs/; None: not written
     threads: int | None = None
     tpot_tolerance: float = 0.10
     evaluator: str = "auto"  # auto (parallel where exact, else token loop) | token
     chunk_size: int = 512
-    baseline_note: str = NOISE_NOTE
+    baseline_note: str = ""  # provenance note for --update-baselines (default: says the device)
+    nightly: bool = False  # absolute TPOT: flag a row only when the previous run flagged it too
+    history_k: int = 5  # absolute TPOT baseline: the last K accepted runs of this machine
+    count_work: bool = True  # (b) work counters: count one cycle of separate steps per case
 
     @property
     def dummy(self) -> bool:
@@ -93,6 +115,9 @@ class CaseResult:
     dataset: str
     evaluation: EvalResult | None = None
     timing: TimingRun | None = None
+    reference_timing: TimingRun | None = None  # the interleaved reference arm (measure.reference_slice)
+    ratio: RatioCI | None = None  # case / reference, per round, same process
+    work: WorkCounts | None = None
     speedup: float | None = None
     ppl_delta_vs_dense_pct: float | None = None
     slice_nll_max_abs_diff: float | None = None
@@ -133,6 +158,9 @@ class CaseResult:
             "slice_nll_max_abs_diff": self.slice_nll_max_abs_diff,
             "evaluation": ev.summary() if ev else None,
             "timing": self.timing.summary() if self.timing else None,
+            "reference_timing": self.reference_timing.summary() if self.reference_timing else None,
+            "ratio": self.ratio.as_dict() if self.ratio else None,
+            "work": self.work.to_json() if self.work else None,
             "timing_step_ms": self.timing.step_ms if self.timing else None,
             # text index and prune flag of each timed step: the phase A diagnostics put the step
             # times next to the per-token NLL and KV length
@@ -163,10 +191,15 @@ class Suite:
         self.records: list[BaselineRecord] = []
         self.written: list[Path] = []  # baseline files written by the update
         self.run_file: Path | None = None
+        self.history_file: Path | None = None
         self._texts: dict[str, Text] = {}
         self._evals: dict[tuple, EvalResult] = {}
         self._timings: dict[tuple[str, str], TimingRun] = {}
+        self._references: dict[tuple[str, str], TimingRun] = {}
         self._slices: dict[tuple[str, str], DecodeSlice] = {}  # kept until a rerun is decided
+        self._reference_slices: dict[tuple[str, str], DecodeSlice] = {}
+        self.history_results: dict[str, list[float]] = {}  # case key -> this run's absolute samples
+        self.history_verdicts: dict[str, str] = {}
         self._fingerprint: dict | None = None
         if self.threads:
             # One thread by default on CPU: on a shared 2-core VM, two OpenMP threads spin-wait on
@@ -257,6 +290,13 @@ class Suite:
         """(steps per round, cycle) of a case."""
         return steps_per_round(case.cycle, self.options.min_steps), case.cycle
 
+    def rounds_for(self, case: BenchCase) -> int:
+        """Measured rounds: --rounds for cases whose round is --steps-per-round steps; a case whose
+        eviction cycle makes its rounds k times longer takes k times fewer (at least 4), since a
+        longer round is a quieter sample. Keeps every case near the same number of timed steps."""
+        steps, _ = self.geometry(case)
+        return max(min(4, self.options.rounds), math.ceil(self.options.rounds * self.options.min_steps / steps))
+
     def uses_loop(self, case: BenchCase) -> bool:
         """True when the case's PPL comes from the token loop (refresh, or --evaluator token)."""
         if self.options.evaluator != "auto":
@@ -272,13 +312,14 @@ class Suite:
         loaded = self.model(case.transform)
         steps, _ = self.geometry(case)
         if timed_steps is None:
-            timed_steps = steps * (self.options.warmup_rounds + self.options.rounds)
+            timed_steps = steps * (self.options.warmup_rounds + self.rounds_for(case))
         factory = decoder_factory(compile_mode(case), loaded.device, case.spec.cache)
         return prepare_slice(loaded, self.text(dataset).ids, case.spec, timed_steps=timed_steps,
                              decoder_factory=factory, real_fill=real_fill)
 
     def timing(self, case: BenchCase, dataset: str, benchmark=None) -> TimingRun:
-        """Time a case (through pytest-benchmark when given), memoized per (dataset, case)."""
+        """Time a case interleaved with its reference arm (through pytest-benchmark when given),
+        memoized per (dataset, case)."""
         key = (dataset, case.id)
         if key not in self._timings and self.uses_loop(case):
             self._loop(case, dataset, benchmark)
@@ -286,20 +327,30 @@ class Suite:
             return self._timings[key]
         steps, cycle = self.geometry(case)
         slice_ = self.new_slice(case, dataset)
-        self._timings[key] = self._time(slice_, steps, cycle, self.options.rounds, benchmark)
+        self._timings[key] = self._time(case, dataset, slice_, steps, cycle, self.rounds_for(case), benchmark)
         self._slices[key] = slice_
         return self._timings[key]
 
-    def _time(self, slice_: DecodeSlice, steps: int, cycle: int, rounds: int, benchmark) -> TimingRun:
-        warmup = self.options.warmup_rounds
-        if benchmark is not None and not getattr(benchmark, "disabled", False):
-            first = len(slice_.calls) + warmup
-            benchmark.pedantic(slice_.run_round, args=(steps,), rounds=rounds, warmup_rounds=warmup, iterations=1)
-            return collect(slice_, steps=steps, cycle=cycle, warmup_rounds=warmup, first=first, count=rounds)
-        if benchmark is not None:  # --benchmark-disable: pedantic would run the target once, untimed
-            benchmark.pedantic(lambda: None)
-        return time_rounds(slice_, steps=steps, cycle=cycle, rounds=rounds, warmup_rounds=warmup)
+    def reference_length(self, case: BenchCase, slice_: DecodeSlice) -> int:
+        """|C| the reference arm holds: what the case attends at steady state (dense: where its slice starts)."""
+        if case.spec.capacity is None:
+            return slice_.cursor
+        return case.spec.sink + case.spec.effective_window
 
+    def _time(self, case: BenchCase, dataset: str, slice_: DecodeSlice, steps: int, cycle: int, rounds: int,
+              benchmark) -> TimingRun:
+        """The case's rounds interleaved step for step with its reference arm (measure.time_interleaved)."""
+        key = (dataset, case.id)
+        loaded = self.model(case.transform)
+        reference = reference_slice(loaded, self.text(dataset).ids, self.reference_length(case, slice_))
+        self._reference_slices[key] = reference
+        if benchmark is not None and getattr(benchmark, "disabled", False):
+            benchmark.pedantic(lambda: None)  # --benchmark-disable: pedantic would run the target once, untimed
+            benchmark = None
+        run, ref = time_interleaved(slice_, reference, steps=steps, cycle=cycle, rounds=rounds,
+                                    warmup_rounds=self.options.warmup_rounds, benchmark=benchmark)
+        self._references[key] = ref
+        return run
     def _loop(self, case: BenchCase, dataset: str, benchmark=None) -> EvalResult:
         """Token-loop evaluation whose steady-state steps are also the timing rounds.
 
@@ -319,21 +370,18 @@ class Suite:
         steps, cycle = self.geometry(case)
         slice_ = self.new_slice(case, dataset, timed_steps=0, real_fill=True)
         fill = slice_.cursor
-        rounds = slice_.remaining // steps - self.options.warmup_rounds
+        rounds = min(self.rounds_for(case), slice_.remaining // steps - self.options.warmup_rounds)
         if rounds < 1:
             raise ValueError(f"{case.label}: {text.ids.numel()} tokens leave no whole round of {steps} steps after "
                              f"filling {fill}: raise --tokens")
-        run = self._time(slice_, steps, cycle, rounds, benchmark)
+        run = self._time(case, dataset, slice_, steps, cycle, rounds, benchmark)
         if slice_.remaining:
-            slice_.run_round(slice_.remaining)  # the text's tail: scored, not a whole round, not a sample
-        flat = lambda rows: [x for row in rows for x in row]  # noqa: E731 - local helper
-        positions = flat(slice_.positions)
-        prunes = flat(slice_.prunes)
-        evicted = flat(slice_.evicted)
+            slice_.run(slice_.remaining)  # the text's tail: scored, not a whole round, not a sample
+        positions, prunes, evicted = slice_.positions, slice_.pruned, slice_.evicted
         nan = float("nan")
         trace = TokenTrace(
-            nll=list(slice_.fill_nll) + flat(slice_.nll),
-            step_ms=[nan] * fill + flat(slice_.calls),
+            nll=list(slice_.fill_nll) + list(slice_.nll),
+            step_ms=[nan] * fill + list(slice_.step_ms),
             kv_length=list(range(1, fill + 1)) + list(slice_.kv_length),
             position=list(range(fill)) + list(slice_.fed_position),
             prune_steps=[t for t, p in zip(positions, prunes, strict=True) if p],
@@ -346,19 +394,49 @@ class Suite:
         self._slices[(dataset, case.id)] = slice_
         return result
 
-    def rerun(self, case: BenchCase, dataset: str) -> list[float]:
-        """More rounds on the same filled cache after an inconclusive verdict (design-notes §5:
-        rerun once with more rounds). Twice the rounds, as far as the text allows."""
+    def rerun(self, case: BenchCase, dataset: str) -> tuple[list[float], list[float]]:
+        """More interleaved rounds on the same caches after an inconclusive verdict: twice the
+        rounds, as far as the text allows. Returns (case samples, reference samples)."""
         steps, cycle = self.geometry(case)
-        slice_ = self._slices.get((dataset, case.id))
-        if slice_ is None:
-            return []
-        rounds = min(2 * self.options.rounds, slice_.remaining // steps)
+        key = (dataset, case.id)
+        slice_, reference = self._slices.get(key), self._reference_slices.get(key)
+        if slice_ is None or reference is None:
+            return [], []
+        rounds = min(2 * self.rounds_for(case), slice_.remaining // steps)
         if rounds < 1:
-            return []
-        more = time_rounds(slice_, steps=steps, cycle=cycle, rounds=rounds, warmup_rounds=0)
-        self._timings[(dataset, case.id)].rerun_samples.extend(more.samples)
-        return more.samples
+            return [], []
+        more, ref = time_interleaved(slice_, reference, steps=steps, cycle=cycle, rounds=rounds, warmup_rounds=0)
+        self._timings[key].rerun_samples.extend(more.samples)
+        self._references[key].rerun_samples.extend(ref.samples)
+        return more.samples, ref.samples
+
+    def count(self, case: BenchCase, dataset: str) -> WorkCounts | None:
+        """(b) work counters: one steady-state round of separate, untimed steps of the case's own
+        decoder, after its timing (feeding the text on; counts do not depend on which tokens)."""
+        if not self.options.count_work:
+            return None
+        key = (dataset, case.id)
+        slice_ = self._slices.get(key)
+        if slice_ is None:
+            return None
+        steps, cycle = self.geometry(case)
+        ids = slice_.ids
+        start = slice_.cursor
+
+        def step() -> object:
+            # wrap around at the end of the text: the counts do not depend on the tokens fed
+            t = start + (step.calls % max(1, ids.numel() - 1 - start)) if start < ids.numel() - 1 else 0
+            step.calls += 1
+            return slice_.decoder.step(ids[t : t + 1].view(1, 1))
+
+        step.calls = 0
+        loaded = self.model(case.transform)
+        graphs = getattr(slice_.decoder, "graphs", None)
+        context = slice_.cache.length if case.spec.capacity is None else None
+        wkey = counter_key(loaded.model, device=loaded.device, strategy=case.spec,
+                           decoder=f"{compile_mode(case)}/{type(slice_.decoder).__name__}", context=context,
+                           extra={"transform": case.transform, "steps": steps})
+        return count_work(step, steps, cycle=cycle, warmup=cycle, device=loaded.device, graphs=graphs, key=wkey)
 
     # -- one case, end to end ------------------------------------------------------------------
     def run_case(self, case: BenchCase, dataset: str, benchmark) -> CaseResult:
@@ -367,6 +445,9 @@ class Suite:
         # timing first: for token-loop cases the timed rounds *are* the evaluation's decode steps
         timing = self.timing(case, dataset, benchmark)
         out.timing = timing
+        out.reference_timing = self._references.get((dataset, case.id))
+        if out.reference_timing is not None:
+            out.ratio = ratio_ci(timing.samples, out.reference_timing.samples)
         evaluation = self.evaluate(case, dataset)
         out.evaluation = evaluation
         out.slice_nll_max_abs_diff = self._slice_agreement(evaluation, timing)
@@ -374,13 +455,14 @@ class Suite:
         if case.id != "dense":
             dense_eval = self.evaluate(dense, dataset)
             out.ppl_delta_vs_dense_pct = 100.0 * (evaluation.ppl / dense_eval.ppl - 1.0)
-            out.speedup = self.timing(dense, dataset).mean_ms / timing.mean_ms
+            out.speedup = speedup(self.timing(dense, dataset).mean_ms, timing.mean_ms)
         else:
             out.ppl_delta_vs_dense_pct, out.speedup = 0.0, 1.0
-        out.checks = self.checks(case, dataset, evaluation, timing)
+        out.checks = self.checks(case, dataset, evaluation, timing, out)
         if self.options.update_baselines:
-            self.records.append(self.baseline_record(case, dataset, evaluation, timing))
+            self.records.append(self.baseline_record(case, dataset, evaluation, timing, out))
         self._slices.pop((dataset, case.id), None)
+        self._reference_slices.pop((dataset, case.id), None)
         out.seconds = time.perf_counter() - started
         self.results.append(out)
         if benchmark is not None:
@@ -427,7 +509,8 @@ class Suite:
                            dataset=evaluation.dataset, dataset_sha256=evaluation.dataset_sha256,
                            tokens=evaluation.tokens, strategy=case.label, params=case.params())
 
-    def checks(self, case: BenchCase, dataset: str, evaluation: EvalResult, timing: TimingRun) -> list[Check]:
+    def checks(self, case: BenchCase, dataset: str, evaluation: EvalResult, timing: TimingRun,
+               out: CaseResult) -> list[Check]:
         what = f"{case.label} on {evaluation.dataset}"
         found = lookup(self.store, self.key(case, evaluation))
         updating = self.options.update_baselines
@@ -442,20 +525,67 @@ class Suite:
                 f"{what}: max |NLL(timed decode) - NLL({evaluation.evaluator} evaluator)| = {agreement:.2e} over "
                 f"{len(timing.positions)} steps ({'within' if ok else 'OUTSIDE'} {tol:g})",
                 {"max_abs_diff": agreement, "tolerance": tol}))
-        busy = self.oversubscribed()
-        # No rerun on an oversubscribed CPU: more rounds there cannot turn into evidence of a regression.
-        tpot = check_tpot(timing.samples if timing else None, found, fingerprint_id=self.fingerprint_id,
-                          updating=updating, what=what, tolerance=self.options.tpot_tolerance,
-                          rerun=None if busy else (lambda: self.rerun(case, dataset)))
-        if busy and tpot.verdict == "fail":
-            # Time-slicing by other processes moves TPOT by far more than the band (measured here:
-            # 89 ms at load 4, 160 ms at load 9): a fail on an oversubscribed CPU is not evidence.
-            tpot.verdict = INCONCLUSIVE
-            tpot.message += f"; NOT FAILED: the machine is oversubscribed ({busy}), rerun on a quiet machine"
-            tpot.details["oversubscribed"] = busy
-        checks.append(tpot)
+        checks.extend(self.tpot_checks(case, dataset, evaluation, timing, out, found))
         checks.extend(self.finding_checks(case, dataset))
         return checks
+
+    def tpot_checks(self, case: BenchCase, dataset: str, evaluation: EvalResult, timing: TimingRun,
+                    out: CaseResult, found) -> list[Check]:
+        """(b) three signals, strongest first: the step's work counts (exact, any machine with this
+        software), its TPOT relative to the reference arm timed in the same process (any machine of
+        this device class), and its absolute TPOT against this machine's run history."""
+        what = f"{case.label} on {evaluation.dataset}"
+        updating = self.options.update_baselines
+        checks: list[Check] = []
+        out.work = self.count(case, dataset)
+        checks.append(check_work(out.work, found, updating=updating, what=what))
+        busy = self.oversubscribed()
+        rerun = None
+        if not busy:
+            def rerun() -> tuple[list[float], list[float]]:
+                return self.rerun(case, dataset)
+        graph = compile_mode(case) in ("cudagraphs", "cudagraphs-gemv")
+        ratio = check_ratio_vs_baseline(
+            timing.samples, out.reference_timing.samples if out.reference_timing else None, found,
+            key=ratio_key(self.fingerprint, torch.get_num_threads()), updating=updating, what=what,
+            tolerance=self.options.tpot_tolerance, rerun=rerun,
+            not_applicable=("a CUDA-graph step is device-bound, the eager reference host-bound: their ratio "
+                            "follows the host, not the step (checked by work counts and device time)") if graph else None)
+        if ratio.details.get("ratio"):
+            out.ratio = RatioCI(**ratio.details["ratio"])
+        checks.append(ratio)
+        device = timing.device_samples if timing.device_ms else None
+        samples = device or timing.samples
+        self.history_results[f"{dataset}/{case.id}"] = samples
+        history = RunHistory(self._under_root(self.options.report_dir or "reports") / "history", self.fingerprint_id)
+        absolute = check_history(history, f"{dataset}/{case.id}", samples, what=what,
+                                 clock="device time (CUDA events)" if device else "wall time",
+                                 floor=self.options.tpot_tolerance, k=self.options.history_k,
+                                 nightly=self.options.nightly)
+        self.history_verdicts[f"{dataset}/{case.id}"] = absolute.details.get("raw", "not checked")
+        if busy and absolute.verdict == "fail":
+            # Time-slicing by other processes moves absolute TPOT by far more than the band: a
+            # fail on an oversubscribed CPU is not evidence (the ratio above is immune to it).
+            absolute.verdict = INCONCLUSIVE
+            absolute.message += f"; NOT FAILED: the machine is oversubscribed ({busy}), rerun on a quiet machine"
+            absolute.details["oversubscribed"] = busy
+        checks.append(absolute)
+        return checks
+
+    def write_history(self) -> Path | None:
+        """Append this run's absolute samples to the machine's run history (never edited)."""
+        if not self.history_results or self.options.report_dir is None:
+            return None
+        from streamllm.history import RAW_VERDICTS, acceptable  # noqa: F401  (acceptance rule lives there)
+
+        history = RunHistory(self._under_root(self.options.report_dir) / "history", self.fingerprint_id)
+        verdicts = {c: v for c, v in self.history_verdicts.items() if v in RAW_VERDICTS}
+        rejected = {c: False for c, v in verdicts.items() if v in ("regression", "improvement")}
+        run = history.append(self.history_results, accepted=True, verdicts=verdicts, case_accepted=rejected,
+                             fingerprint=self.fingerprint,
+                             meta={"command": " ".join([_program(), *sys.argv[1:]]),
+                                   "provenance": make_provenance(cwd=str(self.rootdir))})
+        return history.directory / run.filename
 
     def finding_checks(self, case: BenchCase, dataset: str) -> list[Check]:
         out: list[Check] = []
@@ -485,29 +615,26 @@ class Suite:
         return out
 
     # -- records -------------------------------------------------------------------------------
-    def baseline_record(self, case: BenchCase, dataset: str, evaluation: EvalResult, timing: TimingRun) -> BaselineRecord:
+    def baseline_record(self, case: BenchCase, dataset: str, evaluation: EvalResult, timing: TimingRun,
+                        out: CaseResult) -> BaselineRecord:
         """This run's record; with --baseline-runs K, K-1 more timing passes (fresh caches) are
         averaged in (samples pooled per fingerprint, PPL is deterministic)."""
         provenance = make_provenance(cwd=str(self.rootdir))
-        provenance.update({"note": self.options.baseline_note, "evaluator": evaluation.evaluator,
+        note = self.options.baseline_note or (NOISE_NOTE if self.options.device_type == "cpu" else
+                                              f"timed on {self.fingerprint.get('device_class')}")
+        provenance.update({"note": note, "evaluator": evaluation.evaluator,
                            "load_average_1_5_15min": _load_average(),
                            "timing": {"rounds": timing.rounds, "steps_per_round": timing.steps_per_round,
                                       "warmup_rounds": timing.warmup_rounds, "sample": "per-cycle mean TPOT (ms)",
                                       "threads": torch.get_num_threads(), "fill": timing.fill_mode}})
-        runs = [timing]
-        for _ in range(self.options.baseline_runs - 1):
-            steps, cycle = self.geometry(case)
-            slice_ = self.new_slice(case, dataset)
-            runs.append(time_rounds(slice_, steps=steps, cycle=cycle, rounds=self.options.rounds,
-                                    warmup_rounds=self.options.warmup_rounds))
-        records = []
-        for run in runs:
-            record = BaselineRecord.from_result(evaluation, fingerprint=self.fingerprint, tpot_samples_ms=run.samples,
-                                                tpot_ms=run.mean_ms, provenance=provenance,
-                                                extra={"tpot_ms_median": run.median_ms, "spikes": evaluation.spikes})
-            record = _rekey(dataclasses.replace(record, key=self.key(case, evaluation)), self.fingerprint_id)
-            records.append(record)
-        return average_records(records)
+        extra = {"tpot_ms_median": timing.median_ms, "spikes": evaluation.spikes}
+        if out.work is not None and out.work.key is not None:
+            extra["work_counts"] = {out.work.key.id: out.work.to_json()}
+        if out.ratio is not None:
+            extra["tpot_ratio"] = {ratio_key(self.fingerprint, torch.get_num_threads()): [round(out.ratio.ratio, 5)]}
+        record = BaselineRecord.from_result(evaluation, fingerprint=self.fingerprint, tpot_samples_ms=timing.samples,
+                                            tpot_ms=timing.mean_ms, provenance=provenance, extra=extra)
+        return _rekey(dataclasses.replace(record, key=self.key(case, evaluation)), self.fingerprint_id)
 
     def write_baselines(self) -> list[Path]:
         if self.records:

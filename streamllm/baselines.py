@@ -396,6 +396,7 @@ def append_run(old: BaselineRecord, new: BaselineRecord, fingerprint_id: str) ->
         fingerprints={**old.fingerprints, **new.fingerprints},
         runs_averaged=old.runs_averaged + new.runs_averaged,
         provenance=provenance,
+        extra=_merge_extra(old.extra, new.extra, append=True),
     )
 
 
@@ -713,9 +714,30 @@ class BaselineStore:
         return dict(bf.records)
 
 
+# Per-key sections of `extra` that several machines or software stacks share: work counts keyed by
+# counter key (software), TPOT ratios by device class. An update replaces this run's keys and keeps
+# the others; an append adds this run's ratio as one more run.
+KEYED_EXTRA = ("work_counts", "tpot_ratio")
+
+
+def _merge_extra(old: dict, new: dict, append: bool) -> dict:
+    out = {**old, **new} if not append else dict(old)
+    for section in KEYED_EXTRA:
+        mine, theirs = dict(old.get(section) or {}), new.get(section) or {}
+        for key, value in theirs.items():
+            if append and section == "tpot_ratio" and key in mine:
+                mine[key] = [*mine[key], *value]
+            else:
+                mine[key] = value
+        if mine:
+            out[section] = mine
+    return out
+
+
 def _merge(old: BaselineRecord, new: BaselineRecord) -> BaselineRecord:
     return replace(
         new,
+        extra=_merge_extra(old.extra, new.extra, append=False),
         tpot_samples_ms={**old.tpot_samples_ms, **new.tpot_samples_ms},
         tpot_ms={**old.tpot_ms, **new.tpot_ms},
         tpot_runs_ms={**old.tpot_runs_ms, **new.tpot_runs_ms},

@@ -12,12 +12,12 @@ import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from bench.catalog import build_catalog, select
-from bench.checks import ERROR, NOT_CHECKED, RECORDED, Lookup, check_ppl, check_tpot, lookup
+from bench.checks import ERROR, NOT_CHECKED, RECORDED, Lookup, check_ppl, check_ratio_vs_baseline, lookup
 from bench.suite import Suite, SuiteOptions
 from bench.table import format_table
-from bench.timing import prepare_slice, time_rounds
 from streamllm.baselines import BaselineKey, BaselineRecord, BaselineStore
 from streamllm.evaluate import evaluate_tokens
+from streamllm.measure import prepare_slice, time_rounds
 from streamllm.models import LoadedModel
 from streamllm.stats import FAIL, INCONCLUSIVE, PASS
 from streamllm.strategies import make_strategy
@@ -63,8 +63,8 @@ def ppl_check(result):
     return next(c for c in result.checks if c.name == "(a) PPL vs baseline")
 
 
-def tpot_check(result):
-    return next(c for c in result.checks if c.kind == "tpot")
+def tpot_check(result, name: str = "(b) TPOT / reference, same run"):
+    return next(c for c in result.checks if c.name == name)
 
 
 # -- baselines through the suite ---------------------------------------------------------------
@@ -128,22 +128,23 @@ def test_corrupt_baseline_is_a_clear_error_naming_the_file(tmp_path, tiny):
     assert ppl_check(run(make_suite(tmp_path, tiny), "strict")["strict"]).verdict == PASS
 
 
-def test_foreign_fingerprint_checks_ppl_but_not_tpot(tmp_path, tiny):
+def test_ratio_of_another_device_class_is_not_checked_here(tmp_path, tiny):
     recorder = make_suite(tmp_path, tiny, update_baselines=True)
     run(recorder, "strict")
     (path,) = recorder.write_baselines()
     data = json.loads(path.read_text())
     body = next(iter(data["records"].values()))
-    mine = recorder.fingerprint_id
-    for field in ("tpot_samples_ms", "tpot_ms", "fingerprints"):
-        body[field] = {"cuda-0123456789": body[field][mine]}
+    (mine,) = body["extra"]["tpot_ratio"]
+    body["extra"]["tpot_ratio"] = {"NVIDIA H100 80GB HBM3": body["extra"]["tpot_ratio"][mine]}
     path.write_text(json.dumps(data, indent=2))
 
     out = run(make_suite(tmp_path, tiny), "strict")["strict"]
     assert ppl_check(out).verdict == PASS
-    tpot = tpot_check(out)
-    assert tpot.verdict == NOT_CHECKED
-    assert f"no baseline for hardware fingerprint {mine}" in tpot.message and "cuda-0123456789" in tpot.message
+    ratio = tpot_check(out)
+    assert ratio.verdict == NOT_CHECKED
+    assert f"no stored ratio for {mine}" in ratio.message and "H100" in ratio.message
+    # the work counts do not depend on the machine: still checked, and equal
+    assert tpot_check(out, "(b) work per step vs baseline").verdict == PASS
 
 
 def test_mismatched_dataset_text_is_an_error(tmp_path, tiny):
@@ -157,7 +158,7 @@ def test_mismatched_dataset_text_is_an_error(tmp_path, tiny):
     assert check.verdict == ERROR and "key mismatch" in check.message and str(path) in check.message
 
 
-def test_update_then_append_keeps_one_run_list_under_the_suite_fingerprint(tmp_path, tiny):
+def test_update_then_append_adds_one_ratio_run_and_keeps_the_counts(tmp_path, tiny):
     recorder = make_suite(tmp_path, tiny, update_baselines=True)
     run(recorder, "strict")
     (path,) = recorder.write_baselines()
@@ -165,29 +166,9 @@ def test_update_then_append_keeps_one_run_list_under_the_suite_fingerprint(tmp_p
     run(appender, "strict")
     appender.write_baselines()
     (record,) = BaselineStore(tmp_path / "baselines").read(path).records.values()
-    fid = recorder.fingerprint_id
-    assert set(record.tpot_runs_ms) == set(record.tpot_samples_ms) == {fid}
-    assert len(record.tpot_runs_ms[fid]) == 2 and record.runs_averaged == 2
-
-
-def test_a_finished_run_json_appends_like_append_baselines(tmp_path, tiny):
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("append_run", Path(__file__).parents[1] / "scripts/append_run_to_baselines.py")
-    script = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(script)
-    recorder = make_suite(tmp_path, tiny, update_baselines=True)
-    run(recorder, "strict")
-    (path,) = recorder.write_baselines()
-    checker = make_suite(tmp_path, tiny)
-    run(checker, "strict")
-    run_file = checker.write_run()
-    assert script.main([str(run_file), "--baselines-dir", str(tmp_path / "baselines")]) == 0
-    (record,) = BaselineStore(tmp_path / "baselines").read(path).records.values()
-    fid = recorder.fingerprint_id
-    assert len(record.tpot_runs_ms[fid]) == 2 and set(record.tpot_runs_ms) == {fid}
-    timed = json.loads(run_file.read_text())["results"][0]["timing"]["samples_ms"]
-    assert record.tpot_samples_ms[fid][-len(timed):] == pytest.approx(timed, rel=1e-5)
+    (ratios,) = record.extra["tpot_ratio"].values()
+    assert len(ratios) == 2 and all(0.2 < r < 5 for r in ratios)
+    assert len(record.extra["work_counts"]) == 1 and record.runs_averaged == 2
 
 
 # -- the assertion helpers directly ------------------------------------------------------------
@@ -201,49 +182,59 @@ def _record(tmp_path: Path, samples: dict[str, list[float]], ppl: float = 20.0) 
     return store, key
 
 
-def test_tpot_helper_pass_fail_and_one_rerun_when_inconclusive(tmp_path):
+def _ratio_store(tmp_path: Path, runs: list[float], key: str = "cpu-t1") -> tuple[BaselineStore, BaselineKey]:
+    store = BaselineStore(tmp_path / "b")
+    bkey = BaselineKey("m", "r", "float32", "d", "sha", 64, "strict-s4-w12", {"name": "strict"})
+    record = BaselineRecord(bkey, 20.0, math.log(20.0), "cpu", extra={"tpot_ratio": {key: runs}})
+    store.update([record])
+    return store, bkey
+
+
+def test_ratio_helper_pass_fail_and_one_rerun_when_inconclusive(tmp_path):
     import numpy as np
 
     rng = np.random.default_rng(0)
-    base = (40 + rng.normal(0, 0.5, 64)).tolist()
-    store, key = _record(tmp_path, {"cpu-aaaa": base})
+    store, key = _ratio_store(tmp_path, [1.05])
     found = lookup(store, key)
-    same = (40 + rng.normal(0, 0.5, 64)).tolist()
-    assert check_tpot(same, found, fingerprint_id="cpu-aaaa", updating=False, what="x").verdict == PASS
-    slow = [x * 1.3 for x in same]
-    failed = check_tpot(slow, found, fingerprint_id="cpu-aaaa", updating=False, what="x")
-    assert failed.verdict == FAIL and str(store.path_for(key)) in failed.message
+    ref = (40 + rng.normal(0, 0.8, 16)).tolist()
+    same = [r * 1.05 * (1 + rng.normal(0, 0.01)) for r in ref]
+    assert check_ratio_vs_baseline(same, ref, found, key="cpu-t1", updating=False, what="x").verdict == PASS
+    slow = [x * 1.15 for x in same]  # the case's own code 15 % slower, the reference not
+    failed = check_ratio_vs_baseline(slow, ref, found, key="cpu-t1", updating=False, what="x")
+    assert failed.verdict == FAIL and failed.details["file"].endswith(".json")
+    drift = [x * 1.5 for x in same]  # the machine 50 % slower: both arms move, the ratio does not
+    assert check_ratio_vs_baseline(drift, [r * 1.5 for r in ref], found, key="cpu-t1", updating=False,
+                                   what="x").verdict == PASS
 
     calls = []
 
     def rerun():
         calls.append(1)
-        return (40 * 1.1 + rng.normal(0, 4, 8)).tolist()
+        more_ref = (40 + rng.normal(0, 0.8, 16)).tolist()
+        return [r * 1.05 * 1.10 * (1 + rng.normal(0, 0.03)) for r in more_ref], more_ref
 
-    edge = (40 * 1.1 + rng.normal(0, 4, 8)).tolist()  # straddles the +10 % edge
-    check = check_tpot(edge, found, fingerprint_id="cpu-aaaa", updating=False, what="x", rerun=rerun)
+    edge_ref = [40.0] * 4
+    edge = [40.0 * 1.05 * 1.10 * m for m in (0.95, 1.05, 1.10, 1.30)]  # noisy, straddles the +10 % edge
+    check = check_ratio_vs_baseline(edge, edge_ref, found, key="cpu-t1", updating=False, what="x", rerun=rerun)
     assert len(calls) == 1 and len(check.details["attempts"]) == 2
-    assert check.verdict in (INCONCLUSIVE, FAIL, PASS)
+    assert check.details["attempts"][0]["verdict"] == INCONCLUSIVE
 
 
-def test_tpot_band_widens_with_the_stored_run_to_run_spread(tmp_path):
-    import dataclasses
-
+def test_ratio_band_widens_with_the_stored_run_to_run_spread(tmp_path):
     import numpy as np
 
     rng = np.random.default_rng(1)
-    base = (40 + rng.normal(0, 0.4, 60)).tolist()
-    slow = (52 + rng.normal(0, 0.4, 20)).tolist()  # 1.3x: far outside ±10 %
-    store, key = _record(tmp_path, {"cpu-aaaa": base})
-    assert check_tpot(slow, lookup(store, key), fingerprint_id="cpu-aaaa", updating=False, what="x").verdict == FAIL
-    # the same samples, stored as three runs whose levels moved (host-bound GPU decode does this)
-    record = dataclasses.replace(store.lookup(key), tpot_runs_ms={"cpu-aaaa": [33.0, 40.0, 47.0]})
-    store.update([record])
-    check = check_tpot(slow, lookup(store, key), fingerprint_id="cpu-aaaa", updating=False, what="x")
-    assert check.verdict == PASS and "widened from ±10%" in check.message and "33–47 ms" in check.message
-    assert check.details["tolerance"] > 0.5 and check.details["baseline_runs_ms"] == [33.0, 40.0, 47.0]
-    far = [x * 3 for x in slow]  # the widened band still fails what is outside it
-    assert check_tpot(far, lookup(store, key), fingerprint_id="cpu-aaaa", updating=False, what="x").verdict == FAIL
+    ref = (40 + rng.normal(0, 0.4, 16)).tolist()
+    case = [r * 1.30 * (1 + rng.normal(0, 0.005)) for r in ref]  # 1.3x: far outside ±10 %
+    store, key = _ratio_store(tmp_path, [1.0])
+    assert check_ratio_vs_baseline(case, ref, lookup(store, key), key="cpu-t1", updating=False,
+                                   what="x").verdict == FAIL
+    store, key = _ratio_store(tmp_path / "spread", [0.8, 1.0, 1.25])  # runs whose ratio moved
+    check = check_ratio_vs_baseline(case, ref, lookup(store, key), key="cpu-t1", updating=False, what="x")
+    assert check.verdict == PASS and "widened" in check.message and check.details["band"] > 0.5
+    far = [x * 3 for x in case]
+    assert check_ratio_vs_baseline(far, ref, lookup(store, key), key="cpu-t1", updating=False,
+                                   what="x").verdict == FAIL
 
 
 def test_ppl_helper_cross_device_tolerance(tmp_path):
@@ -281,7 +272,8 @@ def test_filled_slice_decodes_what_the_token_loop_decodes(tiny, name, params):
     assert torch.allclose(torch.tensor(timing.nll, dtype=torch.float64), expected, atol=1e-4)
     # the timed steps are at steady state: every cycle prunes once (dense never)
     assert sum(timing.prune_flags) == (0 if base == "dense" else len(timing.step_ms) // cycle)
-    assert len(timing.samples) == len(timing.step_ms) // cycle
+    # one sample per round (a round is whole cycles): the unit the statistics compare
+    assert len(timing.samples) == timing.rounds == len(timing.step_ms) // (4 * cycle)
 
 
 # -- selection, table, run JSON and report ----------------------------------------------------
@@ -356,27 +348,26 @@ def test_findings_pass_fail_on_either_side_and_not_applicable(tmp_path, tiny, mo
 
 
 @pytest.mark.parametrize("load,expected", [(0.5, FAIL), (9.0, INCONCLUSIVE)])
-def test_tpot_fail_is_inconclusive_only_on_an_oversubscribed_cpu(tmp_path, tiny, monkeypatch, load, expected):
+def test_history_fail_is_inconclusive_only_on_an_oversubscribed_cpu(tmp_path, tiny, monkeypatch, load, expected):
     import dataclasses
 
     import numpy as np
 
     import bench.suite
+    from streamllm.history import RunHistory
 
-    recorder = make_suite(tmp_path, tiny, update_baselines=True)
-    run(recorder, "strict")
-    (path,) = recorder.write_baselines()
-    rng = np.random.default_rng(0)
-    data = json.loads(path.read_text())
-    body = next(iter(data["records"].values()))
-    for fid in body["tpot_samples_ms"]:  # deterministic stand-ins: the stored machine took ~1 ms
-        body["tpot_samples_ms"][fid] = (1.0 + rng.normal(0, 0.01, 64)).tolist()
-    path.write_text(json.dumps(data, indent=2))
-
-    monkeypatch.setattr(bench.suite, "_load_average", lambda: [load, load, load])
     suite = make_suite(tmp_path, tiny)
+    rng = np.random.default_rng(0)
+    history = RunHistory(tmp_path / "reports" / "history", suite.fingerprint_id)
+    for _ in range(3):  # three accepted runs at ~1 ms
+        history.append({"synthetic/strict": (1.0 + rng.normal(0, 0.01, 16)).tolist()}, accepted=True)
+    monkeypatch.setattr(bench.suite, "_load_average", lambda: [load, load, load])
     case = suite.case("strict")
-    timing = dataclasses.replace(recorder.timing(case, "synthetic"), step_ms=(3.0 + rng.normal(0, 0.01, 64)).tolist())
-    tpot = next(c for c in suite.checks(case, "synthetic", suite.evaluate(case, "synthetic"), timing) if c.kind == "tpot")
-    assert tpot.verdict == expected, tpot.message
-    assert ("oversubscribed" in tpot.message) == (expected == INCONCLUSIVE)
+    out = bench.suite.CaseResult(case, "synthetic")
+    measured = suite.timing(case, "synthetic")
+    timing = dataclasses.replace(measured, step_ms=(3.0 + rng.normal(0, 0.01, len(measured.step_ms))).tolist())
+    out.reference_timing = suite._references[("synthetic", "strict")]
+    checks = suite.checks(case, "synthetic", suite.evaluate(case, "synthetic"), timing, out)
+    absolute = next(c for c in checks if c.name == "(b) TPOT vs run history")
+    assert absolute.verdict == expected, absolute.message
+    assert ("oversubscribed" in absolute.message) == (expected == INCONCLUSIVE)
