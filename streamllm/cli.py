@@ -89,11 +89,12 @@ def build_parser() -> argparse.ArgumentParser:
                          "(inductor + one captured CUDA graph; static/ring cache on CUDA) or cudagraphs-gemv "
                          "(the same with batch-1 linears as Triton reductions) (default: none)")
     ev.add_argument("--evaluator", choices=("parallel", "token"), default="parallel",
-                    help="parallel: exact chunked PPL, no TPOT unless --timing (strategies it cannot honour, "
+                    help="parallel: exact chunked PPL, TPOT per --timing (strategies it cannot honour, "
                          "e.g. refresh, use the token loop); token: the decode loop (PPL and TPOT) (default: parallel)")
     ev.add_argument("--chunk-size", type=int, default=512, help="queries per forward for --evaluator parallel")
-    ev.add_argument("--timing", action="store_true",
-                    help="with --evaluator parallel: also run the decode loop for TPOT and speedup")
+    ev.add_argument("--timing", nargs="?", const="loop", default="slice", choices=("slice", "loop", "none"),
+                    help="with --evaluator parallel, where TPOT comes from: slice (default: steady-state rounds of "
+                         "real decode steps, streamllm.measure), loop (--timing alone: decode the whole text) or none")
     ev.add_argument("--int8", action="store_true",
                     help="INT8 weight-only MLP linears (torchao IntxWeightOnlyConfig version=2), logits checked finite")
 
@@ -184,7 +185,7 @@ def run_eval(args: argparse.Namespace) -> int:
 
     from .data import load_text, synthetic_ids, tokenize
     from .decode import decoder_factory
-    from .evaluate import DecodeOptions
+    from .evaluate import DecodeOptions, speedup
     from .models import is_dummy, load_model, parse_dtype, resolve_device
     from .report_table import results_table
     from .results import write_json_atomic
@@ -240,13 +241,15 @@ def run_eval(args: argparse.Namespace) -> int:
                                decoder_factory=decoders[spec])
         if spec.name == "dense":
             reference = result
-            result.speedup = 1.0 if math.isfinite(result.total_s) else None
+            result.speedup = 1.0 if math.isfinite(result.tpot_ms_cycle_mean) else None
+        elif reference is not None:
+            result.speedup = speedup(reference, result)
         results.append(result)
         runtimes.append(time.perf_counter() - t0)
 
     print_table = results_table(results, runtimes)
     if any(r.evaluator == "parallel" and not math.isfinite(r.tpot_ms_cycle_mean) for r in results):
-        print_table.title += " | TPOT not measured by the parallel evaluator (add --timing or --evaluator token)"
+        print_table.title += " | TPOT not measured (--timing none)"
     fallbacks = [r.strategy for r in results if r.evaluator == "token" and args.evaluator == "parallel"]
     if fallbacks:
         print_table.title += f" | token loop for {', '.join(fallbacks)}"
@@ -266,11 +269,13 @@ def run_eval(args: argparse.Namespace) -> int:
 
 def _evaluate(args: argparse.Namespace, console, loaded, ids, spec: StrategySpec, *, options, decoder_factory,
               **common):
-    """One strategy with the chosen evaluator. TPOT only ever comes from the decode loop: with
-    --evaluator parallel it is measured only under --timing; strategies the parallel evaluator
-    cannot honour (refresh) run in the token loop, and the console and the result's notes say so."""
+    """One strategy with the chosen evaluator. TPOT always comes from real decode steps
+    (streamllm.measure): with --evaluator parallel from a steady-state slice (--timing slice, the
+    default) or the whole token loop (--timing loop); strategies the parallel evaluator cannot
+    honour (refresh) run in the token loop, and the console and the result's notes say so."""
     from .evaluate import evaluate_tokens
-    from .parallel import evaluate_parallel, supports_parallel, with_decode_timing
+    from .measure import time_steady_state
+    from .parallel import evaluate_parallel, supports_parallel, with_decode_timing, with_slice_timing
 
     def token_loop():
         return evaluate_tokens(loaded, ids, spec, options=options, decoder_factory=decoder_factory, **common)
@@ -284,7 +289,12 @@ def _evaluate(args: argparse.Namespace, console, loaded, ids, spec: StrategySpec
         result.notes.append(f"evaluated by the token loop: {reason}")
         return result
     result = evaluate_parallel(loaded, ids, spec, chunk_size=args.chunk_size, **common)
-    return with_decode_timing(result, token_loop()) if args.timing else result
+    if args.timing == "loop":
+        return with_decode_timing(result, token_loop())
+    if args.timing == "slice":
+        timing = time_steady_state(loaded, ids.to(loaded.device), spec, decoder_factory=decoder_factory)
+        return with_slice_timing(result, timing)
+    return result
 
 
 class _progress:

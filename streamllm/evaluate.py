@@ -7,8 +7,6 @@ before the clock is read; NLL arithmetic happens outside the timed region.
 
 from __future__ import annotations
 
-import math
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -17,6 +15,8 @@ import torch
 
 from .caches import AnyCache, make_cache
 from .decode import DecoderFactory, EagerDecoder
+from .measure import Clock, tpot_ms
+from .measure import speedup as tpot_speedup
 from .models import LoadedModel
 from .results import EvalResult, TokenTrace, ppl_from_nll
 from .spikes import summarize
@@ -62,7 +62,7 @@ def evaluate_tokens(
     position = np.empty(steps, dtype=np.int64)
     prune_steps: list[int] = []
     evicted: list[int] = []
-    sync = _synchronizer(device)
+    clock = Clock(device)
 
     with torch.inference_mode():
         for t in range(steps):
@@ -71,12 +71,9 @@ def evaluate_tokens(
             kv_length[t] = cache.length + 1
             token = ids[t : t + 1].view(1, 1)
             if options.time_steps:
-                sync()
-                start = time.perf_counter()
-            logits, event = decoder.step(token)  # forward + the cache's end_step (eviction)
-            if options.time_steps:
-                sync()
-                step_ms[t] = (time.perf_counter() - start) * 1e3
+                (logits, event), step_ms[t], _ = clock.time(lambda: decoder.step(token))  # noqa: B023
+            else:
+                logits, event = decoder.step(token)  # forward + the cache's end_step (eviction)
             logp = torch.log_softmax(logits.float(), dim=-1)
             nll[t] = -logp[ids[t + 1]].item()
             if event is not None:
@@ -178,22 +175,13 @@ def steady_state_timing(step_ms: np.ndarray, prune_steps: list[int], warmup_step
     steady = step_ms[first:] if first < len(step_ms) else step_ms[warm:]
     median = float(np.median(steady))
     cycles = [p for p in prune_steps if p >= first]
-    if len(cycles) >= 1 and cycles[-1] >= first:
-        cycle_mean = float(np.mean(step_ms[first : cycles[-1] + 1]))
-    else:
-        cycle_mean = float(np.mean(steady))
+    # whole cycles, from the first steady step to the last prune: each prune counted once
+    cycle_mean = tpot_ms(step_ms[first : cycles[-1] + 1]) if cycles else tpot_ms(steady)
     return SteadyTiming(total_s, warmup_s, median, cycle_mean, int(first))
 
 
 def speedup(reference: EvalResult, result: EvalResult) -> float | None:
+    """measure.speedup of two results on the same text: reference TPOT / this TPOT."""
     if reference.tokens != result.tokens or reference.dataset_sha256 != result.dataset_sha256:
         raise ValueError("speedup needs the reference run on the same text and token count")
-    if not (math.isfinite(reference.total_s) and math.isfinite(result.total_s)) or result.total_s <= 0:
-        return None
-    return reference.total_s / result.total_s
-
-
-def _synchronizer(device: torch.device) -> Callable[[], None]:
-    if device.type == "cuda":
-        return lambda: torch.cuda.synchronize(device)
-    return lambda: None
+    return tpot_speedup(reference.tpot_ms_cycle_mean, result.tpot_ms_cycle_mean)

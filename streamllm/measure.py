@@ -379,3 +379,23 @@ def time_interleaved(case: DecodeSlice, reference: DecodeSlice, *, steps: int, c
         out.append(collect(arm, first=first, stop=first + measured, steps=steps, cycle=cycle,
                            warmup_steps=warmup_rounds * steps))
     return out[0], out[1]
+
+
+def time_steady_state(loaded: LoadedModel, ids: torch.Tensor, spec: StrategySpec, *,
+                      decoder_factory: Callable | None = None, min_steps: int = 8, timed_steps: int = 64,
+                      warmup_rounds: int = 1) -> TimingRun | None:
+    """TPOT of `spec` at steady state without decoding the whole text (what `streamllm eval` reports
+    beside the parallel evaluator's exact PPL): the cache filled to capacity (random K/V for the
+    preallocated caches, one chunked forward for the dynamic one), then whole-cycle rounds of
+    real decode steps on the text. Dense is timed around context N/2, its mean context. None when
+    the text is too short for the fill and two rounds after it."""
+    steps = steps_per_round(spec.compress_every if spec.capacity is not None else 1, min_steps)
+    rounds = max(2, math.ceil(timed_steps / steps))
+    fill = spec.capacity if spec.capacity is not None else 1
+    rounds = min(rounds, (ids.numel() - 1 - fill) // steps - warmup_rounds)
+    if rounds < 2:
+        return None
+    slice_ = prepare_slice(loaded, ids, spec, timed_steps=(warmup_rounds + rounds) * steps,
+                           decoder_factory=decoder_factory, real_fill=False)
+    return time_rounds(slice_, steps=steps, cycle=spec.compress_every if spec.capacity is not None else 1,
+                       rounds=rounds, warmup_rounds=warmup_rounds)

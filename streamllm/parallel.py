@@ -38,6 +38,7 @@ import torch
 
 from .compat import register_attention
 from .evaluate import build_result
+from .measure import TimingRun
 from .models import LoadedModel
 from .results import EvalResult, TokenTrace
 from .rope import RopeSpec, UnsupportedRopeError, apply_rotation
@@ -391,3 +392,21 @@ def with_decode_timing(result: EvalResult, timed: EvalResult) -> EvalResult:
         notes=[*result.notes, f"TPOT from the token loop; max |ΔNLL| parallel vs token loop = {delta:.2e}"],
     )
     return merged
+
+
+def with_slice_timing(result: EvalResult, timing: TimingRun | None) -> EvalResult:
+    """`result` (parallel NLL) with TPOT from a steady-state decode slice (measure.time_steady_state).
+
+    The slice's NLL at its positions is compared with the evaluator's (same semantics, two code
+    paths) and the largest difference goes into the notes. None: the text was too short."""
+    if timing is None:
+        return dataclasses.replace(result, notes=[*result.notes, "TPOT not measured: the text is too short for a "
+                                                  "steady-state slice (fill + 2 rounds); use --timing loop"])
+    ref = np.asarray(result.trace.nll)[np.asarray(timing.positions)] if timing.positions else np.empty(0)
+    delta = float(np.max(np.abs(np.asarray(timing.nll) - ref))) if timing.fill_mode != "random" and ref.size else None
+    agreement = f"; max |ΔNLL| slice vs parallel = {delta:.2e}" if delta is not None else ""
+    return dataclasses.replace(
+        result, tpot_ms_median=timing.median_ms, tpot_ms_cycle_mean=timing.mean_ms,
+        notes=[*result.notes, f"TPOT from a steady-state slice: {timing.rounds} rounds x {timing.steps_per_round} "
+                              f"decode steps at |C| <= {timing.kv_length_max} ({timing.fill_mode} fill){agreement}"],
+    )

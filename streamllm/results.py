@@ -50,7 +50,7 @@ class EvalResult:
     prune_events: int
     max_position: int
     beyond_context: bool  # a position id reached the model's trained context
-    speedup: float | None = None  # reference (dense) total_s / total_s on the same tokens
+    speedup: float | None = None  # reference (dense) TPOT / this TPOT on the same text (measure.speedup)
     spikes: dict | None = None
     notes: list[str] = field(default_factory=list)
     trace: TokenTrace | None = None
