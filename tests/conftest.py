@@ -6,13 +6,26 @@ quality. Quality claims use the embedded real model.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import pytest
 import torch
 from transformers import GPTNeoXConfig, GPTNeoXForCausalLM, LlamaConfig, LlamaForCausalLM
 
 from streamllm.models import LoadedModel
 
-torch.set_num_threads(2)
+# The tests' thread count: both cores of the 2-core CI machine. Set per test and restored (not at
+# import), so no test's setting (a Suite forces 1 thread on CPU) leaks into the next one and the
+# value does not depend on which test module happened to be imported last.
+TEST_THREADS = 2
+
+
+@pytest.fixture(autouse=True)
+def torch_threads() -> Iterator[int]:
+    before = torch.get_num_threads()
+    torch.set_num_threads(TEST_THREADS)
+    yield TEST_THREADS
+    torch.set_num_threads(before)
 
 
 def tiny_neox(max_positions: int = 512, seed: int = 0) -> LoadedModel:

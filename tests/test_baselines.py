@@ -216,7 +216,8 @@ def test_update_merges_fingerprints_and_replaces_ppl(store: BaselineStore):
     # re-recording on machine A replaces A's samples only
     store.update([make_record(samples=[70.0, 71.0, 72.0])])
     record = store.lookup(make_key())
-    assert store.tpot_samples(record, ID_A) == [70.0, 71.0, 72.0] and store.tpot_samples(record, ID_B) is not None
+    assert store.tpot_samples(record, ID_A) == [70.0, 71.0, 72.0]
+    assert store.tpot_samples(record, ID_B) == [2.0, 2.1, 2.05]  # machine B's samples untouched
 
 
 def test_update_after_model_change_drops_stale_records(store: BaselineStore):
@@ -225,7 +226,7 @@ def test_update_after_model_change_drops_stale_records(store: BaselineStore):
     new_key = make_key(model_revision="config-ffffffffffff")
     with pytest.warns(UserWarning, match="dropping its records"):
         store.update([make_record(new_key)])
-    assert store.lookup(new_key) is not None
+    assert store.lookup(new_key) == make_record(new_key)
     assert store.lookup(make_key("dense", params={"name": "dense"}, model_revision="config-ffffffffffff")) is None
 
 
@@ -273,7 +274,7 @@ def test_lookup_never_modifies_files(store: BaselineStore):
     stale.write_text(store.path_for(make_key()).read_text().replace('"schema": "streamllm.baseline/1"',
                                                                       '"schema": "streamllm.baseline/0"'))
     before = snapshot(store.root)
-    assert store.lookup(make_key()) is not None
+    assert store.lookup(make_key()) == make_record()
     assert store.lookup(make_key("dense")) is None
     for key in (make_key(dataset="wiki"), make_key(tokens=512), make_key(model_revision="other")):
         with pytest.raises(BaselineError):

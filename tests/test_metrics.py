@@ -36,9 +36,15 @@ def test_no_spike_without_planting():
 
 
 def test_horizon_stops_at_next_event():
+    # A lasting rise right after three back-to-back events (strict eviction's pattern): each
+    # event's horizon ends at the next event, so only the last one sees the whole rise. Without
+    # the stop, every event would claim the same 32 steps (width 32 each).
     nll = np.zeros(100)
-    found = spikes(nll, list(range(40, 60)))
-    assert all(s.width <= 1 for s in found)
+    nll[41:80] = 1.0
+    found = spikes(nll, [40, 41, 42], horizon=32)
+    assert [s.step for s in found] == [40, 41, 42]
+    assert [s.width for s in found] == [1, 1, 32]
+    assert [s.area for s in found] == [1.0, 1.0, 32.0]
 
 
 def test_cycle_mean_counts_pruning_cost_that_median_hides():

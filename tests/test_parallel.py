@@ -1,4 +1,4 @@
-"""The parallel (chunked) evaluator equals the token loop per token (design-notes §3)."""
+"""The parallel (chunked) evaluator equals the token loop per token (docs/semantics.md#parallel-evaluation)."""
 
 from __future__ import annotations
 
@@ -186,7 +186,7 @@ def test_cli_parallel_by_default_with_token_fallback(tmp_path, capsys):
     records = {r["strategy"]: r for r in json.loads(out.read_text())["results"]}
     strict, refresh = records["strict-s4-w16"], records["refresh-s4-w16-c4-b2"]
     assert strict["evaluator"] == "parallel" and strict["tpot_ms"] is None
-    assert refresh["evaluator"] == "token" and refresh["tpot_ms"] is not None
+    assert refresh["evaluator"] == "token" and refresh["tpot_ms"] > 0
     assert any("token loop" in note for note in refresh["notes"])
 
 
@@ -217,11 +217,22 @@ def test_schedule_lazy_r1_equals_strict():
         assert np.array_equal(getattr(strict, field), getattr(lazy, field))
 
 
-def test_schedule_static_and_ring_caches_share_strict_semantics():
-    base = schedule(SPECS["strict"], 60)
-    for cache in ("static", "ring"):
-        other = schedule(dataclasses.replace(SPECS["strict"], cache=cache), 60)
-        assert np.array_equal(base.window_start, other.window_start)
+@pytest.mark.parametrize(("name", "cache"), [("strict", "static"), ("strict", "ring"), ("window", "ring"),
+                                           ("no-shift", "ring"), ("lazy-c3", "static")])
+def test_parallel_holds_for_static_and_ring_caches(loaded: LoadedModel, name: str, cache: str):
+    """`schedule` plans from the strategy alone (it never reads `spec.cache`), so the parallel
+    evaluator's NLL for a static or ring spec is right only if those caches keep exactly the tokens
+    and positions the strategy says. The token loop on the real cache is the judge."""
+    spec = dataclasses.replace(SPECS[name], cache=cache)
+    ids = text_ids(60)  # 59 steps: the ring wraps more than twice at S+W = 20
+    ref = evaluate_tokens(loaded, ids, spec, options=DecodeOptions(time_steps=False))
+    got = evaluate_parallel(loaded, ids, spec, chunk_size=16)
+    delta = np.abs(np.asarray(got.trace.nll) - np.asarray(ref.trace.nll))
+    assert delta.max() <= TOLERANCE, f"{spec.label()}: max |ΔNLL| {delta.max():.2e} at step {delta.argmax()}"
+    assert got.trace.kv_length == ref.trace.kv_length
+    assert got.trace.position == ref.trace.position
+    assert got.trace.prune_steps == ref.trace.prune_steps
+    assert got.trace.evicted == ref.trace.evicted
 
 
 # -- the embedded model ----------------------------------------------------------------------
@@ -231,8 +242,7 @@ def test_embedded_model_book(compress_every: int):
     from streamllm.data import load_text, tokenize
     from streamllm.models import load_model
 
-    torch.set_num_threads(2)
-    loaded = load_model("embedded")
+    loaded = load_model("embedded")  # 2 threads: tests/conftest.py's torch_threads (one_thread skips slow tests)
     text = load_text("book")
     ids = tokenize(loaded.tokenizer, text, 1024)
     name = "strict" if compress_every == 1 else "lazy"

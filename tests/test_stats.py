@@ -98,7 +98,20 @@ def test_mann_whitney():
     rng = np.random.default_rng(2)
     assert mann_whitney(step_times(rng, 100, scale=1.1), step_times(rng, 100)) < 1e-6
     assert mann_whitney([5.0] * 10, [5.0] * 10) == 1.0  # identical constants: no evidence
-    assert 0.0 <= mann_whitney(step_times(rng, 50), step_times(rng, 50)) <= 1.0
+    # Exact two-sided p: U = 0 for 3 vs 3 is 2 of the C(6, 3) = 20 equally likely orderings.
+    # A one-sided p (0.05) or its complement (0.95 / 0.9) would be a different test.
+    assert mann_whitney([1.0, 2.0, 3.0], [4.0, 5.0, 6.0]) == pytest.approx(0.1)
+    assert mann_whitney([4.0, 5.0, 6.0], [1.0, 2.0, 3.0]) == pytest.approx(0.1)  # two-sided: symmetric
+
+
+def test_mann_whitney_p_is_uniform_under_the_null():
+    # A/A: p-values spread evenly over [0, 1], so p < alpha happens in about alpha of the
+    # repetitions. That rate is the false-alarm rate compare_timing's confirmation relies on.
+    p = np.array([mann_whitney(step_times(np.random.default_rng(s), 50), step_times(np.random.default_rng(10_000 + s), 50))
+                  for s in range(REPS)])
+    assert (p < 0.05).mean() <= binomial_bound(0.05, REPS)  # measured 10/200
+    assert (p < 0.5).mean() == pytest.approx(0.5, abs=0.1)  # measured 0.555
+    assert p.mean() == pytest.approx(0.5, abs=0.05)  # measured 0.491
 
 
 def test_cycle_means_count_the_prune_step():
@@ -245,7 +258,7 @@ def test_block_bootstrap_exact_cases_and_errors():
 
 REFRESH = Finding("refresh >= +20% PPL", "ratio_ppl", 1.20, None, "seed log, Pythia-2.8b, 2026-11-22")
 LAZY = Finding("lazy c32 within +2% PPL", "ratio_ppl", 1.0, 1.02, "measured here, embedded default")
-INT8 = Finding("INT8 v2 not faster", "ratio_tpot", 0.95, None, "design-notes §6, torchao 0.18 eager")
+INT8 = Finding("INT8 v2 not faster", "ratio_tpot", 0.95, None, "docs/findings.md#int8, torchao 0.18 eager")
 
 
 @pytest.mark.parametrize(
