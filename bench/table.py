@@ -37,8 +37,3 @@ def format_table(rows: list[dict]) -> list[str]:
 
     return [line(COLUMNS), line(["-" * w for w in widths]), *(line(c) for c in cells)]
 
-
-def markdown_table(rows: list[dict]) -> list[str]:
-    cells = table_rows(rows)
-    return ["| " + " | ".join(COLUMNS) + " |", "|" + "|".join("---" for _ in COLUMNS) + "|",
-            *("| " + " | ".join(c) + " |" for c in cells)]

@@ -27,7 +27,6 @@ from scipy import stats as _sps
 PASS = "pass"
 FAIL = "fail"
 INCONCLUSIVE = "inconclusive"
-VERDICTS = (PASS, FAIL, INCONCLUSIVE)
 
 # Bootstrap resamples are drawn in chunks of at most this many elements, so a long per-step
 # sample (thousands of steps) cannot blow up memory while short samples stay one numpy call.
