@@ -103,7 +103,7 @@ def bootstrap_ratio_ci(
     Percentile bootstrap, the two samples resampled independently (they are separate runs, not
     paired observations). `stat="median"` is robust to the CPU's steal-time spikes;
     `stat="mean"` is for lazy strategies, whose pruning cost a median would hide (pass per-cycle
-    means, see `cycle_means`).
+    means, see `measure.whole_cycles`).
     """
     _check_stat(stat)
     _check_confidence(confidence)
@@ -126,22 +126,6 @@ def mann_whitney(candidate: Sequence[float], baseline: Sequence[float]) -> float
         return 1.0  # all values equal: no evidence of a difference (scipy may warn here)
     p = float(_sps.mannwhitneyu(cand, base, alternative="two-sided").pvalue)
     return 1.0 if math.isnan(p) else p
-
-
-def cycle_means(samples: Sequence[float], cycle: int, *, offset: int = 0) -> np.ndarray:
-    """Mean of each whole cycle of `cycle` consecutive steps, starting at `offset`.
-
-    Lazy eviction (compress_every=R) makes every R-th step slow; design-notes §4 asks for the
-    mean over whole R-cycles so the pruning cost is counted. The partial tail is dropped because
-    a cut cycle over- or under-weights the prune step.
-    """
-    if cycle < 1:
-        raise ValueError(f"cycle must be >= 1, got {cycle}")
-    arr = _as_sample(samples, "samples")[offset:]
-    whole = arr.size // cycle
-    if whole == 0:
-        raise ValueError(f"only {arr.size} samples after offset {offset}: not one whole cycle of {cycle}")
-    return arr[: whole * cycle].reshape(whole, cycle).mean(axis=1)
 
 
 # --------------------------------------------------------------------------------------------

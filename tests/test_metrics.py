@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from streamllm.evaluate import steady_state_timing
+from streamllm.measure import tpot_ms, whole_cycles
 from streamllm.spikes import aligned_mean, spikes, summarize
 
 
@@ -62,3 +63,11 @@ def test_cycle_mean_counts_pruning_cost_that_median_hides():
 def test_untimed_runs_report_nan():
     timing = steady_state_timing(np.full(10, np.nan), [], warmup_steps=2)
     assert np.isnan(timing.median_ms) and np.isnan(timing.total_s)
+
+
+def test_tpot_is_the_mean_over_whole_cycles():
+    steps = [1.0, 1.0, 1.0, 5.0] * 3 + [1.0, 1.0]  # R=4 with one slow prune step; partial tail
+    assert whole_cycles(steps, 4).mean(axis=1).tolist() == [2.0, 2.0, 2.0]
+    assert tpot_ms(steps, 4) == 2.0  # the cut tail (two fast steps) would pull it to 1.86
+    assert tpot_ms(steps, 1) == pytest.approx(np.mean(steps))
+    assert np.isnan(tpot_ms([1.0, 2.0], 4))  # not one whole cycle: no TPOT

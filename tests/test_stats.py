@@ -23,7 +23,6 @@ from streamllm.stats import (
     check_finding,
     compare_ppl,
     compare_timing,
-    cycle_means,
     mann_whitney,
     paired_block_bootstrap,
     ppl_ratio_ci,
@@ -112,13 +111,6 @@ def test_mann_whitney_p_is_uniform_under_the_null():
     assert (p < 0.05).mean() <= binomial_bound(0.05, REPS)  # measured 10/200
     assert (p < 0.5).mean() == pytest.approx(0.5, abs=0.1)  # measured 0.555
     assert p.mean() == pytest.approx(0.5, abs=0.05)  # measured 0.491
-
-
-def test_cycle_means_count_the_prune_step():
-    steps = [1.0, 1.0, 1.0, 5.0] * 3 + [1.0, 1.0]  # R=4 with one slow prune step; partial tail
-    assert cycle_means(steps, 4).tolist() == [2.0, 2.0, 2.0]
-    with pytest.raises(ValueError, match="whole cycle"):
-        cycle_means([1.0, 2.0], 4)
 
 
 # -- TPOT verdicts: false alarms and detection --------------------------------------------------
