@@ -1,0 +1,98 @@
+"""Regressions injected on purpose, to prove what the suite catches (tests and scripts/inject_regression.py).
+
+Each injection patches one cache class's per-step code so that only the named strategy is hit:
+
+- `extra_op`: one extra aten op per layer and step (`torch.cat` of the new key with itself,
+  result unused): the kind of change a refactor slips into a cache's update. The work counters
+  must fail that strategy, naming `aten.cat`, in every run.
+- `slowdown`: a busy-wait after the strategy's eviction step, `fraction` of its step time: a 15 %
+  slower step must fail its same-run TPOT ratio check.
+
+They patch classes (not instances) because the suite builds its caches itself; `undo()` restores them.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+
+from streamllm.caches import RingStreamingCache, StaticStreamingCache, StreamingCache
+from streamllm.caches.fixed import FixedLayer
+
+CACHE_CLASSES = {"dynamic": StreamingCache, "static": StaticStreamingCache, "ring": RingStreamingCache}
+
+
+@dataclass
+class Injection:
+    undo_steps: list[Callable[[], None]] = field(default_factory=list)
+
+    def undo(self) -> None:
+        while self.undo_steps:
+            self.undo_steps.pop()()
+
+
+def _targets(cache, strategy: str, kind: str) -> bool:
+    spec = cache.spec
+    return spec.name == strategy and spec.cache == kind
+
+
+def extra_op(strategy: str, cache_kind: str = "dynamic") -> Injection:
+    """+1 aten.cat per layer per decode step in `strategy`'s cache (cache kind `cache_kind`)."""
+    injection = Injection()
+    if cache_kind == "dynamic":
+        from transformers.cache_utils import DynamicLayer
+
+        original = DynamicLayer.update
+
+        def update(self, key_states, value_states, *args, **kwargs):
+            out = original(self, key_states, value_states, *args, **kwargs)
+            if getattr(self, "_streamllm_injected", False):
+                torch.cat((key_states, key_states), dim=-2)  # the injected op: result unused
+            return out
+
+        build = StreamingCache.__init__
+
+        def init(self, spec, rope, num_layers):
+            build(self, spec, rope, num_layers)
+            if spec.name == strategy:
+                for layer in self.layers:
+                    layer._streamllm_injected = True
+
+        DynamicLayer.update, StreamingCache.__init__ = update, init
+        injection.undo_steps.append(lambda: setattr(DynamicLayer, "update", original))
+        injection.undo_steps.append(lambda: setattr(StreamingCache, "__init__", build))
+        return injection
+    original_update = FixedLayer.update
+
+    def fixed_update(self, key_states, value_states, *args, **kwargs):
+        out = original_update(self, key_states, value_states, *args, **kwargs)
+        if _targets(self.owner, strategy, cache_kind):
+            torch.cat((key_states, key_states), dim=-2)  # the injected op: result unused
+        return out
+
+    FixedLayer.update = fixed_update
+    injection.undo_steps.append(lambda: setattr(FixedLayer, "update", original_update))
+    return injection
+
+
+def slowdown(strategy: str, fraction: float, step_ms: float, cache_kind: str = "dynamic") -> Injection:
+    """`strategy`'s end_step busy-waits `fraction` x `step_ms` (its measured step time) per step."""
+    cls = CACHE_CLASSES[cache_kind]
+    original = cls.end_step
+    delay = fraction * step_ms / 1e3
+
+    def end_step(self, *args, **kwargs):
+        out = original(self, *args, **kwargs)
+        if _targets(self, strategy, cache_kind):
+            stop = time.perf_counter() + delay
+            while time.perf_counter() < stop:  # busy: a sleep would yield the core and undershoot
+                pass
+        return out
+
+    cls.end_step = end_step
+    injection = Injection()
+    injection.undo_steps.append(lambda: setattr(cls, "end_step", original))
+    return injection

@@ -1,0 +1,104 @@
+"""What the suite's (b) checks catch: regressions injected on purpose (bench/injections.py).
+
+- an extra aten op per layer in one strategy's cache: its work counters fail, naming the op,
+  and no other strategy's counters move;
+- a 15 % slower step in one strategy: its same-run TPOT / reference ratio fails, while a
+  strategy left alone passes in the same run.
+
+Random small Llama models, CPU. The second test measures time, so it is a statistical test: the
+ratio of interleaved steps in one process is what makes it reliable (tests/test_ratio.py pins the
+statistic on synthetic data; scripts/inject_regression.py repeats this on the real suite).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from transformers import LlamaConfig, LlamaForCausalLM
+
+from bench import injections
+from bench.suite import Suite, SuiteOptions
+from streamllm.models import LoadedModel
+from streamllm.stats import FAIL, PASS
+
+
+def llama(hidden: int = 64, layers: int = 2, intermediate: int = 128) -> LoadedModel:
+    config = LlamaConfig(vocab_size=97, hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=4,
+                         num_key_value_heads=2, intermediate_size=intermediate, max_position_embeddings=512)
+    torch.manual_seed(0)
+    return LoadedModel(LlamaForCausalLM(config).eval(), None, "tiny-llama", "test-rev", torch.float32,
+                       torch.device("cpu"))
+
+
+@pytest.fixture(autouse=True)
+def _keep_torch_threads():
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)
+
+
+def suite(tmp_path: Path, model: LoadedModel, *, rounds: int = 3, **overrides) -> Suite:
+    options = SuiteOptions(model="tiny-llama", datasets=("synthetic",), tokens=256, sink=4, window=12,
+                           rounds=rounds, warmup_rounds=1, min_steps=8, baselines_dir=str(tmp_path / "baselines"),
+                           report_dir=str(tmp_path / "reports"), **overrides)
+    out = Suite(options, tmp_path)
+    out._models[None] = model
+    return out
+
+
+def check(result, name: str):
+    return next(c for c in result.checks if c.name == name)
+
+
+WORK = "(b) work per step vs baseline"
+RATIO = "(b) TPOT / reference, same run"
+CASES = ("strict", "lazy-c16", "static", "ring")
+
+
+@pytest.mark.parametrize(("strategy", "cache_kind", "case"), [("strict", "dynamic", "strict"),
+                                                              ("lazy", "dynamic", "lazy-c16"),
+                                                              ("strict", "static", "static"),
+                                                              ("strict", "ring", "ring")])
+def test_an_extra_op_per_layer_fails_exactly_that_strategy_naming_the_op(tmp_path, strategy, cache_kind, case):
+    model = llama()
+    recorder = suite(tmp_path, model, update_baselines=True)
+    for cid in CASES:
+        recorder.run_case(recorder.case(cid), "synthetic", benchmark=None)
+    recorder.write_baselines()
+    injection = injections.extra_op(strategy, cache_kind)
+    try:
+        checker = suite(tmp_path, model)
+        results = {cid: checker.run_case(checker.case(cid), "synthetic", benchmark=None) for cid in CASES}
+    finally:
+        injection.undo()
+    layers = model.model.config.num_hidden_layers
+    for cid, result in results.items():
+        work = check(result, WORK)
+        if cid == case:
+            assert work.verdict == FAIL, work.message
+            assert f"+{layers} aten.cat per step" in work.message, work.message
+        else:
+            assert work.verdict == PASS, work.message
+
+
+def test_a_15_percent_slower_step_fails_its_ratio_and_only_its_ratio(tmp_path):
+    # ~2 ms steps: large enough against timer and scheduler noise on a shared 2-core machine
+    model = llama(hidden=256, layers=4, intermediate=1024)
+    recorder = suite(tmp_path, model, rounds=8, update_baselines=True)
+    recorded = {cid: recorder.run_case(recorder.case(cid), "synthetic", benchmark=None) for cid in ("strict", "ring")}
+    recorder.write_baselines()
+    step_ms = recorded["strict"].timing.median_ms
+    injection = injections.slowdown("strict", 0.15, step_ms, "dynamic")
+    try:
+        checker = suite(tmp_path, model, rounds=8)
+        results = {cid: checker.run_case(checker.case(cid), "synthetic", benchmark=None) for cid in ("strict", "ring")}
+    finally:
+        injection.undo()
+    slow, untouched = check(results["strict"], RATIO), check(results["ring"], RATIO)
+    assert slow.verdict == FAIL, slow.message
+    assert slow.details["ratio"]["ratio"] > 1.10 * slow.details["stored_ratio"], slow.details
+    assert untouched.verdict == PASS, untouched.message
+    # the work counters do not see a busy-wait (no extra op): only the clock-based check can
+    assert check(results["strict"], WORK).verdict == PASS
