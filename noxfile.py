@@ -94,7 +94,7 @@ def bench_cpu(session: nox.Session) -> None:
 
 @nox.session
 def sweeps(session: nox.Session) -> None:
-    """The log's sweeps as benchmarks: `nox -s sweeps -- NAME [pytest args]`, NAME one of
+    """The exploration log's sweeps (docs/findings.md) as benchmarks: `nox -s sweeps -- NAME [pytest args]`, NAME one of
     bench/catalog.py SWEEPS or `all` (default). Report (curves, phase A diagnostics) in
     reports/sweeps/NAME/; a failed check still renders the report, then fails the session."""
     install(session)

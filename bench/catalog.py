@@ -26,7 +26,7 @@ DEFAULT_SINK = 4
 DEFAULT_WINDOW = 124
 DEFAULT_TOKENS = 1024
 
-# The `--sweep` groups (the log's experiments as parameterized benchmarks). Each sweep point is
+# The `--sweep` groups (the exploration log's experiments, docs/findings.md, as parameterized benchmarks). Each sweep point is
 # an ordinary BenchCase tagged with the sweeps it belongs to, so it is measured, checked (a
 # missing baseline is "not checked", never a silent pass) and reported like any other case.
 SWEEPS: dict[str, str] = {
@@ -43,7 +43,7 @@ SWEEPS: dict[str, str] = {
 # (its window is the model's whole trained context), so it is only run by name.
 ALL_SWEEPS = ("window", "sinks", "compress", "overlap", "refresh", "b2")
 CONTEXT_TOKENS = 10240  # default --tokens for --sweep context: ~2k tokens of eviction past an 8k window
-CONTEXT_R = 128  # the log's quality cliff: lets the largest position run 127 past the context
+CONTEXT_R = 128  # the log's quality cliff (docs/findings.md#lazy-pruning): lets the largest position run 127 past the context
 
 
 @dataclass(frozen=True)
@@ -103,7 +103,7 @@ def build_catalog(sink: int = DEFAULT_SINK, window: int = DEFAULT_WINDOW,
         BenchCase("ring-cudagraphs", ring, transform="compile-cudagraphs", note="CUDA only"),
         BenchCase("ring-cudagraphs-gemv", ring, transform="compile-cudagraphs-gemv",
                   note="CUDA only: linears as Triton reductions (streamllm.gemv)"),
-        # Sweep points the log's findings need (c128: +34 % on Pythia-2.8b); not in the default run.
+        # Sweep points the log's findings need (c128: +34 % on Pythia-2.8b, docs/findings.md#lazy-pruning); not in the default run.
         BenchCase("lazy-c128", make_strategy("lazy", sink=sink, window=window, compress_every=128), default=False,
                   note="the log's quality cliff; slow on CPU", sweeps=("compress",)),
         BenchCase("no-shift", make_strategy("no-shift", sink=sink, window=window), default=False,
@@ -117,7 +117,7 @@ def sweep_cases(sink: int, window: int) -> list[BenchCase]:
     """The sweep points that are not already default cases, scaled to the suite's geometry.
 
     Sizes are relative to the slots S+W so that `--sink/--window` rescale a sweep for another
-    model (the log's w1024 vs w2048 on a 2048-position Pythia become S+W = 64..512 here)."""
+    model (the log's w1024 vs w2048 on a 2048-position Pythia, docs/findings.md#window-and-sinks, become S+W = 64..512 here)."""
     slots = sink + window
 
     def point(case_id: str, spec: StrategySpec, sweep: str, **kw) -> BenchCase:

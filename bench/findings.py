@@ -1,4 +1,5 @@
-"""Findings: what the log (and this machine) established, encoded as bands the suite checks.
+"""Findings: what the exploration log (and this machine) established, encoded as bands the suite
+checks. Each one's provenance, and what "seed log §N" means: docs/findings.md.
 
 A finding relates a strategy to a reference strategy *measured in the same run* (same model,
 text and tokens): PPL_s / PPL_ref from a paired block bootstrap over per-token NLL
@@ -9,7 +10,7 @@ improvement beyond the band means the finding changed: re-record it on purpose, 
 Two families:
 - EMBEDDED: measured here on the embedded default (SmolLM2-135M-Instruct, fp32, CPU, S=4,
   W=124, 1024 tokens of book and wiki; parallel evaluator). They apply only to that geometry.
-- PYTHIA: the log's Pythia-2.8b numbers (A800, PG19 20k / wikitext 4k) as expectations for
+- PYTHIA: the exploration log's Pythia-2.8b numbers (A800, PG19 20k / wikitext 4k) as expectations for
   that configuration; checked when someone runs EleutherAI/pythia-2.8b with hub access (the
   INT8 timing one also on the dummy-weight Pythia config, since it is about speed only).
 """
@@ -66,7 +67,7 @@ SWEPT_HERE = ("measured here 2026-11-22, `pytest bench --sweep all --device cuda
 _CONTEXT_GEOMETRY = {"sink": 4, "tokens": 10240}  # window: the arms' own, ~ the 8192 trained positions
 CONTEXT_HERE = ("measured here 2026-11-22, `pytest bench --sweep context --device cuda` (SmolLM2-135M fp32, "
                 "8192 trained positions, S=4 R=128, 10240 tokens; reports/sweeps/context): {numbers}")
-_PYTHIA_GEOMETRY = {"sink": 4, "window": 2044}  # the log's w2048 as S+W = 2048 (nox -s gpu's geometry)
+_PYTHIA_GEOMETRY = {"sink": 4, "window": 2044}  # the log's w2048 (docs/findings.md#window-and-sinks) as S+W = 2048 (nox -s gpu's)
 _PYTHIA = ("EleutherAI/pythia-2.8b",)
 _LOG = "seed log §{section} (Pythia-2.8b, A800, {data}): {claim}"
 
@@ -170,7 +171,7 @@ FINDINGS: list[FindingSpec] = [
                                     "0.9999x / 1.0000x (CIs within 0.998-1.002)")),
         case="ctx-lazy-beyond", reference="ctx-strict-beyond-w", models=(EMBEDDED_MODEL,),
         geometry=_CONTEXT_GEOMETRY),
-    # -- the log's Pythia-2.8b numbers, as expectations for that configuration -----------------
+    # -- the log's Pythia-2.8b numbers (docs/findings.md), as expectations for that configuration
     FindingSpec(
         Finding("lazy c32 costs ~6 % PPL (Pythia-2.8b)", "ratio_ppl", 1.02, 1.12, _LOG.format(
             section=5, data="PG19 20k, w2048 s4", claim="R=32 PPL +~6 % (reference not stated; taken as strict)")),

@@ -1,4 +1,4 @@
-"""Stored baselines: versioned JSON files the regression suite compares against (design-notes §5).
+"""Stored baselines: versioned JSON files the regression suite compares against (docs/semantics.md#baselines).
 
 Layout (documented for humans in baselines/README.md):
 
@@ -45,7 +45,7 @@ if TYPE_CHECKING:  # only for annotations: keep `import streamllm.baselines` fre
 
 SCHEMA = "streamllm.baseline/1"
 
-# |Δ ln PPL| tolerances (design-notes §5): same device class is deterministic up to float noise;
+# |Δ ln PPL| tolerances (docs/semantics.md#ppl-vs-baseline): same device class is deterministic up to float noise;
 # another device class (CPU vs a GPU SKU) runs other kernels, so a looser, declared tolerance.
 PPL_TOLERANCE_SAME_DEVICE_CLASS = 0.002
 PPL_TOLERANCE_CROSS_DEVICE_CLASS = 0.01
@@ -275,7 +275,7 @@ class BaselineRecord:
     ) -> BaselineRecord:
         """One run's record. `tpot_samples_ms`: the raw steady-state samples the suite compares
         (per-step times, per-cycle means, or per-round TPOTs: whatever it will pass as candidate).
-        `tpot_ms` defaults to the result's cycle mean (design-notes §4: a median hides pruning)."""
+        `tpot_ms` defaults to the result's cycle mean (docs/semantics.md#tpot: a median hides pruning)."""
         fid = fingerprint_id(fingerprint)
         samples = [_round_ms(x) for x in tpot_samples_ms] if tpot_samples_ms is not None else []
         summary = tpot_ms if tpot_ms is not None else result.tpot_ms_cycle_mean

@@ -11,7 +11,7 @@
   mask and counters), writes the logits into a static output buffer and advances the cache's
   device counter; it is compiled (inductor, no CUDA graphs of its own) and captured once by hand
   in a torch.cuda.CUDAGraph, then replayed. The logits handed out are a clone, so a caller that
-  keeps them across steps never sees them overwritten by the next replay — the log's crash was
+  keeps them across steps never sees them overwritten by the next replay — the exploration log's crash (docs/findings.md#cuda-graphs) was
   exactly that kind of tensor (held logits, RoPE tables rebuilt, torch.cat caches) kept across
   replays of graphs made by mode="reduce-overhead".
 """

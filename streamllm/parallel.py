@@ -1,4 +1,4 @@
-"""Exact parallel (chunked) streaming evaluation (design-notes §3).
+"""Exact parallel (chunked) streaming evaluation (docs/semantics.md#parallel-evaluation).
 
 For every strategy whose context schedule is known in advance, the context of query t is the
 sinks [0, S) plus a contiguous window [a_t, t]. Token j's K/V depend only on j's own context, so

@@ -1,4 +1,5 @@
-"""NLL-spike metrics around prune events (the log's phase A diagnostics).
+"""NLL-spike metrics around prune events (docs/semantics.md#spike-metrics; the exploration log's
+phase A diagnostics: docs/findings.md#spikes).
 
 For an eviction at the end of step e, the first affected prediction is step e+1. Around it:
   baseline  median NLL of the `lookback` steps up to and including e (the local level)

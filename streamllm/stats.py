@@ -1,4 +1,4 @@
-"""Statistics behind the regression suite's verdicts (design-notes §5).
+"""Statistics behind the regression suite's verdicts (docs/semantics.md#statistics).
 
 Three kinds of comparison, each returning pass / fail / inconclusive with a message a human can
 act on:
@@ -189,7 +189,7 @@ def compare_timing(
     label: str = "TPOT",
     source: str | None = None,
 ) -> TimingVerdict:
-    """Verdict on candidate timings against baseline timings (design-notes §5).
+    """Verdict on candidate timings against baseline timings (docs/semantics.md#tpot-evidence).
 
     PASS: the CI of the ratio lies inside [1 - tolerance, 1 + tolerance].
     FAIL: the CI lies entirely outside the band AND Mann-Whitney p < alpha. Both are required so
@@ -371,7 +371,7 @@ class Finding:
     relation: str  # "ratio_ppl" (PPL_s/PPL_ref) or "ratio_tpot" (TPOT_s/TPOT_ref)
     low: float | None  # band on the ratio; None = unbounded
     high: float | None
-    provenance: str  # where the band comes from (the log's numbers, or measured here, with date)
+    provenance: str  # where the band comes from (a log section of docs/findings.md, or measured here, with date)
 
     def __post_init__(self) -> None:
         if self.relation not in RELATIONS:

@@ -3,7 +3,7 @@
 A strategy is pure data (`StrategySpec`) plus an eviction rule (`plan_eviction`). The rule maps
 the cache length after appending the current token to the ordered list of slots to keep, or
 None when nothing is evicted. Caches, the schedule simulator and the parallel evaluator all use
-this one rule, so they cannot disagree on semantics (design-notes §1).
+this one rule, so they cannot disagree on semantics (docs/semantics.md#eviction).
 """
 
 from __future__ import annotations

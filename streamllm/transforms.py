@@ -4,8 +4,8 @@ INT8: torchao `IntxWeightOnlyConfig(weight_dtype=torch.int8, version=2)` on the 
 (GPT-NeoX `mlp.dense_h_to_4h` / `mlp.dense_4h_to_h`; Llama `mlp.gate_proj` / `up_proj` /
 `down_proj`), then one forward with hooks checks the logits are finite and names the first
 module whose output is not. In torchao 0.18, `version=1` is gone: `_intx_weight_only_quantize_tensor`
-asserts `config.version == 2` and raises a bare AssertionError (the log's NaNs came from the
-old v1 path); `quantize_int8_mlp` refuses it with a message instead.
+asserts `config.version == 2` and raises a bare AssertionError (the exploration log's NaNs came from the
+old v1 path: docs/findings.md#int8); `quantize_int8_mlp` refuses it with a message instead.
 
 Compile: which (compile mode, cache kind, device) combinations work, and why the others refuse.
 """
@@ -41,7 +41,7 @@ def quantize_int8_mlp(model: torch.nn.Module, version: int = 2) -> list[str]:
     if version != 2:
         raise ValueError(
             f"IntxWeightOnlyConfig version={version} is not supported: torchao 0.18 only implements version 2 "
-            "(version 1 fails an assertion there, and produced NaN logits in the log)"
+            "(version 1 fails an assertion there, and produced NaN logits on Pythia-2.8b: docs/findings.md#int8)"
         )
     try:
         from torchao.quantization import IntxWeightOnlyConfig, quantize_
@@ -130,6 +130,6 @@ def check_compile_combination(compile_mode: str, cache_kind: str, device: torch.
         raise UnsupportedCacheError(
             f"--compile {compile_mode} needs a cache with static shapes and in-place state: the dynamic cache grows "
             "by torch.cat and is re-sliced on eviction, so each step makes new tensors that a replayed graph "
-            "would overwrite (the log's 'accessing tensor output of CUDAGraphs that has been overwritten'). "
+            "would overwrite ('accessing tensor output of CUDAGraphs that has been overwritten': docs/findings.md#cuda-graphs). "
             "Use --cache ring (strict) or --cache static, or --compile default with the dynamic cache"
         )

@@ -1,4 +1,4 @@
-"""Semantics of the streaming caches (design-notes §1–§2) on tiny random models, fp32."""
+"""Semantics of the streaming caches (docs/semantics.md#streaming-step to #positions-under-rope) on tiny random models, fp32."""
 
 from __future__ import annotations
 

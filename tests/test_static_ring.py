@@ -1,7 +1,7 @@
 """Static and ring caches equal the dynamic reference; INT8 and compile refusals are clear.
 
 CPU, fp32, tiny seeded GPT-NeoX (partial rotary) and Llama (GQA) from conftest. The ring must
-equal strict per token (design-notes §1, §2) over sequences that wrap the ring several times;
+equal strict per token (docs/semantics.md#caches) over sequences that wrap the ring several times;
 the static cache must equal the dynamic cache for strict and lazy. GPU-only checks (CUDA graph
 capture, the CUDAGraphs "overwritten" error) are marked `gpu` and skip without CUDA.
 """
@@ -204,7 +204,7 @@ gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA dev
 @pytest.mark.gpu
 @gpu
 def test_cudagraph_trees_overwrite_held_outputs():
-    """The log's crash, reproduced: an output of a reduce-overhead graph kept across replays."""
+    """The exploration log's crash (docs/findings.md#cuda-graphs), reproduced: an output of a reduce-overhead graph kept across replays."""
 
     @torch.compile(mode="reduce-overhead")
     def step(x):

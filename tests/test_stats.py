@@ -1,4 +1,4 @@
-"""The statistics behind the verdicts, on synthetic data with fixed seeds (issue #3, design-notes §5).
+"""The statistics behind the verdicts, on synthetic data with fixed seeds (issue #3, docs/semantics.md#statistics).
 
 Rates are measured over many repetitions and asserted against explicit bounds. Each repetition
 uses its own seed, so every number here is deterministic: a changed rate means changed code.
@@ -248,7 +248,7 @@ def test_block_bootstrap_exact_cases_and_errors():
 
 # -- findings -------------------------------------------------------------------------------------
 
-REFRESH = Finding("refresh >= +20% PPL", "ratio_ppl", 1.20, None, "seed log, Pythia-2.8b, 2026-11-22")
+REFRESH = Finding("refresh >= +20% PPL", "ratio_ppl", 1.20, None, "docs/findings.md#overlap-and-refresh, Pythia-2.8b")
 LAZY = Finding("lazy c32 within +2% PPL", "ratio_ppl", 1.0, 1.02, "measured here, embedded default")
 INT8 = Finding("INT8 v2 not faster", "ratio_tpot", 0.95, None, "docs/findings.md#int8, torchao 0.18 eager")
 
