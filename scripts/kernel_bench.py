@@ -369,7 +369,8 @@ def emit_tuned(report: dict) -> dict:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", default=os.environ.get("OUT", "."))
-    ap.add_argument("--no-tune-all", action="store_true", help="time only the tuner's choice per shape")
+    ap.add_argument("--sweep", default="gemv,attention",
+                    help="kernels whose every candidate config is timed ('' : only the tuner's choice)")
     ap.add_argument("--e2e", default="strict-ring-triton,strict-ring-graph,hf-static-compile,noevict-ring-triton",
                     help="comma list of end-to-end variants ('' for none)")
     ap.add_argument("--profile", default="strict-ring-triton")
@@ -395,9 +396,9 @@ def main(argv: list[str] | None = None) -> int:
 
     report["copy_bandwidth_Bps"] = bw = copy_bandwidth(device)
     print(f"copy bandwidth {bw / 1e12:.3f} TB/s (read + write)", flush=True)
-    report["kernels"] = bench_gemv(device, bw, not args.no_tune_all)
+    report["kernels"] = bench_gemv(device, bw, "gemv" in args.sweep)
     save()
-    report["kernels"] += bench_attention(device, bw, not args.no_tune_all)
+    report["kernels"] += bench_attention(device, bw, "attention" in args.sweep)
     save()
     if args.emit_tuned:
         report["tuned"] = emit_tuned(report)

@@ -163,7 +163,7 @@ ATTN_CASES = [
     # (heads, kv_heads, slots, head_dim, config)
     (4, 4, 37, 16, attn.AttentionConfig(block_s=16, target_splits=4)),
     (8, 2, 100, 80, attn.AttentionConfig(block_s=16, target_splits=3, num_warps=2)),  # GQA 4, head_dim 80
-    (6, 2, 50, 32, attn.AttentionConfig(block_s=8, target_splits=8)),  # group 3 (padded to 4)
+    (6, 2, 50, 32, attn.AttentionConfig(block_s=16, target_splits=8)),  # group 3 (padded to 4)
     (4, 1, 64, 32, None),  # one KV head, default config
 ]
 
@@ -201,7 +201,7 @@ def test_decode_attention_matches_sdpa(heads, kv_heads, slots, head_dim, cfg, dt
 def test_decode_attention_repeats_and_resets():
     g = gen(11)
     q, k, v = randn(1, 4, 1, 16, g=g), randn(1, 2, 40, 16, g=g), randn(1, 2, 40, 16, g=g)
-    cfg = attn.AttentionConfig(block_s=8, target_splits=4)
+    cfg = attn.AttentionConfig(block_s=16, target_splits=4)
     first = attn.launch_decode_attention(q, k, v, None, 0.25, torch.empty(1, 1, 4, 16, device=DEVICE), cfg)
     second = attn.launch_decode_attention(q, k, v, None, 0.25, torch.empty(1, 1, 4, 16, device=DEVICE), cfg)
     torch.testing.assert_close(first, second, rtol=0, atol=0)
