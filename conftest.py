@@ -129,8 +129,7 @@ def bench_suite(request: pytest.FixtureRequest):
 @pytest.hookimpl(optionalhook=True)
 def pytest_benchmark_update_machine_info(config: pytest.Config, machine_info: dict) -> None:
     """CPU and GPU details (and the hardware fingerprint the TPOT baselines are keyed by)."""
-    from bench.suite import suite_fingerprint_id
-    from streamllm.baselines import hardware_fingerprint
+    from streamllm.fingerprint import fingerprint_id, hardware_fingerprint
 
     suite = config.stash.get(SUITE_KEY, None)
     if suite is not None:
@@ -138,7 +137,7 @@ def pytest_benchmark_update_machine_info(config: pytest.Config, machine_info: di
     else:
         device = config.getoption("--device", None)
         fp = hardware_fingerprint(device if device not in (None, "auto") else None)
-    machine_info["streamllm"] = {"fingerprint_id": suite_fingerprint_id(fp), **fp}
+    machine_info["streamllm"] = {"fingerprint_id": fingerprint_id(fp), **fp}
 
 
 def pytest_sessionfinish(session: pytest.Session) -> None:

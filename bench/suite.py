@@ -25,11 +25,10 @@ from streamllm.baselines import (
     BaselineKey,
     BaselineRecord,
     BaselineStore,
-    fingerprint_id,
-    hardware_fingerprint,
     make_provenance,
 )
 from streamllm.counters import WorkCounts, count_work, counter_key
+from streamllm.fingerprint import fingerprint_id, hardware_fingerprint
 from streamllm.history import RunHistory
 from streamllm.measure import (
     DecodeSlice,
@@ -220,7 +219,7 @@ class Suite:
 
     @property
     def fingerprint_id(self) -> str:
-        return suite_fingerprint_id(self.fingerprint)
+        return fingerprint_id(self.fingerprint)
 
     def case(self, case_id: str) -> BenchCase:
         return next(c for c in self.catalog if c.id == case_id)
@@ -634,7 +633,7 @@ class Suite:
             extra["tpot_ratio"] = {ratio_key(self.fingerprint, torch.get_num_threads()): [round(out.ratio.ratio, 5)]}
         record = BaselineRecord.from_result(evaluation, fingerprint=self.fingerprint, tpot_samples_ms=timing.samples,
                                             tpot_ms=timing.mean_ms, provenance=provenance, extra=extra)
-        return _rekey(dataclasses.replace(record, key=self.key(case, evaluation)), self.fingerprint_id)
+        return dataclasses.replace(record, key=self.key(case, evaluation))
 
     def write_baselines(self) -> list[Path]:
         if self.records:
@@ -699,22 +698,6 @@ def _load_average() -> list[float] | None:
 def _program() -> str:
     name = Path(sys.argv[0]).name
     return "python -m pytest" if name == "__main__.py" else name
-
-
-def suite_fingerprint_id(fp: dict) -> str:
-    """`streamllm.baselines.fingerprint_id`, plus the torch thread count on CPU: the same 2-core
-    machine timed with 1 or 2 threads is two different baselines."""
-    fid = fingerprint_id(fp)
-    return f"{fid}-t{fp.get('torch_threads')}" if fp.get("device_class") == "cpu" else fid
-
-
-def _rekey(record: BaselineRecord, fid: str) -> BaselineRecord:
-    """Move a fresh record's per-fingerprint entries under the suite's fingerprint id."""
-    def move(d: dict) -> dict:
-        return {fid: next(iter(d.values()))} if d else {}
-
-    return dataclasses.replace(record, tpot_samples_ms=move(record.tpot_samples_ms), tpot_ms=move(record.tpot_ms),
-                               tpot_runs_ms=move(record.tpot_runs_ms), fingerprints=move(record.fingerprints))
 
 
 def _finite(obj):

@@ -41,7 +41,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from streamllm.baselines import fingerprint_id, hardware_fingerprint  # noqa: E402
+from streamllm.fingerprint import fingerprint_id, hardware_fingerprint  # noqa: E402
 from streamllm.caches import FixedCache, StreamingCache, make_cache  # noqa: E402
 from streamllm.compat import cache_kwargs  # noqa: E402
 from streamllm.decode import CompiledDecoder, EagerDecoder, GraphDecoder  # noqa: E402

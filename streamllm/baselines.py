@@ -34,10 +34,10 @@ import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
-from importlib import metadata
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from .fingerprint import fingerprint_id, hardware_fingerprint, package_version  # noqa: F401  (re-exported)
 from .results import write_text_atomic
 
 if TYPE_CHECKING:  # only for annotations: keep `import streamllm.baselines` free of torch
@@ -62,87 +62,6 @@ def ppl_tolerance(stored_device_class: str, device_class: str) -> float:
     """Tolerance on |Δ ln PPL| for a PPL measured on `device_class` vs one stored from another."""
     same = stored_device_class == device_class
     return PPL_TOLERANCE_SAME_DEVICE_CLASS if same else PPL_TOLERANCE_CROSS_DEVICE_CLASS
-
-
-# --------------------------------------------------------------------------------------------
-# Hardware fingerprint
-
-
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text(errors="replace").splitlines():
-            name, _, value = line.partition(":")
-            if name.strip() in ("model name", "Hardware", "Processor", "cpu model"):
-                return value.strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine() or "unknown"
-
-
-def _cpu_count() -> int:
-    try:
-        return len(os.sched_getaffinity(0))  # cores this process may use, not the host's total
-    except AttributeError:
-        return os.cpu_count() or 1
-
-
-def _version(dist: str) -> str | None:
-    try:
-        return metadata.version(dist)
-    except metadata.PackageNotFoundError:
-        return None
-
-
-def hardware_fingerprint(device: str | None = None) -> dict:
-    """What the machine is, as far as timing is concerned.
-
-    `device`: "cpu", "cuda", "cuda:N" or None (CUDA when available). Device class is "cpu" or
-    "cuda:<GPU SKU>"; the CPU model matters on GPU too (host overhead dominates HF eager decode).
-    """
-    import torch  # lazy: reading baselines must not pay for a torch import
-
-    dev = torch.device(device) if device not in (None, "auto") else None
-    if dev is None:
-        dev = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    gpu = None
-    if dev.type == "cuda" and torch.cuda.is_available():
-        gpu = torch.cuda.get_device_name(dev.index if dev.index is not None else torch.cuda.current_device())
-    fp = {
-        "device_class": f"cuda:{gpu}" if gpu else dev.type,
-        "cpu_model": _cpu_model(),
-        "cpu_count": _cpu_count(),
-        "torch_threads": torch.get_num_threads(),
-        "gpu": gpu,
-        "gpu_count": torch.cuda.device_count() if torch.cuda.is_available() else 0,
-        "cuda": torch.version.cuda,
-        "torch": torch.__version__,
-        "transformers": _version("transformers"),
-        "python": platform.python_version(),
-        "platform": platform.platform(),
-        "machine": platform.machine(),
-    }
-    return fp
-
-
-def fingerprint_id(fp: dict) -> str:
-    """Short stable id of the fields that decide timing: device class, CPU/GPU model, torch.
-
-    On CPU the usable core count is included too: the same CPU model with 2 or 16 cores is a
-    different machine for decode timing. Everything else (python, platform string) is kept in
-    the fingerprint for the record but does not split baselines.
-    """
-    device_class = str(fp.get("device_class", "unknown"))
-    fields = {
-        "device_class": device_class,
-        "cpu_model": fp.get("cpu_model"),
-        "gpu": fp.get("gpu"),
-        "torch": fp.get("torch"),
-    }
-    if device_class == "cpu":
-        fields["cpu_count"] = fp.get("cpu_count")
-    digest = hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:10]
-    kind = _slug(device_class.split(":", 1)[0]) or "unknown"
-    return f"{kind}-{digest}"
 
 
 # --------------------------------------------------------------------------------------------
@@ -420,7 +339,7 @@ def make_provenance(command: str | None = None, cwd: str | os.PathLike | None = 
         "environment": {
             "python": platform.python_version(),
             "platform": platform.platform(),
-            **{dist: _version(dist) for dist in ("torch", "transformers", "numpy", "scipy", "torchao")},
+            **{dist: package_version(dist) for dist in ("torch", "transformers", "numpy", "scipy", "torchao")},
         },
     }
 

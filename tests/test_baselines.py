@@ -18,15 +18,14 @@ from streamllm.baselines import (
     BaselineStore,
     append_run,
     average_records,
-    fingerprint_id,
-    hardware_fingerprint,
     ppl_tolerance,
 )
+from streamllm.fingerprint import fingerprint_id, hardware_fingerprint
 from streamllm.results import EvalResult
 from streamllm.stats import FAIL, compare_ppl
 
 FP_A = {"device_class": "cpu", "cpu_model": "Test CPU A", "cpu_count": 2, "gpu": None, "torch": "2.13.0+cpu",
-        "python": "3.11.7"}
+        "torch_threads": 1, "python": "3.11.7"}
 FP_B = {"device_class": "cuda:NVIDIA H100 80GB HBM3", "cpu_model": "Test CPU B", "cpu_count": 16,
         "gpu": "NVIDIA H100 80GB HBM3", "torch": "2.13.0+cu130"}
 ID_A, ID_B = fingerprint_id(FP_A), fingerprint_id(FP_B)
@@ -182,7 +181,9 @@ def test_fingerprint_id_uses_only_timing_fields():
     assert fingerprint_id(FP_A) == fingerprint_id(dict(FP_A)) == ID_A
     assert ID_A.startswith("cpu-") and ID_B.startswith("cuda-")
     assert fingerprint_id({**FP_A, "python": "3.12.0", "platform": "other"}) == ID_A
-    for field, value in [("cpu_model", "Other CPU"), ("torch", "2.14.0"), ("cpu_count", 16), ("device_class", "cuda:X")]:
+    assert ID_A.endswith("-t1")  # the thread count splits CPU timings (1 vs 2 threads: two machines)
+    for field, value in [("cpu_model", "Other CPU"), ("torch", "2.14.0"), ("cpu_count", 16), ("device_class", "cuda:X"),
+                         ("torch_threads", 2)]:
         assert fingerprint_id({**FP_A, field: value}) != ID_A, field
     # the core count splits CPU baselines only; a GPU's timing does not hinge on it the same way
     assert fingerprint_id({**FP_B, "cpu_count": 32}) == ID_B

@@ -1,0 +1,105 @@
+"""Run `pytest bench` with a regression injected on purpose, and say whether the suite caught it.
+
+    python scripts/inject_regression.py extra-op --strategy strict -- --dataset book
+    python scripts/inject_regression.py slowdown --strategy lazy --fraction 0.15 -- --dataset book
+    python scripts/inject_regression.py none -- --dataset book          # A/A: nothing injected
+
+The injection (bench/injections.py) patches one strategy's cache code inside this process, then
+pytest runs the suite in-process with the arguments after `--` (never --update-baselines). The
+last line is machine-readable: `INJECTED <kind> <strategy>: caught=<yes|no> failed=<case ids>`.
+For `slowdown`, the step time the fraction applies to is measured first on the same model
+(one short steady-state slice of the strategy, no injection). Exit code: 0 when the outcome is
+the expected one (caught for an injection, no failure for `none`), else 1; 2 on bad input.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+CASE_FOR = {("strict", "dynamic"): "strict", ("lazy", "dynamic"): "lazy-c16", ("strict", "static"): "static",
+            ("strict", "ring"): "ring", ("refresh", "dynamic"): "refresh", ("no-shift", "dynamic"): "no-shift",
+            ("window", "dynamic"): "window"}
+
+
+class Recorder:
+    """pytest plugin: which tests failed, and on which check."""
+
+    def __init__(self) -> None:
+        self.failed: list[str] = []
+
+    def pytest_runtest_logreport(self, report) -> None:
+        if report.when == "call" and report.failed:
+            self.failed.append(report.nodeid.split("[", 1)[-1].rstrip("]"))
+
+
+def step_ms(strategy: str, cache_kind: str, pytest_args: list[str]) -> float:
+    """Median step time of the strategy on the suite's default model and text (uninjected)."""
+    import torch
+
+    from bench.catalog import DEFAULT_SINK, DEFAULT_WINDOW
+    from streamllm.data import load_text, tokenize
+    from streamllm.measure import time_steady_state
+    from streamllm.models import load_model
+    from streamllm.strategies import make_strategy
+
+    torch.set_num_threads(1)  # what the suite times with on CPU
+    loaded = load_model("embedded")
+    ids = tokenize(loaded.tokenizer, load_text("book"), 1024)
+    params = {"compress_every": 16} if strategy == "lazy" else {}
+    spec = make_strategy(strategy, sink=DEFAULT_SINK, window=DEFAULT_WINDOW, cache=cache_kind, **params)
+    return time_steady_state(loaded, ids, spec).median_ms
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    rest = argv[argv.index("--") + 1:] if "--" in argv else []
+    own = argv[: argv.index("--")] if "--" in argv else argv
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("kind", choices=("extra-op", "slowdown", "none"))
+    parser.add_argument("--strategy", default="strict", help="strategy whose cache code is patched")
+    parser.add_argument("--cache", default="dynamic", choices=("dynamic", "static", "ring"))
+    parser.add_argument("--fraction", type=float, default=0.15, help="slowdown: extra time / step time")
+    args = parser.parse_args(own)
+    if any(a.startswith("--update-baselines") or a.startswith("--append-baselines") for a in rest):
+        print("inject_regression: error: never record baselines from an injected run; drop --update/--append-baselines",
+              file=sys.stderr)
+        return 2
+    if args.kind != "none" and (args.strategy, args.cache) not in CASE_FOR:
+        print(f"inject_regression: error: no suite case for {args.strategy} on the {args.cache} cache; "
+              f"choose one of {sorted(CASE_FOR)}", file=sys.stderr)
+        return 2
+
+    import pytest
+
+    from bench import injections
+
+    injection = None
+    if args.kind == "extra-op":
+        injection = injections.extra_op(args.strategy, args.cache)
+    elif args.kind == "slowdown":
+        base = step_ms(args.strategy, args.cache, rest)
+        print(f"{args.strategy} ({args.cache}) steps at {base:.2f} ms: injecting {args.fraction:.0%} = "
+              f"{args.fraction * base:.2f} ms per step")
+        injection = injections.slowdown(args.strategy, args.fraction, base, args.cache)
+    recorder = Recorder()
+    try:
+        pytest.main(["bench", "-p", "no:cacheprovider", *rest], plugins=[recorder])
+    finally:
+        if injection is not None:
+            injection.undo()
+    target = CASE_FOR.get((args.strategy, args.cache))
+    failed = sorted(set(recorder.failed))
+    caught = any(f.startswith(f"{target}-") for f in failed) if target else False
+    print(f"INJECTED {args.kind} {args.strategy if args.kind != 'none' else '-'}: "
+          f"caught={'yes' if caught else 'no'} failed={','.join(failed) or '-'}")
+    expected = (not failed) if args.kind == "none" else caught
+    return 0 if expected else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
