@@ -12,9 +12,6 @@ not measured instead of hiding it.
 from __future__ import annotations
 
 import dataclasses
-import importlib.util
-import os
-import shutil
 from dataclasses import dataclass
 
 from streamllm.strategies import StrategySpec, make_strategy
@@ -222,25 +219,9 @@ def datasets_for(case: BenchCase, datasets: tuple[str, ...], selection: str) -> 
 # -- availability ---------------------------------------------------------------------------------
 def unavailable_reason(case: BenchCase, device_type: str) -> str | None:
     """None when the case can run here; otherwise the reason it skips (shown in the table)."""
-    import torch
+    from streamllm.combinations import problem
 
-    from streamllm.strategies import cache_kind_problem
-    from streamllm.transforms import check_compile_combination
-
-    problem = cache_kind_problem(case.spec)
-    if problem:
-        return problem
-    mode = compile_mode(case)
-    if mode != "none":
-        try:
-            check_compile_combination(mode, case.spec.cache, torch.device(device_type))
-        except ValueError as exc:
-            return str(exc)
-        if device_type == "cpu" and shutil.which(os.environ.get("CXX", "g++")) is None:
-            return "torch.compile (inductor) on CPU needs a C++ compiler (g++) on PATH"
-    if case.transform == "int8" and importlib.util.find_spec("torchao") is None:
-        return "INT8 v2 needs torchao: pip install 'streamllm[int8]'"
-    return None
+    return problem(case.spec, compile_mode(case), device_type, int8=case.transform == "int8", environment=True)
 
 
 def compile_mode(case: BenchCase) -> str:

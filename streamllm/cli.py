@@ -17,7 +17,8 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from .strategies import COMPILE_MODES, GRAPH_MODES, STRATEGIES, StrategyError, StrategySpec, make_strategy
+from .combinations import CACHE_KINDS, COMPILE_MODES, decode_mode_for
+from .strategies import STRATEGIES, StrategyError, StrategySpec, make_strategy
 
 ITEM_KEYS = {"c": "compress_every", "b": "refresh", "o": "overlap", "s": "sink", "w": "window"}
 
@@ -81,7 +82,7 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--per-token", dest="per_token_out", default=None,
                     help="write per-token NLL, time, KV length, positions and prune events as JSON")
     ev.add_argument("--no-progress", action="store_true")
-    ev.add_argument("--cache", choices=("dynamic", "static", "ring"), default="dynamic",
+    ev.add_argument("--cache", choices=tuple(CACHE_KINDS), default="dynamic",
                     help="KV cache for the non-dense strategies: dynamic (cat/slice), static (preallocated, "
                          "in-place shift), ring (strict only, O(1) overwrite) (default: dynamic)")
     ev.add_argument("--compile", choices=COMPILE_MODES, default="none",
@@ -208,10 +209,9 @@ def run_eval(args: argparse.Namespace) -> int:
     started = time.perf_counter()
     decoders = {}
     for spec in specs:
-        mode = args.compile
-        if mode in GRAPH_MODES and spec.name == "dense":
-            mode = "default"  # dense grows without bound: no static shapes to capture
-            console.print("dense: CUDA graphs need a bounded cache; compiling it without graphs")
+        mode, why = decode_mode_for(spec, args.compile)
+        if why:
+            console.print(why)
         decoders[spec] = decoder_factory(mode, device, spec.cache)
     loaded = load_model(args.model, dtype=args.dtype, device=args.device)
     if args.int8:

@@ -24,10 +24,10 @@ from functools import partial
 
 import torch
 
-from .caches import AnyCache, EvictionEvent, FixedCache, UnsupportedCacheError, make_cache
+from .caches import AnyCache, EvictionEvent, FixedCache, make_cache
+from .combinations import check_compile
 from .compat import cache_kwargs, incompatibility_guard, register_attention, sdpa_attention
 from .gemv import INDUCTOR_OPTIONS, reduction_linears
-from .transforms import check_compile_combination
 
 __all__ = ["AnyCache", "CompiledDecoder", "EagerDecoder", "GraphDecoder", "decoder_factory", "make_cache"]
 
@@ -114,8 +114,8 @@ class GraphDecoder:
 
     def __init__(self, model: torch.nn.Module, cache: FixedCache, compiled: bool = True, warmup: int = 3,
                  compile_mode: str | None = None, attention: str | None = None, gemv: bool = False):
-        if not isinstance(cache, FixedCache):
-            raise UnsupportedCacheError("CUDA graphs need the static or ring cache (static shapes, in-place state)")
+        check_compile("cudagraphs", getattr(cache, "kind", "dynamic"), cache.geometry.device.type
+                      if isinstance(cache, FixedCache) else "cuda")
         if attention not in ATTENTION_CHOICES:
             raise ValueError(f"attention must be one of {ATTENTION_CHOICES}, got {attention!r}")
         self.model, self.cache = model, cache
@@ -183,7 +183,7 @@ DecoderFactory = Callable[[torch.nn.Module, AnyCache], object]
 def decoder_factory(compile_mode: str = "none", device: torch.device | str = "cpu",
                     cache_kind: str = "dynamic") -> DecoderFactory:
     """The decoder for a --compile mode, after refusing combinations that cannot work."""
-    check_compile_combination(compile_mode, cache_kind, torch.device(device))
+    check_compile(compile_mode, cache_kind, torch.device(device).type)
     if compile_mode == "none":
         return EagerDecoder
     if compile_mode == "default":

@@ -7,7 +7,6 @@ module whose output is not. In torchao 0.18, `version=1` is gone: `_intx_weight_
 asserts `config.version == 2` and raises a bare AssertionError (the exploration log's NaNs came from the
 old v1 path: docs/findings.md#int8); `quantize_int8_mlp` refuses it with a message instead.
 
-Compile: which (compile mode, cache kind, device) combinations work, and why the others refuse.
 """
 
 from __future__ import annotations
@@ -15,9 +14,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-
-from .caches import UnsupportedCacheError
-from .strategies import COMPILE_MODES, GRAPH_MODES
 
 MLP_LINEAR_NAMES = frozenset({"dense_h_to_4h", "dense_4h_to_h", "gate_proj", "up_proj", "down_proj"})
 
@@ -116,20 +112,3 @@ def _decoder_layer(name: str) -> str | None:
         if part in ("layers", "h") and parts[i + 1].isdigit():
             return ".".join(parts[: i + 2])
     return None
-
-
-def check_compile_combination(compile_mode: str, cache_kind: str, device: torch.device) -> None:
-    """Refuse (with the reason) combinations of --compile and --cache that cannot work."""
-    if compile_mode not in COMPILE_MODES:
-        raise UnsupportedCacheError(f"unknown --compile {compile_mode!r}; choose one of: {', '.join(COMPILE_MODES)}")
-    if compile_mode not in GRAPH_MODES:
-        return
-    if device.type != "cuda":
-        raise UnsupportedCacheError(f"--compile {compile_mode} needs a CUDA device; on CPU use --compile default or none")
-    if cache_kind == "dynamic":
-        raise UnsupportedCacheError(
-            f"--compile {compile_mode} needs a cache with static shapes and in-place state: the dynamic cache grows "
-            "by torch.cat and is re-sliced on eviction, so each step makes new tensors that a replayed graph "
-            "would overwrite ('accessing tensor output of CUDAGraphs that has been overwritten': docs/findings.md#cuda-graphs). "
-            "Use --cache ring (strict) or --cache static, or --compile default with the dynamic cache"
-        )

@@ -16,13 +16,13 @@ import torch
 
 from streamllm.caches import RingStreamingCache, StaticStreamingCache, UnsupportedCacheError
 from streamllm.cli import main
+from streamllm.combinations import check_compile, decode_mode_for, problem
 from streamllm.decode import CompiledDecoder, GraphDecoder, decoder_factory, make_cache
 from streamllm.evaluate import DecodeOptions, evaluate_tokens
 from streamllm.strategies import StrategyError, make_strategy
 from streamllm.transforms import (
     MissingDependencyError,
     NonFiniteLogitsError,
-    check_compile_combination,
     check_finite_logits,
     quantize_int8_mlp,
 )
@@ -139,13 +139,24 @@ def test_cache_kind_refusals(tiny_model):
 def test_compile_refusals():
     cuda = torch.device("cuda")
     with pytest.raises(UnsupportedCacheError, match="overwritten.*--cache ring"):
-        check_compile_combination("cudagraphs", "dynamic", cuda)
+        check_compile("cudagraphs", "dynamic", "cuda")
     with pytest.raises(UnsupportedCacheError, match="needs a CUDA device"):
         decoder_factory("cudagraphs", "cpu", "ring")
     with pytest.raises(UnsupportedCacheError, match="unknown --compile"):
         decoder_factory("max-autotune", "cpu", "ring")
     assert decoder_factory("default", "cpu", "dynamic") is CompiledDecoder
     assert decoder_factory("cudagraphs", cuda, "ring") is GraphDecoder
+
+
+def test_one_table_answers_every_combination_question():
+    ring = make_strategy("strict", sink=4, window=8, cache="ring")
+    assert problem(ring, "cudagraphs", "cuda") is None
+    assert "needs a CUDA device" in problem(ring, "cudagraphs", "cpu")
+    dynamic = make_strategy("strict", sink=4, window=8)
+    assert "overwritten" in problem(dynamic, "cudagraphs-gemv", "cuda")
+    assert problem(dynamic, "default", "cpu") is None
+    assert decode_mode_for(make_strategy("dense"), "cudagraphs")[0] == "default"
+    assert decode_mode_for(ring, "cudagraphs") == ("cudagraphs", None)
 
 
 def test_cli_refuses_bad_combinations(capsys):

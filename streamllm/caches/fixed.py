@@ -30,12 +30,12 @@ from dataclasses import dataclass
 import torch
 from transformers.cache_utils import Cache, CacheLayerMixin
 
-from ..strategies import PositionMode, StrategyError, StrategySpec, plan_eviction
+from ..combinations import UnsupportedCombinationError
+from ..strategies import PositionMode, StrategySpec, plan_eviction
 from .events import EvictionEvent
 
-
-class UnsupportedCacheError(StrategyError):
-    """A strategy / cache kind / compile combination that cannot work; the message says why."""
+# The combination rules' error, under the name the cache modules have always raised.
+UnsupportedCacheError = UnsupportedCombinationError
 
 
 @dataclass(frozen=True)

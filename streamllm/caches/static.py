@@ -18,14 +18,15 @@ import dataclasses
 
 import torch
 
+from ..combinations import cache_problem
 from ..rope import RopeSpec, apply_rotation
-from ..strategies import PositionMode, StrategySpec, cache_kind_problem
+from ..strategies import PositionMode, StrategySpec
 from .events import EvictionEvent
 from .fixed import FixedCache, UnsupportedCacheError, check_one_token
 
 
 def check_static(spec: StrategySpec) -> None:
-    problem = cache_kind_problem(dataclasses.replace(spec, cache="static"))
+    problem = cache_problem(dataclasses.replace(spec, cache="static"))
     if problem:
         raise UnsupportedCacheError(problem)
 

@@ -1,0 +1,105 @@
+"""Which combinations can run, and why the others cannot: the one place every "is this allowed" asks.
+
+A run combines a strategy (streamllm.strategies) with a cache kind (streamllm.caches), a compile
+mode (streamllm.decode), optionally INT8 weights (streamllm.transforms) and a device. The CLI, the
+caches, the decoders and the bench catalog all ask `problem` (or `check`, which raises); none of
+them keeps rules of its own. Each refusal names what to use instead.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import shutil
+
+from .strategies import StrategyError, StrategySpec
+
+# How the decode step runs (`--compile`); the graph modes are captured by hand in one CUDA graph.
+COMPILE_MODES = ("none", "default", "cudagraphs", "cudagraphs-gemv")
+GRAPH_MODES = frozenset({"cudagraphs", "cudagraphs-gemv"})
+
+# Cache kinds (streamllm/caches/): dynamic.py, static.py, ring.py.
+CACHE_KINDS: dict[str, str] = {
+    "dynamic": "HF tensors grown by cat, evicted by slicing + re-rotation (any strategy)",
+    "static": "preallocated buffer, eviction by in-place shift (strict, lazy, window, overlap, no-shift)",
+    "ring": "fixed buffers, O(1) eviction by overwrite, sinks re-rotated (strict, window, no-shift; R=1)",
+}
+RING_STRATEGIES = ("strict", "window", "no-shift", "overlap")
+
+
+class UnsupportedCombinationError(StrategyError):
+    """A strategy / cache kind / compile / INT8 / device combination that cannot work; the message says why."""
+
+
+def cache_problem(spec: StrategySpec) -> str | None:
+    """Why `spec.cache` cannot hold `spec`'s strategy, or None."""
+    if spec.cache not in CACHE_KINDS:
+        return f"unknown cache kind {spec.cache!r}; choose one of: {', '.join(CACHE_KINDS)}"
+    if spec.cache == "static" and spec.name in ("dense", "refresh"):
+        why = "dense keeps every token" if spec.name == "dense" else "refresh re-inserts scattered tokens"
+        return f"the static cache holds sinks + one contiguous window; {why}: use --cache dynamic"
+    if spec.cache == "ring" and (spec.name not in RING_STRATEGIES or spec.compress_every != 1):
+        return (
+            "the ring cache implements strict eviction (one token out per step: strict, window, no-shift, "
+            f"overlap with compress_every=1); {spec.name} with compress_every={spec.compress_every} needs "
+            "--cache static (lazy) or --cache dynamic"
+        )
+    return None
+
+
+def compile_problem(compile_mode: str, cache_kind: str, device_type: str) -> str | None:
+    """Why `--compile compile_mode` cannot run the `cache_kind` cache on `device_type`, or None."""
+    if compile_mode not in COMPILE_MODES:
+        return f"unknown --compile {compile_mode!r}; choose one of: {', '.join(COMPILE_MODES)}"
+    if compile_mode not in GRAPH_MODES:
+        return None
+    if device_type != "cuda":
+        return f"--compile {compile_mode} needs a CUDA device; on CPU use --compile default or none"
+    if cache_kind == "dynamic":
+        return (
+            f"--compile {compile_mode} needs a cache with static shapes and in-place state: the dynamic cache grows "
+            "by torch.cat and is re-sliced on eviction, so each step makes new tensors that a replayed graph "
+            "would overwrite (the log's 'accessing tensor output of CUDAGraphs that has been overwritten'). "
+            "Use --cache ring (strict) or --cache static, or --compile default with the dynamic cache"
+        )
+    return None
+
+
+def environment_problem(compile_mode: str = "none", device_type: str = "cpu", int8: bool = False) -> str | None:
+    """What this machine lacks for the combination (a compiler for inductor on CPU, torchao for INT8), or None."""
+    if compile_mode != "none" and device_type == "cpu" and shutil.which(os.environ.get("CXX", "g++")) is None:
+        return "torch.compile (inductor) on CPU needs a C++ compiler (g++) on PATH"
+    if int8 and importlib.util.find_spec("torchao") is None:
+        return "INT8 v2 needs torchao: pip install 'streamllm[int8]'"
+    return None
+
+
+def problem(spec: StrategySpec, compile_mode: str = "none", device_type: str = "cpu", int8: bool = False,
+            environment: bool = False) -> str | None:
+    """The first reason the combination cannot run, or None. `environment`: also what this machine lacks."""
+    found = cache_problem(spec) or compile_problem(compile_mode, spec.cache, device_type)
+    if found is None and environment:
+        found = environment_problem(compile_mode, device_type, int8)
+    return found
+
+
+def check(spec: StrategySpec, compile_mode: str = "none", device_type: str = "cpu", int8: bool = False) -> None:
+    """Raise UnsupportedCombinationError with the reason, if the combination cannot run."""
+    found = problem(spec, compile_mode, device_type, int8)
+    if found:
+        raise UnsupportedCombinationError(found)
+
+
+def check_compile(compile_mode: str, cache_kind: str, device_type: str) -> None:
+    found = compile_problem(compile_mode, cache_kind, device_type)
+    if found:
+        raise UnsupportedCombinationError(found)
+
+
+def decode_mode_for(spec: StrategySpec, compile_mode: str) -> tuple[str, str | None]:
+    """The compile mode `spec` actually runs with, and why it differs from the one asked for (or None).
+
+    Dense grows without bound: no static shapes to capture, so the graph modes compile it without graphs."""
+    if compile_mode in GRAPH_MODES and spec.name == "dense":
+        return "default", "dense: CUDA graphs need a bounded cache; compiling it without graphs"
+    return compile_mode, None
