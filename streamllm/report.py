@@ -3,27 +3,56 @@ runner's artifacts page) reads.
 
 Input: the run files `pytest bench` writes to `reports/runs/<UTC stamp>-<device>-<pid>.json`
 (schema `streamllm.bench-run/1`: options, fingerprint, one entry per (strategy, dataset) with
-PPL, TPOT, speedup, the checks and their verdicts, per-token NLL and prune events).
+PPL, TPOT, speedup, the checks and their verdicts, the (b) signals — work counts, the same-run
+ratio to a reference arm, the reference arm's timing — per-token NLL and prune events).
 
 Output (default `reports/latest/`):
-  report.md       verdict table per dataset, every non-passing check's message, findings, plots
-  report.html     the same, self-contained apart from the PNGs beside it
+  report.md       verdict table per dataset, the (b) evidence per case, every non-passing check's
+                  message, findings, spike diagnostics, plots
+  report.html     the same markdown converted by the `markdown` package, PNGs beside it
   summary.json    the machine-readable summary (what a dashboard would ingest)
   ppl_vs_tpot.png, nll_<dataset>.png (per-token NLL with prune events), nll_aligned_<dataset>.png
   (mean NLL around prune events), tpot_history.png (TPOT across stored runs of this fingerprint)
+
+The page text lives in Jinja2 templates (`streamllm/templates/report.md.j2`, `report.html.j2`);
+this module builds the view model they render: every number formatted here, every verdict taken
+from a check's `verdict` field (never parsed back out of a label), spike metrics from
+`streamllm.spikes`, work summaries from `streamllm.counters`.
 """
 
 from __future__ import annotations
 
-import html
 import json
 import math
-from dataclasses import dataclass
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
+from . import spikes as spike_metrics
+from .stats import FAIL, INCONCLUSIVE, PASS
+
 RUN_SCHEMA = "streamllm.bench-run/1"
+
+# Verdicts a check's `verdict` field can hold besides stats' PASS / FAIL / INCONCLUSIVE (bench's
+# vocabulary, bench/checks.py). A report reads records, it does not import the suite.
+ERROR = "error"
+NOT_CHECKED = "not checked"
+RECORDED = "recorded"
+NOT_APPLICABLE = "n/a"
+FAILING = frozenset({FAIL, ERROR})  # bench.checks.Check.failed
+NEEDS_ATTENTION = frozenset({INCONCLUSIVE, NOT_CHECKED, RECORDED})
+
+# The (b) checks, by the names bench gives them (bench/checks.py): what the evidence table shows.
+WORK_CHECK = "(b) work per step vs baseline"
+RATIO_CHECK = "(b) TPOT / reference, same run"
+HISTORY_CHECK = "(b) TPOT vs run history"
+
+COLUMNS = ("strategy", "PPL", "ΔPPL % vs dense", "TPOT ms (cycle mean)", "TPOT ms (median)", "speedup",
+           "a: PPL", "b: TPOT", "c: findings")
+EVENTS_SHOWN = 12  # per-event spike rows in report.md (all of them go to summary.json)
 
 
 class ReportError(ValueError):
@@ -68,33 +97,193 @@ def load_runs(runs_dir: str | Path) -> list[Run]:
     return sorted(runs, key=lambda r: r.created)
 
 
-def _fmt(value, spec: str) -> str:
+def _fmt(value: Any, spec: str) -> str:
     if value is None or (isinstance(value, float) and not math.isfinite(value)):
         return "-"
     return format(value, spec)
 
 
-COLUMNS = ("strategy", "PPL", "ΔPPL % vs dense", "TPOT ms (cycle mean)", "TPOT ms (median)", "speedup",
-           "a: PPL", "b: TPOT", "c: findings")
+def failed(check: dict) -> bool:
+    """Whether a check fails its test: the record's own `failed` flag where it carries one, else
+    its verdict field."""
+    return bool(check["failed"]) if "failed" in check else check.get("verdict") in FAILING
 
 
-def _cells(r: dict) -> list[str]:
-    v = r.get("verdicts") or {}
+def _check(r: dict, name: str) -> dict | None:
+    return next((c for c in r.get("checks") or [] if c.get("name") == name), None)
+
+
+# -- the view model the templates render ------------------------------------------------------
+@dataclass(frozen=True)
+class Verdict:
+    """A verdict cell: the text shown and how loud to show it (from the checks' verdict fields)."""
+
+    text: str
+    failed: bool = False
+    attention: bool = False
+
+    @classmethod
+    def of_checks(cls, text: str, checks: Iterable[dict]) -> Verdict:
+        checks = list(checks)
+        return cls(text, failed=any(failed(c) for c in checks),
+                   attention=any(c.get("verdict") in NEEDS_ATTENTION for c in checks))
+
+    @classmethod
+    def of_check(cls, check: dict) -> Verdict:
+        return cls.of_checks(str(check.get("verdict")), [check])
+
+
+@dataclass(frozen=True)
+class CaseRow:
+    label: str
+    ppl: str
+    delta: str
+    tpot_mean: str
+    tpot_median: str
+    speedup: str
+    a: Verdict
+    b: Verdict
+    c: Verdict
+
+
+@dataclass(frozen=True)
+class CheckCell:
+    verdict: Verdict
+    message: str
+
+
+@dataclass(frozen=True)
+class Evidence:
+    """One case's (b) signals: work counts, same-run ratio, reference arm, run history."""
+
+    label: str
+    work: str
+    work_check: CheckCell | None
+    ratio: str
+    stored_ratio: str
+    ratio_check: CheckCell | None
+    reference_tpot: str
+    history: str
+    history_check: CheckCell | None
+
+
+@dataclass(frozen=True)
+class Problem:
+    verdict: Verdict
+    what: str
+    message: str
+    lines: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class FindingLine:
+    verdict: Verdict
+    dataset: str
+    message: str
+
+
+@dataclass(frozen=True)
+class DatasetTable:
+    name: str
+    rows: list[Any] = field(default_factory=list)
+
+
+def _case_row(r: dict) -> CaseRow:
     if r.get("skipped"):
-        return [r["label"], "-", "-", "-", "-", "-", "skip", "skip", "skip"]
-    return [r["label"], _fmt(r.get("ppl"), ".4f"), _fmt(r.get("ppl_delta_vs_dense_pct"), "+.2f"),
-            _fmt(r.get("tpot_ms_mean"), ".2f"), _fmt(r.get("tpot_ms_median"), ".2f"), _fmt(r.get("speedup"), ".2f"),
-            v.get("a", "-"), v.get("b", "-"), v.get("c", "-")]
+        skip = Verdict("skip")
+        return CaseRow(r["label"], "-", "-", "-", "-", "-", skip, skip, skip)
+    texts = r.get("verdicts") or {}
+    checks = r.get("checks") or []
+
+    def cell(key: str, kind: str) -> Verdict:
+        return Verdict.of_checks(str(texts.get(key, "-")), (c for c in checks if c.get("kind") == kind))
+
+    return CaseRow(r["label"], _fmt(r.get("ppl"), ".4f"), _fmt(r.get("ppl_delta_vs_dense_pct"), "+.2f"),
+                   _fmt(r.get("tpot_ms_mean"), ".2f"), _fmt(r.get("tpot_ms_median"), ".2f"),
+                   _fmt(r.get("speedup"), ".2f"), cell("a", "ppl"), cell("b", "tpot"), cell("c", "finding"))
+
+
+def work_summary(r: dict) -> str | None:
+    """The result's work counts as one line per step (`WorkCounts.summary`), or why not."""
+    work = r.get("work")
+    if not work:
+        return None
+    from .counters import CounterError, WorkCounts
+
+    try:
+        return WorkCounts.from_json(work, source=f"{r.get('label')} work").summary()
+    except CounterError as exc:
+        return f"unreadable: {exc}"
+
+
+def _ratio_text(ratio: dict | None) -> str:
+    if not ratio:
+        return "-"
+    return f"{_fmt(ratio.get('ratio'), '.3f')} [{_fmt(ratio.get('low'), '.3f')}, {_fmt(ratio.get('high'), '.3f')}]"
+
+
+def _evidence(r: dict) -> Evidence | None:
+    work, ratio, history = _check(r, WORK_CHECK), _check(r, RATIO_CHECK), _check(r, HISTORY_CHECK)
+    if r.get("skipped") or not any((work, ratio, history, r.get("work"), r.get("ratio"))):
+        return None  # a run from before the (b) checks, or a case that did not run
+
+    def cell(check: dict | None) -> CheckCell | None:
+        return CheckCell(Verdict.of_check(check), check.get("message", "")) if check else None
+
+    details = (ratio or {}).get("details") or {}
+    stored = details.get("stored_ratio")
+    band = details.get("band")
+    stored_text = f"{stored:.3f} (±{band:.0%})" if stored is not None and band is not None else "-"
+    ref = r.get("reference_timing") or {}
+    hist = (history or {}).get("details") or {}
+    hist_text = "-"
+    if hist.get("ratio") is not None:
+        hist_text = f"{hist['ratio']:.3f}, p={_fmt(hist.get('p_value'), '.2g')}"
+    return Evidence(
+        label=r["label"], work=work_summary(r) or "-", work_check=cell(work),
+        ratio=_ratio_text(r.get("ratio") or details.get("ratio")), stored_ratio=stored_text, ratio_check=cell(ratio),
+        reference_tpot=_fmt(ref.get("tpot_ms_mean"), ".2f"), history=hist_text, history_check=cell(history))
+
+
+def _problems(run: Run) -> list[Problem]:
+    """Skipped cases and every check (findings aside) whose verdict is not a pass, in run order."""
+    out: list[Problem] = []
+    for r in run.results:
+        if r.get("skipped"):
+            out.append(Problem(Verdict("skipped"), f"{r['label']} on {r['dataset']}", str(r["skipped"])))
+        for c in r.get("checks") or []:
+            if c.get("verdict") != PASS and c.get("kind") != "finding":
+                lines = tuple(str(x) for x in ((c.get("details") or {}).get("diff") or []))  # work: what changed
+                out.append(Problem(Verdict.of_check(c), str(c.get("name")), str(c.get("message")), lines))
+    return out
+
+
+def _findings(run: Run) -> list[FindingLine]:
+    return [FindingLine(Verdict.of_check(c), r["dataset"], str(c.get("message")))
+            for r in run.results for c in r.get("checks") or []
+            if c.get("kind") == "finding" and c.get("verdict") != NOT_APPLICABLE]
+
+
+def _datasets(run: Run) -> list[str]:
+    return sorted({r["dataset"] for r in run.results})
 
 
 def summarize(run: Run) -> dict:
     results = run.results
-    checks = [(r, c) for r in results for c in r.get("checks", [])]
-    count = {}
+    checks = [(r, c) for r in results for c in r.get("checks") or []]
+    count: dict[str, int] = {}
     for _, c in checks:
         count[c["verdict"]] = count.get(c["verdict"], 0) + 1
-    failing = [f"{r['label']} on {r['dataset']}: {c['name']}: {c['message']}" for r, c in checks
-               if c["verdict"] in ("fail", "error")]
+    failing = [f"{r['label']} on {r['dataset']}: {c['name']}: {c['message']}" for r, c in checks if failed(c)]
+
+    def result(r: dict) -> dict:
+        out = {k: r.get(k) for k in ("dataset", "case", "label", "ppl", "ppl_delta_vs_dense_pct", "tpot_ms_mean",
+                                     "tpot_ms_median", "speedup", "verdicts", "skipped", "ratio")}
+        out["work_per_step"] = work_summary(r)
+        out["reference_tpot_ms"] = (r.get("reference_timing") or {}).get("tpot_ms_mean")
+        out["b_checks"] = {c["name"]: c["verdict"] for c in r.get("checks") or [] if c.get("kind") == "tpot"}
+        return out
+
     return {
         "run": str(run.path),
         "created": run.created,
@@ -107,8 +296,7 @@ def summarize(run: Run) -> dict:
         "verdict_counts": count,
         "passed": not failing,
         "failures": failing,
-        "results": [{k: r.get(k) for k in ("dataset", "case", "label", "ppl", "ppl_delta_vs_dense_pct", "tpot_ms_mean",
-                                            "tpot_ms_median", "speedup", "verdicts", "skipped")} for r in results],
+        "results": [result(r) for r in results],
     }
 
 
@@ -123,28 +311,51 @@ def _plt():
 
 
 def plot_ppl_vs_tpot(run: Run, path: Path) -> Path | None:
+    """PPL against TPOT, one point per (case, dataset), each labelled with its case."""
     rows = [r for r in run.results if r.get("ppl") and r.get("tpot_ms_mean")]
     if not rows:
         return None
     plt = _plt()
-    fig, ax = plt.subplots(figsize=(8, 5.5))
+    fig, ax = plt.subplots(figsize=(9, 6))
     for marker, dataset in zip("os^Dv<>", sorted({r["dataset"] for r in rows}), strict=False):
         mine = [r for r in rows if r["dataset"] == dataset]
         ax.scatter([r["tpot_ms_mean"] for r in mine], [r["ppl"] for r in mine], marker=marker, label=dataset, s=40)
-        for r in mine:
-            ax.annotate(r["case"], (r["tpot_ms_mean"], r["ppl"]), fontsize=7, xytext=(4, 2), textcoords="offset points")
     ax.set_xlabel("TPOT, ms per token (whole-cycle mean, steady state)")
     ax.set_ylabel("PPL")
     ax.set_title(_title(run, "PPL vs TPOT"), fontsize=9)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
+    label_points(ax, [(r["tpot_ms_mean"], r["ppl"], r["case"]) for r in rows])
     return _save(fig, path)
+
+
+def label_points(ax, points: Sequence[tuple[float, float, str]], fontsize: int = 7) -> list:
+    """Label each point so no two labels overlap. Cases often cluster (same cost, nearly the same
+    PPL): adjustText moves the labels apart and off the markers, with a leader line back to their
+    point (deterministic: it seeds its own jitter). Returns the Text artists."""
+    from adjustText import adjust_text
+
+    texts = [ax.text(x, y, label, fontsize=fontsize) for x, y, label in points]
+    if texts:
+        adjust_text(texts, x=[p[0] for p in points], y=[p[1] for p in points], ax=ax, expand=(1.3, 1.6),
+                    arrowprops={"arrowstyle": "-", "color": "0.45", "lw": 0.5})
+    return texts
 
 
 def _smooth(x: np.ndarray, k: int = 32) -> np.ndarray:
     if x.size < k:
         return x
     return np.convolve(x, np.ones(k) / k, mode="valid")
+
+
+def _floats(values: Sequence[float | None]) -> np.ndarray:
+    return np.asarray([np.nan if v is None else v for v in values], dtype=float)
+
+
+def _isolated(prunes: Sequence[int], min_gap: int = 8) -> bool:
+    """Prune events far enough apart to look at one by one (lazy, refresh); every-step eviction
+    (strict) has no isolated event to align on."""
+    return len(prunes) >= 3 and int(np.diff(prunes).min()) >= min_gap
 
 
 def plot_nll(run: Run, dataset: str, path: Path) -> Path | None:
@@ -154,7 +365,7 @@ def plot_nll(run: Run, dataset: str, path: Path) -> Path | None:
     plt = _plt()
     fig, axes = plt.subplots(len(rows), 1, figsize=(10, 1.5 + 1.3 * len(rows)), sharex=True, squeeze=False)
     for ax, r in zip(axes[:, 0], rows, strict=True):
-        nll = np.asarray([np.nan if v is None else v for v in r["trace"]["nll"]], dtype=float)
+        nll = _floats(r["trace"]["nll"])
         prunes = r["trace"].get("prune_steps") or []
         ax.plot(np.arange(nll.size), nll, color="0.8", lw=0.5)
         sm = _smooth(nll)
@@ -173,22 +384,23 @@ def plot_nll(run: Run, dataset: str, path: Path) -> Path | None:
 
 
 def plot_nll_aligned(run: Run, dataset: str, path: Path, before: int = 16, after: int = 32) -> Path | None:
-    """Mean NLL around prune events, aligned at the event (the log's phase A spike picture)."""
+    """Mean NLL around prune events, aligned at the event (`spikes.aligned_mean`; the exploration
+    log's phase A picture, docs/findings.md#spikes)."""
     plt = _plt()
     fig, ax = plt.subplots(figsize=(8, 4.5))
     drawn = 0
     for r in run.results:
         if r["dataset"] != dataset or not r.get("trace"):
             continue
-        nll = np.asarray([np.nan if v is None else v for v in r["trace"]["nll"]], dtype=float)
         prunes = r["trace"].get("prune_steps") or []
-        gaps = np.diff(prunes)
-        if len(prunes) < 3 or (len(gaps) and gaps.min() < 8):
-            continue  # every-step eviction has no isolated events to align on
-        rows = [nll[e + 1 - before : e + 1 + after] for e in prunes if e + 1 - before >= 0 and e + 1 + after <= nll.size]
-        if not rows:
+        if not _isolated(prunes):
             continue
-        ax.plot(np.arange(-before, after), np.nanmean(rows, axis=0), label=f"{r['label']} ({len(rows)} events)")
+        nll = _floats(r["trace"]["nll"])
+        curve = spike_metrics.aligned_mean(nll, prunes, before=before, after=after)
+        if curve is None:
+            continue
+        events = sum(1 for e in prunes if e + 1 - before >= 0 and e + 1 + after <= nll.size)
+        ax.plot(np.arange(-before, after), curve, label=f"{r['label']} ({events} events)")
         drawn += 1
     if not drawn:
         plt.close(fig)
@@ -239,26 +451,20 @@ def plot_sweep(run: Run, sweep: str, dataset: str, path: Path) -> Path | None:
     return _save(fig, path)
 
 
-def _floats(values) -> np.ndarray:
-    return np.asarray([np.nan if v is None else v for v in values], dtype=float)
-
-
 def diagnosed(run: Run, dataset: str) -> dict | None:
     """The result phase A diagnoses on a dataset: the first one with isolated prune events
     (lazy / refresh: every-step eviction has no event to look at)."""
     for r in run.results:
         prunes = (r.get("trace") or {}).get("prune_steps") or []
-        if r["dataset"] == dataset and not r.get("skipped") and len(prunes) >= 3 and np.diff(prunes).min() >= 8:
+        if r["dataset"] == dataset and not r.get("skipped") and _isolated(prunes):
             return r
     return None
 
 
 def event_spikes(r: dict) -> list[dict]:
     """Per-event spike metrics (streamllm.spikes) of one result's trace."""
-    from .spikes import spikes
-
     trace = r.get("trace") or {}
-    return [dict(vars(s)) for s in spikes(_floats(trace.get("nll") or []), trace.get("prune_steps") or [])]
+    return [dict(vars(s)) for s in spike_metrics.spikes(_floats(trace.get("nll") or []), trace.get("prune_steps") or [])]
 
 
 def plot_diagnostics(run: Run, dataset: str, path: Path) -> Path | None:
@@ -298,19 +504,24 @@ def plot_diagnostics(run: Run, dataset: str, path: Path) -> Path | None:
 def diagnostics(run: Run) -> list[dict]:
     """Aggregate spike metrics per result and per-event metrics of the diagnosed result."""
     out = []
-    for dataset in sorted({r["dataset"] for r in run.results}):
+    for dataset in _datasets(run):
+        chosen = diagnosed(run, dataset)
         for r in run.results:
             if r["dataset"] != dataset or r.get("skipped") or not r.get("trace"):
                 continue
             trace = r["trace"]
             kv = _floats(trace.get("kv_length") or [])
             prunes = trace.get("prune_steps") or []
-            # KV drift (the log's phase A): mean attended length after the first eviction
+            # KV drift (the exploration log's phase A, docs/findings.md#spikes): mean attended
+            # length after the first eviction
             kv_mean = float(np.nanmean(kv[prunes[0]:])) if prunes and kv.size > prunes[0] else None
+            summary = (r.get("evaluation") or {}).get("spikes")
+            if summary is None and prunes:  # a run that did not store them: the same metrics, from spikes.py
+                found = spike_metrics.summarize(_floats(trace.get("nll") or []), prunes)
+                summary = found.to_dict() if found else None
             entry = {"dataset": dataset, "case": r["case"], "label": r["label"], "prune_events": len(prunes),
-                     "kv_mean_after_first_prune": kv_mean,
-                     "spikes": (r.get("evaluation") or {}).get("spikes")}
-            if r is diagnosed(run, dataset):
+                     "kv_mean_after_first_prune": kv_mean, "spikes": summary}
+            if r is chosen:
                 entry["events"] = event_spikes(r)
             out.append(entry)
     return out
@@ -366,136 +577,87 @@ def _title(run: Run, what: str) -> str:
 
 
 # -- documents ----------------------------------------------------------------------------------
-def _diagnostics_md(diag: list[dict], events_shown: int = 12) -> list[str]:
-    rows = [d for d in diag if d["prune_events"]]
-    if not rows:
-        return []
-    lines = ["## Phase A diagnostics (NLL spikes around prune events)", "",
-             "Aggregate per strategy (`streamllm.spikes`: peak over the local median of the 32 steps before the "
-             "event, area above it, width at half peak; aligned = the same on the event-aligned mean curve).", "",
-             "| dataset | strategy | events | KV mean after 1st prune | peak mean | peak median | area mean | "
-             "width mean | aligned peak | aligned area | aligned width |", "|" + "---|" * 11]
-    for d in rows:
-        sp = d.get("spikes") or {}
-        lines.append("| " + " | ".join([d["dataset"], d["label"], str(d["prune_events"]),
-                                         _fmt(d["kv_mean_after_first_prune"], ".1f")]
-                                        + [_fmt(sp.get(k), ".3f") for k in ("peak_mean", "peak_median", "area_mean",
-                                                                           "width_mean", "aligned_peak", "aligned_area")]
-                                        + [_fmt(sp.get("aligned_width"), "d")]) + " |")
-    lines.append("")
-    for d in rows:
-        if d.get("events"):
-            lines += [f"Per event, {d['label']} on {d['dataset']} (first {events_shown} of {len(d['events'])}; all in "
-                      "summary.json):", "", "| step | baseline | peak | area | width |", "|---|---|---|---|---|"]
-            lines += [f"| {e['step']} | {e['baseline']:.3f} | {e['peak']:.3f} | {e['area']:.3f} | {e['width']} |"
-                      for e in d["events"][:events_shown]]
-            lines.append("")
-    return lines
+def _environment():
+    import jinja2
+
+    env = jinja2.Environment(loader=jinja2.PackageLoader("streamllm", "templates"), autoescape=False,
+                             undefined=jinja2.StrictUndefined, keep_trailing_newline=True)
+    # A table cell is one line without a bare "|": messages and labels must not break the table.
+    env.filters["cell"] = lambda s: str(s).replace("|", "\\|").replace("\n", " ")
+    return env
 
 
-def _markdown(run: Run, summary: dict, plots: list[Path]) -> str:
+def _head(run: Run, summary: dict) -> dict:
     o = run.data.get("options") or {}
     m = run.data.get("model") or {}
     fp = run.data.get("fingerprint") or {}
-    lines = [
-        "# streamllm benchmark report",
-        "",
-        f"- run: `{run.path.name}` ({run.created}, {_fmt(run.data.get('runtime_s'), '.0f')} s wall)",
-        f"- command: `{run.data.get('command', '')}`",
-        f"- model: {m.get('name')} (revision {m.get('revision')}){' — dummy weights: PPL meaningless' if m.get('dummy_weights') else ''}",
-        f"- device: {o.get('device')} {o.get('dtype')}, {fp.get('cpu_model')}, {fp.get('cpu_count')} cores, "
-        f"{run.data.get('threads')} torch threads; GPU: {fp.get('gpu') or 'none'}; fingerprint `{run.data.get('fingerprint_id')}`",
-        f"- text: {o.get('tokens')} tokens of {', '.join(o.get('datasets') or [])}; S={o.get('sink')} W={o.get('window')}; "
-        f"timing: {o.get('rounds')} rounds of >= {o.get('min_steps')} steady-state steps, {o.get('warmup_rounds')} warm-up",
-        f"- commit: `{(run.data.get('provenance') or {}).get('commit')}`; verdicts: "
-        + ", ".join(f"{k} {v}" for k, v in sorted(summary["verdict_counts"].items())),
-        f"- overall: **{'PASS' if summary['passed'] else 'FAIL'}**",
-        "",
-        "Verdicts: a = PPL vs stored baseline (and the timed decode agrees with the evaluator), "
-        "b = TPOT vs stored baseline of this hardware fingerprint, c = findings vs the reference strategy "
-        "in the same run (passed/applicable). Speedup = dense mean TPOT (context N/2) / strategy mean TPOT.",
-        "",
-    ]
-    for dataset in sorted({r["dataset"] for r in run.results}):
-        lines += [f"## {dataset}", "", "| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
-        lines += ["| " + " | ".join(_cells(r)) + " |" for r in run.results if r["dataset"] == dataset]
-        lines.append("")
-    notes = []
-    for r in run.results:
-        if r.get("skipped"):
-            notes.append(f"- **skipped** {r['label']} on {r['dataset']}: {r['skipped']}")
-        for c in r.get("checks", []):
-            if c["verdict"] != "pass" and c["kind"] != "finding":
-                notes.append(f"- **{c['verdict']}** {c['name']}: {c['message']}")
-    if notes:
-        lines += ["## Checks that did not pass", "", *notes, ""]
-    findings = [(r, c) for r in run.results for c in r.get("checks", []) if c["kind"] == "finding"
-                and c["verdict"] != "n/a"]
-    if findings:
-        lines += ["## Findings", ""]
-        lines += [f"- **{c['verdict']}** ({r['dataset']}) {c['message']}" for r, c in findings]
-        lines.append("")
-    lines += _diagnostics_md(summary.get("diagnostics") or [])
-    if plots:
-        lines += ["## Plots", ""]
-        lines += [f"![{p.stem}]({p.name})" for p in plots]
-        lines.append("")
-    return "\n".join(lines)
+    dummy = " — dummy weights: PPL meaningless" if m.get("dummy_weights") else ""
+    return {
+        "run_name": run.path.name, "created": run.created, "runtime": _fmt(run.data.get("runtime_s"), ".0f"),
+        "command": run.data.get("command", ""),
+        "model": f"{m.get('name')} (revision {m.get('revision')}){dummy}",
+        "device": f"{o.get('device')} {o.get('dtype')}, {fp.get('cpu_model')}, {fp.get('cpu_count')} cores, "
+                  f"{run.data.get('threads')} torch threads; GPU: {fp.get('gpu') or 'none'}; "
+                  f"fingerprint `{run.data.get('fingerprint_id')}`",
+        "text": f"{o.get('tokens')} tokens of {', '.join(o.get('datasets') or [])}; S={o.get('sink')} W={o.get('window')}; "
+                f"timing: {o.get('rounds')} rounds of >= {o.get('min_steps')} steady-state steps, "
+                f"{o.get('warmup_rounds')} warm-up",
+        "commit": (run.data.get("provenance") or {}).get("commit"),
+        "verdict_counts": ", ".join(f"{k} {v}" for k, v in sorted(summary["verdict_counts"].items())),
+        "passed": summary["passed"],
+    }
 
 
-def _html(markdown: str, run: Run, plots: list[Path]) -> str:
-    """A small hand-rolled rendering (tables, lists, images): no markdown package needed."""
-    out = ["<!doctype html><meta charset='utf-8'><title>streamllm report</title>",
-           "<style>body{font-family:sans-serif;max-width:1200px;margin:auto}table{border-collapse:collapse}"
-           "td,th{border:1px solid #ccc;padding:2px 6px;text-align:right}td:first-child{text-align:left}"
-           ".fail,.error{background:#fdd}.pass{background:#dfd}.inconclusive,.not{background:#ffd}</style>"]
-    in_table = in_list = False
-    for line in markdown.splitlines():
-        if line.startswith("|") and "---|" in line:
+def _diagnostics_view(diag: list[dict]) -> list[dict]:
+    rows = []
+    for d in diag:
+        if not d["prune_events"]:
             continue
-        if line.startswith("|"):
-            cells = [c.strip() for c in line.strip("|").split("|")]
-            if not in_table:
-                out.append("<table><tr>" + "".join(f"<th>{html.escape(c)}</th>" for c in cells) + "</tr>")
-                in_table = True
-                continue
-            out.append("<tr>" + "".join(f"<td class='{html.escape(c.split()[0]) if c else ''}'>{html.escape(c)}</td>"
-                                        for c in cells) + "</tr>")
-            continue
-        if in_table:
-            out.append("</table>")
-            in_table = False
-        if line.startswith("- "):
-            if not in_list:
-                out.append("<ul>")
-                in_list = True
-            out.append(f"<li>{_inline(line[2:])}</li>")
-            continue
-        if in_list:
-            out.append("</ul>")
-            in_list = False
-        if line.startswith("## "):
-            out.append(f"<h2>{html.escape(line[3:])}</h2>")
-        elif line.startswith("# "):
-            out.append(f"<h1>{html.escape(line[2:])}</h1>")
-        elif line.startswith("!["):
-            src = line[line.index("(") + 1 : -1]
-            out.append(f"<p><img src='{html.escape(src)}' style='max-width:100%'></p>")
-        elif line:
-            out.append(f"<p>{_inline(line)}</p>")
-    if in_table:
-        out.append("</table>")
-    if in_list:
-        out.append("</ul>")
-    return "\n".join(out) + "\n"
+        sp = d.get("spikes") or {}
+        events = d.get("events") or []
+        rows.append({
+            "dataset": d["dataset"], "label": d["label"], "events": d["prune_events"],
+            "kv_mean": _fmt(d["kv_mean_after_first_prune"], ".1f"),
+            **{k: _fmt(sp.get(k), ".3f") for k in ("peak_mean", "peak_median", "area_mean", "width_mean",
+                                                   "aligned_peak", "aligned_area")},
+            "aligned_width": _fmt(sp.get("aligned_width"), "d"),
+            "events_total": len(events),
+            "per_event": [{"step": e["step"], "baseline": f"{e['baseline']:.3f}", "peak": f"{e['peak']:.3f}",
+                           "area": f"{e['area']:.3f}", "width": e["width"]} for e in events[:EVENTS_SHOWN]],
+        })
+    return rows
 
 
-def _inline(text: str) -> str:
-    import re
+def render_markdown(run: Run, summary: dict, plots: list[Path]) -> str:
+    datasets = _datasets(run)
+    tables = [DatasetTable(ds, [_case_row(r) for r in run.results if r["dataset"] == ds]) for ds in datasets]
+    evidence = [DatasetTable(ds, rows) for ds in datasets
+                if (rows := [e for r in run.results if r["dataset"] == ds and (e := _evidence(r))])]
+    return _environment().get_template("report.md.j2").render(
+        head=_head(run, summary), columns=COLUMNS, datasets=tables, evidence=evidence, problems=_problems(run),
+        findings=_findings(run), diagnostics=_diagnostics_view(summary.get("diagnostics") or []), plots=plots)
 
-    text = html.escape(text)
-    text = re.sub(r"\*\*(.+?)\*\*", r"<b>\1</b>", text)
-    return re.sub(r"`(.+?)`", r"<code>\1</code>", text)
+
+def render_html(markdown_text: str) -> str:
+    """report.md as a page: the `markdown` package (tables), raw HTML in the text escaped."""
+    import markdown
+
+    body = markdown.markdown(markdown_text, extensions=["tables", _escape_html_extension()], output_format="html")
+    return _environment().get_template("report.html.j2").render(title="streamllm benchmark report", body=body)
+
+
+def _escape_html_extension():
+    """A markdown extension that treats raw HTML as text: check messages can contain "<" (`p <
+    0.002`), and nothing in a run file should become markup in the page. (Built on first use:
+    `markdown` is imported only when a report is rendered.)"""
+    from markdown.extensions import Extension
+
+    class EscapeHtml(Extension):
+        def extendMarkdown(self, md) -> None:  # noqa: N802 (markdown's API)
+            md.preprocessors.deregister("html_block")
+            md.inlinePatterns.deregister("html")
+
+    return EscapeHtml()
 
 
 def build_report(run: Run, history: list[Run], out_dir: str | Path) -> dict:
@@ -509,7 +671,7 @@ def build_report(run: Run, history: list[Run], out_dir: str | Path) -> dict:
     plots = [plot_ppl_vs_tpot(run, out / "ppl_vs_tpot.png")]
     sweeps = sorted({s for r in run.results for s in (r.get("sweeps") or [])
                      if (run.data.get("options") or {}).get("sweep")})
-    for dataset in sorted({r["dataset"] for r in run.results}):
+    for dataset in _datasets(run):
         plots.append(plot_nll(run, dataset, out / f"nll_{dataset}.png"))
         plots.append(plot_nll_aligned(run, dataset, out / f"nll_aligned_{dataset}.png"))
         plots.append(plot_diagnostics(run, dataset, out / f"diagnostics_{dataset}.png"))
@@ -519,9 +681,9 @@ def build_report(run: Run, history: list[Run], out_dir: str | Path) -> dict:
     summary = summarize(run)
     summary["plots"] = [p.name for p in made]
     summary["diagnostics"] = diagnostics(run)
-    text = _markdown(run, summary, made)
+    text = render_markdown(run, summary, made)
     (out / "report.md").write_text(text, encoding="utf-8")
-    (out / "report.html").write_text(_html(text, run, made), encoding="utf-8")
+    (out / "report.html").write_text(render_html(text), encoding="utf-8")
     write_json_atomic(out / "summary.json", summary).chmod(0o644)  # an artifact: readable like its siblings
     return summary
 
