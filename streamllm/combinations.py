@@ -59,7 +59,7 @@ def compile_problem(compile_mode: str, cache_kind: str, device_type: str) -> str
         return (
             f"--compile {compile_mode} needs a cache with static shapes and in-place state: the dynamic cache grows "
             "by torch.cat and is re-sliced on eviction, so each step makes new tensors that a replayed graph "
-            "would overwrite (the log's 'accessing tensor output of CUDAGraphs that has been overwritten'). "
+            "would overwrite ('accessing tensor output of CUDAGraphs that has been overwritten': docs/findings.md#cuda-graphs). "
             "Use --cache ring (strict) or --cache static, or --compile default with the dynamic cache"
         )
     return None
