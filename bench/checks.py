@@ -21,7 +21,7 @@ to make a missing baseline fail).
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -30,12 +30,21 @@ from streamllm.baselines import BaselineError, BaselineRecord, BaselineStore, pp
 from streamllm.counters import CounterError, CounterKey, WorkCounts, compare_counts
 from streamllm.history import HistoryError, RunHistory
 from streamllm.ratio import check_ratio, ratio_ci
-from streamllm.stats import FAIL, INCONCLUSIVE, PASS, compare_ppl, run_spread_tolerance
-
-NOT_CHECKED = "not checked"
-RECORDED = "recorded"
-NOT_APPLICABLE = "n/a"
-ERROR = "error"  # the baseline file is corrupt or mismatched: fails the test
+from streamllm.records import (
+    ERROR,
+    FAIL,
+    HISTORY_CHECK,
+    INCONCLUSIVE,
+    NOT_APPLICABLE,
+    NOT_CHECKED,
+    PASS,
+    RATIO_CHECK,
+    RECORDED,
+    WORK_CHECK,
+    Check,
+    worst,
+)
+from streamllm.stats import compare_ppl, run_spread_tolerance
 
 
 class BaselineNotChecked(UserWarning):
@@ -44,26 +53,6 @@ class BaselineNotChecked(UserWarning):
 
 class VerdictInconclusive(UserWarning):
     """A timing check stayed inconclusive after its rerun; reported, not failed."""
-
-
-@dataclass
-class Check:
-    kind: str  # "ppl" | "tpot" | "finding"
-    name: str  # what was checked, e.g. "(a) PPL vs baseline"
-    verdict: str  # pass | fail | inconclusive | not checked | recorded | n/a | error
-    message: str
-    details: dict = field(default_factory=dict)
-
-    @property
-    def failed(self) -> bool:
-        return self.verdict in (FAIL, ERROR)
-
-    @property
-    def unchecked(self) -> bool:
-        return self.verdict in (NOT_CHECKED, RECORDED)
-
-    def to_dict(self) -> dict:
-        return asdict(self)
 
 
 def _relative(path: Path) -> str:
@@ -123,7 +112,7 @@ def check_work(measured: WorkCounts | None, found: Lookup, *, updating: bool, wh
     """(b) work counts: exact, against the counts stored under the same counter key (software
     versions, device type, dtype, model config, strategy, decoder). Any difference fails and
     names the ops that changed (`+64 aten.cat per step`)."""
-    name = "(b) work per step vs baseline"
+    name = WORK_CHECK
     file = _relative(found.path)
     if measured is None:
         return Check("tpot", name, NOT_APPLICABLE, f"{what}: work not counted")
@@ -185,7 +174,7 @@ def check_ratio_vs_baseline(
     """(b) same-run relative TPOT: per-round case / reference ratios (interleaved in this process)
     against the ratio stored for this device class. Band: ±tolerance, widened to the prediction
     interval of the stored per-run ratios where they moved more than that between processes."""
-    name = "(b) TPOT / reference, same run"
+    name = RATIO_CHECK
     file = _relative(found.path)
     if not_applicable:
         ci = ratio_ci(samples, reference) if samples and reference else None
@@ -208,6 +197,12 @@ def check_ratio_vs_baseline(
                      f"{'recorded' if updating else 'not checked'} (file {file})", details)
     stored = float(np.exp(np.mean(np.log(runs))))
     band = run_spread_tolerance([float(r) for r in runs], tolerance, confidence=RUN_BAND_CONFIDENCE)
+    # The stored ratio is itself an estimate: where its recording run's CI was wider than the band
+    # (a noisy recording, e.g. eager dense on a GPU), the band takes that uncertainty on too.
+    cis = ((found.record.extra.get("tpot_ratio_ci") or {}).get(key) or []) if found.record is not None else []
+    recorded = [max(hi / r, r / lo) - 1.0 for r, (lo, hi) in zip(runs, cis, strict=False) if lo > 0 and r > 0]
+    if recorded:
+        band = max(band, (1.0 + tolerance) * (1.0 + min(recorded)) - 1.0)
     verdict = check_ratio(ci, stored, band, label=f"{what}: TPOT / reference")
     attempts = [verdict.as_dict()]
     if verdict.verdict == INCONCLUSIVE and rerun is not None and not updating:
@@ -229,7 +224,7 @@ def check_history(history: RunHistory, case: str, samples: list[float] | None, *
                   floor: float, k: int, nightly: bool) -> Check:
     """(b) absolute TPOT against this machine's run history (last K accepted runs): a regression
     needs Mann-Whitney p < 0.002 and a median ratio beyond the band (streamllm.history)."""
-    name = "(b) TPOT vs run history"
+    name = HISTORY_CHECK
     if not samples:
         return Check("tpot", name, NOT_APPLICABLE, f"{what}: not timed")
     try:
@@ -249,12 +244,10 @@ def summarize(checks: list[Check], kind: str) -> str:
     mine = [c for c in checks if c.kind == kind]
     if not mine:
         return "-"
-    order = [ERROR, FAIL, INCONCLUSIVE, NOT_CHECKED, RECORDED, PASS, NOT_APPLICABLE]
-    worst = min(mine, key=lambda c: order.index(c.verdict) if c.verdict in order else 0).verdict
     if kind == "finding":
         counted = [c for c in mine if c.verdict != NOT_APPLICABLE]
         if not counted:
             return NOT_APPLICABLE
         passed = sum(c.verdict == PASS for c in counted)
-        return f"{worst} {passed}/{len(counted)}"
-    return worst
+        return f"{worst([c.verdict for c in mine])} {passed}/{len(counted)}"
+    return worst([c.verdict for c in mine])

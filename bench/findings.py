@@ -17,9 +17,71 @@ Two families:
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
-from streamllm.stats import Finding
+from streamllm.records import FAIL, INCONCLUSIVE, PASS
+from streamllm.stats import _pct
+
+RELATIONS = {"ratio_ppl": "PPL_s/PPL_ref", "ratio_tpot": "TPOT_s/TPOT_ref"}
+
+
+@dataclass(frozen=True)
+class Finding:
+    name: str
+    relation: str  # "ratio_ppl" (PPL_s/PPL_ref) or "ratio_tpot" (TPOT_s/TPOT_ref)
+    low: float | None  # band on the ratio; None = unbounded
+    high: float | None
+    provenance: str  # where the band comes from (a log section of docs/findings.md, or measured here, with date)
+
+    def __post_init__(self) -> None:
+        if self.relation not in RELATIONS:
+            raise ValueError(f"finding {self.name!r}: relation must be one of {sorted(RELATIONS)}, got {self.relation!r}")
+        if self.low is not None and self.high is not None and self.low > self.high:
+            raise ValueError(f"finding {self.name!r}: band low {self.low} > high {self.high}")
+
+    def band_text(self) -> str:
+        lo = "-∞" if self.low is None else f"{self.low:.4g}"
+        hi = "+∞" if self.high is None else f"{self.high:.4g}"
+        return f"{RELATIONS[self.relation]} in [{lo}, {hi}]"
+
+
+def check_finding(
+    finding: Finding, estimate: float, ci_low: float, ci_high: float, *, confidence: float = 0.95
+) -> tuple[str, str]:
+    """(verdict, message) for a finding's ratio estimate and CI against its band.
+
+    pass: the CI lies inside the band; fail: the CI lies entirely outside it, on either side (an
+    improvement beyond the band fails too: the finding changed, so re-record it on purpose);
+    inconclusive: the CI straddles an edge.
+    """
+    if not all(math.isfinite(x) for x in (estimate, ci_low, ci_high)):
+        verdict = FAIL
+        why = "non-finite measurement"
+    else:
+        lo_edge = -math.inf if finding.low is None else finding.low
+        hi_edge = math.inf if finding.high is None else finding.high
+        if lo_edge <= ci_low and ci_high <= hi_edge:
+            verdict, why = PASS, "inside the band"
+        elif ci_high < lo_edge or ci_low > hi_edge:
+            verdict = FAIL
+            below = ci_high < lo_edge
+            if finding.relation == "ratio_ppl":
+                side = "lower PPL" if below else "higher PPL"
+            else:
+                side = "faster" if below else "slower"
+            why = (
+                f"{'below' if below else 'above'} the band ({side} than the finding says): "
+                "the finding changed; if intended, re-record it on purpose"
+            )
+        else:
+            verdict, why = INCONCLUSIVE, "the CI straddles an edge of the band; rerun with more tokens or rounds"
+    message = (
+        f"finding {finding.name!r}: expected {finding.band_text()} ({finding.provenance}); measured "
+        f"{estimate:.4g} ({_pct(confidence)} CI {ci_low:.4g}–{ci_high:.4g}): {verdict}, {why}"
+    )
+    return verdict, message
+
 
 EMBEDDED_MODEL = "SmolLM2-135M-Instruct"
 MEASURED_HERE = (

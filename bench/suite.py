@@ -40,8 +40,9 @@ from streamllm.measure import (
     time_interleaved,
 )
 from streamllm.ratio import RatioCI, ratio_ci
+from streamllm.records import PASS, RUN_SCHEMA, validate_run
 from streamllm.results import EvalResult, write_json_atomic
-from streamllm.stats import PASS, check_finding, compare_timing, ppl_ratio_ci
+from streamllm.stats import compare_timing, ppl_ratio_ci
 
 from .catalog import DEFAULT_SINK, DEFAULT_TOKENS, DEFAULT_WINDOW, BenchCase, build_catalog, compile_mode
 from .checks import (
@@ -55,9 +56,8 @@ from .checks import (
     lookup,
     ratio_key,
 )
-from .findings import findings_for
+from .findings import check_finding, findings_for
 
-RUN_SCHEMA = "streamllm.bench-run/1"
 NOISE_NOTE = ("CPU timings from a shared 2-core VM: other processes compete for the cores (steal time), "
               "so TPOT samples are noisy; compare only within one fingerprint")
 
@@ -630,7 +630,9 @@ class Suite:
         if out.work is not None and out.work.key is not None:
             extra["work_counts"] = {out.work.key.id: out.work.to_json()}
         if out.ratio is not None:
-            extra["tpot_ratio"] = {ratio_key(self.fingerprint, torch.get_num_threads()): [round(out.ratio.ratio, 5)]}
+            rkey = ratio_key(self.fingerprint, torch.get_num_threads())
+            extra["tpot_ratio"] = {rkey: [round(out.ratio.ratio, 5)]}
+            extra["tpot_ratio_ci"] = {rkey: [[round(out.ratio.low, 5), round(out.ratio.high, 5)]]}
         record = BaselineRecord.from_result(evaluation, fingerprint=self.fingerprint, tpot_samples_ms=timing.samples,
                                             tpot_ms=timing.mean_ms, provenance=provenance, extra=extra)
         return dataclasses.replace(record, key=self.key(case, evaluation))
@@ -684,7 +686,8 @@ class Suite:
             return None
         stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
         path = self._under_root(self.options.report_dir) / "runs" / f"{stamp}-{self.options.device_type}-{os.getpid()}.json"
-        self.run_file = write_json_atomic(path, self.run_json())
+        record = validate_run(self.run_json(), "this run's record").to_json()  # the library's schema, checked
+        self.run_file = write_json_atomic(path, record)
         return self.run_file
 
 

@@ -636,7 +636,8 @@ class BaselineStore:
 # Per-key sections of `extra` that several machines or software stacks share: work counts keyed by
 # counter key (software), TPOT ratios by device class. An update replaces this run's keys and keeps
 # the others; an append adds this run's ratio as one more run.
-KEYED_EXTRA = ("work_counts", "tpot_ratio")
+KEYED_EXTRA = ("work_counts", "tpot_ratio", "tpot_ratio_ci")
+APPENDED_EXTRA = ("tpot_ratio", "tpot_ratio_ci")  # one entry per recorded run
 
 
 def _merge_extra(old: dict, new: dict, append: bool) -> dict:
@@ -644,7 +645,7 @@ def _merge_extra(old: dict, new: dict, append: bool) -> dict:
     for section in KEYED_EXTRA:
         mine, theirs = dict(old.get(section) or {}), new.get(section) or {}
         for key, value in theirs.items():
-            if append and section == "tpot_ratio" and key in mine:
+            if append and section in APPENDED_EXTRA and key in mine:
                 mine[key] = [*mine[key], *value]
             else:
                 mine[key] = value

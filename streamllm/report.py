@@ -32,23 +32,21 @@ from typing import Any
 import numpy as np
 
 from . import spikes as spike_metrics
-from .stats import FAIL, INCONCLUSIVE, PASS
+from .records import (  # the run record's schema and verdict words: one definition, in records.py
+    FAILING,
+    HISTORY_CHECK,
+    INCONCLUSIVE,
+    NOT_APPLICABLE,
+    NOT_CHECKED,
+    PASS,
+    RATIO_CHECK,
+    RECORDED,
+    WORK_CHECK,
+    RunRecordError,
+    validate_run,
+)
 
-RUN_SCHEMA = "streamllm.bench-run/1"
-
-# Verdicts a check's `verdict` field can hold besides stats' PASS / FAIL / INCONCLUSIVE (bench's
-# vocabulary, bench/checks.py). A report reads records, it does not import the suite.
-ERROR = "error"
-NOT_CHECKED = "not checked"
-RECORDED = "recorded"
-NOT_APPLICABLE = "n/a"
-FAILING = frozenset({FAIL, ERROR})  # bench.checks.Check.failed
 NEEDS_ATTENTION = frozenset({INCONCLUSIVE, NOT_CHECKED, RECORDED})
-
-# The (b) checks, by the names bench gives them (bench/checks.py): what the evidence table shows.
-WORK_CHECK = "(b) work per step vs baseline"
-RATIO_CHECK = "(b) TPOT / reference, same run"
-HISTORY_CHECK = "(b) TPOT vs run history"
 
 COLUMNS = ("strategy", "PPL", "ΔPPL % vs dense", "TPOT ms (cycle mean)", "TPOT ms (median)", "speedup",
            "a: PPL", "b: TPOT", "c: findings")
@@ -79,10 +77,10 @@ def read_run(path: str | Path) -> Run:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise ReportError(f"run file {path}: cannot be read as JSON ({exc})") from None
-    if not isinstance(data, dict) or data.get("schema") != RUN_SCHEMA:
-        raise ReportError(f"run file {path}: not a bench run (schema {data.get('schema') if isinstance(data, dict) else None!r}, "
-                          f"expected {RUN_SCHEMA!r})")
-    return Run(path, data)
+    try:
+        return Run(path, validate_run(data, f"run file {path}").to_json())
+    except RunRecordError as exc:
+        raise ReportError(str(exc)) from None
 
 
 def load_runs(runs_dir: str | Path) -> list[Run]:

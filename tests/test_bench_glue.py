@@ -325,7 +325,7 @@ def test_loop_evaluation_equals_the_token_loop(tmp_path, tiny):
 
 def test_findings_pass_fail_on_either_side_and_not_applicable(tmp_path, tiny, monkeypatch):
     from bench import findings
-    from streamllm.stats import Finding
+    from bench.findings import Finding
 
     def spec(name, low, high, models=("tiny-llama",)):
         return findings.FindingSpec(Finding(name, "ratio_ppl", low, high, "test provenance"), case="window",
@@ -371,3 +371,19 @@ def test_history_fail_is_inconclusive_only_on_an_oversubscribed_cpu(tmp_path, ti
     absolute = next(c for c in checks if c.name == "(b) TPOT vs run history")
     assert absolute.verdict == expected, absolute.message
     assert ("oversubscribed" in absolute.message) == (expected == INCONCLUSIVE)
+
+
+def test_ratio_band_takes_on_a_noisy_recording(tmp_path):
+    """A stored ratio whose recording CI was wide (eager dense on a GPU: 3.88 [3.18, 4.74]) is
+    uncertain itself: a check at 3.36 passes against it, and fails against the same value
+    recorded with a tight CI."""
+    store = BaselineStore(tmp_path / "b")
+    key = BaselineKey("m", "r", "float16", "d", "sha", 64, "dense", {"name": "dense"})
+    ref = [20.0] * 8
+    case = [20.0 * 3.36 * m for m in (0.99, 1.01, 1.0, 1.02, 0.98, 1.0, 1.01, 0.99)]
+    for ci, expected in (([3.177, 4.744], PASS), ([3.85, 3.91], FAIL)):
+        record = BaselineRecord(key, 20.0, math.log(20.0), "cuda",
+                                extra={"tpot_ratio": {"gpu": [3.882]}, "tpot_ratio_ci": {"gpu": [ci]}})
+        store.update([record])
+        check = check_ratio_vs_baseline(case, ref, lookup(store, key), key="gpu", updating=False, what="dense")
+        assert check.verdict == expected, check.message

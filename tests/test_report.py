@@ -12,10 +12,10 @@ import numpy as np
 import pytest
 
 from streamllm.counters import CounterKey, WorkCounts
+from streamllm.records import RUN_SCHEMA
 from streamllm.report import (
     HISTORY_CHECK,
     RATIO_CHECK,
-    RUN_SCHEMA,
     WORK_CHECK,
     ReportError,
     build_report,

@@ -14,13 +14,12 @@ import numpy as np
 import pytest
 from scipy.signal import lfilter
 
+from bench.findings import Finding, check_finding
 from streamllm.stats import (
     FAIL,
     INCONCLUSIVE,
     PASS,
-    Finding,
     bootstrap_ratio_ci,
-    check_finding,
     compare_ppl,
     compare_timing,
     mann_whitney,
