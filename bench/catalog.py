@@ -100,6 +100,8 @@ def build_catalog(sink: int = DEFAULT_SINK, window: int = DEFAULT_WINDOW,
         BenchCase("ring-cudagraphs", ring, transform="compile-cudagraphs", note="CUDA only"),
         BenchCase("ring-cudagraphs-gemv", ring, transform="compile-cudagraphs-gemv",
                   note="CUDA only: linears as Triton reductions (streamllm.gemv)"),
+        BenchCase("ring-cudagraphs-triton", ring, transform="compile-cudagraphs-triton",
+                  note="CUDA only: Triton GEMV + split-KV attention (streamllm.kernels)"),
         # Sweep points the log's findings need (c128: +34 % on Pythia-2.8b, docs/findings.md#lazy-pruning); not in the default run.
         BenchCase("lazy-c128", make_strategy("lazy", sink=sink, window=window, compress_every=128), default=False,
                   note="the log's quality cliff; slow on CPU", sweeps=("compress",)),
@@ -227,4 +229,5 @@ def unavailable_reason(case: BenchCase, device_type: str) -> str | None:
 def compile_mode(case: BenchCase) -> str:
     """The streamllm.decode --compile mode of a case."""
     return {"compile": "default", "compile-cudagraphs": "cudagraphs",
-            "compile-cudagraphs-gemv": "cudagraphs-gemv"}.get(case.transform or "", "none")
+            "compile-cudagraphs-gemv": "cudagraphs-gemv",
+            "compile-cudagraphs-triton": "cudagraphs-triton"}.get(case.transform or "", "none")

@@ -27,6 +27,7 @@ from streamllm.baselines import (
     BaselineStore,
     make_provenance,
 )
+from streamllm.combinations import GRAPH_MODES
 from streamllm.counters import WorkCounts, count_work, counter_key
 from streamllm.fingerprint import fingerprint_id, hardware_fingerprint
 from streamllm.history import RunHistory
@@ -543,7 +544,7 @@ class Suite:
         if not busy:
             def rerun() -> tuple[list[float], list[float]]:
                 return self.rerun(case, dataset)
-        graph = compile_mode(case) in ("cudagraphs", "cudagraphs-gemv")
+        graph = compile_mode(case) in GRAPH_MODES
         ratio = check_ratio_vs_baseline(
             timing.samples, out.reference_timing.samples if out.reference_timing else None, found,
             key=ratio_key(self.fingerprint, torch.get_num_threads()), updating=updating, what=what,

@@ -15,8 +15,8 @@ import shutil
 from .strategies import StrategyError, StrategySpec
 
 # How the decode step runs (`--compile`); the graph modes are captured by hand in one CUDA graph.
-COMPILE_MODES = ("none", "default", "cudagraphs", "cudagraphs-gemv")
-GRAPH_MODES = frozenset({"cudagraphs", "cudagraphs-gemv"})
+COMPILE_MODES = ("none", "default", "cudagraphs", "cudagraphs-gemv", "cudagraphs-triton")
+GRAPH_MODES = frozenset({"cudagraphs", "cudagraphs-gemv", "cudagraphs-triton"})
 
 # Cache kinds (streamllm/caches/): dynamic.py, static.py, ring.py.
 CACHE_KINDS: dict[str, str] = {
@@ -55,6 +55,12 @@ def compile_problem(compile_mode: str, cache_kind: str, device_type: str) -> str
         return None
     if device_type != "cuda":
         return f"--compile {compile_mode} needs a CUDA device; on CPU use --compile default or none"
+    if compile_mode == "cudagraphs-triton":
+        from .kernels import unavailable_reason  # imports no triton
+
+        reason = unavailable_reason(device_type)
+        if reason:
+            return f"--compile {compile_mode}: {reason}"
     if cache_kind == "dynamic":
         return (
             f"--compile {compile_mode} needs a cache with static shapes and in-place state: the dynamic cache grows "

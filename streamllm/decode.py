@@ -190,4 +190,8 @@ def decoder_factory(compile_mode: str = "none", device: torch.device | str = "cp
         return CompiledDecoder
     if compile_mode == "cudagraphs-gemv":
         return partial(GraphDecoder, gemv=True)
+    if compile_mode == "cudagraphs-triton":
+        from .kernels.integration import TritonGraphDecoder  # lazy: no triton import for other modes
+
+        return TritonGraphDecoder
     return GraphDecoder
