@@ -20,7 +20,6 @@ Rules the suite relies on:
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import math
@@ -38,7 +37,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from .fingerprint import fingerprint_id, hardware_fingerprint, package_version  # noqa: F401  (re-exported)
-from .results import write_text_atomic
+from .results import locked_directory, write_text_atomic
 
 if TYPE_CHECKING:  # only for annotations: keep `import streamllm.baselines` free of torch
     from .results import EvalResult
@@ -477,24 +476,6 @@ def _dumps(header: dict, records: dict[str, BaselineRecord]) -> str:
     return text + "\n"
 
 
-@contextlib.contextmanager
-def _dir_lock(directory: Path) -> Iterator[None]:
-    """Serialize read-merge-write of concurrent updaters (e.g. pytest-xdist workers) without
-    leaving a lock file behind: flock on the directory itself (POSIX only; a no-op elsewhere)."""
-    try:
-        import fcntl
-    except ImportError:
-        yield
-        return
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        yield
-    finally:
-        fcntl.flock(fd, fcntl.LOCK_UN)
-        os.close(fd)
-
-
 class BaselineStore:
     """Baseline files under `root` (normally the repository's baselines/)."""
 
@@ -599,7 +580,7 @@ class BaselineStore:
         written = []
         for path, incoming in by_path.items():
             path.parent.mkdir(parents=True, exist_ok=True)
-            with _dir_lock(path.parent):
+            with locked_directory(path.parent):
                 header = next(iter(incoming.values())).key.header()
                 merged = self._existing_for_update(path, header)
                 for label, record in incoming.items():

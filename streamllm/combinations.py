@@ -8,6 +8,7 @@ them keeps rules of its own. Each refusal names what to use instead.
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import os
 import shutil
@@ -45,6 +46,13 @@ def cache_problem(spec: StrategySpec) -> str | None:
             "--cache static (lazy) or --cache dynamic"
         )
     return None
+
+
+def check_cache(spec: StrategySpec, kind: str) -> None:
+    """Raise UnsupportedCombinationError if the `kind` cache cannot hold `spec`'s strategy."""
+    found = cache_problem(dataclasses.replace(spec, cache=kind))
+    if found:
+        raise UnsupportedCombinationError(found)
 
 
 def compile_problem(compile_mode: str, cache_kind: str, device_type: str) -> str | None:

@@ -30,19 +30,18 @@ known to be disturbed.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import math
 import os
 import re
 import statistics
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from .results import write_text_atomic
+from .results import locked_directory, write_text_atomic
 from .stats import mann_whitney, run_spread_tolerance
 
 SCHEMA = "streamllm.history/1"
@@ -288,24 +287,6 @@ def apply_nightly(judgement: Judgement, previous: str | None, previous_run: int 
 # The store
 
 
-@contextlib.contextmanager
-def _locked(directory: Path) -> Iterator[None]:
-    """flock on the directory itself: appends from concurrent processes take distinct numbers
-    and no lock file is left behind (POSIX; elsewhere appends are not serialized)."""
-    try:
-        import fcntl
-    except ImportError:
-        yield
-        return
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        yield
-    finally:
-        fcntl.flock(fd, fcntl.LOCK_UN)
-        os.close(fd)
-
-
 class RunHistory:
     """The runs of one hardware fingerprint under `root/<fingerprint_id>/`."""
 
@@ -413,7 +394,7 @@ class RunHistory:
                 built[name] = CaseRun(_samples(list(c), f"case {name!r}"), verdicts.get(name), overrides.get(name))
         stamp = (now or datetime.now(timezone.utc)).astimezone(timezone.utc)
         self.directory.mkdir(parents=True, exist_ok=True)
-        with _locked(self.directory):
+        with locked_directory(self.directory):
             self._runs = None  # another process may have appended since we read
             number = max((r.number for r in self.runs()), default=0) + 1
             run = Run(self.fingerprint_id, number, stamp.isoformat(), accepted, built,

@@ -7,6 +7,7 @@ import json
 import math
 import os
 import tempfile
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -109,3 +110,22 @@ def _finite(obj):
     if isinstance(obj, (list, tuple)):
         return [_finite(v) for v in obj]
     return obj
+
+
+@contextlib.contextmanager
+def locked_directory(directory: str | os.PathLike) -> Iterator[None]:
+    """Serialize read-merge-write (baselines) and append (run history) between processes, e.g.
+    pytest-xdist workers, without leaving a lock file behind: flock on the directory itself
+    (POSIX; elsewhere a no-op)."""
+    try:
+        import fcntl
+    except ImportError:
+        yield
+        return
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        os.close(fd)

@@ -22,28 +22,20 @@ Softmax attention does not depend on slot order, so the ring's order is harmless
 
 from __future__ import annotations
 
-import dataclasses
-
 import torch
 
-from ..combinations import cache_problem
+from ..combinations import check_cache
 from ..rope import RopeSpec, apply_rotation
 from ..strategies import PositionMode, StrategySpec
 from .events import EvictionEvent
-from .fixed import FixedCache, UnsupportedCacheError, check_one_token
-
-
-def check_ring(spec: StrategySpec) -> None:
-    problem = cache_problem(dataclasses.replace(spec, cache="ring"))
-    if problem:
-        raise UnsupportedCacheError(problem)
+from .fixed import FixedCache, check_one_token
 
 
 class RingStreamingCache(FixedCache):
     kind = "ring"
 
     def __init__(self, spec: StrategySpec, model: torch.nn.Module):
-        check_ring(spec)
+        check_cache(spec, "ring")
         self.sink = spec.sink
         self.window = spec.effective_window
         # No padding: once full, every slot holds a token and attention may run without a mask.

@@ -14,28 +14,20 @@ a CUDA graph; the shift runs outside the graph, between replays, with a fixed sh
 
 from __future__ import annotations
 
-import dataclasses
-
 import torch
 
-from ..combinations import cache_problem
+from ..combinations import check_cache
 from ..rope import RopeSpec, apply_rotation
 from ..strategies import PositionMode, StrategySpec
 from .events import EvictionEvent
-from .fixed import FixedCache, UnsupportedCacheError, check_one_token
-
-
-def check_static(spec: StrategySpec) -> None:
-    problem = cache_problem(dataclasses.replace(spec, cache="static"))
-    if problem:
-        raise UnsupportedCacheError(problem)
+from .fixed import FixedCache, check_one_token
 
 
 class StaticStreamingCache(FixedCache):
     kind = "static"
 
     def __init__(self, spec: StrategySpec, model: torch.nn.Module):
-        check_static(spec)
+        check_cache(spec, "static")
         capacity = spec.capacity  # largest |C_t|; the new token takes one more slot
         super().__init__(spec, model, capacity + 1)
         self.shift = spec.position_mode is PositionMode.SHIFT
