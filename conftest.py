@@ -48,8 +48,8 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group.addoption("--baselines-dir", default="baselines", help="baseline store root (default: baselines)")
     group.addoption("--report-dir", default="reports",
                     help="the run JSON goes to REPORT_DIR/runs/ for `streamllm report` ('' to skip)")
-    group.addoption("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
-    group.addoption("--tpot-tolerance", type=float, default=0.10, help="TPOT band vs baseline (default ±10%%)")
+    group.addoption("--threads", type=int, default=None, help="torch CPU threads (default: 1 on CPU, torch's on GPU)")
+    group.addoption("--tpot-tolerance", type=float, default=0.10, help="TPOT ratio / history band (default ±10%%)")
     group.addoption("--sweep", default=None,
                     help="run a sweep instead of --strategies: window | sinks | compress | overlap | refresh | b2 | "
                          "context | all (all but context), comma list allowed; see bench/catalog.py SWEEPS")
