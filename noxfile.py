@@ -119,9 +119,9 @@ def gpu(session: nox.Session) -> None:
     install(session, gpu=True)
     ok = bench(session, "Pythia-2.8b config, dummy weights, fp16 (timing)",
                ["--device", "cuda", "--model", "dummy:pythia-2.8b", "--dtype", "float16", "--tokens", "4096",
-                "--window", "2044", "--strategies", "all", "--benchmark-autosave"], "reports/gpu-dummy-pythia")
+                "--window", "2044", "--strategies", "all", "--benchmark-autosave", "--nightly"], "reports/gpu-dummy-pythia")
     ok &= bench(session, "embedded model on CUDA (PPL + timing)",
-                ["--device", "cuda", "--strategies", "all", "--benchmark-autosave"], "reports/gpu-embedded")
+                ["--device", "cuda", "--strategies", "all", "--benchmark-autosave", "--nightly"], "reports/gpu-embedded")
     real = os.environ.get("STREAMLLM_GPU_MODEL")
     if real:
         ok &= bench(session, f"{real} (PPL + findings)",
