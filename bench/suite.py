@@ -28,12 +28,20 @@ from streamllm.baselines import (
     make_provenance,
 )
 from streamllm.combinations import GRAPH_MODES
-from streamllm.counters import WorkCounts, count_work, counter_key
+from streamllm.counters import (
+    WorkCounts,
+    analytic_step_bytes,
+    count_work,
+    counter_key,
+    floor_ms,
+    mean_attended_slots,
+)
 from streamllm.fingerprint import fingerprint_id, hardware_fingerprint
 from streamllm.history import RunHistory
 from streamllm.measure import (
     DecodeSlice,
     TimingRun,
+    copy_bandwidth_GBps,
     prepare_slice,
     reference_slice,
     speedup,
@@ -119,6 +127,7 @@ class CaseResult:
     ratio: RatioCI | None = None  # case / reference, per round, same process
     work: WorkCounts | None = None
     speedup: float | None = None
+    floor_ms: float | None = None  # analytic bytes a step must read / measured copy bandwidth
     ppl_delta_vs_dense_pct: float | None = None
     slice_nll_max_abs_diff: float | None = None
     checks: list[Check] = field(default_factory=list)
@@ -143,6 +152,7 @@ class CaseResult:
             "tpot_ms_mean": tm.mean_ms if tm else None,
             "tpot_ms_median": tm.median_ms if tm else None,
             "speedup": self.speedup,
+            "tpot_over_floor": self.timing.mean_ms / self.floor_ms if self.floor_ms and self.timing else None,
             "verdicts": self.verdicts if not self.skipped else {"a": "skip", "b": "skip", "c": "skip"},
             "skipped": self.skipped,
         }
@@ -201,6 +211,7 @@ class Suite:
         self.history_results: dict[str, list[float]] = {}  # case key -> this run's absolute samples
         self.history_verdicts: dict[str, str] = {}
         self._fingerprint: dict | None = None
+        self._bandwidth: float | None = None  # GB/s, measure.copy_bandwidth_GBps
         if self.threads:
             # One thread by default on CPU: on a shared 2-core VM, two OpenMP threads spin-wait on
             # each other whenever one is descheduled (measured under load: 500 ms/step with 2
@@ -458,6 +469,7 @@ class Suite:
             out.speedup = speedup(self.timing(dense, dataset).mean_ms, timing.mean_ms)
         else:
             out.ppl_delta_vs_dense_pct, out.speedup = 0.0, 1.0
+        out.floor_ms = self.step_floor_ms(case, timing)
         out.checks = self.checks(case, dataset, evaluation, timing, out)
         if self.options.update_baselines:
             self.records.append(self.baseline_record(case, dataset, evaluation, timing, out))
@@ -469,6 +481,16 @@ class Suite:
             benchmark.group = f"{self.text(dataset).name} ({self.options.model}, {self.options.tokens} tokens)"
             benchmark.extra_info.update(self.extra_info(out))
         return out
+
+    def step_floor_ms(self, case: BenchCase, timing: TimingRun) -> float:
+        """The step's memory floor: every weight once + the K/V it attends (mean over a cycle), at
+        this device's measured copy bandwidth (measured once per session)."""
+        loaded = self.model(case.transform)
+        if self._bandwidth is None:
+            self._bandwidth = copy_bandwidth_GBps(loaded.device)
+        context = timing.kv_length_max - 1 if case.spec.capacity is None else None
+        nbytes = analytic_step_bytes(loaded.model, mean_attended_slots(case.spec, context))
+        return floor_ms(nbytes, self._bandwidth)
 
     def too_short(self, case: BenchCase) -> str | None:
         """Why this run's text is too short for the case (context arms need ~P + 2k tokens)."""
@@ -669,6 +691,7 @@ class Suite:
             "schema": RUN_SCHEMA,
             "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             "runtime_s": time.time() - self.started,
+            "copy_bandwidth_GBps": self._bandwidth,
             "command": " ".join([_program(), *sys.argv[1:]]),
             "options": dataclasses.asdict(self.options),
             "model": {"name": loaded.name, "revision": loaded.revision, "dummy_weights": loaded.dummy_weights,

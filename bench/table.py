@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 
-COLUMNS = ("dataset", "strategy", "PPL", "ΔPPL %", "TPOT ms mean", "TPOT ms median", "speedup",
+COLUMNS = ("dataset", "strategy", "PPL", "ΔPPL %", "TPOT ms mean", "TPOT ms median", "speedup", "TPOT/floor",
            "a: PPL", "b: TPOT", "c: findings")
 
 
@@ -22,7 +22,7 @@ def table_rows(rows: list[dict]) -> list[list[str]]:
         out.append([
             r["dataset"], r["label"], _num(r["ppl"], ".4f"), _num(r["ppl_delta_vs_dense_pct"], "+.2f"),
             _num(r["tpot_ms_mean"], ".2f"), _num(r["tpot_ms_median"], ".2f"), _num(r["speedup"], ".2f"),
-            v["a"], v["b"], v["c"],
+            _num(r.get("tpot_over_floor"), ".1f"), v["a"], v["b"], v["c"],
         ])
     return out
 
@@ -30,7 +30,7 @@ def table_rows(rows: list[dict]) -> list[list[str]]:
 def format_table(rows: list[dict]) -> list[str]:
     cells = table_rows(rows)
     widths = [max(len(h), *(len(c[i]) for c in cells)) if cells else len(h) for i, h in enumerate(COLUMNS)]
-    numeric = {2, 3, 4, 5, 6}
+    numeric = {2, 3, 4, 5, 6, 7}
 
     def line(values) -> str:
         return "  ".join(v.rjust(w) if i in numeric else v.ljust(w) for i, (v, w) in enumerate(zip(values, widths, strict=True)))

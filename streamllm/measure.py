@@ -399,3 +399,15 @@ def time_steady_state(loaded: LoadedModel, ids: torch.Tensor, spec: StrategySpec
                            decoder_factory=decoder_factory, real_fill=False)
     return time_rounds(slice_, steps=steps, cycle=spec.compress_every if spec.capacity is not None else 1,
                        rounds=rounds, warmup_rounds=warmup_rounds)
+
+
+def copy_bandwidth_GBps(device: torch.device | str, nbytes: int = 256 * 2**20, repeats: int = 5) -> float:
+    """Measured device copy bandwidth (bytes read + written per second, GB/s), the best of `repeats`
+    copies of an `nbytes` buffer: the rate the step's floor is computed at (counters.floor_ms)."""
+    device = torch.device(device)
+    clock = Clock(device)
+    src = torch.empty(nbytes, dtype=torch.uint8, device=device)
+    dst = torch.empty_like(src)
+    dst.copy_(src)  # first touch: allocate pages, warm the copy kernel
+    best = min(clock.time(lambda: dst.copy_(src))[1] for _ in range(repeats))
+    return 2 * nbytes / (best / 1e3) / 1e9

@@ -1,38 +1,32 @@
-"""Same-run relative TPOT (issue #11 item 2): a case against a reference arm, interleaved.
+"""Same-run relative TPOT: a case against a reference arm, timed alternately in one process.
 
 Absolute TPOT moves with the machine (another CPU model, a loaded host, a GPU whose eager decode
 is host-bound and lands at another level in every process). The ratio of two arms timed in the
-same process, round for round, does not: whatever slows the machine during a pair slows both of
-its rounds. So each case is timed in rounds interleaved with a reference arm, and the ratio is
-asserted against a stored ratio band on any machine of the device class.
+same process, step for step, does not: whatever slows the machine during a round slows both
+arms. `streamllm.measure.time_interleaved` times the case and its reference alternately; this
+module turns their per-round times into a ratio with a confidence interval and a verdict against
+a stored ratio.
 
-Design:
-- `interleave(run_a, run_b, pairs)` times A and B alternately, the order flipping every pair
-  (A B, B A, A B, ...): a drift within a pair (warming, throttling, a neighbour's load ramp)
-  then biases neither arm, and effects of "who ran last" (caches, clocks) cancel over pairs.
-- The statistic is the per-pair log ratio d_i = ln(a_i / b_i); its mean estimates the log of
+- The statistic is the per-round log ratio d_i = ln(a_i / b_i); its mean estimates the log of
   the geometric-mean ratio, and the CI is a Student-t interval on the d_i. Chosen over a
-  bootstrap over pairs because (1) it needs no RNG, so a verdict is a pure function of the
-  timings; (2) timing noise is multiplicative, so log ratios are close to symmetric and the
-  t interval holds its coverage at 10-30 pairs, where a percentile bootstrap under-covers;
-  (3) it fails safe under outliers: a lone slow round raises the mean by s/n but the half-width
-  by ~t*s/n, so it widens the CI toward "inconclusive" and can never produce a fail alone.
+  bootstrap because (1) it needs no RNG, so a verdict is a pure function of the timings;
+  (2) timing noise is multiplicative, so log ratios are close to symmetric and the t interval
+  holds its coverage at 4-30 rounds, where a percentile bootstrap under-covers; (3) it fails safe
+  under outliers: a lone slow round raises the mean by s/n but the half-width by ~t*s/n, so it
+  widens the CI toward "inconclusive" and can never produce a fail alone.
 - `check_ratio`: pass when the CI lies inside the band around the stored ratio; fail when the
   estimate lies outside the band AND the CI excludes the stored ratio (the change is real and
-  its best estimate is beyond the band); otherwise inconclusive (rerun with more pairs). The
+  its best estimate is beyond the band); otherwise inconclusive (rerun with more rounds). The
   band is symmetric in log space: [stored / (1 + band), stored * (1 + band)].
 
-Recommended: 16 pairs (`DEFAULT_PAIRS`) for a ±10 % band at 5 % per-round noise (per-pair log
-ratio sd ~0.07): an A/A run passes in 99.9 % of runs (never fails) and a 15 % slowdown fails in 99.5 %
-(2000 synthetic seeds; tests/test_ratio.py checks 100 and 10). `pairs_needed` gives the count for the
-noise a machine shows.
+On synthetic rounds with 5 % noise per round and 16 rounds, an A/A run passes in 99.9 % of runs
+and a 15 % slowdown fails in 99.5 % (2000 seeds; tests/test_ratio.py checks 100 and 10).
 """
 
 from __future__ import annotations
 
 import math
-import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -124,63 +118,3 @@ def check_ratio(ci: RatioCI, stored_ratio: float, band: float, *, label: str = "
     else:
         verdict, why = INCONCLUSIVE, "the CI reaches beyond the band; rerun with more pairs"
     return RatioVerdict(verdict, f"{head}: {verdict}, {why}", ci.ratio, ci.low, ci.high, stored_ratio, band)
-
-
-def interleave(
-    run_a: Callable[[], float],
-    run_b: Callable[[], float],
-    rounds: int = DEFAULT_PAIRS,
-    *,
-    warmup: int = 1,
-) -> tuple[list[float], list[float]]:
-    """Call the round-callables alternately and return their per-round results (a, b).
-
-    Each callable runs one timed round and returns its time (ms; e.g. the round's mean TPOT over
-    whole eviction cycles). `rounds` pairs are recorded after `warmup` unrecorded pairs; pair i
-    runs A then B when i is even and B then A when odd (A B B A A B ...), so drift within a pair
-    and order effects cancel.
-    """
-    if rounds < 1 or warmup < 0:
-        raise ValueError(f"need rounds >= 1 and warmup >= 0 (got {rounds}, {warmup})")
-    a: list[float] = []
-    b: list[float] = []
-    for i in range(warmup + rounds):
-        first, second = (run_a, run_b) if i % 2 == 0 else (run_b, run_a)
-        x, y = float(first()), float(second())
-        if i < warmup:
-            continue
-        ta, tb = (x, y) if i % 2 == 0 else (y, x)
-        a.append(ta)
-        b.append(tb)
-    return a, b
-
-
-def timed_round(fn: Callable[[], object], sync: Callable[[], None] = lambda: None) -> Callable[[], float]:
-    """A round-callable for `interleave`: wall time of `fn()` in ms, `sync()` before each clock read
-    (pass torch.cuda.synchronize on CUDA). For per-step TPOT, divide by the round's steps."""
-
-    def run() -> float:
-        sync()
-        start = time.perf_counter()
-        fn()
-        sync()
-        return (time.perf_counter() - start) * 1e3
-
-    return run
-
-
-def pairs_needed(sd_log: float, band: float, *, confidence: float = DEFAULT_CONFIDENCE,
-                 aa_pass: float = 0.99, max_pairs: int = 1000) -> int:
-    """Smallest number of pairs at which an A/A run (true ratio = stored) passes with probability
-    `aa_pass`: the CI half-width plus the estimate's own spread must fit in the band,
-    (t_{n-1} + z) * sd / sqrt(n) <= ln(1 + band). A slowdown of band + a few sd/sqrt(n) is then
-    detected with about the same probability. `sd_log`: RatioCI.sd_log of a first run."""
-    if band <= 0 or sd_log < 0:
-        raise ValueError("need band > 0 and sd_log >= 0")
-    z = float(_sps.norm.ppf(0.5 + aa_pass / 2))
-    edge = math.log1p(band)
-    for n in range(MIN_PAIRS, max_pairs + 1):
-        t = float(_sps.t.ppf(0.5 + confidence / 2, n - 1))
-        if (t + z) * sd_log / math.sqrt(n) <= edge:
-            return n
-    return max_pairs

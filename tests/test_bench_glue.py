@@ -387,3 +387,17 @@ def test_ratio_band_takes_on_a_noisy_recording(tmp_path):
         store.update([record])
         check = check_ratio_vs_baseline(case, ref, lookup(store, key), key="gpu", updating=False, what="dense")
         assert check.verdict == expected, check.message
+
+
+def test_each_case_reports_its_bandwidth_floor(tmp_path, tiny):
+    """TPOT / floor: the analytic bytes a step must read (weights once + the K/V it attends) over
+    the measured copy bandwidth. A real step can never beat it."""
+    from streamllm.counters import analytic_step_bytes, floor_ms, mean_attended_slots
+
+    suite = make_suite(tmp_path, tiny)
+    out = run(suite, "strict", "lazy-c16")
+    for cid, result in out.items():
+        spec = suite.case(cid).spec
+        expected = floor_ms(analytic_step_bytes(tiny.model, mean_attended_slots(spec)), suite._bandwidth)
+        assert result.floor_ms == pytest.approx(expected)
+        assert result.row()["tpot_over_floor"] > 1.0
