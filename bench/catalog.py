@@ -35,9 +35,13 @@ SWEEPS: dict[str, str] = {
     "b2": "phase B2 matrix: strict / lazy c16 / lazy c32 x dynamic / static, + ring (strict only)",
     "context": "eviction vs trained context: S+W+R inside vs only the largest positions beyond "
                "(W ~ max positions; needs --tokens >= max positions + ~2k, default 10240 for this sweep)",
+    "gpu": "decode variants on one GPU (the H100 table of reports/gpu-h100.md): every cache x eager / compile / "
+           "CUDA graph, the graph's attention and kernel variants, each against the ring with no eviction, INT8 "
+           "on its own weights; on CPU the graph and Triton cases skip with the reason",
 }
 # `--sweep all`: every sweep at the default text length. The context sweep needs ~10k tokens
-# (its window is the model's whole trained context), so it is only run by name.
+# (its window is the model's whole trained context), and the gpu sweep is mostly CUDA-graph cases
+# that skip on CPU and compile for minutes where they run: both are only run by name.
 ALL_SWEEPS = ("window", "sinks", "compress", "overlap", "refresh", "b2")
 CONTEXT_TOKENS = 10240  # default --tokens for --sweep context: ~2k tokens of eviction past an 8k window
 CONTEXT_R = 128  # the log's quality cliff (docs/findings.md#lazy-pruning): lets the largest position run 127 past the context
@@ -47,18 +51,27 @@ CONTEXT_R = 128  # the log's quality cliff (docs/findings.md#lazy-pruning): lets
 class BenchCase:
     id: str  # pytest id, --strategies name
     spec: StrategySpec
-    transform: str | None = None  # "int8" | "compile" | "compile-cudagraphs" | "compile-cudagraphs-gemv"
+    transform: str | None = None  # "int8" | "compile" | "compile-<graph mode>" (e.g. "compile-cudagraphs")
     default: bool = True  # in the default selection
     every_dataset: bool = True  # False: the default selection runs it on the first --dataset only
     note: str = ""  # why it is (not) in the default selection, shown by --strategies help
     sweeps: tuple[str, ...] = ()  # the --sweep groups this case is a point of
     sweep_only: bool = False  # only selected by --sweep or by id (not by `all`: the GPU job's set)
     min_tokens: int = 0  # text length the case needs (context arms: window ~ max positions)
+    # The --compile mode on top of INT8 weights. `transform` stays "int8" for every INT8 case: it
+    # is what makes the suite (and streamllm.profile.WeightSets) load a model of its own for them.
+    compile: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.compile is not None and self.transform != "int8":
+            raise ValueError(f"{self.id}: compile= combines with transform='int8' only; other cases name "
+                             "their mode in transform ('compile-<mode>')")
 
     @property
     def label(self) -> str:
-        """Baseline key and table label: the spec's label plus the transform."""
-        return self.spec.label() + (f"+{self.transform}" if self.transform else "")
+        """Baseline key and table label: the spec's label plus the transform (and an INT8 case's compile mode)."""
+        suffix = (f"+{self.transform}" if self.transform else "") + (f"+compile-{self.compile}" if self.compile else "")
+        return self.spec.label() + suffix
 
     @property
     def cycle(self) -> int:
@@ -66,7 +79,8 @@ class BenchCase:
         return max(1, self.spec.compress_every)
 
     def params(self) -> dict:
-        return {**self.spec.params(), "transform": self.transform}
+        # `compile` only where set: the stored baselines of every other case keep their keys
+        return {**self.spec.params(), "transform": self.transform, **({"compile": self.compile} if self.compile else {})}
 
 
 def build_catalog(sink: int = DEFAULT_SINK, window: int = DEFAULT_WINDOW,
@@ -80,27 +94,27 @@ def build_catalog(sink: int = DEFAULT_SINK, window: int = DEFAULT_WINDOW,
     ring = dataclasses.replace(strict, cache="ring")
     return [
         BenchCase("dense", make_strategy("dense"), note="the fixed baseline"),
-        BenchCase("strict", strict, sweeps=("window", "sinks", "compress", "overlap", "b2")),
+        BenchCase("strict", strict, sweeps=("window", "sinks", "compress", "overlap", "b2", "gpu")),
         BenchCase("window", make_strategy("window", window=window), note="no sinks: the collapse sinks fix",
                   sweeps=("sinks",)),
         BenchCase("lazy-c16", make_strategy("lazy", sink=sink, window=window, compress_every=16),
-                  sweeps=("compress", "b2")),
+                  sweeps=("compress", "b2", "gpu")),
         BenchCase("lazy-c32", make_strategy("lazy", sink=sink, window=window, compress_every=32),
-                  sweeps=("compress", "refresh", "b2")),
+                  sweeps=("compress", "refresh", "b2", "gpu")),
         # Refresh has no exact parallel evaluator: its PPL is a token loop (~75 s per 1024-token text
         # on 2 shared cores), so the default run scores it on the first dataset only (CPU budget).
         BenchCase("refresh", make_strategy("refresh", sink=sink, window=window, compress_every=32, refresh=8),
                   every_dataset=False, sweeps=("refresh",),
                   note="tail re-insertion, the log's negative result; default: first dataset only (token loop)"),
-        BenchCase("static", static, sweeps=("b2",)),
-        BenchCase("int8", strict, transform="int8", note="torchao INT8 weight-only v2, MLP linears"),
-        BenchCase("compile", strict, transform="compile", default=False,
+        BenchCase("static", static, sweeps=("b2", "gpu")),
+        BenchCase("int8", strict, transform="int8", note="torchao INT8 weight-only v2, MLP linears", sweeps=("gpu",)),
+        BenchCase("compile", strict, transform="compile", default=False, sweeps=("gpu",),
                   note="torch.compile without CUDA graphs; minutes of compile on CPU, default on CUDA"),
-        BenchCase("ring", ring, sweeps=("b2",)),
-        BenchCase("ring-cudagraphs", ring, transform="compile-cudagraphs", note="CUDA only"),
-        BenchCase("ring-cudagraphs-gemv", ring, transform="compile-cudagraphs-gemv",
+        BenchCase("ring", ring, sweeps=("b2", "gpu")),
+        BenchCase("ring-cudagraphs", ring, transform="compile-cudagraphs", note="CUDA only", sweeps=("gpu",)),
+        BenchCase("ring-cudagraphs-gemv", ring, transform="compile-cudagraphs-gemv", sweeps=("gpu",),
                   note="CUDA only: linears as Triton reductions (streamllm.gemv)"),
-        BenchCase("ring-cudagraphs-triton", ring, transform="compile-cudagraphs-triton",
+        BenchCase("ring-cudagraphs-triton", ring, transform="compile-cudagraphs-triton", sweeps=("gpu",),
                   note="CUDA only: Triton GEMV + split-KV attention (streamllm.kernels)"),
         # Sweep points the log's findings need (c128: +34 % on Pythia-2.8b, docs/findings.md#lazy-pruning); not in the default run.
         BenchCase("lazy-c128", make_strategy("lazy", sink=sink, window=window, compress_every=128), default=False,
@@ -108,6 +122,7 @@ def build_catalog(sink: int = DEFAULT_SINK, window: int = DEFAULT_WINDOW,
         BenchCase("no-shift", make_strategy("no-shift", sink=sink, window=window), default=False,
                   note="absolute-position ablation"),
         *sweep_cases(sink, window),
+        *gpu_cases(sink, window),
         *(context_cases(context_positions, sink) if context_positions else []),
     ]
 
@@ -138,7 +153,46 @@ def sweep_cases(sink: int, window: int) -> list[BenchCase]:
             for b in (16, 32)]
     for r in (16, 32):
         spec = dataclasses.replace(make_strategy("lazy", sink=sink, window=window, compress_every=r), cache="static")
-        out.append(point(f"lazy-c{r}-static", spec, "b2"))
+        out.append(BenchCase(f"lazy-c{r}-static", spec, default=False, sweep_only=True,
+                             sweeps=("b2", "gpu") if r == 32 else ("b2",)))
+    return out
+
+
+def gpu_cases(sink: int, window: int) -> list[BenchCase]:
+    """The `--sweep gpu` points that are not default cases: what scripts/gpu_tpot.py timed in a loop of
+    its own before (reports/gpu-h100.md), now measured, checked and reported like any case.
+
+    `noevict-*` is the ring's own no-eviction twin: S=0, W=S+W (the same slot count, no sinks to
+    re-rotate), so `ring-X / noevict-ring-X` is what eviction costs inside the same graph."""
+    strict = make_strategy("strict", sink=sink, window=window)
+    ring = dataclasses.replace(strict, cache="ring")
+    noevict = dataclasses.replace(make_strategy("window", sink=0, window=sink + window), cache="ring")
+    lazy32_static = dataclasses.replace(make_strategy("lazy", sink=sink, window=window, compress_every=32),
+                                        cache="static")
+
+    def point(case_id: str, spec: StrategySpec, note: str, **kw) -> BenchCase:
+        return BenchCase(case_id, spec, default=False, sweep_only=True, sweeps=("gpu",), note=note, **kw)
+
+    out = [point(f"noevict-ring-{mode}", noevict, f"no eviction, {what}", transform=f"compile-{mode}")
+           for mode, what in (("cudagraphs", "the ring-cudagraphs graph"), ("cudagraphs-gemv", "gemv reductions"),
+                              ("cudagraphs-triton", "Triton kernels"), ("cudagraphs-maskfree", "mask-free SDPA"))]
+    out += [
+        point("static-cudagraphs", dataclasses.replace(strict, cache="static"), "static strict: shift every step",
+              transform="compile-cudagraphs"),
+        point("lazy-c32-static-cudagraphs", lazy32_static, "static lazy: the shift once per 32 steps",
+              transform="compile-cudagraphs"),
+        point("ring-compile", ring, "inductor without CUDA graphs", transform="compile"),
+        point("ring-cudagraphs-uncompiled", ring, "the eager forward captured, no inductor",
+              transform="compile-cudagraphs-uncompiled"),
+        point("ring-cudagraphs-maskfree", ring, "no mask once the ring is full (flash-eligible SDPA)",
+              transform="compile-cudagraphs-maskfree"),
+        point("ring-cudagraphs-matmul", ring, "transformers' matmul attention", transform="compile-cudagraphs-matmul"),
+        point("ring-cudagraphs-autotune", ring, "inductor max-autotune", transform="compile-cudagraphs-autotune"),
+        point("int8-ring", ring, "INT8 weights, eager", transform="int8"),
+        point("int8-ring-cudagraphs", ring, "INT8 weights, graph", transform="int8", compile="cudagraphs"),
+        point("int8-ring-cudagraphs-gemv", ring, "INT8 dequantized inside the gemv reduction", transform="int8",
+              compile="cudagraphs-gemv"),
+    ]
     return out
 
 
@@ -227,7 +281,10 @@ def unavailable_reason(case: BenchCase, device_type: str) -> str | None:
 
 
 def compile_mode(case: BenchCase) -> str:
-    """The streamllm.decode --compile mode of a case."""
-    return {"compile": "default", "compile-cudagraphs": "cudagraphs",
-            "compile-cudagraphs-gemv": "cudagraphs-gemv",
-            "compile-cudagraphs-triton": "cudagraphs-triton"}.get(case.transform or "", "none")
+    """The streamllm.decode --compile mode of a case: "compile" is inductor's default, "compile-<mode>"
+    names the mode, INT8 cases carry theirs in `compile`, anything else decodes eagerly."""
+    if case.transform == "compile":
+        return "default"
+    if case.transform and case.transform.startswith("compile-"):
+        return case.transform.removeprefix("compile-")
+    return case.compile or "none"

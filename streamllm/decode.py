@@ -179,6 +179,17 @@ class GraphDecoder:
 
 DecoderFactory = Callable[[torch.nn.Module, AnyCache], object]
 
+# GraphDecoder's options per graph mode (which modes exist, and where each may run, is
+# streamllm.combinations'); cudagraphs-triton is a decoder of its own (streamllm.kernels).
+GRAPH_OPTIONS: dict[str, dict[str, object]] = {
+    "cudagraphs": {},
+    "cudagraphs-gemv": {"gemv": True},
+    "cudagraphs-maskfree": {"attention": "sdpa-maskfree"},
+    "cudagraphs-matmul": {"attention": "eager"},
+    "cudagraphs-uncompiled": {"compiled": False},
+    "cudagraphs-autotune": {"compile_mode": "max-autotune-no-cudagraphs"},
+}
+
 
 def decoder_factory(compile_mode: str = "none", device: torch.device | str = "cpu",
                     cache_kind: str = "dynamic") -> DecoderFactory:
@@ -188,10 +199,9 @@ def decoder_factory(compile_mode: str = "none", device: torch.device | str = "cp
         return EagerDecoder
     if compile_mode == "default":
         return CompiledDecoder
-    if compile_mode == "cudagraphs-gemv":
-        return partial(GraphDecoder, gemv=True)
     if compile_mode == "cudagraphs-triton":
         from .kernels.integration import TritonGraphDecoder  # lazy: no triton import for other modes
 
         return TritonGraphDecoder
-    return GraphDecoder
+    options = GRAPH_OPTIONS[compile_mode]
+    return partial(GraphDecoder, **options) if options else GraphDecoder
