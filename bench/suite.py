@@ -128,6 +128,16 @@ class CaseResult:
     work: WorkCounts | None = None
     speedup: float | None = None
     floor_ms: float | None = None  # analytic bytes a step must read / measured copy bandwidth
+
+    @property
+    def bound(self) -> str | None:
+        """On CUDA: "device" when the kernels keep the GPU busy for most of a step (summed kernel
+        time from the counting pass >= 80 % of wall TPOT), else "host" (launch/Python bound)."""
+        busy = self.work.device_busy_us if self.work is not None else None
+        if busy is None or self.timing is None or not self.work.steps:
+            return None
+        share = busy / self.work.steps / 1e3 / self.timing.mean_ms
+        return f"{'device' if share >= 0.8 else 'host'} ({share:.0%} busy)"
     ppl_delta_vs_dense_pct: float | None = None
     slice_nll_max_abs_diff: float | None = None
     checks: list[Check] = field(default_factory=list)
@@ -153,6 +163,7 @@ class CaseResult:
             "tpot_ms_median": tm.median_ms if tm else None,
             "speedup": self.speedup,
             "tpot_over_floor": self.timing.mean_ms / self.floor_ms if self.floor_ms and self.timing else None,
+            "bound": self.bound,
             "verdicts": self.verdicts if not self.skipped else {"a": "skip", "b": "skip", "c": "skip"},
             "skipped": self.skipped,
         }

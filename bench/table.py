@@ -29,11 +29,14 @@ def table_rows(rows: list[dict]) -> list[list[str]]:
 
 def format_table(rows: list[dict]) -> list[str]:
     cells = table_rows(rows)
-    widths = [max(len(h), *(len(c[i]) for c in cells)) if cells else len(h) for i, h in enumerate(COLUMNS)]
+    columns = list(COLUMNS)
+    if any(r.get("bound") for r in rows):  # CUDA: host- or device-bound, from the kernel pass
+        columns.append("bound")
+        cells = [[*c, r.get("bound") or "-"] for c, r in zip(cells, rows, strict=True)]
+    widths = [max(len(h), *(len(c[i]) for c in cells)) if cells else len(h) for i, h in enumerate(columns)]
     numeric = {2, 3, 4, 5, 6, 7}
 
     def line(values) -> str:
         return "  ".join(v.rjust(w) if i in numeric else v.ljust(w) for i, (v, w) in enumerate(zip(values, widths, strict=True)))
 
-    return [line(COLUMNS), line(["-" * w for w in widths]), *(line(c) for c in cells)]
-
+    return [line(columns), line(["-" * w for w in widths]), *(line(c) for c in cells)]

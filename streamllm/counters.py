@@ -231,6 +231,10 @@ class WorkCounts:
     memcpys: int | None = None  # CUDA memcpy/memset operations
     graph_replays: int | None = None  # CUDA-graph replays (None: no graphs given)
     key: CounterKey | None = None
+    # Measured, not counted: the summed duration of the device events of the kernel pass (us over
+    # `steps`). Never compared (it is a time); the suite reports it beside wall time to say
+    # whether a row is host- or device-bound.
+    device_busy_us: float | None = None
     notes: list[str] = field(default_factory=list)
 
     # -- per step (exact) ------------------------------------------------------------------
@@ -323,6 +327,7 @@ class WorkCounts:
             "graph_replays": self.graph_replays,
             "key": None if self.key is None else self.key.to_json(),
             "notes": list(self.notes),
+            "device_busy_us": self.device_busy_us,
         }
 
     @classmethod
@@ -376,7 +381,12 @@ class WorkCounts:
             graph_replays=count(obj.get("graph_replays"), "graph_replays", optional=True),
             key=key,
             notes=[str(n) for n in notes],
+            device_busy_us=_optional_float(obj.get("device_busy_us")),
         )
+
+
+def _optional_float(value: Any) -> float | None:
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
 
 
 @dataclass(frozen=True)
@@ -544,17 +554,19 @@ def _cuda_profile(enabled: bool):
     return profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA])
 
 
-def _device_events(prof: Any) -> tuple[int, int]:
-    """(kernels, memcpy/memset ops) among the profiler's device-side events."""
+def _device_events(prof: Any) -> tuple[int, int, float]:
+    """(kernels, memcpy/memset ops, their summed duration in us) among the profiler's device events."""
     kernels = copies = 0
+    busy = 0.0
     for event in prof.events():
         if event.device_type != torch.autograd.DeviceType.CUDA:
             continue
+        busy += float(event.time_range.elapsed_us())
         if event.name.startswith(("Memcpy", "Memset")):
             copies += 1
         else:
             kernels += 1
-    return kernels, copies
+    return kernels, copies, busy
 
 
 def _eager_stance():
@@ -643,9 +655,9 @@ def count_work(
     captured = _graph_count(graphs) - graphs_before
     if captured:
         notes.append(f"{captured} CUDA graph(s) captured while counting: warm up longer")
-    n_kernels = n_copies = None
+    n_kernels = n_copies = busy = None
     if prof is not None:
-        n_kernels, n_copies = _device_events(prof)
+        n_kernels, n_copies, busy = _device_events(prof)
     return WorkCounts(
         steps=steps,
         ops=dict(mode.ops),
@@ -657,6 +669,7 @@ def count_work(
         graph_replays=None if replays is None else replays.count,
         key=key,
         notes=notes,
+        device_busy_us=busy,
     )
 
 
