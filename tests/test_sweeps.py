@@ -13,7 +13,8 @@ import pytest
 from bench.catalog import ALL_SWEEPS, SWEEPS, BenchCase, build_catalog, context_cases, select
 from bench.findings import FINDINGS
 from bench.suite import Suite, SuiteOptions
-from streamllm.report import RUN_SCHEMA, build_report, read_run
+from streamllm.records import RUN_SCHEMA
+from streamllm.report import build_report, read_run
 from streamllm.strategies import StrategyError, StrategySpec
 
 S, W, P = 4, 124, 8192
