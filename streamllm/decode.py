@@ -67,6 +67,7 @@ class CompiledDecoder(EagerDecoder):
         self.forward = torch.compile(self._forward, fullgraph=fixed, dynamic=False if fixed else None)
 
 
+GRAPH_RECOMPILE_LIMIT = 256  # compiled entries of GraphDecoder._decode_step while a decoder traces
 MASK_FREE_SDPA = "streamllm_sdpa"  # HF's SDPA under a name transformers builds no masks for
 ATTENTION_CHOICES = (None, "sdpa", "eager", "sdpa-maskfree")
 
@@ -150,8 +151,13 @@ class GraphDecoder:
     @contextmanager
     def _tracing(self) -> Iterator[None]:
         # What the compiled step sees while it is traced and captured; replays need neither.
+        # Every GraphDecoder compiles the same code object (_decode_step), once per cache phase, and
+        # a process builds one decoder per case (`pytest bench --sweep gpu`: ~14): past dynamo's
+        # default of 8 entries per code object a fullgraph compile raises FailOnRecompileLimitHit.
+        # The limit is lifted only while this decoder traces, so nothing outside it changes.
         linears = reduction_linears(self.model) if self.gemv else nullcontext()
-        with attention_implementation(self.model, self.attention), linears:
+        limit = torch._dynamo.config.patch(recompile_limit=GRAPH_RECOMPILE_LIMIT)
+        with attention_implementation(self.model, self.attention), linears, limit:
             yield
 
     def step(self, token: torch.Tensor) -> tuple[torch.Tensor, EvictionEvent | None]:
