@@ -20,6 +20,7 @@ to make a missing baseline fail).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -200,7 +201,9 @@ def check_ratio_vs_baseline(
     # The stored ratio is itself an estimate: where its recording run's CI was wider than the band
     # (a noisy recording, e.g. eager dense on a GPU), the band takes that uncertainty on too.
     cis = ((found.record.extra.get("tpot_ratio_ci") or {}).get(key) or []) if found.record is not None else []
-    recorded = [max(hi / r, r / lo) - 1.0 for r, (lo, hi) in zip(runs, cis, strict=False) if lo > 0 and r > 0]
+    # (The interval is symmetric in log space, so its half-width is sqrt(high / low) - 1 whatever
+    # run it belongs to.)
+    recorded = [math.sqrt(hi / lo) - 1.0 for lo, hi in cis if lo > 0]
     if recorded:
         band = max(band, (1.0 + tolerance) * (1.0 + min(recorded)) - 1.0)
     verdict = check_ratio(ci, stored, band, label=f"{what}: TPOT / reference")
