@@ -6,6 +6,7 @@
     pytest bench --update-baselines                  # re-record baselines/ on purpose
     pytest bench --model dummy:pythia-2.8b --device cuda --dtype float16   # GPU timing
     pytest bench --sweep compress                   # one of the log's sweeps (bench/catalog.py SWEEPS)
+    pytest bench -n 2 --device cuda                 # pytest-xdist: one worker per GPU, one merged run (bench/xdist.py)
 
 Everything here is cheap to import: the suite (torch, models) loads only when a bench test runs,
 so `pytest tests` pays nothing for it. See bench/README.md for what each option means.
@@ -14,6 +15,8 @@ so `pytest tests` pays nothing for it. See bench/README.md for what each option 
 from __future__ import annotations
 
 import pytest
+
+from bench.xdist import XdistController, XdistWorker, gpu_count, worker_info
 
 SUITE_KEY = pytest.StashKey["object"]()
 
@@ -55,6 +58,13 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                          "context | all (all but context), comma list allowed; see bench/catalog.py SWEEPS")
     group.addoption("--evaluator", default="auto", choices=("auto", "token"),
                     help="PPL evaluator: auto (parallel where exact, else token loop) or token (always the loop)")
+    group.addoption("--no-timing", action="store_true",
+                    help="PPL only: no TPOT, work counts or timing findings (they show 'not checked'); implied by "
+                         "-n on CPU, where workers would time each other")
+    group.addoption("--device-map", default=None,
+                    help="auto: spread the model over the visible GPUs with accelerate (models larger than one GPU)")
+    group.addoption("--max-memory", default=None,
+                    help="with --device-map: per-device caps, e.g. 0=20GiB,1=20GiB (forces a split for tests)")
 
 
 def _options(config: pytest.Config):
@@ -76,6 +86,13 @@ def _options(config: pytest.Config):
     if get("--update-baselines") and get("--append-baselines"):
         raise pytest.UsageError("--update-baselines replaces the stored records, --append-baselines adds a run to "
                                 "them: pick one")
+    info = worker_info(config)
+    no_timing = info.timing_refused if info is not None else None
+    if get("--no-timing"):
+        no_timing = "--no-timing (PPL only)"
+    if no_timing and (get("--update-baselines") or get("--append-baselines")):
+        raise pytest.UsageError(f"--update-baselines / --append-baselines record TPOT, which this run does not measure "
+                                f"({no_timing})")
     return SuiteOptions(
         model=model, datasets=datasets, tokens=tokens, device=get("--device"),
         dtype=get("--dtype"), strategies=strategies, sweep=",".join(sweeps) or None,
@@ -86,7 +103,8 @@ def _options(config: pytest.Config):
         append_baselines=get("--append-baselines"), nightly=get("--nightly"),
         count_work=not get("--no-work-counts"), baselines_dir=get("--baselines-dir"),
         report_dir=get("--report-dir") or None, threads=get("--threads"), tpot_tolerance=get("--tpot-tolerance"),
-        evaluator=get("--evaluator"),
+        evaluator=get("--evaluator"), no_timing=no_timing, device_map=get("--device-map"),
+        max_memory=get("--max-memory"),
     )
 
 
@@ -114,10 +132,19 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     # Strategy-major order: dense first (the speedup reference), a transformed model is loaded once.
     options = suite.options
     pairs = [(case, dataset) for case in cases for dataset in datasets_for(case, options.datasets, options.strategies)]
-    # sweep points carry the `sweep` marker (`-m "not sweep"` drops them from a mixed selection)
-    params = [pytest.param(case, dataset, id=f"{case.id}-{dataset}",
-                           marks=[pytest.mark.sweep] if case.sweep_only else [])
-              for case, dataset in pairs]
+    info = worker_info(metafunc.config)
+    grouped = info is not None and info.loadgroup
+
+    def marks(case) -> list:
+        # sweep points carry the `sweep` marker (`-m "not sweep"` drops them from a mixed selection)
+        out = [pytest.mark.sweep] if case.sweep_only else []
+        if grouped and case.transform == "int8":
+            # under xdist --dist loadgroup the INT8 cells share one worker: one quantized copy of
+            # the model instead of one per worker (compile modes wrap the step, not the weights)
+            out.append(pytest.mark.xdist_group("int8"))
+        return out
+
+    params = [pytest.param(case, dataset, id=f"{case.id}-{dataset}", marks=marks(case)) for case, dataset in pairs]
     metafunc.parametrize(("bench_case", "bench_dataset"), params)
 
 
@@ -140,7 +167,45 @@ def pytest_benchmark_update_machine_info(config: pytest.Config, machine_info: di
     machine_info["streamllm"] = {"fingerprint_id": fingerprint_id(fp), **fp}
 
 
+# -- pytest-xdist (bench/xdist.py) ------------------------------------------------------------------
+@pytest.hookimpl(tryfirst=True)
+def pytest_cmdline_main(config: pytest.Config) -> None:
+    """`-n N` without `--dist`: loadgroup, so grouped cells (INT8) share one worker's model copy."""
+    if getattr(config.option, "numprocesses", None) and getattr(config.option, "dist", None) == "no" \
+            and not getattr(config.option, "distload", False):
+        config.option.dist = "loadgroup"
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    info = worker_info(config)
+    if info is not None:  # an xdist worker our controller started: pin it before CUDA starts
+        config.pluginmanager.register(XdistWorker(config, info, lambda: config.stash.get(SUITE_KEY, None)),
+                                      "streamllm-xdist-worker")
+    elif (not hasattr(config, "workerinput") and config.getoption("dist", "no") != "no"
+          and config.getoption("tx", None) and not config.getoption("collectonly")):
+        # the xdist controller: xdist's own (trylast) pytest_configure registers its DSession on
+        # exactly this condition
+        workers = len(config.getoption("tx"))
+        config.pluginmanager.register(XdistController(config, workers, config.getoption("dist") == "loadgroup"),
+                                      "streamllm-xdist-controller")
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_auto_num_workers(config: pytest.Config) -> int | None:
+    """`-n auto` with --device cuda: one worker per visible GPU (None: xdist's own rule)."""
+    device = config.getoption("--device")
+    if device and device.startswith("cuda"):
+        import os
+
+        from bench.xdist import visible_gpus
+
+        return len(visible_gpus(os.environ.get("CUDA_VISIBLE_DEVICES"), gpu_count())) or None
+    return None
+
+
 def pytest_sessionfinish(session: pytest.Session) -> None:
+    if hasattr(session.config, "workerinput"):
+        return  # an xdist worker: its part goes to the controller, which writes the one run (bench/xdist.py)
     suite = session.config.stash.get(SUITE_KEY, None)
     if suite is None or not suite.results:
         return
@@ -166,6 +231,8 @@ def pytest_terminal_summary(terminalreporter, config: pytest.Config) -> None:
     tr.write_line(f"{name} on {o.device} {o.dtype}, {o.tokens} tokens, S={o.sink} W={o.window}, "
                   f"fingerprint {suite.fingerprint_id}; {o.rounds} rounds x >= {o.min_steps} steps; "
                   f"wall {time.time() - suite.started:.0f} s")
+    if o.no_timing:
+        tr.write_line(f"TIMING NOT RUN: {o.no_timing}")
     for line in format_table([r.row() for r in suite.results]):
         tr.write_line(line)
     notes = []

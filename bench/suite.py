@@ -57,6 +57,7 @@ from .catalog import DEFAULT_SINK, DEFAULT_TOKENS, DEFAULT_WINDOW, BenchCase, bu
 from .checks import (
     INCONCLUSIVE,
     NOT_APPLICABLE,
+    NOT_CHECKED,
     Check,
     check_history,
     check_ppl,
@@ -99,6 +100,10 @@ class SuiteOptions:
     nightly: bool = False  # absolute TPOT: flag a row only when the previous run flagged it too
     history_k: int = 5  # absolute TPOT baseline: the last K accepted runs of this machine
     count_work: bool = True  # (b) work counters: count one cycle of separate steps per case
+    # Why this run measures PPL only (--no-timing, or -n on CPU: bench/xdist.py); None: timing runs.
+    no_timing: str | None = None
+    device_map: str | None = None  # "auto": accelerate spreads the model over the visible GPUs
+    max_memory: str | None = None  # with device_map: per-device caps, "0=20GiB,1=20GiB,cpu=64GiB"
 
     @property
     def dummy(self) -> bool:
@@ -254,7 +259,8 @@ class Suite:
 
         weights = "int8" if transform == "int8" else None  # compile wraps the step, not the weights
         if weights not in self._models:
-            loaded = load_model(self.options.model, dtype=self.options.dtype, device=self.options.device)
+            loaded = load_model(self.options.model, dtype=self.options.dtype, device=self.options.device,
+                                device_map=self.options.device_map, max_memory=self.options.max_memory)
             if weights == "int8":
                 apply_int8(loaded.model)
             self._models[weights] = loaded
@@ -462,6 +468,8 @@ class Suite:
 
     # -- one case, end to end ------------------------------------------------------------------
     def run_case(self, case: BenchCase, dataset: str, benchmark) -> CaseResult:
+        if self.options.no_timing:
+            return self.run_ppl_only(case, dataset, benchmark)
         started = time.perf_counter()
         out = CaseResult(case, dataset)
         # timing first: for token-loop cases the timed rounds *are* the evaluation's decode steps
@@ -502,6 +510,32 @@ class Suite:
         context = timing.kv_length_max - 1 if case.spec.capacity is None else None
         nbytes = analytic_step_bytes(loaded.model, mean_attended_slots(case.spec, context))
         return floor_ms(nbytes, self._bandwidth)
+
+    def run_ppl_only(self, case: BenchCase, dataset: str, benchmark=None) -> CaseResult:
+        """The case's PPL, (a) and PPL findings without timing (`options.no_timing` says why).
+
+        The evaluation is `evaluate`, exactly as in a timed run, so the PPL is the serial run's; the
+        (b) cell and timing findings are "not checked" with the reason. Token-loop cases (refresh)
+        still step their reference arm inside `_loop`: its times are discarded, the NLL is the same."""
+        started = time.perf_counter()
+        out = CaseResult(case, dataset)
+        if benchmark is not None:
+            benchmark.skipped = True  # not used on purpose: no "fixture was not used" warning, no empty entry
+        evaluation = out.evaluation = self.evaluate(case, dataset)
+        if case.id != "dense":
+            out.ppl_delta_vs_dense_pct = 100.0 * (evaluation.ppl / self.evaluate(self.case("dense"), dataset).ppl - 1.0)
+        else:
+            out.ppl_delta_vs_dense_pct = 0.0
+        what = f"{case.label} on {evaluation.dataset}"
+        found = lookup(self.store, self.key(case, evaluation))
+        out.checks = [
+            check_ppl(evaluation.ppl, found, device_class=self.fingerprint["device_class"], updating=False, what=what),
+            Check("tpot", "(b) TPOT", NOT_CHECKED, f"{what}: TPOT not measured: {self.options.no_timing}"),
+            *self.finding_checks(case, dataset),
+        ]
+        out.seconds = time.perf_counter() - started
+        self.results.append(out)
+        return out
 
     def too_short(self, case: BenchCase) -> str | None:
         """Why this run's text is too short for the case (context arms need ~P + 2k tokens)."""
@@ -609,16 +643,8 @@ class Suite:
         """Append this run's absolute samples to the machine's run history (never edited)."""
         if not self.history_results or self.options.report_dir is None:
             return None
-        from streamllm.history import RAW_VERDICTS, acceptable  # noqa: F401  (acceptance rule lives there)
-
-        history = RunHistory(self._under_root(self.options.report_dir) / "history", self.fingerprint_id)
-        verdicts = {c: v for c, v in self.history_verdicts.items() if v in RAW_VERDICTS}
-        rejected = {c: False for c, v in verdicts.items() if v in ("regression", "improvement")}
-        run = history.append(self.history_results, accepted=True, verdicts=verdicts, case_accepted=rejected,
-                             fingerprint=self.fingerprint,
-                             meta={"command": " ".join([_program(), *sys.argv[1:]]),
-                                   "provenance": make_provenance(cwd=str(self.rootdir))})
-        return history.directory / run.filename
+        return append_history(self._under_root(self.options.report_dir), self.fingerprint, self.history_results,
+                              self.history_verdicts, rootdir=self.rootdir)
 
     def finding_checks(self, case: BenchCase, dataset: str) -> list[Check]:
         out: list[Check] = []
@@ -633,6 +659,10 @@ class Suite:
                 out.append(Check("finding", name, NOT_APPLICABLE, f"n/a: {why_not}"))
                 continue
             ref_case = self.case(spec.reference)
+            if f.relation != "ratio_ppl" and self.options.no_timing:
+                out.append(Check("finding", name, NOT_CHECKED, f"{case.label} vs {ref_case.label}: TPOT not measured: "
+                                 f"{self.options.no_timing}"))
+                continue
             if f.relation == "ratio_ppl":
                 s_nll = self.evaluate(case, dataset).trace.nll
                 r_nll = self.evaluate(ref_case, dataset).trace.nll
@@ -719,11 +749,32 @@ class Suite:
     def write_run(self) -> Path | None:
         if self.options.report_dir is None or not self.results:
             return None
-        stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
-        path = self._under_root(self.options.report_dir) / "runs" / f"{stamp}-{self.options.device_type}-{os.getpid()}.json"
-        record = validate_run(self.run_json(), "this run's record").to_json()  # the library's schema, checked
-        self.run_file = write_json_atomic(path, record)
+        self.run_file = write_run_record(self._under_root(self.options.report_dir), self.options.device_type,
+                                         self.run_json())
         return self.run_file
+
+
+# The two writers the xdist controller shares with a serial run (bench/xdist.py merges the workers'
+# parts and writes one run record and one history run through these).
+def append_history(report_root: Path, fingerprint: dict, samples: dict[str, list[float]],
+                   raw_verdicts: dict[str, str], *, rootdir: Path) -> Path:
+    """Append one run's absolute TPOT samples to the machine's run history (never edited)."""
+    from streamllm.history import RAW_VERDICTS
+
+    history = RunHistory(report_root / "history", fingerprint_id(fingerprint))
+    verdicts = {c: v for c, v in raw_verdicts.items() if v in RAW_VERDICTS}
+    rejected = {c: False for c, v in verdicts.items() if v in ("regression", "improvement")}
+    run = history.append(samples, accepted=True, verdicts=verdicts, case_accepted=rejected, fingerprint=fingerprint,
+                         meta={"command": " ".join([_program(), *sys.argv[1:]]),
+                               "provenance": make_provenance(cwd=str(rootdir))})
+    return history.directory / run.filename
+
+
+def write_run_record(report_root: Path, device_type: str, run: dict) -> Path:
+    """Validate a run record against the library's schema and write it under <report dir>/runs/."""
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    path = report_root / "runs" / f"{stamp}-{device_type}-{os.getpid()}.json"
+    return write_json_atomic(path, validate_run(run, "this run's record").to_json())
 
 
 def _load_average() -> list[float] | None:

@@ -11,7 +11,15 @@ returns a 4-D mask as-is (masking_utils._preprocess_mask_arguments), so the mode
 exactly the slots the cache says.
 
 Everything the forward reads (write slot, position ids, mask, rotation angles) lives in device
-tensors updated in place, so one captured graph serves every step. The host keeps a mirror
+tensors updated in place, so one captured graph serves every step.
+
+A model spread over devices (`load_model(device_map="auto")`) computes each layer's K/V on that
+layer's device: each FixedLayer's buffers are allocated there (`KVGeometry.layer_devices`), the
+mask and position ids stay on the input device (accelerate moves inputs to each layer), and every
+per-step tensor a layer's write reads has one copy per other layer device (`DeviceCopies`),
+refreshed once per step. On one device there are no copies and no extra ops, so the step (and a
+CUDA graph captured from it) is exactly what it was; CUDA graphs do not span devices, so a spread
+cache is for the eager decoder. The host keeps a mirror
 (`seen`, `slots`) for the step protocol and the evaluator's diagnostics; it is never read inside
 the forward.
 
@@ -40,25 +48,60 @@ UnsupportedCacheError = UnsupportedCombinationError
 
 @dataclass(frozen=True)
 class KVGeometry:
-    """Per-layer K/V shape of a decoder-only HF model (batch 1)."""
+    """Per-layer K/V shape of a decoder-only HF model (batch 1), and where each layer computes."""
 
     num_layers: int
     kv_heads: int
     head_dim: int
     dtype: torch.dtype
-    device: torch.device
+    device: torch.device  # the input device: mask, position ids and step counters live here
+    layer_devices: tuple[torch.device, ...] = ()  # per layer; empty: every layer on `device`
+
+    def layer_device(self, index: int) -> torch.device:
+        return self.layer_devices[index] if self.layer_devices else self.device
+
+    @property
+    def other_devices(self) -> list[torch.device]:
+        """Layer devices besides the input device (empty unless the model is spread)."""
+        return sorted({d for d in self.layer_devices if d != self.device}, key=str)
 
     @classmethod
     def from_model(cls, model: torch.nn.Module) -> KVGeometry:
+        from ..models import input_device, layer_devices
+
         config = model.config
         heads = config.num_attention_heads
         kv_heads = getattr(config, "num_key_value_heads", None) or heads
         head_dim = getattr(config, "head_dim", None) or config.hidden_size // heads
-        param = next(model.parameters())
         # INT8 weights are tensor subclasses whose dtype is the compute dtype; activations (and
         # so K/V) follow the embedding's dtype, which quantization never touches.
         dtype = model.get_input_embeddings().weight.dtype
-        return cls(config.num_hidden_layers, kv_heads, head_dim, dtype, param.device)
+        device = input_device(model)
+        try:
+            devices = tuple(layer_devices(model))
+        except ValueError:  # layers not found by shape: the model is on one device as far as we know
+            devices = ()
+        if len(devices) != config.num_hidden_layers or all(d == device for d in devices):
+            devices = ()  # one device: the cache is exactly the single-device one
+        return cls(config.num_hidden_layers, kv_heads, head_dim, dtype, device, devices)
+
+
+class DeviceCopies:
+    """A per-step device tensor that layers read, plus one copy on each other layer device.
+
+    The cache updates `main` (on the input device); `sync()` refreshes the copies once per step,
+    before the first layer on another device reads them; `on(device)` is what a layer uses."""
+
+    def __init__(self, main: torch.Tensor, devices: list[torch.device]):
+        self.main = main
+        self.copies = {d: main.to(d) for d in devices if d != main.device}
+
+    def on(self, device: torch.device) -> torch.Tensor:
+        return self.main if device == self.main.device else self.copies[device]
+
+    def sync(self) -> None:
+        for copy in self.copies.values():
+            copy.copy_(self.main)
 
 
 class FixedLayer(CacheLayerMixin):
@@ -120,13 +163,25 @@ class FixedCache(Cache):
         self.used_slots = num_slots
         self.num_slots = num_slots = -(-num_slots // pad_to) * pad_to
         shape = (1, geo.kv_heads, num_slots, geo.head_dim)
-        super().__init__(layers=[FixedLayer(self, i, shape, geo.dtype, geo.device) for i in range(geo.num_layers)])
+        super().__init__(layers=[FixedLayer(self, i, shape, geo.dtype, geo.layer_device(i))
+                                 for i in range(geo.num_layers)])
+        self._copies: list[DeviceCopies] = []  # per-step tensors with copies on other layer devices
         self.masked_value = torch.finfo(geo.dtype).min
         self.attention_mask = torch.full((1, 1, 1, num_slots), self.masked_value, dtype=geo.dtype, device=geo.device)
         self.seen = 0  # host mirror: tokens fed so far
         self.slots: list[int] = []  # host mirror: text index of each cache entry in pos-shift order
         for tensor in (*self.keys, *self.values, self.attention_mask):
             _mark_static(tensor)
+
+    def _per_layer(self, tensor: torch.Tensor) -> DeviceCopies:
+        """Register a per-step tensor the layers' writes read (copied to other layer devices each step)."""
+        copies = DeviceCopies(tensor, self.geometry.other_devices)
+        if copies.copies:
+            self._copies.append(copies)
+        return copies
+
+    def _layer_device(self, layer_idx: int) -> torch.device:
+        return self.geometry.layer_device(layer_idx)
 
     @property
     def keys(self) -> list[torch.Tensor]:
@@ -170,6 +225,8 @@ class FixedCache(Cache):
             )
         if layer_idx == 0:
             self._begin_step()
+            for copies in self._copies:  # none on one device
+                copies.sync()
         self._write(layer_idx, key_states, value_states)
         layer = self.layers[layer_idx]
         return layer.keys, layer.values
@@ -204,7 +261,15 @@ class FixedCache(Cache):
 
     def _randomize(self, slots: int, generator: torch.Generator | None) -> None:
         for tensor in (*self.keys, *self.values):
-            tensor[:, :, :slots].normal_(generator=generator)
+            normal_(tensor[:, :, :slots], generator)
+
+
+def normal_(tensor: torch.Tensor, generator: torch.Generator | None) -> None:
+    """In-place N(0, 1); a generator of another device (spread models) draws there and copies."""
+    if generator is None or generator.device == tensor.device:
+        tensor.normal_(generator=generator)
+    else:
+        tensor.copy_(torch.randn(tensor.shape, generator=generator, device=generator.device, dtype=tensor.dtype))
 
 
 def _mark_static(tensor: torch.Tensor) -> None:

@@ -28,7 +28,7 @@ from ..combinations import check_cache
 from ..rope import RopeSpec, apply_rotation
 from ..strategies import PositionMode, StrategySpec
 from .events import EvictionEvent
-from .fixed import FixedCache, check_one_token
+from .fixed import FixedCache, check_one_token, normal_
 
 
 class RingStreamingCache(FixedCache):
@@ -55,14 +55,20 @@ class RingStreamingCache(FixedCache):
             geo = self.geometry
             # Raw sink keys (as rotated at i). Row S is a scratch row for the clamped write index.
             self.sink_store = [
-                torch.zeros((1, geo.kv_heads, self.sink + 1, geo.head_dim), dtype=geo.dtype, device=device)
-                for _ in range(geo.num_layers)
+                torch.zeros((1, geo.kv_heads, self.sink + 1, geo.head_dim), dtype=geo.dtype,
+                            device=geo.layer_device(i))
+                for i in range(geo.num_layers)
             ]
             self.sink_index = torch.arange(self.sink, device=device)
             self._key_slots = torch.zeros(self.sink + 1, dtype=torch.long, device=device)
             self.inv_freq = self.rope.inv_freq.to(device)  # float64: t * inv_freq grows with t
             self.cos = torch.ones(rot, dtype=torch.float32, device=device)
             self.sin = torch.zeros(rot, dtype=torch.float32, device=device)
+            self._sink_slot_on = self._per_layer(self._sink_slot)
+            self._key_slots_on = self._per_layer(self._key_slots)
+            self._cos_on, self._sin_on = self._per_layer(self.cos), self._per_layer(self.sin)
+        # computed on the input device in _begin_step; layers on other devices read copies
+        self._slot_on = self._per_layer(self._slot)
 
     # -- device side (graph-safe) ----------------------------------------------------------
     def _begin_step(self) -> None:
@@ -84,6 +90,8 @@ class RingStreamingCache(FixedCache):
 
     def _write(self, layer_idx: int, key_states: torch.Tensor, value_states: torch.Tensor) -> None:
         keys = self.layers[layer_idx].keys
+        device = self._layer_device(layer_idx)
+        slot = self._slot_on.on(device)
         if self.rotate_sinks:
             # Store first, then one scatter writes the S re-rotated sinks and the new key (one
             # kernel per layer once compiled: each launch counts at ~3 us inside a graph). While
@@ -93,12 +101,13 @@ class RingStreamingCache(FixedCache):
             if not self.sinks_recorded:
                 # Only the first S tokens are sinks. A host flag (flips once, so a compiled step
                 # specializes on it once) keeps this write out of the steady-state graph.
-                store.index_copy_(2, self._sink_slot, key_states)
-            rotated = apply_rotation(store[:, :, : self.sink], self.cos, self.sin, self.rope.rotary_dim)
-            keys.index_copy_(2, self._key_slots, torch.cat((rotated, key_states), dim=2))
+                store.index_copy_(2, self._sink_slot_on.on(device), key_states)
+            rotated = apply_rotation(store[:, :, : self.sink], self._cos_on.on(device), self._sin_on.on(device),
+                                     self.rope.rotary_dim)
+            keys.index_copy_(2, self._key_slots_on.on(device), torch.cat((rotated, key_states), dim=2))
         else:
-            keys.index_copy_(2, self._slot, key_states)
-        self.layers[layer_idx].values.index_copy_(2, self._slot, value_states)
+            keys.index_copy_(2, slot, key_states)
+        self.layers[layer_idx].values.index_copy_(2, slot, value_states)
 
     def advance_device(self) -> None:
         self.t.add_(1)
@@ -132,7 +141,7 @@ class RingStreamingCache(FixedCache):
         self.attention_mask[..., :valid].fill_(0.0)
         if self.rotate_sinks:
             for store in self.sink_store:
-                store.normal_(generator=generator)
+                normal_(store, generator)
         self.seen = seen
         self.sinks_recorded = seen >= self.sink
         self._full = seen >= self.sink + self.window

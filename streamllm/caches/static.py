@@ -36,15 +36,17 @@ class StaticStreamingCache(FixedCache):
         self.length_t = torch.zeros(1, dtype=torch.long, device=device)  # |C_t| = write slot
         self.seen_t = torch.zeros(1, dtype=torch.long, device=device)
         self.position_ids = torch.zeros(1, 1, dtype=torch.long, device=device)
-        self._shift_tables: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+        self._write_slot = self._per_layer(self.length_t)  # layers on other devices index with a copy
+        self._shift_tables: dict[tuple[int, torch.device], tuple[torch.Tensor, torch.Tensor]] = {}
 
     # -- device side (graph-safe) ----------------------------------------------------------
     def _begin_step(self) -> None:
         self.attention_mask.index_fill_(-1, self.length_t, 0.0)
 
     def _write(self, layer_idx: int, key_states: torch.Tensor, value_states: torch.Tensor) -> None:
-        self.layers[layer_idx].keys.index_copy_(2, self.length_t, key_states)
-        self.layers[layer_idx].values.index_copy_(2, self.length_t, value_states)
+        slot = self._write_slot.on(self._layer_device(layer_idx))
+        self.layers[layer_idx].keys.index_copy_(2, slot, key_states)
+        self.layers[layer_idx].values.index_copy_(2, slot, value_states)
 
     def advance_device(self) -> None:
         self.length_t.add_(1)
@@ -73,8 +75,8 @@ class StaticStreamingCache(FixedCache):
         if keep != list(range(sink)) + list(range(start, start + window)):
             raise AssertionError(f"static cache expects sinks + a contiguous window, got keep={keep[:8]}...")
         if move:
-            cos, sin = self._table(-move) if self.shift else (None, None)
             for keys, values in zip(self.keys, self.values, strict=True):
+                cos, sin = self._table(-move, keys.device) if self.shift else (None, None)
                 # Sources overlap destinations: build the moved block first, then write it.
                 moved = keys[:, :, start:length]
                 moved = apply_rotation(moved, cos, sin, self.rope.rotary_dim) if self.shift else moved.clone()
@@ -84,13 +86,13 @@ class StaticStreamingCache(FixedCache):
         self.length_t.fill_(len(keep))
         self._sync_position()
 
-    def _table(self, delta: int) -> tuple[torch.Tensor, torch.Tensor]:
-        # Strict always shifts by 1 and lazy R by R: one cos/sin pair per strategy, computed in
-        # float64 on the host once.
-        table = self._shift_tables.get(delta)
+    def _table(self, delta: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        # Strict always shifts by 1 and lazy R by R: one cos/sin pair per strategy (and layer
+        # device), computed in float64 on the host once.
+        table = self._shift_tables.get((delta, device))
         if table is None:
-            table = self.rope.cos_sin(torch.tensor(float(delta)), torch.float32, self.geometry.device)
-            self._shift_tables[delta] = table
+            table = self.rope.cos_sin(torch.tensor(float(delta)), torch.float32, device)
+            self._shift_tables[(delta, device)] = table
         return table
 
     def prime_random(self, seen: int, generator: torch.Generator | None = None) -> None:
