@@ -1,10 +1,10 @@
 """Per-kernel table (bytes, time, GB/s, % of copy bandwidth) and end-to-end TPOT for the Triton kernels (#13).
 
-On the H100, one call (reports/gpu-kernels.md has the exact command and the results):
+On the H100, one call from the repository root (reports/gpu-kernels.md has the results):
 
-    PYTHONUNBUFFERED=1 PYTHONPATH=. python scripts/kernel_bench.py --out $OUT
+    PYTHONUNBUFFERED=1 python -m scripts.kernel_bench --out $OUT
 
-1. copy bandwidth: a 1 GiB device-to-device copy, bytes read + written (as scripts/gpu_tpot.py);
+1. copy bandwidth: a 1 GiB device-to-device copy, bytes read + written (streamllm.profile.copy_bandwidth_GBps);
 2. GEMV on Pythia-2.8b's shapes (QKV 2560->7680, dense 2560->2560, MLP 2560->10240 with GELU and
    10240->2560, head 2560->50304), fp16, and split-KV attention over 2052 slots x 32 heads x 80:
    the error against a float32 reference, then every candidate config and cuBLAS / SDPA timed the
@@ -12,11 +12,12 @@ On the H100, one call (reports/gpu-kernels.md has the exact command and the resu
    not fit in L2 (>= 512 MB, as a decode step streams 5.3 GB), replayed; time per call = replay
    time / calls (median of 5 blocks of 10 replays). Graph replay is how the decode step runs, so
    launch gaps count as they do there;
-3. end to end (--e2e): dummy Pythia-2.8b fp16, S=4 W=2048, steady-state TPOT through
-   scripts/gpu_tpot.py's own priming and timing: ring + compile + CUDA graph with the Triton kernels
-   (TritonGraphDecoder) vs the same with cuBLAS/cuDNN vs HF StaticCache + compile; the Triton one
-   also without eviction (S=0, W=2052) and profiled; fp16 logits of the Triton ring (CUDA graph of
-   the eager forward) vs strict eager over 300 tokens (S=4, W=128).
+3. end to end (--e2e): dummy Pythia-2.8b fp16, S=4 W=2048, steady-state TPOT of bench catalog
+   cases through streamllm.profile.measure_variant (the suite's measurement): ring + compile + CUDA
+   graph with the Triton kernels (ring-cudagraphs-triton) vs the same with cuBLAS/cuDNN
+   (ring-cudagraphs) vs HF StaticCache + compile (hf-static-compile); the Triton one also without
+   eviction (noevict-ring-cudagraphs-triton: S=0, W=2052) and profiled; fp16 logits of the Triton
+   ring (CUDA graph of the eager forward) vs strict eager over 300 tokens (S=4, W=128).
 
 `--emit-tuned` prints the best config per shape as a tuned_configs.TUNED entry.
 """
@@ -39,13 +40,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "scripts"))
-
-from streamllm.kernels import decode_attention as attn  # noqa: E402
-from streamllm.kernels import gemv as gv  # noqa: E402
-from streamllm.kernels import ops  # noqa: E402
+from streamllm.kernels import decode_attention as attn
+from streamllm.kernels import gemv as gv
+from streamllm.kernels import ops
+from streamllm.profile import copy_bandwidth_GBps
 
 GEMV_SHAPES = [  # name, N, K, bias, act (Pythia-2.8b)
     ("qkv 2560->7680", 7680, 2560, True, gv.ACT_NONE),
@@ -56,21 +54,6 @@ GEMV_SHAPES = [  # name, N, K, bias, act (Pythia-2.8b)
 ]
 ATTN_SHAPE = (32, 32, 2052, 80)  # heads, kv heads, slots, head dim
 L2_SPAN = 512 << 20
-
-
-def copy_bandwidth(device: torch.device, nbytes: int = 1 << 30) -> float:
-    src = torch.empty(nbytes // 2, dtype=torch.float16, device=device).normal_()
-    dst = torch.empty_like(src)
-    times = []
-    for i in range(13):
-        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        a.record()
-        dst.copy_(src)
-        b.record()
-        b.synchronize()
-        if i >= 3:
-            times.append(a.elapsed_time(b) / 1e3)
-    return 2 * nbytes / float(np.median(times))
 
 
 def graph_time(calls: list[Callable[[], object]], blocks: int = 5, replays: int = 10) -> float:
@@ -214,59 +197,48 @@ def bench_attention(device: torch.device, bandwidth: float, tune_all: bool) -> l
 
 
 # -- end to end -------------------------------------------------------------------------------------
+E2E_MODEL, E2E_SINK, E2E_WINDOW, E2E_TOKENS = "dummy:pythia-2.8b", 4, 2048, 4096
+
+
 def end_to_end(device: torch.device, args, report: dict, save: Callable[[], None]) -> None:
-    import gpu_tpot as gt
+    """Steady-state TPOT of catalog cases (and the HF reference) through streamllm.profile, as the suite times them."""
+    from bench.catalog import build_catalog, compile_mode
+    from streamllm.data import synthetic_ids
+    from streamllm.profile import WeightSets, measure_hf_static, measure_variant
 
-    from streamllm.kernels.integration import TritonGraphDecoder
-
-    for knob in ("recompile_limit", "cache_size_limit"):
-        if hasattr(torch._dynamo.config, knob):
-            setattr(torch._dynamo.config, knob, 256)
-    loaded = gt.load("pythia-2.8b", torch.float16, device)
-    model = loaded.model
-    vocab = model.config.vocab_size
-    tokens = torch.randint(0, vocab, (args.warmup + args.steps,), generator=torch.Generator().manual_seed(3))
-    sync = lambda: torch.cuda.synchronize(device)  # noqa: E731
-    setup = gt.Setup(loaded, 4, 2048, args.steps, args.warmup, 4096, device, sync, tokens.to(device))
-    table = gt.variants(4, 2048)
-    ring, _ = table["strict-ring-graph"]
-    noevict, _ = table["noevict-ring-graph"]
-    bandwidth = report["copy_bandwidth_Bps"]
-    floor = {**gt.weight_bytes(model), "kv": gt.kv_bytes(model, 4 + 2048 + 1, torch.float16)}
-    floor["floor_ms"] = (floor["weights"] + floor["kv"]) / bandwidth * 1e3
-    e2e = report["e2e"] = {"floor": floor, "results": {}, "errors": {}}
+    weights = WeightSets(E2E_MODEL, "float16", device)
+    loaded = weights.get(None)
+    ids = synthetic_ids(loaded.model.config.vocab_size, E2E_TOKENS)
+    cases = {case.id: case for case in build_catalog(E2E_SINK, E2E_WINDOW)}
+    bandwidth = report["copy_bandwidth_Bps"] / 1e9
+    timing = {"min_steps": args.min_steps, "rounds": args.rounds, "warmup_rounds": args.warmup_rounds,
+              "bandwidth_GBps": bandwidth}
+    profiled = set(args.profile.split(","))
+    e2e = report["e2e"] = {"model": E2E_MODEL, "sink": E2E_SINK, "window": E2E_WINDOW, "results": {}, "errors": {}}
 
     if args.equiv_tokens:
         try:
-            e2e["equivalence"] = equivalence(model, device, args.equiv_tokens)
+            e2e["equivalence"] = equivalence(loaded.model, device, args.equiv_tokens)
         except Exception:
             e2e["errors"]["equivalence"] = traceback.format_exc()
             print(e2e["errors"]["equivalence"], flush=True)
         save()
 
-    def triton_variant(spec, label: str, attention: str | None = None):
-        cache = gt.make_primed_cache(setup, spec)
-        decoder = TritonGraphDecoder(model, cache, attention=attention)
-        timing = gt.time_decoder(setup, label, cache, decoder, "graph+triton" + (f":{attention}" if attention else ""))
-        if label in args.profile.split(","):
-            timing.profile = gt.profile_steps(setup, decoder)
-        return timing
+    def measure(name: str):
+        profile_rounds = 1 if name in profiled else 0
+        if name == "hf-static-compile":
+            return measure_hf_static(loaded, ids, E2E_SINK + E2E_WINDOW, profile_rounds=profile_rounds, **timing)
+        case = cases[name]
+        return measure_variant(weights.get(case.transform), ids, case.spec, compile_mode(case), name=name,
+                               label=case.label, profile_rounds=profile_rounds, **timing)
 
-    plan = {
-        "strict-ring-triton": lambda: triton_variant(ring, "strict-ring-triton"),
-        "strict-ring-graph": lambda: gt.run_variant(setup, ring, "graph", "strict-ring-graph"),
-        "hf-static-compile": lambda: gt.run_hf_static_compiled(setup, "hf-static-compile"),
-        "noevict-ring-triton": lambda: triton_variant(noevict, "noevict-ring-triton"),
-        "strict-ring-triton-maskfree": lambda: triton_variant(ring, "strict-ring-triton-maskfree", "sdpa-maskfree"),
-        "noevict-ring-graph": lambda: gt.run_variant(setup, noevict, "graph", "noevict-ring-graph"),
-    }
     for name in [v for v in args.e2e.split(",") if v]:
         t0 = time.perf_counter()
         try:
-            timing = plan[name]()
-            e2e["results"][name] = dataclasses.asdict(timing)
-            print(f"{name:30s} {timing.tpot_ms:8.3f} ms/token (median {timing.median_ms:.3f}, warm-up "
-                  f"{timing.warmup_s:.1f}s, {time.perf_counter() - t0:.0f}s)", flush=True)
+            row = measure(name)
+            e2e["results"][name] = row.to_json()
+            print(f"{name:32s} {row.tpot_ms:8.3f} ms/token (median {row.tpot_ms_median:.3f}, warm-up "
+                  f"{row.warmup_ms / 1e3:.1f}s, {time.perf_counter() - t0:.0f}s)", flush=True)
         except Exception:
             e2e["errors"][name] = traceback.format_exc()
             print(f"{name} FAILED\n{e2e['errors'][name][-3000:]}", flush=True)
@@ -335,20 +307,18 @@ def print_tables(report: dict) -> None:
               f"{r['cublas_pct_copy']:6.1f} {r['rel_err']:8.1e}")
     e2e = report.get("e2e")
     if e2e:
-        floor = e2e["floor"]
-        print(f"floor: {floor['weights'] / 1e9:.2f} GB weights + {floor['kv'] / 1e9:.2f} GB KV -> "
-              f"{floor['floor_ms']:.3f} ms/token")
         for name, r in e2e["results"].items():
-            print(f"{name:30s} {r['tpot_ms']:8.3f} median {r['median_ms']:.3f} p90 {r['p90_ms']:.3f} "
-                  f"warm-up {r['warmup_s']:.0f}s  /floor {r['tpot_ms'] / floor['floor_ms']:.2f}")
+            print(f"{name:32s} {r['tpot_ms']:8.3f} median {r['tpot_ms_median']:.3f} p90 {r['tpot_ms_p90']:.3f} "
+                  f"warm-up {r['warmup_ms'] / 1e3:.0f}s  floor {r['floor_ms']:.3f} ({r['step_bytes'] / 1e9:.2f} GB)"
+                  f"  /floor {r['tpot_ms'] / r['floor_ms']:.2f}")
         for name, r in e2e["results"].items():
             p = r.get("profile")
             if p:
                 groups = ", ".join(f"{k} {v / 1e3:.3f}" for k, v in sorted(p["us_per_step_by_group"].items()))
-                print(f"profile {name}: device {p['device_us_per_step'] / 1e3:.3f} ms/step, "
-                      f"{p['kernels_per_step']:.0f} kernels; {groups}")
+                print(f"profile {name}: device {p['us_per_step'] / 1e3:.3f} ms/step, "
+                      f"{p['events_per_step']:.0f} kernels; {groups}")
                 for row in p["top"][:12]:
-                    print(f"    {row['us_per_step']:8.1f} us x{row['count'] // 8:<4d} {row['name'][:90]}")
+                    print(f"    {row['us_per_step']:8.1f} us x{row['count'] / p['steps']:<5.1f} {row['name'][:90]}")
         for name, err in e2e["errors"].items():
             print(f"{name} FAILED: {err.strip().splitlines()[-1][:200]}")
 
@@ -371,11 +341,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", default=os.environ.get("OUT", "."))
     ap.add_argument("--sweep", default="gemv,attention",
                     help="kernels whose every candidate config is timed ('' : only the tuner's choice)")
-    ap.add_argument("--e2e", default="strict-ring-triton,strict-ring-graph,hf-static-compile,noevict-ring-triton",
-                    help="comma list of end-to-end variants ('' for none)")
-    ap.add_argument("--profile", default="strict-ring-triton")
-    ap.add_argument("--steps", type=int, default=128)
-    ap.add_argument("--warmup", type=int, default=32)
+    ap.add_argument("--e2e", default="ring-cudagraphs-triton,ring-cudagraphs,hf-static-compile,"
+                    "noevict-ring-cudagraphs-triton",
+                    help="comma list of bench catalog case ids and/or hf-static-compile ('' for none)")
+    ap.add_argument("--profile", default="ring-cudagraphs-triton")
+    ap.add_argument("--min-steps", type=int, default=32, help="steps per round (whole eviction cycles)")
+    ap.add_argument("--rounds", type=int, default=4, help="timed rounds")
+    ap.add_argument("--warmup-rounds", type=int, default=1)
     ap.add_argument("--equiv-tokens", type=int, default=300)
     ap.add_argument("--emit-tuned", action="store_true")
     args = ap.parse_args(argv)
@@ -384,7 +356,7 @@ def main(argv: list[str] | None = None) -> int:
     out_dir.mkdir(parents=True, exist_ok=True)
     import triton
 
-    report = {"schema": "streamllm.kernel-bench/1", "command": " ".join(["python", "scripts/kernel_bench.py",
+    report = {"schema": "streamllm.kernel-bench/2", "command": " ".join(["python -m scripts.kernel_bench",
                                                                         *(argv if argv is not None else sys.argv[1:])]),
               "device": torch.cuda.get_device_name(device), "torch": torch.__version__, "triton": triton.__version__}
     started = time.perf_counter()
@@ -394,7 +366,7 @@ def main(argv: list[str] | None = None) -> int:
         report["tuning_log"] = ops.TUNING_LOG
         (out_dir / "kernel_bench.json").write_text(json.dumps(report, indent=1, default=str))
 
-    report["copy_bandwidth_Bps"] = bw = copy_bandwidth(device)
+    report["copy_bandwidth_Bps"] = bw = copy_bandwidth_GBps(device) * 1e9
     print(f"copy bandwidth {bw / 1e12:.3f} TB/s (read + write)", flush=True)
     report["kernels"] = bench_gemv(device, bw, "gemv" in args.sweep)
     save()
