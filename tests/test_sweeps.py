@@ -98,7 +98,7 @@ def test_findings_reference_cases_that_exist_at_their_geometry():
         catalog = build_catalog(spec.geometry.get("sink", S), spec.geometry.get("window", W), context_positions=P)
         known = {c.id for c in catalog}
         assert spec.case in known and spec.reference in known, spec.finding.name
-    assert set(SWEEPS) == {*ALL_SWEEPS, "context"}
+    assert set(SWEEPS) == {*ALL_SWEEPS, "context", "gpu"}  # context and gpu run only by name
 
 
 def _synthetic_run(path: Path) -> Path:
