@@ -235,13 +235,10 @@ def pytest_terminal_summary(terminalreporter, config: pytest.Config) -> None:
         tr.write_line(f"TIMING NOT RUN: {o.no_timing}")
     for line in format_table([r.row() for r in suite.results]):
         tr.write_line(line)
-    notes = []
-    for r in suite.results:
-        if r.skipped:
-            notes.append(f"skipped {r.case.id} on {r.dataset}: {r.skipped}")
-        for c in r.checks:
-            if c.failed or c.unchecked or c.verdict == "inconclusive":
-                notes.append(f"{c.verdict.upper()}: {c.name}: {c.message}")
+    from bench.xdist import check_notes
+
+    # the same notes the merged xdist table prints (bench/xdist.py)
+    notes = check_notes([{**r.row(), "checks": [c.to_dict() for c in r.checks]} for r in suite.results])
     for note in notes:
         tr.write_line(note)
     if suite.written:

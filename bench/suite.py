@@ -530,7 +530,8 @@ class Suite:
         found = lookup(self.store, self.key(case, evaluation))
         out.checks = [
             check_ppl(evaluation.ppl, found, device_class=self.fingerprint["device_class"], updating=False, what=what),
-            Check("tpot", "(b) TPOT", NOT_CHECKED, f"{what}: TPOT not measured: {self.options.no_timing}"),
+            Check("tpot", "(b) TPOT", NOT_CHECKED, f"{what}: TPOT not measured: {self.options.no_timing}",
+                  {"not_measured": self.options.no_timing}),
             *self.finding_checks(case, dataset),
         ]
         out.seconds = time.perf_counter() - started
@@ -661,7 +662,7 @@ class Suite:
             ref_case = self.case(spec.reference)
             if f.relation != "ratio_ppl" and self.options.no_timing:
                 out.append(Check("finding", name, NOT_CHECKED, f"{case.label} vs {ref_case.label}: TPOT not measured: "
-                                 f"{self.options.no_timing}"))
+                                 f"{self.options.no_timing}", {"not_measured": self.options.no_timing}))
                 continue
             if f.relation == "ratio_ppl":
                 s_nll = self.evaluate(case, dataset).trace.nll

@@ -140,9 +140,8 @@ def cpu_timing_refusal(device_type: str, workers: int, cores: int) -> str | None
     """Why timing does not run under -n on this device (None: it runs)."""
     if device_type != "cpu" or workers <= 1:
         return None
-    return (f"-n {workers} on CPU: the workers share this machine's {cores} core(s), caches and memory bandwidth, "
-            "so concurrent TPOT would measure the other workers; this run measures PPL only (the same evaluators "
-            "as a serial run), run without -n for TPOT")
+    return (f"-n {workers} on CPU: the workers share this machine's {cores} cores, caches and memory bandwidth, "
+            "so their TPOT would measure each other; PPL only (the serial run's evaluators), run without -n for TPOT")
 
 
 def cuda_requested(device: str | None) -> bool:
@@ -441,13 +440,27 @@ def table_lines(results: Sequence[Mapping[str, Any]]) -> list[str]:
     from bench.table import format_table
 
     lines = format_table([dict(r) for r in results])
+    lines += check_notes(results)
+    return lines
+
+
+def check_notes(results: Sequence[Mapping[str, Any]]) -> list[str]:
+    """One line per skipped/missing cell and per check that is not a pass; the checks a PPL-only run
+    did not measure are one line in all (their reason is the same for every cell)."""
+    lines: list[str] = []
+    not_measured: dict[str, int] = {}
     for r in results:
         if r.get("skipped"):
             lines.append(f"{'MISSING' if r.get('missing') else 'skipped'} {r['case']} on {r['dataset']}: "
                          f"{r['skipped'].removeprefix('MISSING: ')}")
         for c in r.get("checks") or []:
-            if c["verdict"] in ("fail", "error", "not checked", "recorded", "inconclusive"):
+            reason = (c.get("details") or {}).get("not_measured")
+            if reason:
+                not_measured[reason] = not_measured.get(reason, 0) + 1
+            elif c["verdict"] in ("fail", "error", "not checked", "recorded", "inconclusive"):
                 lines.append(f"{c['verdict'].upper()}: {c['name']}: {c['message']}")
+    lines += [f"NOT CHECKED: TPOT and timing findings of {n} check(s) not measured: {why}"
+              for why, n in not_measured.items()]
     return lines
 
 

@@ -94,7 +94,8 @@ class DeviceCopies:
 
     def __init__(self, main: torch.Tensor, devices: list[torch.device]):
         self.main = main
-        self.copies = {d: main.to(d) for d in devices if d != main.device}
+        # copy=True: a copy even where `d` names the main tensor's device another way (cpu:0 vs cpu)
+        self.copies = {d: main.to(d, copy=True) for d in devices if d != main.device}
 
     def on(self, device: torch.device) -> torch.Tensor:
         return self.main if device == self.main.device else self.copies[device]
