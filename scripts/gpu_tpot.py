@@ -20,18 +20,30 @@ tests/test_gpu_variants.py), not part of this script.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import os
 import sys
 import time
 import traceback
 from pathlib import Path
 
-from bench.catalog import build_catalog, compile_mode, select, unavailable_reason
-from streamllm.data import load_text, synthetic_ids, tokenize
-from streamllm.fingerprint import fingerprint_id, hardware_fingerprint, package_version
-from streamllm.models import resolve_device
-from streamllm.profile import VariantRow, WeightSets, copy_bandwidth_GBps, measure_hf_static, measure_variant
-from streamllm.results import write_json_atomic
+if __package__ in (None, "") and importlib.util.find_spec("bench") is None:
+    # Run as a file (`python scripts/gpu_tpot.py`): bench/ is never installed, so its checkout's
+    # root goes on the path. `python -m scripts.gpu_tpot` from the root needs nothing.
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench.catalog import build_catalog, compile_mode, select, unavailable_reason  # noqa: E402
+from streamllm.data import load_text, synthetic_ids, tokenize  # noqa: E402
+from streamllm.fingerprint import fingerprint_id, hardware_fingerprint, package_version  # noqa: E402
+from streamllm.models import resolve_device  # noqa: E402
+from streamllm.profile import (  # noqa: E402
+    VariantRow,
+    WeightSets,
+    copy_bandwidth_GBps,
+    measure_hf_static,
+    measure_variant,
+)
+from streamllm.results import write_json_atomic  # noqa: E402
 
 SCHEMA = "streamllm.gpu-tpot/2"
 BASE = "noevict-ring-cudagraphs"  # the /noevict column: the same graph without eviction work

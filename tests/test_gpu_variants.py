@@ -228,7 +228,8 @@ def test_kernel_bench_end_to_end_goes_through_the_library(tiny_weights, monkeypa
 
     monkeypatch.setattr(kernel_bench, "E2E_WINDOW", W)
     monkeypatch.setattr(kernel_bench, "E2E_TOKENS", 200)
-    args = Namespace(e2e="ring,int8-ring,ring-cudagraphs", profile="ring", min_steps=4, rounds=2, warmup_rounds=1,
+    # strict-ring-graph: reports/gpu-kernels.md's name for the ring-cudagraphs case
+    args = Namespace(e2e="ring,int8-ring,strict-ring-graph", profile="ring", min_steps=4, rounds=2, warmup_rounds=1,
                      equiv_tokens=0)
     report = {"copy_bandwidth_Bps": 10e9}
     kernel_bench.end_to_end(torch.device("cpu"), args, report, save=lambda: None)
