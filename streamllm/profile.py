@@ -170,8 +170,10 @@ class VariantRow:
     rounds: int
     attended_slots: float  # mean |C_t| + 1 over the timed steps' cycles
     step_bytes: int  # counters.analytic_step_bytes: weights once + the attended K/V
+    kv_bytes: int  # the K/V part of step_bytes
     floor_ms: float | None  # step_bytes over the copy bandwidth; None without one
     samples_ms: list[float]  # per-round TPOT
+    step_ms: list[float]  # every timed step (wall), e.g. the static cache's shift spikes every R-th step
     profile: KernelProfile | None = None
     notes: list[str] = field(default_factory=list)
 
@@ -187,14 +189,16 @@ def _row(name: str, label: str, compile_mode: str, loaded: LoadedModel, slice_: 
         profile = profile_steps(slice_.step, steps, loaded.device)
         slice_.flush()
     nbytes = analytic_step_bytes(loaded.model, attended)
+    weight_bytes = analytic_step_bytes(loaded.model, 0)
     step_ms = np.asarray(run.step_ms)
     return VariantRow(
         name=name, label=label, compile_mode=compile_mode, weights=weights_kind(loaded.model),
         tpot_ms=run.mean_ms, tpot_ms_median=run.median_ms, tpot_ms_p90=float(np.percentile(step_ms, 90)),
         tpot_ms_max=float(step_ms.max()), device_tpot_ms=run.device_mean_ms, warmup_ms=run.warmup_ms,
         fill_s=run.fill_s, steps_per_round=run.steps_per_round, rounds=run.rounds, attended_slots=attended,
-        step_bytes=nbytes, floor_ms=floor_ms(nbytes, bandwidth_GBps) if bandwidth_GBps else None,
-        samples_ms=run.samples, profile=profile, notes=notes)
+        step_bytes=nbytes, kv_bytes=nbytes - weight_bytes,
+        floor_ms=floor_ms(nbytes, bandwidth_GBps) if bandwidth_GBps else None, samples_ms=run.samples,
+        step_ms=[round(x, 4) for x in run.step_ms], profile=profile, notes=notes)
 
 
 def _timed_kv_mean(slice_: DecodeSlice, run: TimingRun) -> float:

@@ -160,6 +160,7 @@ def test_measure_variant_times_whole_cycles_and_floors_them():
     assert row.steps_per_round == 8 and len(row.samples_ms) == 2  # rounds are whole lazy cycles
     assert row.attended_slots == pytest.approx(S + W + 4.5)  # lazy R=8: |C_t| + 1 runs 33..40
     assert row.floor_ms == pytest.approx(row.step_bytes / 10e9 * 1e3)
+    assert 0 < row.kv_bytes < row.step_bytes and len(row.step_ms) == 16
     assert row.profile.clock == "cpu" and row.profile.steps == 8 and row.profile.us_per_step > 0
     with pytest.raises(ValueError, match="needs a CUDA device"):
         measure_variant(loaded, ids, dataclasses.replace(spec, compress_every=1, cache="ring"), "cudagraphs")
