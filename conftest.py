@@ -168,26 +168,32 @@ def pytest_benchmark_update_machine_info(config: pytest.Config, machine_info: di
 
 
 # -- pytest-xdist (bench/xdist.py) ------------------------------------------------------------------
-@pytest.hookimpl(tryfirst=True)
-def pytest_cmdline_main(config: pytest.Config) -> None:
-    """`-n N` without `--dist`: loadgroup, so grouped cells (INT8) share one worker's model copy."""
-    if getattr(config.option, "numprocesses", None) and getattr(config.option, "dist", None) == "no" \
-            and not getattr(config.option, "distload", False):
-        config.option.dist = "loadgroup"
-
-
 def pytest_configure(config: pytest.Config) -> None:
     info = worker_info(config)
     if info is not None:  # an xdist worker our controller started: pin it before CUDA starts
         config.pluginmanager.register(XdistWorker(config, info, lambda: config.stash.get(SUITE_KEY, None)),
                                       "streamllm-xdist-worker")
     elif (not hasattr(config, "workerinput") and config.getoption("dist", "no") != "no"
-          and config.getoption("tx", None) and not config.getoption("collectonly")):
+          and config.getoption("tx", None) and not config.getoption("collectonly") and _runs_bench(config)):
         # the xdist controller: xdist's own (trylast) pytest_configure registers its DSession on
         # exactly this condition
         workers = len(config.getoption("tx"))
         config.pluginmanager.register(XdistController(config, workers, config.getoption("dist") == "loadgroup"),
                                       "streamllm-xdist-controller")
+
+
+def _runs_bench(config: pytest.Config) -> bool:
+    """The command line names the suite (bench/ or a path in it, or the whole repository): `pytest
+    tests -n 2` keeps plain xdist (no pinning, no merge)."""
+    from pathlib import Path
+
+    bench = (config.rootpath / "bench").resolve()
+    for arg in config.args:
+        path = Path(arg.split("::")[0])
+        path = (path if path.is_absolute() else Path(config.invocation_params.dir) / path).resolve()
+        if path == bench or bench in path.parents or path in bench.parents:
+            return True
+    return False
 
 
 @pytest.hookimpl(optionalhook=True)

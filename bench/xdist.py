@@ -14,6 +14,11 @@ or runs a test. Each *worker* runs its share of the cells in its own `Suite`.
   Under -n on CPU the workers therefore run PPL only (`cpu_timing_refusal`): the same evaluators
   as a serial run, so every cell's PPL equals the serial one; (b) and timing findings are "not
   checked" with the reason, and the run says so. TPOT needs a serial run.
+- Distribution: xdist's default `--dist load`. Each worker's Suite loads the model once (INT8 at
+  most once more), whichever cells it gets. `--dist loadgroup` also keeps the INT8 cells on one
+  worker (one quantized copy; conftest adds `xdist_group("int8")`), but xdist's scope schedulers
+  re-queue a crashed cell on the replacement worker, so a deterministic crash (OOM) repeats until
+  --max-worker-restart stops the session; `load` drops the crashed cell and runs the rest.
 - pytest-benchmark disables itself under xdist. The suite does not depend on it: its timing is
   `streamllm.measure.time_interleaved`, which runs its own clock when the fixture is disabled.
 - One run, one report: after every cell a worker rewrites its *part* (`<parts dir>/<slot>-<worker>.json`,
@@ -292,10 +297,6 @@ class XdistWorker:
         self.config, self.info, self._suite = config, info, suite_getter
         self.worker = config.workerinput["workerid"]
         self.notes = apply_pinning(info.pinning)
-        if info.loadgroup:
-            # xdist's worker re-parses the command line, where --dist was not given: the
-            # controller chose loadgroup, so the worker must tag grouped nodeids (`...@group`).
-            config.option.loadgroup = True
         self.path = Path(info.parts_dir) / f"{info.pinning.slot}-{self.worker}.json"
         self._write = write_json_atomic
         self._cells: dict[str, dict[str, str]] = {}
@@ -386,7 +387,8 @@ def merge_parts(parts: Sequence[Mapping[str, Any]], collected: Sequence[str], cr
         if case is None:
             case, _, dataset = cid.rpartition("-")
         results.append({"dataset": dataset, "case": case, "label": meta.get("label", case), "skipped": why,
-                        "verdicts": {"a": MISSING, "b": MISSING, "c": MISSING}, "missing": True})
+                        "ppl": None, "ppl_delta_vs_dense_pct": None, "tpot_ms_mean": None, "tpot_ms_median": None,
+                        "speedup": None, "verdicts": {"a": MISSING, "b": MISSING, "c": MISSING}, "missing": True})
         missing.append(cid)
     results.extend(by_cell.values())  # results of cells not collected here (should not happen): kept
     base = dict(runs[0]["run"]) if runs else {"schema": _run_schema(), "options": {}, "fingerprint": {},
