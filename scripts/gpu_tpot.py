@@ -35,14 +35,9 @@ if __package__ in (None, "") and importlib.util.find_spec("bench") is None:
 from bench.catalog import build_catalog, compile_mode, select, unavailable_reason  # noqa: E402
 from streamllm.data import load_text, synthetic_ids, tokenize  # noqa: E402
 from streamllm.fingerprint import fingerprint_id, hardware_fingerprint, package_version  # noqa: E402
+from streamllm.measure import copy_bandwidth_GBps  # noqa: E402
 from streamllm.models import resolve_device  # noqa: E402
-from streamllm.profile import (  # noqa: E402
-    VariantRow,
-    WeightSets,
-    copy_bandwidth_GBps,
-    measure_hf_static,
-    measure_variant,
-)
+from streamllm.profile import VariantRow, WeightSets, measure_hf_static, measure_variant  # noqa: E402
 from streamllm.results import write_json_atomic  # noqa: E402
 
 SCHEMA = "streamllm.gpu-tpot/2"

@@ -4,7 +4,7 @@ On the H100, one call from the repository root (reports/gpu-kernels.md has the r
 
     PYTHONUNBUFFERED=1 python -m scripts.kernel_bench --out $OUT
 
-1. copy bandwidth: a 1 GiB device-to-device copy, bytes read + written (streamllm.profile.copy_bandwidth_GBps);
+1. copy bandwidth: a 1 GiB device-to-device copy, bytes read + written (streamllm.measure.copy_bandwidth_GBps);
 2. GEMV on Pythia-2.8b's shapes (QKV 2560->7680, dense 2560->2560, MLP 2560->10240 with GELU and
    10240->2560, head 2560->50304), fp16, and split-KV attention over 2052 slots x 32 heads x 80:
    the error against a float32 reference, then every candidate config and cuBLAS / SDPA timed the
@@ -43,7 +43,7 @@ import torch.nn.functional as F
 from streamllm.kernels import decode_attention as attn
 from streamllm.kernels import gemv as gv
 from streamllm.kernels import ops
-from streamllm.profile import copy_bandwidth_GBps
+from streamllm.measure import copy_bandwidth_GBps
 
 GEMV_SHAPES = [  # name, N, K, bias, act (Pythia-2.8b)
     ("qkv 2560->7680", 7680, 2560, True, gv.ACT_NONE),
@@ -369,7 +369,7 @@ def main(argv: list[str] | None = None) -> int:
         report["tuning_log"] = ops.TUNING_LOG
         (out_dir / "kernel_bench.json").write_text(json.dumps(report, indent=1, default=str))
 
-    report["copy_bandwidth_Bps"] = bw = copy_bandwidth_GBps(device) * 1e9
+    report["copy_bandwidth_Bps"] = bw = copy_bandwidth_GBps(device, nbytes=1 << 30) * 1e9  # 1 GiB: launch cost < 1 %
     print(f"copy bandwidth {bw / 1e12:.3f} TB/s (read + write)", flush=True)
     report["kernels"] = bench_gemv(device, bw, "gemv" in args.sweep)
     save()

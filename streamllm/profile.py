@@ -5,8 +5,8 @@ case (bench/catalog.py, `--sweep gpu`). `measure_variant` times it the suite's w
 (streamllm.measure: the cache filled to steady state, whole-cycle rounds of THE timed step, TPOT
 over whole cycles), profiles one more round of the same steps op by op (torch.profiler: CUDA
 kernels, graph replays traced kernel by kernel; on CPU the aten ops' own CPU time), and puts the
-TPOT next to the memory floor (streamllm.counters: the bytes a step must read over the measured
-copy bandwidth).
+TPOT next to the memory floor (streamllm.counters: the bytes a step must read, over the copy
+bandwidth measure.copy_bandwidth_GBps measures).
 
 `WeightSets` loads one model per weight transform. INT8 quantizes in place, so a float variant
 must never run on a model an INT8 variant quantized (the old scripts/gpu_tpot.py did exactly
@@ -31,7 +31,7 @@ from .combinations import decode_mode_for
 from .compat import cache_kwargs
 from .counters import analytic_step_bytes, floor_ms, mean_attended_slots
 from .decode import decoder_factory
-from .measure import Clock, DecodeSlice, TimingRun, prepare_slice, steps_per_round, time_rounds
+from .measure import DecodeSlice, TimingRun, prepare_slice, steps_per_round, time_rounds
 from .models import LoadedModel, load_model
 from .strategies import StrategySpec
 from .transforms import apply_int8, is_mlp_linear
@@ -79,25 +79,6 @@ class WeightSets:
                 apply_int8(loaded.model)
             self._loaded[weights] = loaded
         return self._loaded[weights]
-
-
-# -- memory floor ----------------------------------------------------------------------------
-def copy_bandwidth_GBps(device: torch.device | str, nbytes: int | None = None, repeats: int = 10,
-                        warmup: int = 3) -> float:
-    """Bytes read + written per second by one device-local copy of `nbytes`, in GB/s (median of
-    `repeats` after `warmup`). On CUDA the copy's device time (events), elsewhere wall time; both
-    from measure.Clock. Default size: 1 GiB on CUDA, 256 MiB on CPU (either well past the caches)."""
-    device = torch.device(device)
-    nbytes = nbytes or (1 << 30 if device.type == "cuda" else 256 << 20)
-    src = torch.empty(nbytes // 2, dtype=torch.float16, device=device).normal_()
-    dst = torch.empty_like(src)
-    clock = Clock(device)
-    times = []
-    for i in range(warmup + repeats):
-        _, wall, dev = clock.time(lambda: dst.copy_(src))
-        if i >= warmup:
-            times.append(dev if dev is not None else wall)
-    return 2 * nbytes / (float(np.median(times)) / 1e3) / 1e9
 
 
 # -- per-kernel profile ----------------------------------------------------------------------

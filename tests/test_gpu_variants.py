@@ -24,7 +24,6 @@ from streamllm.combinations import GRAPH_MODES, problem
 from streamllm.decode import GRAPH_OPTIONS, GraphDecoder, decoder_factory
 from streamllm.profile import (
     WeightSets,
-    copy_bandwidth_GBps,
     hf_static_slice,
     kernel_group,
     measure_variant,
@@ -178,8 +177,7 @@ def test_hf_static_reference_decodes_like_dense():
     assert slice_.kv_length == list(range(41, 61))
 
 
-def test_copy_bandwidth_and_kernel_groups():
-    assert 0 < copy_bandwidth_GBps("cpu", nbytes=8 << 20, repeats=3, warmup=1) < 1e4
+def test_kernel_groups():
     assert kernel_group("aten::_scaled_dot_product_flash_attention_for_cpu") == "attention"
     assert kernel_group("nvjet_hsh_64x8_64x16_2x1_v_bz_splitK_TNT") == "matmul"
     assert kernel_group("triton_poi_fused_add_mul_0") == "triton (fused elementwise/norm/scatter)"
