@@ -52,8 +52,8 @@ def weights_kind(model: torch.nn.Module) -> dict[str, str]:
     for name, module in model.named_modules():
         if is_mlp_linear(module, name):
             weight = module.weight
-            return {"module": name, "type": type(weight.data if isinstance(weight, torch.nn.Parameter) else weight)
-                    .__name__, "dtype": str(weight.dtype).removeprefix("torch.")}
+            tensor = weight.data if isinstance(weight, torch.nn.Parameter) else weight  # the Parameter's payload
+            return {"module": name, "type": type(tensor).__name__, "dtype": str(weight.dtype).removeprefix("torch.")}
     return {"module": "", "type": "none", "dtype": ""}
 
 
