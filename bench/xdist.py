@@ -478,9 +478,12 @@ class XdistController:
         self.started = time.time()
         device = config.getoption("--device")
         self.cuda = cuda_requested(device)
-        if self.cuda and device not in ("cuda", "auto") and workers > 1:
+        if self.cuda and device not in ("cuda", "auto"):
             raise pytest.UsageError(f"--device {device} with -n {workers}: each worker sees one GPU as cuda:0; "
                                     "pass --device cuda (pick GPUs with CUDA_VISIBLE_DEVICES)")
+        if config.getoption("--device-map") and workers > 1:
+            raise pytest.UsageError("--device-map spreads one model over the GPUs, -n pins each worker to one GPU: "
+                                    "run a split model without -n")
         try:
             cores = os.sched_getaffinity(0)
         except AttributeError:
