@@ -278,6 +278,9 @@ def part_json(suite, *, worker: str, info: WorkerInfo, cells: Mapping[str, Mappi
         "worker": worker,
         "pid": os.getpid(),
         "pinning": dataclasses.asdict(info.pinning),
+        # what this worker saw after pinning: a record that each one ran on its own card
+        "visible": {"CUDA_VISIBLE_DEVICES": os.environ.get("CUDA_VISIBLE_DEVICES"), "gpus": _gpus_seen(),
+                    "cores": sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None},
         "cells": dict(cells),  # every cell this worker collected: nodeid -> {case, dataset}
         "complete": complete,
         "notes": list(notes),
@@ -286,6 +289,13 @@ def part_json(suite, *, worker: str, info: WorkerInfo, cells: Mapping[str, Mappi
         "history": {"samples": dict(suite.history_results), "verdicts": dict(suite.history_verdicts),
                     "fingerprint": suite.fingerprint} if suite is not None and suite.history_results else None,
     }
+
+
+def _gpus_seen() -> list[str]:
+    torch = sys.modules.get("torch")
+    if torch is None or not torch.cuda.is_available():
+        return []
+    return [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
 
 
 class XdistWorker:
@@ -400,6 +410,7 @@ def merge_parts(parts: Sequence[Mapping[str, Any]], collected: Sequence[str], cr
         "results": results,
         "xdist": {
             "workers": [{"worker": p.get("worker"), "pid": p.get("pid"), "pinning": p.get("pinning"),
+                         "visible": p.get("visible"),
                          "complete": p.get("complete", False), "notes": p.get("notes", []),
                          "unreadable": p.get("unreadable"),
                          "fingerprint_id": (p.get("run") or {}).get("fingerprint_id"),

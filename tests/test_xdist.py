@@ -426,3 +426,66 @@ def test_xdist_module_keeps_no_global_state():
     mutable = [name for name, value in vars(xdist).items()
                if not name.startswith("__") and isinstance(value, (list, dict, set))]
     assert not mutable
+
+
+# -- on a multi-GPU machine (skipped elsewhere): the runs issue #14 asks for ----------------------
+def cuda_devices() -> int:
+    return torch.cuda.device_count() if torch.cuda.is_available() else 0
+
+
+@pytest.mark.gpu
+@pytest.mark.slow
+@pytest.mark.skipif(cuda_devices() < 2, reason="needs 2 CUDA devices")
+def test_bench_n2_one_worker_per_gpu(tmp_path):
+    out = bench(tmp_path, "-n", "2", "--device", "cuda")
+    assert out.returncode == 0, out.stdout[-3000:]
+    assert "TIMING NOT RUN" not in out.stdout
+    (run,) = run_files(tmp_path)
+    workers = run["xdist"]["workers"]
+    seen = [w["visible"]["CUDA_VISIBLE_DEVICES"] for w in workers]
+    assert len(set(seen)) == 2 and all(len(w["visible"]["gpus"]) == 1 for w in workers)  # one card each
+    assert not set(workers[0]["visible"]["cores"]) & set(workers[1]["visible"]["cores"])  # disjoint cores
+    assert all(r["tpot_ms_mean"] for r in run["results"])  # timed in every worker
+
+
+@pytest.fixture(scope="module")
+def split_and_one_card():
+    """dummy Pythia-2.8b split over two cards by a memory cap, and the same weights on one card
+    (both initialised on the host, so the weights are equal)."""
+    from streamllm.models import load_model
+
+    split = load_model("dummy:pythia-2.8b", dtype="float16", device="cuda", device_map="auto",
+                       max_memory="0=3GiB,1=40GiB")
+    one = load_model("dummy:pythia-2.8b", dtype="float16", device="cuda", device_map={"": 0})
+    return split, one
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(cuda_devices() < 2, reason="needs 2 CUDA devices")
+@pytest.mark.parametrize("kind", ["dynamic", "static", "ring"])
+def test_split_model_streams_like_one_card(split_and_one_card, kind):
+    split, one = split_and_one_card
+    assert len(set(layer_devices(split.model))) == 2, "the memory cap did not split the model"
+    ids = torch.randint(0, 50000, (384,), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        torch.testing.assert_close(split.model(ids[:256].view(1, -1).to(split.device)).logits.cpu(),
+                                   one.model(ids[:256].view(1, -1).to(one.device)).logits.cpu(), rtol=1e-3, atol=1e-3)
+    spec = dataclasses.replace(make_strategy("strict", sink=4, window=124), cache=kind)
+    a = evaluate_tokens(split, ids, spec, dataset="synthetic").trace.nll
+    b = evaluate_tokens(one, ids, spec, dataset="synthetic").trace.nll
+    assert a == pytest.approx(b, abs=1e-3)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(cuda_devices() < 2, reason="needs 2 CUDA devices")
+@pytest.mark.xfail(reason="streamllm/parallel.py builds each chunk's masks and rotations on the input device; "
+                          "layers on another card need them there (ChunkPlan per device)", strict=False)
+def test_split_model_parallel_evaluator(split_and_one_card):
+    from streamllm.parallel import evaluate_parallel
+
+    split, one = split_and_one_card
+    ids = torch.randint(0, 50000, (384,), generator=torch.Generator().manual_seed(0))
+    spec = make_strategy("strict", sink=4, window=124)
+    a = evaluate_parallel(split, ids, spec, dataset="synthetic").trace.nll
+    b = evaluate_parallel(one, ids, spec, dataset="synthetic").trace.nll
+    assert a == pytest.approx(b, abs=1e-3)
