@@ -198,13 +198,12 @@ def _runs_bench(config: pytest.Config) -> bool:
 
 @pytest.hookimpl(optionalhook=True)
 def pytest_xdist_auto_num_workers(config: pytest.Config) -> int | None:
-    """`-n auto` with --device cuda: one worker per visible GPU (None: xdist's own rule)."""
-    device = config.getoption("--device")
-    if device and device.startswith("cuda"):
-        import os
+    """`-n auto` with --device cuda (or auto on a GPU host): one worker per visible GPU (None: xdist's own rule)."""
+    import os
 
-        from bench.xdist import visible_gpus
+    from bench.xdist import cuda_requested, visible_gpus
 
+    if cuda_requested(config.getoption("--device")):
         return len(visible_gpus(os.environ.get("CUDA_VISIBLE_DEVICES"), gpu_count())) or None
     return None
 
