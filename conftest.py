@@ -55,7 +55,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group.addoption("--tpot-tolerance", type=float, default=0.10, help="TPOT ratio / history band (default ±10%%)")
     group.addoption("--sweep", default=None,
                     help="run a sweep instead of --strategies: window | sinks | compress | overlap | refresh | b2 | "
-                         "context | all (all but context), comma list allowed; see bench/catalog.py SWEEPS")
+                         "context | gpu | all (all but context and gpu), comma list allowed; see bench/catalog.py SWEEPS")
     group.addoption("--evaluator", default="auto", choices=("auto", "token"),
                     help="PPL evaluator: auto (parallel where exact, else token loop) or token (always the loop)")
     group.addoption("--no-timing", action="store_true",
