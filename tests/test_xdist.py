@@ -393,7 +393,7 @@ def test_bench_n2_one_merged_run_with_the_serial_ppl(tmp_path):
     (run,) = run_files(tmp_path / "n2")  # one record for both workers
     assert len(run["xdist"]["workers"]) == 2 and not run["xdist"]["missing"]
     assert not (tmp_path / "n2" / ".xdist-parts").exists() or not any((tmp_path / "n2" / ".xdist-parts").rglob("*.json"))
-    serial = bench(tmp_path / "serial", "--no-timing")
+    serial = bench(tmp_path / "serial", "--rounds", "2")  # timed, one process: what -n 2 must reproduce
     assert serial.returncode == 0, serial.stdout[-3000:]
     (one,) = run_files(tmp_path / "serial")
     assert {r["case"]: r["ppl"] for r in run["results"]} == {r["case"]: r["ppl"] for r in one["results"]}
