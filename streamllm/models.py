@@ -162,13 +162,22 @@ def decoder_layers(model: torch.nn.Module) -> torch.nn.ModuleList:
     raise ValueError(f"{type(model).__name__}: no ModuleList of {count} decoder layers found")
 
 
-def module_device(module: torch.nn.Module) -> torch.device:
-    """Where `module` computes: accelerate's execution device when it dispatched the module
-    (offloaded weights sit on `meta` or `cpu` then), else its first parameter's or buffer's device."""
-    hook = getattr(module, "_hf_hook", None)
-    device = getattr(hook, "execution_device", None)
-    if device is not None:
-        return torch.device(f"cuda:{device}" if isinstance(device, int) else device)
+def _execution_device(module: torch.nn.Module) -> torch.device | None:
+    """accelerate's execution device of a module it dispatched (an int means cuda:N), else None."""
+    device = getattr(getattr(module, "_hf_hook", None), "execution_device", None)
+    if device is None:
+        return None
+    return torch.device(f"cuda:{device}" if isinstance(device, int) else device)
+
+
+def module_device(module: torch.nn.Module, parent: torch.nn.Module | None = None) -> torch.device:
+    """Where `module` computes: accelerate's execution device when it dispatched the module (or its
+    `parent`: hooks sit on the device map's entries, and offloaded weights sit on `meta` or `cpu`),
+    else its first parameter's or buffer's device."""
+    for owner in (module, parent):
+        device = _execution_device(owner) if owner is not None else None
+        if device is not None:
+            return device
     for tensor in (*module.parameters(), *module.buffers()):
         return tensor.device
     raise ValueError(f"{type(module).__name__} has no parameters or buffers to take a device from")
@@ -186,7 +195,7 @@ def _attention(layer: torch.nn.Module) -> torch.nn.Module:
 def layer_devices(model: torch.nn.Module) -> list[torch.device]:
     """The device of each decoder layer's attention: where its K/V are computed, so where its
     cache buffers must live."""
-    return [module_device(_attention(layer)) for layer in decoder_layers(model)]
+    return [module_device(_attention(layer), parent=layer) for layer in decoder_layers(model)]
 
 
 def input_device(model: torch.nn.Module) -> torch.device:

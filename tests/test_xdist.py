@@ -276,6 +276,12 @@ def test_layer_devices_from_attention_weights_and_hooks():
     module = torch.nn.Linear(2, 2)
     module._hf_hook = types.SimpleNamespace(execution_device=1)  # accelerate's hook: an int means cuda:N
     assert module_device(module) == torch.device("cuda:1")
+    # accelerate hooks the device map's entries (whole layers); an offloaded layer's weights sit on
+    # meta while it computes on its execution device
+    offloaded = tiny_llama().model.model.layers[0]
+    offloaded.to("meta")
+    offloaded._hf_hook = types.SimpleNamespace(execution_device=0)
+    assert module_device(offloaded.self_attn, parent=offloaded) == torch.device("cuda:0")
     geo = KVGeometry.from_model(loaded.model)
     assert geo.layer_devices == (cpu, meta, cpu, meta) and geo.device == cpu and geo.other_devices == [meta]
     assert KVGeometry.from_model(tiny_llama().model).layer_devices == ()  # one device: nothing changes
