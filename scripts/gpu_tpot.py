@@ -37,7 +37,7 @@ from streamllm.data import load_text, synthetic_ids, tokenize  # noqa: E402
 from streamllm.fingerprint import fingerprint_id, hardware_fingerprint, package_version  # noqa: E402
 from streamllm.measure import copy_bandwidth_GBps  # noqa: E402
 from streamllm.models import resolve_device  # noqa: E402
-from streamllm.profile import VariantRow, WeightSets, measure_hf_static, measure_variant  # noqa: E402
+from streamllm.profile import VariantRow, WeightSets, measure_hf_static, measure_variant, profile_lines  # noqa: E402
 from streamllm.results import write_json_atomic  # noqa: E402
 
 SCHEMA = "streamllm.gpu-tpot/2"
@@ -149,13 +149,8 @@ def print_table(report: dict) -> None:
               f"{r['warmup_ms'] / 1e3:9.1f} {floor:8.3f} {r['tpot_ms'] / floor:6.2f} "
               f"{r['tpot_ms'] / base if base else float('nan'):8.3f}  {r['weights']['type']} {r['weights']['dtype']}")
     for name, r in rows.items():
-        p = r.get("profile")
-        if p:
-            groups = ", ".join(f"{k} {v / 1e3:.3f}" for k, v in sorted(p["us_per_step_by_group"].items()))
-            print(f"profile {name} ({p['clock']}): {p['us_per_step'] / 1e3:.3f} ms/step, "
-                  f"{p['events_per_step']:.0f} events/step; {groups}")
-            for row in p["top"][:8]:
-                print(f"    {row['us_per_step']:9.1f} us x{row['count'] / p['steps']:<6.1f} {row['name'][:90]}")
+        if r.get("profile"):
+            print("\n".join(profile_lines(name, r["profile"])))
     for name, reason in report["skipped"].items():
         print(f"{name:34s} not run here: {reason}")
     for name, err in report["errors"].items():

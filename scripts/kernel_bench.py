@@ -44,6 +44,7 @@ from streamllm.kernels import decode_attention as attn
 from streamllm.kernels import gemv as gv
 from streamllm.kernels import ops
 from streamllm.measure import copy_bandwidth_GBps
+from streamllm.profile import profile_lines
 
 GEMV_SHAPES = [  # name, N, K, bias, act (Pythia-2.8b)
     ("qkv 2560->7680", 7680, 2560, True, gv.ACT_NONE),
@@ -95,6 +96,18 @@ def cublas_linear(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None, act:
     return F.gelu(y) if act == gv.ACT_GELU else y
 
 
+def _rated(row: dict, name: str, nbytes: float, bandwidth: float, other: str, best: object) -> dict:
+    """Add GB/s and % of copy bandwidth for the Triton and the reference (cuBLAS / SDPA) times; print the row."""
+    for key in ("triton_s", "cublas_s"):
+        row[key.replace("_s", "_GBps")] = nbytes / row[key] / 1e9
+        row[key.replace("_s", "_pct_copy")] = 100 * nbytes / row[key] / bandwidth
+    print(f"{name:26s} {nbytes / 1e6:8.1f} MB  triton {row['triton_s'] * 1e6:7.1f} us "
+          f"{row['triton_GBps']:6.0f} GB/s {row['triton_pct_copy']:5.1f}%   {other:6s} {row['cublas_s'] * 1e6:7.1f} us "
+          f"{row['cublas_GBps']:6.0f} GB/s {row['cublas_pct_copy']:5.1f}%  err {row['rel_err']:.1e}  best {best}",
+          flush=True)
+    return row
+
+
 def bench_gemv(device: torch.device, bandwidth: float, tune_all: bool) -> list[dict]:
     rows = []
     g = torch.Generator(device=device).manual_seed(0)
@@ -132,14 +145,7 @@ def bench_gemv(device: torch.device, bandwidth: float, tune_all: bool) -> list[d
         row["triton_tuner_s"] = row["configs"].get(repr(chosen), {}).get("s")
 
         row["cublas_s"] = graph_time([partial(cublas_linear, x, w, b, act) for w in ws])
-        for key in ("triton_s", "cublas_s"):
-            row[key.replace("_s", "_GBps")] = nbytes / row[key] / 1e9
-            row[key.replace("_s", "_pct_copy")] = 100 * nbytes / row[key] / bandwidth
-        rows.append(row)
-        print(f"{name:26s} {nbytes / 1e6:8.1f} MB  triton {row['triton_s'] * 1e6:7.1f} us "
-              f"{row['triton_GBps']:6.0f} GB/s {row['triton_pct_copy']:5.1f}%   cuBLAS {row['cublas_s'] * 1e6:7.1f} us "
-              f"{row['cublas_GBps']:6.0f} GB/s {row['cublas_pct_copy']:5.1f}%  err {row['rel_err']:.1e}  best {best}",
-              flush=True)
+        rows.append(_rated(row, name, nbytes, bandwidth, "cuBLAS", best))
         del ws
     return rows
 
@@ -185,14 +191,7 @@ def bench_attention(device: torch.device, bandwidth: float, tune_all: bool) -> l
         row["triton_tuner_s"] = row["configs"].get(repr(chosen), {}).get("s")
         row["cublas_s"] = graph_time([partial(F.scaled_dot_product_attention, q, ks[i], vs[i], attn_mask=mask,
                                               scale=scale) for i in range(copies)])
-        for key in ("triton_s", "cublas_s"):
-            row[key.replace("_s", "_GBps")] = nbytes / row[key] / 1e9
-            row[key.replace("_s", "_pct_copy")] = 100 * nbytes / row[key] / bandwidth
-        rows.append(row)
-        print(f"{name:26s} {nbytes / 1e6:8.1f} MB  triton {row['triton_s'] * 1e6:7.1f} us "
-              f"{row['triton_GBps']:6.0f} GB/s {row['triton_pct_copy']:5.1f}%   SDPA   {row['cublas_s'] * 1e6:7.1f} us "
-              f"{row['cublas_GBps']:6.0f} GB/s {row['cublas_pct_copy']:5.1f}%  err {row['rel_err']:.1e}  best {best}",
-              flush=True)
+        rows.append(_rated(row, name, nbytes, bandwidth, "SDPA", best))
     return rows
 
 
@@ -315,13 +314,8 @@ def print_tables(report: dict) -> None:
                   f"warm-up {r['warmup_ms'] / 1e3:.0f}s  floor {r['floor_ms']:.3f} ({r['step_bytes'] / 1e9:.2f} GB)"
                   f"  /floor {r['tpot_ms'] / r['floor_ms']:.2f}")
         for name, r in e2e["results"].items():
-            p = r.get("profile")
-            if p:
-                groups = ", ".join(f"{k} {v / 1e3:.3f}" for k, v in sorted(p["us_per_step_by_group"].items()))
-                print(f"profile {name}: device {p['us_per_step'] / 1e3:.3f} ms/step, "
-                      f"{p['events_per_step']:.0f} kernels; {groups}")
-                for row in p["top"][:12]:
-                    print(f"    {row['us_per_step']:8.1f} us x{row['count'] / p['steps']:<5.1f} {row['name'][:90]}")
+            if r.get("profile"):
+                print("\n".join(profile_lines(name, r["profile"], top=12)))
         for name, err in e2e["errors"].items():
             print(f"{name} FAILED: {err.strip().splitlines()[-1][:200]}")
 

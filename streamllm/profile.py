@@ -276,3 +276,13 @@ def measure_hf_static(loaded: LoadedModel, ids: torch.Tensor, length: int, *, mo
              f"attends all its slots; torch.compile mode={mode}"]
     return _row(name, f"dense-hf-static+{mode or 'eager'}", mode or "none", loaded, slice_, run,
                 _timed_kv_mean(slice_, run), bandwidth_GBps, profile_rounds, notes)
+
+
+def profile_lines(name: str, profile: dict, top: int = 8) -> list[str]:
+    """A kernel profile (KernelProfile's JSON form) as printable lines: the total, the groups, the top kernels."""
+    groups = ", ".join(f"{k} {v / 1e3:.3f}" for k, v in sorted(profile["us_per_step_by_group"].items()))
+    lines = [f"profile {name} ({profile.get('clock', 'device')}): {profile['us_per_step'] / 1e3:.3f} ms/step, "
+             f"{profile['events_per_step']:.0f} events/step; {groups}"]
+    for row in profile["top"][:top]:
+        lines.append(f"    {row['us_per_step']:9.1f} us x{row['count'] / profile['steps']:<6.1f} {row['name'][:90]}")
+    return lines

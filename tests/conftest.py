@@ -38,10 +38,11 @@ def tiny_neox(max_positions: int = 512, seed: int = 0) -> LoadedModel:
     return LoadedModel(model, None, "tiny-neox", "test", torch.float32, torch.device("cpu"))
 
 
-def tiny_llama(max_positions: int = 512, seed: int = 0, **rope) -> LoadedModel:
+def tiny_llama(max_positions: int = 512, seed: int = 0, hidden: int = 64, layers: int = 2, intermediate: int = 128,
+               **rope) -> LoadedModel:
     config = LlamaConfig(
-        vocab_size=97, hidden_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
-        intermediate_size=128, max_position_embeddings=max_positions, rope_theta=10000.0, **rope,
+        vocab_size=97, hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=4, num_key_value_heads=2,
+        intermediate_size=intermediate, max_position_embeddings=max_positions, rope_theta=10000.0, **rope,
     )
     torch.manual_seed(seed)
     model = LlamaForCausalLM(config).eval()

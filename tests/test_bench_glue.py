@@ -9,12 +9,12 @@ from pathlib import Path
 
 import pytest
 import torch
-from transformers import LlamaConfig, LlamaForCausalLM
 
 from bench.catalog import build_catalog, select
 from bench.checks import ERROR, NOT_CHECKED, RECORDED, Lookup, check_ppl, check_ratio_vs_baseline, lookup
 from bench.suite import Suite, SuiteOptions
 from bench.table import format_table
+from conftest import tiny_llama
 from streamllm.baselines import BaselineKey, BaselineRecord, BaselineStore
 from streamllm.evaluate import evaluate_tokens
 from streamllm.measure import prepare_slice, time_rounds
@@ -25,25 +25,9 @@ from streamllm.strategies import make_strategy
 SINK, WINDOW, TOKENS = 4, 12, 128
 
 
-def tiny_llama(seed: int = 0) -> LoadedModel:
-    config = LlamaConfig(vocab_size=97, hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
-                         num_key_value_heads=2, intermediate_size=128, max_position_embeddings=512)
-    torch.manual_seed(seed)
-    return LoadedModel(LlamaForCausalLM(config).eval(), None, "tiny-llama", "test-rev", torch.float32,
-                       torch.device("cpu"))
-
-
 @pytest.fixture(scope="module")
 def tiny() -> LoadedModel:
     return tiny_llama()
-
-
-@pytest.fixture(autouse=True)
-def _keep_torch_threads():
-    """A Suite sets torch's thread count for its run (1 on CPU): do not leak it into other tests."""
-    threads = torch.get_num_threads()
-    yield
-    torch.set_num_threads(threads)
 
 
 def make_suite(tmp_path: Path, tiny: LoadedModel, **overrides) -> Suite:

@@ -15,28 +15,12 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-import torch
-from transformers import LlamaConfig, LlamaForCausalLM
 
 from bench import injections
 from bench.suite import Suite, SuiteOptions
+from conftest import tiny_llama
 from streamllm.models import LoadedModel
 from streamllm.stats import FAIL, PASS
-
-
-def llama(hidden: int = 64, layers: int = 2, intermediate: int = 128) -> LoadedModel:
-    config = LlamaConfig(vocab_size=97, hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=4,
-                         num_key_value_heads=2, intermediate_size=intermediate, max_position_embeddings=512)
-    torch.manual_seed(0)
-    return LoadedModel(LlamaForCausalLM(config).eval(), None, "tiny-llama", "test-rev", torch.float32,
-                       torch.device("cpu"))
-
-
-@pytest.fixture(autouse=True)
-def _keep_torch_threads():
-    threads = torch.get_num_threads()
-    yield
-    torch.set_num_threads(threads)
 
 
 def suite(tmp_path: Path, model: LoadedModel, *, rounds: int = 3, **overrides) -> Suite:
@@ -62,7 +46,7 @@ CASES = ("strict", "lazy-c16", "static", "ring")
                                                               ("strict", "static", "static"),
                                                               ("strict", "ring", "ring")])
 def test_an_extra_op_per_layer_fails_exactly_that_strategy_naming_the_op(tmp_path, strategy, cache_kind, case):
-    model = llama()
+    model = tiny_llama()
     recorder = suite(tmp_path, model, update_baselines=True)
     for cid in CASES:
         recorder.run_case(recorder.case(cid), "synthetic", benchmark=None)
@@ -85,7 +69,7 @@ def test_an_extra_op_per_layer_fails_exactly_that_strategy_naming_the_op(tmp_pat
 
 def test_a_15_percent_slower_step_fails_its_ratio_and_only_its_ratio(tmp_path):
     # ~2 ms steps: large enough against timer and scheduler noise on a shared 2-core machine
-    model = llama(hidden=256, layers=4, intermediate=1024)
+    model = tiny_llama(hidden=256, layers=4, intermediate=1024)
     recorder = suite(tmp_path, model, rounds=8, update_baselines=True)
     recorded = {cid: recorder.run_case(recorder.case(cid), "synthetic", benchmark=None) for cid in ("strict", "ring")}
     recorder.write_baselines()
