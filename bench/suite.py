@@ -51,7 +51,7 @@ from streamllm.measure import (
 from streamllm.ratio import RatioCI, ratio_ci
 from streamllm.records import PASS, RUN_SCHEMA, validate_run
 from streamllm.results import EvalResult, write_json_atomic
-from streamllm.stats import compare_timing, ppl_ratio_ci
+from streamllm.stats import ppl_ratio_ci
 
 from .catalog import DEFAULT_SINK, DEFAULT_TOKENS, DEFAULT_WINDOW, BenchCase, build_catalog, compile_mode
 from .checks import (
@@ -650,6 +650,18 @@ class Suite:
         return append_history(self._under_root(self.options.report_dir), self.fingerprint, self.history_results,
                               self.history_verdicts, rootdir=self.rootdir)
 
+    def paired_ratio(self, case: BenchCase, other: BenchCase, dataset: str) -> RatioCI:
+        """TPOT(case) / TPOT(other), the two timed step for step in fresh slices (measure.time_interleaved):
+        a TPOT finding compares two strategies, and timings taken minutes apart on a shared machine
+        differ by more than the finding's band (seen: strict 1.6x slower under a neighbour's load)."""
+        steps = steps_per_round(math.lcm(case.cycle, other.cycle), self.options.min_steps)
+        rounds = max(4, self.options.rounds * self.options.min_steps // steps)
+        timed = steps * (self.options.warmup_rounds + rounds)
+        arms = [self.new_slice(c, dataset, timed_steps=timed) for c in (case, other)]
+        a, b = time_interleaved(arms[0], arms[1], steps=steps, cycle=steps, rounds=rounds,
+                                warmup_rounds=self.options.warmup_rounds)
+        return ratio_ci(a.samples, b.samples)
+
     def finding_checks(self, case: BenchCase, dataset: str) -> list[Check]:
         out: list[Check] = []
         loaded = self.model()
@@ -672,9 +684,8 @@ class Suite:
                 r_nll = self.evaluate(ref_case, dataset).trace.nll
                 est, lo, hi = ppl_ratio_ci(s_nll, r_nll)
             else:
-                verdict = compare_timing(self.timing(case, dataset).samples, self.timing(ref_case, dataset).samples,
-                                         tolerance=0.05)
-                est, lo, hi = verdict.ratio, verdict.ci_low, verdict.ci_high
+                paired = self.paired_ratio(case, ref_case, dataset)
+                est, lo, hi = paired.ratio, paired.low, paired.high
             verdict, message = check_finding(f, est, lo, hi)
             out.append(Check("finding", name, verdict, f"{case.label} vs {ref_case.label}: {message}",
                              {"estimate": est, "ci_low": lo, "ci_high": hi, "low": f.low, "high": f.high,

@@ -385,3 +385,21 @@ def test_each_case_reports_its_bandwidth_floor(tmp_path, tiny):
         expected = floor_ms(analytic_step_bytes(tiny.model, mean_attended_slots(spec)), suite._bandwidth)
         assert result.floor_ms == pytest.approx(expected)
         assert result.row()["tpot_over_floor"] > 1.0
+
+
+def test_tpot_findings_time_both_strategies_step_for_step(tmp_path, tiny):
+    """A TPOT finding's two strategies are timed interleaved in fresh slices: a strategy against
+    itself reads ~1, and a strategy made 30 % slower reads ~1.3, whatever the machine did between cases."""
+    from bench import injections
+
+    suite = make_suite(tmp_path, tiny)
+    strict, lazy = suite.case("strict"), suite.case("lazy-c16")
+    same = suite.paired_ratio(strict, strict, "synthetic")
+    assert same.low < 1.0 < same.high or abs(same.ratio - 1.0) < 0.05, same
+    plain = suite.paired_ratio(lazy, strict, "synthetic")
+    injection = injections.slowdown("lazy", 0.30, 0.4, "dynamic")
+    try:
+        slowed = suite.paired_ratio(lazy, strict, "synthetic")  # 0.3 x ~0.4 ms per lazy step
+    finally:
+        injection.undo()
+    assert slowed.ratio > plain.ratio * 1.1, (slowed, plain)
