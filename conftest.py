@@ -220,6 +220,12 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
     suite.write_run()
 
 
+def pytest_unconfigure(config: pytest.Config) -> None:
+    suite = config.stash.get(SUITE_KEY, None)
+    if suite is not None:
+        suite.close()  # after the terminal summary (which reads the suite), the process-wide state goes back
+
+
 def pytest_terminal_summary(terminalreporter, config: pytest.Config) -> None:
     suite = config.stash.get(SUITE_KEY, None)
     if suite is None or not suite.results:

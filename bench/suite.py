@@ -228,11 +228,18 @@ class Suite:
         self.history_verdicts: dict[str, str] = {}
         self._fingerprint: dict | None = None
         self._bandwidth: float | None = None  # GB/s, measure.copy_bandwidth_GBps
+        # torch's thread count is process-wide: the suite sets it for its session and `close`
+        # gives the previous value back.
+        self._threads_before = torch.get_num_threads()
         if self.threads:
             # One thread by default on CPU: on a shared 2-core VM, two OpenMP threads spin-wait on
             # each other whenever one is descheduled (measured under load: 500 ms/step with 2
             # threads vs 74 ms with 1), so one thread is both faster there and far less noisy.
             torch.set_num_threads(self.threads)
+
+    def close(self) -> None:
+        """End of the session: torch's thread count back to what it was before the suite."""
+        torch.set_num_threads(self._threads_before)
 
     def _under_root(self, path: str) -> Path:
         p = Path(path)

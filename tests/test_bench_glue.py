@@ -403,3 +403,11 @@ def test_tpot_findings_time_both_strategies_step_for_step(tmp_path, tiny):
     finally:
         injection.undo()
     assert slowed.ratio > plain.ratio * 1.1, (slowed, plain)
+
+
+def test_the_suite_gives_torch_threads_back(tmp_path, tiny):
+    before = torch.get_num_threads()
+    suite = make_suite(tmp_path, tiny, threads=1 if before != 1 else 2)
+    assert torch.get_num_threads() != before
+    suite.close()
+    assert torch.get_num_threads() == before
