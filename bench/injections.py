@@ -5,8 +5,8 @@ Each injection patches one cache class's per-step code so that only the named st
 - `extra_op`: one extra aten op per layer and step (`torch.cat` of the new key with itself,
   result unused): the kind of change a refactor slips into a cache's update. The work counters
   must fail that strategy, naming `aten.cat`, in every run.
-- `slowdown`: a busy-wait after the strategy's eviction step, `fraction` of its step time: a 15 %
-  slower step must fail its same-run TPOT ratio check.
+- `slowdown`: every decode step of the strategy takes `fraction` longer (a busy-wait of that
+  fraction of the step's own time): a 15 % slower step must fail its same-run TPOT ratio check.
 
 They patch classes (not instances) because the suite builds its caches itself; `undo()` restores them.
 """
@@ -19,10 +19,8 @@ from dataclasses import dataclass, field
 
 import torch
 
-from streamllm.caches import RingStreamingCache, StaticStreamingCache, StreamingCache
+from streamllm.caches import StreamingCache
 from streamllm.caches.fixed import FixedLayer
-
-CACHE_CLASSES = {"dynamic": StreamingCache, "static": StaticStreamingCache, "ring": RingStreamingCache}
 
 
 @dataclass
@@ -35,8 +33,8 @@ class Injection:
 
 
 def _targets(cache, strategy: str, kind: str) -> bool:
-    spec = cache.spec
-    return spec.name == strategy and spec.cache == kind
+    spec = getattr(cache, "spec", None)  # the reference arm's cache has none: never a target
+    return spec is not None and spec.name == strategy and spec.cache == kind
 
 
 def extra_op(strategy: str, cache_kind: str = "dynamic") -> Injection:
@@ -78,21 +76,25 @@ def extra_op(strategy: str, cache_kind: str = "dynamic") -> Injection:
     return injection
 
 
-def slowdown(strategy: str, fraction: float, step_ms: float, cache_kind: str = "dynamic") -> Injection:
-    """`strategy`'s end_step busy-waits `fraction` x `step_ms` (its measured step time) per step."""
-    cls = CACHE_CLASSES[cache_kind]
-    original = cls.end_step
-    delay = fraction * step_ms / 1e3
+def slowdown(strategy: str, fraction: float, cache_kind: str = "dynamic") -> Injection:
+    """Every decode step of `strategy` (on its `cache_kind` cache) takes `fraction` longer: after
+    the step, a busy-wait of `fraction` x the time that very step took. Relative to each step, so
+    the slowdown is the same fraction whatever else loads the machine."""
+    from streamllm.decode import EagerDecoder, GraphDecoder
 
-    def end_step(self, *args, **kwargs):
-        out = original(self, *args, **kwargs)
-        if _targets(self, strategy, cache_kind):
-            stop = time.perf_counter() + delay
-            while time.perf_counter() < stop:  # busy: a sleep would yield the core and undershoot
-                pass
-        return out
-
-    cls.end_step = end_step
     injection = Injection()
-    injection.undo_steps.append(lambda: setattr(cls, "end_step", original))
+    for cls in (EagerDecoder, GraphDecoder):
+        original = cls.step
+
+        def step(self, token, _original=original):
+            start = time.perf_counter()
+            out = _original(self, token)
+            if _targets(self.cache, strategy, cache_kind):
+                stop = time.perf_counter() + fraction * (time.perf_counter() - start)
+                while time.perf_counter() < stop:  # busy: a sleep would yield the core and undershoot
+                    pass
+            return out
+
+        cls.step = step
+        injection.undo_steps.append(lambda cls=cls, original=original: setattr(cls, "step", original))
     return injection

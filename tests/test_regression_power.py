@@ -24,7 +24,7 @@ from streamllm.stats import FAIL, PASS
 
 
 def suite(tmp_path: Path, model: LoadedModel, *, rounds: int = 3, **overrides) -> Suite:
-    options = SuiteOptions(model="tiny-llama", datasets=("synthetic",), tokens=256, sink=4, window=12,
+    options = SuiteOptions(model="tiny-llama", datasets=("synthetic",), tokens=1024, sink=4, window=12,
                            rounds=rounds, warmup_rounds=1, min_steps=8, baselines_dir=str(tmp_path / "baselines"),
                            report_dir=str(tmp_path / "reports"), **overrides)
     out = Suite(options, tmp_path)
@@ -70,13 +70,13 @@ def test_an_extra_op_per_layer_fails_exactly_that_strategy_naming_the_op(tmp_pat
 def test_a_15_percent_slower_step_fails_its_ratio_and_only_its_ratio(tmp_path):
     # ~2 ms steps: large enough against timer and scheduler noise on a shared 2-core machine
     model = tiny_llama(hidden=256, layers=4, intermediate=1024)
-    recorder = suite(tmp_path, model, rounds=8, update_baselines=True)
-    recorded = {cid: recorder.run_case(recorder.case(cid), "synthetic", benchmark=None) for cid in ("strict", "ring")}
+    recorder = suite(tmp_path, model, rounds=48, update_baselines=True)  # a tight recording: its CI widens the band
+    for cid in ("strict", "ring"):
+        recorder.run_case(recorder.case(cid), "synthetic", benchmark=None)
     recorder.write_baselines()
-    step_ms = recorded["strict"].timing.median_ms
-    injection = injections.slowdown("strict", 0.15, step_ms, "dynamic")
+    injection = injections.slowdown("strict", 0.15, "dynamic")
     try:
-        checker = suite(tmp_path, model, rounds=8)
+        checker = suite(tmp_path, model, rounds=24)
         results = {cid: checker.run_case(checker.case(cid), "synthetic", benchmark=None) for cid in ("strict", "ring")}
     finally:
         injection.undo()
