@@ -108,6 +108,23 @@ def _rated(row: dict, name: str, nbytes: float, bandwidth: float, other: str, be
     return row
 
 
+def sweep_configs(row: dict, candidates: list, out: torch.Tensor, ref: torch.Tensor,
+                  launch_one: Callable[[object], object], launches: Callable[[object], list]) -> tuple[dict, str, object]:
+    """Check each candidate config once against `ref`, graph-time it over the weight copies; the
+    correct ones (rel err < 5e-3) as {repr: result}, the fastest's repr and the config itself."""
+    for cfg in candidates:
+        try:
+            out.fill_(float("nan"))  # an element the kernel leaves unwritten stays NaN and fails the check
+            launch_one(cfg)
+            err = rel_err(out, ref)
+            row["configs"][repr(cfg)] = {"s": graph_time(launches(cfg)), "rel_err": err}
+        except Exception as exc:  # noqa: BLE001 - a config that does not compile is a row, not a crash
+            row["configs"][repr(cfg)] = {"error": repr(exc)[:300]}
+    timed = {c: r for c, r in row["configs"].items() if "s" in r and r["rel_err"] < 5e-3}
+    best = min(timed, key=lambda c: timed[c]["s"])
+    return timed, best, next(c for c in candidates if repr(c) == best)
+
+
 def bench_gemv(device: torch.device, bandwidth: float, tune_all: bool) -> list[dict]:
     rows = []
     g = torch.Generator(device=device).manual_seed(0)
@@ -125,18 +142,11 @@ def bench_gemv(device: torch.device, bandwidth: float, tune_all: bool) -> list[d
         row = {"kernel": name, "N": n, "K": k, "bytes": nbytes, "copies": copies, "rel_err": rel_err(y, ref),
                "tuner_choice": repr(chosen), "configs": {}}
         candidates = gv.candidate_configs(n, k) if tune_all else [chosen]
-        for cfg in candidates:
-            try:
-                out.fill_(float("nan"))
-                gv.launch_gemv(x, ws[0], b, out, cfg, act)
-                err = rel_err(out, ref)
-                t = graph_time([partial(gv.launch_gemv, x, w, b, out, cfg, act) for w in ws])
-                row["configs"][repr(cfg)] = {"s": t, "rel_err": err}
-            except Exception as exc:
-                row["configs"][repr(cfg)] = {"error": repr(exc)[:300]}
-        timed = {c: r for c, r in row["configs"].items() if "s" in r and r["rel_err"] < 5e-3}
-        best = min(timed, key=lambda c: timed[c]["s"])
-        best_cfg = next(c for c in candidates if repr(c) == best)
+        timed, best, best_cfg = sweep_configs(
+            row, candidates, out, ref,
+            lambda cfg, x=x, w=ws[0], b=b, out=out, act=act: gv.launch_gemv(x, w, b, out, cfg, act),
+            lambda cfg, x=x, ws=tuple(ws), b=b, out=out, act=act: [partial(gv.launch_gemv, x, w, b, out, cfg, act)
+                                                                  for w in ws])
         # The end-to-end run uses the config that was fastest inside a graph.
         ops._CHOSEN[("gemv", n, k, "float16", "plain")] = best_cfg
         row["best_config"] = best
@@ -172,19 +182,11 @@ def bench_attention(device: torch.device, bandwidth: float, tune_all: bool) -> l
         row = {"kernel": name, "bytes": nbytes, "copies": copies, "rel_err": rel_err(y, ref),
                "tuner_choice": repr(chosen), "configs": {}}
         candidates = attn.candidate_configs(slots, heads // kv_heads) if tune_all else [chosen]
-        for cfg in candidates:
-            try:
-                out.fill_(float("nan"))
-                attn.launch_decode_attention(q, ks[0], vs[0], mask, scale, out, cfg)
-                err = rel_err(out, ref)
-                t = graph_time([partial(attn.launch_decode_attention, q, ks[i], vs[i], mask, scale, out, cfg)
-                                for i in range(copies)])
-                row["configs"][repr(cfg)] = {"s": t, "rel_err": err}
-            except Exception as exc:
-                row["configs"][repr(cfg)] = {"error": repr(exc)[:300]}
-        timed = {c: r for c, r in row["configs"].items() if "s" in r and r["rel_err"] < 5e-3}
-        best = min(timed, key=lambda c: timed[c]["s"])
-        best_cfg = next(c for c in candidates if repr(c) == best)
+        timed, best, best_cfg = sweep_configs(
+            row, candidates, out, ref,
+            lambda cfg, mask=mask, out=out: attn.launch_decode_attention(q, ks[0], vs[0], mask, scale, out, cfg),
+            lambda cfg, mask=mask, out=out: [partial(attn.launch_decode_attention, q, ks[i], vs[i], mask, scale,
+                                                     out, cfg) for i in range(copies)])
         if masked:
             ops._CHOSEN[("attention", kv_heads, heads // kv_heads, slots, head_dim, "float16")] = best_cfg
         row.update(best_config=best, best=dataclasses.asdict(best_cfg), triton_s=timed[best]["s"])
