@@ -141,7 +141,7 @@ def lint(session: nox.Session) -> None:
 
 @nox.session(name="update-baselines")
 def update_baselines(session: nox.Session) -> None:
-    """Re-record baselines/ on purpose (average of 3 timing passes), then review `git diff baselines/`.
+    """Re-record baselines/ on purpose (PPL, work counts, TPOT ratio), then review `git diff baselines/`.
 
     Pass the configuration after --, e.g. `nox -s update-baselines --no-venv -- --device cuda`."""
     install(session)
