@@ -663,10 +663,10 @@ class Suite:
         differ by more than the finding's band (seen: strict 1.6x slower under a neighbour's load)."""
         steps = steps_per_round(math.lcm(case.cycle, other.cycle), self.options.min_steps)
         rounds = max(4, self.options.rounds * self.options.min_steps // steps)
-        timed = steps * (self.options.warmup_rounds + rounds)
+        warmup = max(1, self.options.warmup_rounds)  # fresh slices: first calls pay one-time costs
+        timed = steps * (warmup + rounds)
         arms = [self.new_slice(c, dataset, timed_steps=timed) for c in (case, other)]
-        a, b = time_interleaved(arms[0], arms[1], steps=steps, cycle=steps, rounds=rounds,
-                                warmup_rounds=self.options.warmup_rounds)
+        a, b = time_interleaved(arms[0], arms[1], steps=steps, cycle=steps, rounds=rounds, warmup_rounds=warmup)
         return ratio_ci(a.samples, b.samples)
 
     def finding_checks(self, case: BenchCase, dataset: str) -> list[Check]:
