@@ -216,7 +216,7 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
         return
     if suite.options.update_baselines:
         suite.write_baselines()
-    suite.history_file = suite.write_history()
+    suite.write_history()
     suite.write_run()
 
 

@@ -217,7 +217,6 @@ class Suite:
         self.records: list[BaselineRecord] = []
         self.written: list[Path] = []  # baseline files written by the update
         self.run_file: Path | None = None
-        self.history_file: Path | None = None
         self._texts: dict[str, Text] = {}
         self._evals: dict[tuple, EvalResult] = {}
         self._timings: dict[tuple[str, str], TimingRun] = {}
@@ -702,8 +701,8 @@ class Suite:
     # -- records -------------------------------------------------------------------------------
     def baseline_record(self, case: BenchCase, dataset: str, evaluation: EvalResult, timing: TimingRun,
                         out: CaseResult) -> BaselineRecord:
-        """This run's record; with --baseline-runs K, K-1 more timing passes (fresh caches) are
-        averaged in (samples pooled per fingerprint, PPL is deterministic)."""
+        """This run's record: PPL, the work counts, the same-run TPOT ratio and its CI (and the raw
+        TPOT samples for people; absolute TPOT is judged against the run history instead)."""
         provenance = make_provenance(cwd=str(self.rootdir))
         note = self.options.baseline_note or (NOISE_NOTE if self.options.device_type == "cpu" else
                                               f"timed on {self.fingerprint.get('device_class')}")
@@ -781,11 +780,11 @@ class Suite:
 def append_history(report_root: Path, fingerprint: dict, samples: dict[str, list[float]],
                    raw_verdicts: dict[str, str], *, rootdir: Path) -> Path:
     """Append one run's absolute TPOT samples to the machine's run history (never edited)."""
-    from streamllm.history import RAW_VERDICTS
+    from streamllm.history import IMPROVEMENT, RAW_VERDICTS, REGRESSION
 
     history = RunHistory(report_root / "history", fingerprint_id(fingerprint))
     verdicts = {c: v for c, v in raw_verdicts.items() if v in RAW_VERDICTS}
-    rejected = {c: False for c, v in verdicts.items() if v in ("regression", "improvement")}
+    rejected = {c: False for c, v in verdicts.items() if v in (REGRESSION, IMPROVEMENT)}
     run = history.append(samples, accepted=True, verdicts=verdicts, case_accepted=rejected, fingerprint=fingerprint,
                          meta={"command": " ".join([_program(), *sys.argv[1:]]),
                                "provenance": make_provenance(cwd=str(rootdir))})
