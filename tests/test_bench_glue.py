@@ -373,6 +373,35 @@ def test_ratio_band_takes_on_a_noisy_recording(tmp_path):
         assert check.verdict == expected, check.message
 
 
+def test_a_noisy_recording_is_retimed_before_it_is_stored(tmp_path):
+    """--update-baselines stores the ratio every later check is centred on: a recording whose CI is
+    wider than half the band is re-timed once with more rounds and stored from all its rounds; a
+    tight one is stored as measured (no rerun)."""
+    store = BaselineStore(tmp_path / "b")
+    key = BaselineKey("m", "r", "float16", "d", "sha", 64, "dense", {"name": "dense"})
+    ref = [20.0] * 8
+    noisy = [20.0 * 3.45 * m for m in (1.0, 1.5, 0.9, 1.3, 1.0, 0.95, 1.4, 1.0)]
+    tight = [20.0 * 3.45 * m for m in (1.0, 1.01, 0.99, 1.0, 1.02, 0.98, 1.0, 1.01)]
+    calls = []
+
+    def rerun():
+        calls.append(1)
+        return [20.0 * 3.45 * m for m in (1.0, 0.99, 1.01) * 6], [20.0] * 18
+
+    check = check_ratio_vs_baseline(noisy, ref, lookup(store, key), key="gpu", updating=True, what="dense",
+                                    rerun=rerun)
+    assert calls == [1] and check.details["ratio"]["pairs"] == 8 + 18
+    recorded = check.details["ratio"]
+    assert math.sqrt(recorded["high"] / recorded["low"]) - 1 < 0.05 < math.sqrt(
+        max(noisy) / min(noisy))  # the stored CI is the combined, tighter one
+    check = check_ratio_vs_baseline(tight, ref, lookup(store, key), key="gpu", updating=True, what="dense",
+                                    rerun=rerun)
+    assert calls == [1] and check.details["ratio"]["pairs"] == 8
+    # a check (not a recording) of a noisy-but-inside run is not re-timed by this rule
+    check = check_ratio_vs_baseline(noisy, ref, lookup(store, key), key="gpu", updating=False, what="dense")
+    assert check.details["ratio"]["pairs"] == 8
+
+
 def test_each_case_reports_its_bandwidth_floor(tmp_path, tiny):
     """TPOT / floor: the analytic bytes a step must read (weights once + the K/V it attends) over
     the measured copy bandwidth. A real step can never beat it."""
