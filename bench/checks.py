@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from streamllm.baselines import BaselineError, BaselineRecord, BaselineStore, ppl_tolerance
-from streamllm.counters import CounterError, CounterKey, WorkCounts, compare_counts
+from streamllm.counters import CounterError, CounterKey, WorkCounts, compare_across_software, compare_counts
 from streamllm.history import HistoryError, RunHistory
 from streamllm.ratio import check_ratio, ratio_ci
 from streamllm.records import (
@@ -109,10 +109,16 @@ def check_ppl(measured_ppl: float, found: Lookup, *, device_class: str, updating
 RUN_BAND_CONFIDENCE = 0.99
 
 
-def check_work(measured: WorkCounts | None, found: Lookup, *, updating: bool, what: str) -> Check:
+def check_work(measured: WorkCounts | None, found: Lookup, *, updating: bool, what: str,
+               reference: WorkCounts | None = None) -> Check:
     """(b) work counts: exact, against the counts stored under the same counter key (software
     versions, device type, dtype, model config, strategy, decoder). Any difference fails and
-    names the ops that changed (`+64 aten.cat per step`)."""
+    names the ops that changed (`+64 aten.cat per step`).
+
+    Where only another torch / transformers release recorded this workload (a fresh install
+    resolves the newest transformers), `reference` (the reference arm's counts, this process)
+    and the stored reference counts compare the strategy's own work across the release
+    (`streamllm.counters.compare_across_software`)."""
     name = WORK_CHECK
     file = _relative(found.path)
     if measured is None:
@@ -124,6 +130,19 @@ def check_work(measured: WorkCounts | None, found: Lookup, *, updating: bool, wh
         return Check("tpot", name, ERROR, f"{what}: {found.error}", details)
     stored_all = (found.record.extra.get("work_counts") or {}) if found.record is not None else {}
     stored_json = stored_all.get(measured.key.id) if measured.key is not None else None
+    if stored_json is None and measured.key is not None and not updating:
+        other = _other_release(measured, found, file)
+        if isinstance(other, Check):
+            return other
+        if other is not None:
+            stored, stored_reference = other
+            verdict = compare_across_software(measured, stored, measured_reference=reference,
+                                              stored_reference=stored_reference, label=f"{what}: work per step",
+                                              source=file)
+            details["diff"] = verdict.lines
+            details["across_software"] = "; ".join(measured.key.differences(stored.key))
+            return Check("tpot", name, {"pass": PASS, "fail": FAIL}.get(verdict.verdict, NOT_CHECKED),
+                         verdict.message, details)
     if stored_json is None:
         others = sorted(stored_all)
         why = "no stored work counts" if not others else (
@@ -142,6 +161,26 @@ def check_work(measured: WorkCounts | None, found: Lookup, *, updating: bool, wh
         return Check("tpot", name, RECORDED, verdict.message + "; re-recorded by --update-baselines", details)
     return Check("tpot", name, PASS if verdict.passed else FAIL if verdict.verdict == "fail" else NOT_CHECKED,
                  verdict.message, details)
+
+
+def _other_release(measured: WorkCounts, found: Lookup, file: str) -> tuple[WorkCounts, WorkCounts | None] | Check | None:
+    """The counts of this workload stored under another software release, and that recording's
+    reference-arm counts: the latest one that has reference counts, else the latest; None if none."""
+    extra = found.record.extra if found.record is not None else {}
+    references = extra.get("reference_work_counts") or {}
+    best = None
+    for key_id, stored_json in (extra.get("work_counts") or {}).items():
+        try:
+            stored = WorkCounts.from_json(stored_json, source=f"{file} work_counts[{key_id}]")
+            reference = (WorkCounts.from_json(references[key_id], source=f"{file} reference_work_counts[{key_id}]")
+                         if key_id in references else None)
+        except CounterError as exc:
+            return Check("tpot", WORK_CHECK, ERROR, str(exc), {"file": file})
+        if stored.key is None or stored.key.workload_id != measured.key.workload_id:
+            continue
+        if best is None or reference is not None or best[1] is None:
+            best = (stored, reference)
+    return best
 
 
 def _key_differences(measured: WorkCounts, stored_all: dict) -> list[str]:

@@ -131,6 +131,7 @@ class CaseResult:
     reference_timing: TimingRun | None = None  # the interleaved reference arm (measure.reference_slice)
     ratio: RatioCI | None = None  # case / reference, per round, same process
     work: WorkCounts | None = None
+    reference_work: WorkCounts | None = None  # the reference arm counted over the same steps
     speedup: float | None = None
     floor_ms: float | None = None  # analytic bytes a step must read / measured copy bandwidth
 
@@ -187,6 +188,7 @@ class CaseResult:
             "reference_timing": self.reference_timing.summary() if self.reference_timing else None,
             "ratio": self.ratio.as_dict() if self.ratio else None,
             "work": self.work.to_json() if self.work else None,
+            "reference_work": self.reference_work.to_json() if self.reference_work else None,
             "timing_step_ms": self.timing.step_ms if self.timing else None,
             # text index and prune flag of each timed step: the phase A diagnostics put the step
             # times next to the per-token NLL and KV length
@@ -444,15 +446,25 @@ class Suite:
         self._references[key].rerun_samples.extend(ref.samples)
         return more.samples, ref.samples
 
-    def count(self, case: BenchCase, dataset: str) -> WorkCounts | None:
+    def count(self, case: BenchCase, dataset: str) -> tuple[WorkCounts | None, WorkCounts | None]:
         """(b) work counters: one steady-state round of separate, untimed steps of the case's own
-        decoder, after its timing (feeding the text on; counts do not depend on which tokens)."""
+        decoder, after its timing (feeding the text on; counts do not depend on which tokens),
+        and as many steps of its reference arm (what the model's forward costs at |C| without our
+        cache code: across a transformers release, case minus reference is the strategy's own work)."""
         if not self.options.count_work:
-            return None
+            return None, None
         key = (dataset, case.id)
         slice_ = self._slices.get(key)
         if slice_ is None:
-            return None
+            return None, None
+        work = self._count_slice(case, slice_, case.spec, f"{compile_mode(case)}/{type(slice_.decoder).__name__}")
+        reference = self._reference_slices.get(key)
+        if reference is None:
+            return work, None
+        held = {"reference": "transformers DynamicCache", "held": reference.cache.length}
+        return work, self._count_slice(case, reference, held, f"none/{type(reference.decoder).__name__}")
+
+    def _count_slice(self, case: BenchCase, slice_, strategy, decoder: str) -> WorkCounts:
         steps, cycle = self.geometry(case)
         ids = slice_.ids
         start = slice_.cursor
@@ -467,8 +479,7 @@ class Suite:
         loaded = self.model(case.transform)
         graphs = getattr(slice_.decoder, "graphs", None)
         context = slice_.cache.length if case.spec.capacity is None else None
-        wkey = counter_key(loaded.model, device=loaded.device, strategy=case.spec,
-                           decoder=f"{compile_mode(case)}/{type(slice_.decoder).__name__}", context=context,
+        wkey = counter_key(loaded.model, device=loaded.device, strategy=strategy, decoder=decoder, context=context,
                            extra={"transform": case.transform, "steps": steps})
         return count_work(step, steps, cycle=cycle, warmup=cycle, device=loaded.device, graphs=graphs, key=wkey)
 
@@ -614,8 +625,8 @@ class Suite:
         what = f"{case.label} on {evaluation.dataset}"
         updating = self.options.update_baselines
         checks: list[Check] = []
-        out.work = self.count(case, dataset)
-        checks.append(check_work(out.work, found, updating=updating, what=what))
+        out.work, out.reference_work = self.count(case, dataset)
+        checks.append(check_work(out.work, found, updating=updating, what=what, reference=out.reference_work))
         busy = self.oversubscribed()
         rerun = None
         if not busy:
@@ -714,6 +725,8 @@ class Suite:
         extra = {"tpot_ms_median": timing.median_ms, "spikes": evaluation.spikes}
         if out.work is not None and out.work.key is not None:
             extra["work_counts"] = {out.work.key.id: out.work.to_json()}
+            if out.reference_work is not None:  # keyed by the case's counter key: the pair is one recording
+                extra["reference_work_counts"] = {out.work.key.id: out.reference_work.to_json()}
         if out.ratio is not None:
             rkey = ratio_key(self.fingerprint, torch.get_num_threads())
             extra["tpot_ratio"] = {rkey: [round(out.ratio.ratio, 5)]}

@@ -47,7 +47,7 @@ import math
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
 from contextlib import nullcontext
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from fractions import Fraction
 from importlib import metadata
 from typing import Any
@@ -127,6 +127,12 @@ def config_hash(model: torch.nn.Module) -> str:
     return _short_hash({k: v for k, v in config.items() if k not in _CONFIG_NOISE})
 
 
+# Key fields that name the software, not the workload. A release of either can change what a step
+# dispatches, so exact counts are keyed by them; counts recorded under another release are compared
+# through the reference arm instead (`compare_across_software`).
+SOFTWARE_FIELDS = ("torch", "transformers")
+
+
 @dataclass(frozen=True)
 class CounterKey:
     """What the counts depend on. `id` keys ops, bytes and syncs; `kernel_id` adds the GPU model,
@@ -141,6 +147,12 @@ class CounterKey:
     @property
     def kernel_id(self) -> str:
         return "wk-" + _short_hash(self.fields)
+
+    @property
+    def workload_id(self) -> str:
+        """The key without the software versions (and the GPU): the same model, dtype, strategy and
+        decoder, whatever torch / transformers release counts them."""
+        return "wl-" + _short_hash({k: v for k, v in self.fields.items() if k not in ("gpu", *SOFTWARE_FIELDS)})
 
     def to_json(self) -> dict:
         return {"fields": self.fields, "id": self.id, "kernel_id": self.kernel_id}
@@ -313,6 +325,30 @@ class WorkCounts:
                 lines.append(_signed(d, tot, self.steps, label))
         return lines
 
+    def minus(self, other: WorkCounts) -> WorkCounts:
+        """The work self does beyond `other`, counted over the same steps (entries may be negative).
+
+        The case minus its reference arm is the strategy's own cost (its cache code, its eviction):
+        what a change in the model's forward, common to both arms, leaves alone."""
+        if self.steps != other.steps:
+            raise ValueError(f"counted over {self.steps} vs {other.steps} steps: subtract counts of equal steps")
+
+        def sub(a: dict[str, int], b: dict[str, int]) -> dict[str, int]:
+            out = {n: a.get(n, 0) - b.get(n, 0) for n in set(a) | set(b)}
+            return {n: v for n, v in sorted(out.items()) if v}
+
+        def opt(a: int | None, b: int | None) -> int | None:
+            return None if a is None or b is None else a - b
+
+        return WorkCounts(self.steps, sub(self.ops, other.ops), self.bytes_read - other.bytes_read,
+                          self.bytes_written - other.bytes_written, sub(self.syncs, other.syncs),
+                          opt(self.kernels, other.kernels), opt(self.memcpys, other.memcpys),
+                          opt(self.graph_replays, other.graph_replays))
+
+    def without_kernels(self) -> WorkCounts:
+        """The same counts with the device-event counts dropped (another GPU chooses other kernels)."""
+        return replace(self, kernels=None, memcpys=None)
+
     # -- JSON ------------------------------------------------------------------------------
     def to_json(self) -> dict:
         return {
@@ -422,6 +458,40 @@ def compare_counts(measured: WorkCounts, stored: WorkCounts | None, *, label: st
     if not lines:
         return CountVerdict("pass", f"{label}: identical ({measured.summary()}){where}", [])
     return CountVerdict("fail", f"{label} changed: " + "; ".join(lines) + where, lines)
+
+
+def compare_across_software(measured: WorkCounts, stored: WorkCounts, *, measured_reference: WorkCounts | None,
+                            stored_reference: WorkCounts | None, label: str = "work counts",
+                            source: str | None = None) -> CountVerdict:
+    """Counts of the same workload recorded under another torch / transformers release.
+
+    Identical counts pass. Otherwise the release may have changed the model's forward (an extra
+    view in its attention, a new mask op), which is not ours to fail on, or our code may have
+    changed: the strategy's own work, the case minus its reference arm (transformers'
+    DynamicCache at the same length, counted in the same process), separates the two. It must be
+    identical to the recorded case minus the recorded reference; the message names what the
+    release moved in both arms. Without reference counts on either side: not checked.
+    """
+    where = f" [stored: {source}]" if source else ""
+    moved = "; ".join(measured.key.differences(stored.key)) if measured.key and stored.key else "other software"
+    same_gpu = bool(measured.key and stored.key and measured.key.fields.get("gpu") == stored.key.fields.get("gpu"))
+    theirs = stored if same_gpu else stored.without_kernels()
+    lines = measured.diff(theirs)
+    if not lines:
+        return CountVerdict("pass", f"{label}: identical to the counts recorded with {moved} "
+                                    f"({measured.summary()}){where}", [])
+    if measured_reference is None or stored_reference is None:
+        return CountVerdict("not checked", f"{label}: recorded with {moved} and different now ({'; '.join(lines[:3])}); "
+                                           "no reference-arm counts on both sides to tell the release's change from ours: "
+                                           f"not checked (record this release with --append-baselines){where}", lines)
+    theirs_ref = stored_reference if same_gpu else stored_reference.without_kernels()
+    own = measured.minus(measured_reference).diff(theirs.minus(theirs_ref))
+    if not own:
+        return CountVerdict("pass", f"{label}: the strategy's own work (case minus reference arm) is identical to the "
+                                    f"recording with {moved}; the release changed both arms alike: "
+                                    f"{'; '.join(lines[:3])}{where}", [])
+    return CountVerdict("fail", f"{label} changed beyond the reference arm (recorded with {moved}): "
+                                + "; ".join(own) + where, own)
 
 
 # --------------------------------------------------------------------------------------------

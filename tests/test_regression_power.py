@@ -15,11 +15,13 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import torch
 
 from bench import injections
 from bench.suite import Suite, SuiteOptions
 from conftest import tiny_llama
 from streamllm.models import LoadedModel
+from streamllm.records import NOT_CHECKED
 from streamllm.stats import FAIL, PASS
 
 
@@ -86,3 +88,75 @@ def test_a_15_percent_slower_step_fails_its_ratio_and_only_its_ratio(tmp_path):
     assert untouched.verdict == PASS, untouched.message
     # the work counters do not see a busy-wait (no extra op): only the clock-based check can
     assert check(results["strict"], WORK).verdict == PASS
+
+
+def _as_if_recorded_under(baselines: Path, release: str, *, drop_reference: bool = False) -> None:
+    """Re-key every stored work count as if another transformers release had recorded it (what a
+    fresh install meets when transformers moved since the recording)."""
+    import json
+
+    from streamllm.counters import CounterKey
+    from streamllm.results import write_text_atomic
+
+    def rekeyed(counts: dict) -> tuple[str, dict]:
+        key = CounterKey({**counts["key"]["fields"], "transformers": release})
+        return key.id, {**counts, "key": key.to_json()}
+
+    for path in baselines.rglob("*.json"):
+        data = json.loads(path.read_text())
+        for record in data["records"].values():
+            extra = record["extra"]
+            references = extra.pop("reference_work_counts", {})
+            work, refs = {}, {}
+            for old_id, counts in extra.get("work_counts", {}).items():
+                new_id, work[new_id] = rekeyed(counts)
+                if old_id in references and not drop_reference:
+                    refs[new_id] = rekeyed(references[old_id])[1]  # keyed by the case's key, as recorded
+            extra["work_counts"] = work
+            if refs:
+                extra["reference_work_counts"] = refs
+        write_text_atomic(path, json.dumps(data))
+
+
+def test_counts_recorded_under_another_transformers_release_still_check_the_strategys_own_work(tmp_path):
+    """A fresh install resolves the newest transformers, so the stored counts were often recorded
+    under another release. Identical counts pass; a change the release made to the model's forward
+    (both arms alike) passes and is named; an extra op in our cache fails, naming the op; without
+    reference-arm counts a changed step is 'not checked', never a pass."""
+    model = tiny_llama()
+    recorder = suite(tmp_path, model, update_baselines=True)
+    for cid in ("strict", "ring"):
+        recorder.run_case(recorder.case(cid), "synthetic", benchmark=None)
+    recorder.write_baselines()
+    _as_if_recorded_under(tmp_path / "baselines", "0.0.1")
+    layers = model.model.config.num_hidden_layers
+
+    def checked() -> dict:
+        checker = suite(tmp_path, model)
+        return {cid: check(checker.run_case(checker.case(cid), "synthetic", benchmark=None), WORK)
+                for cid in ("strict", "ring")}
+
+    for work in checked().values():
+        assert work.verdict == PASS and "identical to the counts recorded with transformers: 0.0.1 ->" in work.message
+
+    norm = model.model.model.norm  # the release adds an op to the forward: both arms pay it
+    forward = norm.forward
+    norm.forward = lambda x: forward(torch.add(x, 0))
+    try:
+        for work in checked().values():
+            assert work.verdict == PASS, work.message
+            assert "changed both arms alike: +1 aten.add per step" in work.message, work.message
+        injection = injections.extra_op("strict", "dynamic")  # ... and our cache code changes too
+        try:
+            results = checked()
+        finally:
+            injection.undo()
+        assert results["strict"].verdict == FAIL, results["strict"].message
+        assert f"+{layers} aten.cat per step" in results["strict"].message
+        assert "beyond the reference arm" in results["strict"].message
+        assert results["ring"].verdict == PASS, results["ring"].message
+        _as_if_recorded_under(tmp_path / "baselines", "0.0.1", drop_reference=True)
+        for work in checked().values():  # nothing to tell the release's change from ours
+            assert work.verdict == NOT_CHECKED and "no reference-arm counts" in work.message, work.message
+    finally:
+        norm.forward = forward
