@@ -19,7 +19,9 @@ On the H100, one call from the repository root (reports/gpu-kernels.md has the r
    eviction (noevict-ring-cudagraphs-triton: S=0, W=2052) and profiled; fp16 logits of the Triton
    ring (CUDA graph of the eager forward) vs strict eager over 300 tokens (S=4, W=128).
 
-`--emit-tuned` prints the best config per shape as a tuned_configs.TUNED entry.
+`--emit-tuned` prints the best config per shape as a tuned_configs.TUNED entry. With `--sweep attention`
+the last lines printed are, per attention row (mask / no mask), the 8 fastest correct configs with their
+layout (splits, programs = KV heads x splits, tiles per split), warps, pipeline stages, merge, % of copy.
 """
 
 from __future__ import annotations
@@ -169,6 +171,7 @@ def bench_attention(device: torch.device, bandwidth: float, tune_all: bool) -> l
     vs = [torch.randn(1, kv_heads, slots, head_dim, generator=g, device=device).half() for _ in range(copies)]
     q = torch.randn(1, heads, 1, head_dim, generator=g, device=device).half()
     scale = head_dim ** -0.5
+    sms = torch.cuda.get_device_properties(device).multi_processor_count
     rows = []
     for masked in (True, False):
         # The full ring's mask: every slot live (zeros), as FixedCache keeps it once full.
@@ -181,7 +184,13 @@ def bench_attention(device: torch.device, bandwidth: float, tune_all: bool) -> l
         name = f"attention 2052x32x80{' +mask' if masked else ''}"
         row = {"kernel": name, "bytes": nbytes, "copies": copies, "rel_err": rel_err(y, ref),
                "tuner_choice": repr(chosen), "configs": {}}
-        candidates = attn.candidate_configs(slots, heads // kv_heads) if tune_all else [chosen]
+        candidates = [chosen]
+        if tune_all:
+            # The tuner's own list for this device (split counts from its SM count), plus the tuner's
+            # pick and the untuned default (the pre-sweep kernel's shape) as reference rows.
+            candidates = attn.candidate_configs(slots, heads // kv_heads, kv_heads=kv_heads, head_dim=head_dim,
+                                                sms=sms, elem_bytes=2)
+            candidates += [c for c in (chosen, attn.default_config(slots, heads // kv_heads)) if c not in candidates]
         timed, best, best_cfg = sweep_configs(
             row, candidates, out, ref,
             lambda cfg, mask=mask, out=out: attn.launch_decode_attention(q, ks[0], vs[0], mask, scale, out, cfg),
@@ -191,10 +200,45 @@ def bench_attention(device: torch.device, bandwidth: float, tune_all: bool) -> l
             ops._CHOSEN[("attention", kv_heads, heads // kv_heads, slots, head_dim, "float16")] = best_cfg
         row.update(best_config=best, best=dataclasses.asdict(best_cfg), triton_s=timed[best]["s"])
         row["triton_tuner_s"] = row["configs"].get(repr(chosen), {}).get("s")
+        row["sweep"] = attention_sweep_rows(row, candidates, kv_heads, slots, nbytes, bandwidth)
         row["cublas_s"] = graph_time([partial(F.scaled_dot_product_attention, q, ks[i], vs[i], attn_mask=mask,
                                               scale=scale) for i in range(copies)])
         rows.append(_rated(row, name, nbytes, bandwidth, "SDPA", best))
     return rows
+
+
+def attention_sweep_rows(row: dict, candidates: list, kv_heads: int, slots: int, nbytes: float,
+                         bandwidth: float) -> list[dict]:
+    """Every correct timed attention config, fastest first, with its layout and % of copy bandwidth."""
+    rows = []
+    for cfg in candidates:
+        r = row["configs"].get(repr(cfg), {})
+        if "s" not in r or not r["rel_err"] < 5e-3:
+            continue
+        tiles, splits = cfg.layout(slots)
+        rows.append({"config": dataclasses.asdict(cfg), "s": r["s"], "rel_err": r["rel_err"], "splits": splits,
+                     "programs": kv_heads * splits, "tiles_per_split": cfg.max_tiles_per_split(slots),
+                     "GBps": nbytes / r["s"] / 1e9, "pct_copy": 100 * nbytes / r["s"] / bandwidth})
+    rows.sort(key=lambda r: r["s"])
+    return rows
+
+
+def print_attention_sweep(report: dict, top: int = 8) -> None:
+    """The fastest attention configs per attention row (printed last: the tail of the output)."""
+    for r in report.get("kernels", []):
+        sweep = r.get("sweep")
+        if not sweep:
+            continue
+        bad = [c for c, v in r["configs"].items() if "s" not in v or not v["rel_err"] < 5e-3]
+        print(f"\n{r['kernel']}: top {min(top, len(sweep))} of {len(sweep)} correct configs "
+              f"({len(bad)} failed or wrong), {r['bytes'] / 1e6:.1f} MB, {r.get('cublas_s', 0) * 1e6:.1f} us SDPA")
+        print(f"{'us':>6s} {'%copy':>6s} {'GB/s':>6s} {'block_s':>7s} {'splits':>6s} {'progs':>5s} {'tiles':>5s} "
+              f"{'warps':>5s} {'stages':>6s} {'merge':>6s} {'rel err':>8s}")
+        for x in sweep[:top]:
+            c = x["config"]
+            print(f"{x['s'] * 1e6:6.2f} {x['pct_copy']:6.1f} {x['GBps']:6.0f} {c['block_s']:7d} "
+                  f"{x['splits']:6d} {x['programs']:5d} {x['tiles_per_split']:5d} {c['num_warps']:5d} "
+                  f"{str(c['num_stages']):>6s} {c['merge']:>6s} {x['rel_err']:8.1e}")
 
 
 # -- end to end -------------------------------------------------------------------------------------
@@ -378,6 +422,7 @@ def main(argv: list[str] | None = None) -> int:
         end_to_end(device, args, report, save)
     save()
     print_tables(report)
+    print_attention_sweep(report)
     return 0
 
 

@@ -198,10 +198,102 @@ def test_decode_attention_matches_sdpa(heads, kv_heads, slots, head_dim, cfg, dt
     assert rel_err(out, ref) < (FP32_TOL if dtype == torch.float32 else FP16_TOL)
 
 
-def test_decode_attention_repeats_and_resets():
+# Pipelined tile loops, both merges, more splits asked for than there are tiles (clamped), a split
+# count above the merge's chunk (group 4 x head_dim 128: the last-program merge at 2 warps reduces 4
+# splits per step, the merge kernel 8), a long loop per split (9 tiles, 3 stages).
+ATTN_VARIANT_CASES = [
+    (8, 2, 100, 80, attn.AttentionConfig(block_s=16, target_splits=3, num_warps=2, num_stages=2)),
+    (4, 4, 150, 32, attn.AttentionConfig(block_s=16, target_splits=4, num_warps=4, num_stages=3, merge="kernel")),
+    (6, 2, 70, 32, attn.AttentionConfig(block_s=32, target_splits=66, num_warps=4, num_stages=1, merge="kernel")),
+    (6, 2, 70, 32, attn.AttentionConfig(block_s=16, target_splits=33, num_warps=2, num_stages=1)),
+    (8, 2, 200, 128, attn.AttentionConfig(block_s=16, target_splits=7, num_warps=2, num_stages=3)),
+    (8, 2, 200, 128, attn.AttentionConfig(block_s=16, target_splits=13, num_warps=4, num_stages=2, merge="kernel")),
+    (2, 1, 290, 16, attn.AttentionConfig(block_s=32, target_splits=1, num_warps=4, num_stages=3)),
+]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+@pytest.mark.parametrize(("heads", "kv_heads", "slots", "head_dim", "cfg"), ATTN_VARIANT_CASES)
+@pytest.mark.parametrize("masked", [True, False])
+def test_decode_attention_variants_match_sdpa(heads, kv_heads, slots, head_dim, cfg, dtype, masked):
+    g = gen(heads * 100 + slots + head_dim)
+    q = randn(1, heads, 1, head_dim, dtype=dtype, g=g)
+    k = randn(1, kv_heads, slots, head_dim, dtype=dtype, g=g)
+    v = randn(1, kv_heads, slots, head_dim, dtype=dtype, g=g)
+    mask = None
+    if masked:
+        # Holes, a masked tail longer than a split, and a fully masked block in the middle: whole
+        # splits with no live slot must merge with weight 0 (finite running max, no inf - inf).
+        mask = ring_mask(slots, dtype, g, tail=slots // 3)
+        mask[..., slots // 4 : slots // 4 + 2 * cfg.block_s] = torch.finfo(dtype).min
+    scale = head_dim ** -0.5
+    out = torch.full((1, 1, heads, head_dim), float("nan"), dtype=dtype, device=DEVICE)
+    attn.launch_decode_attention(q, k, v, mask, scale, out, cfg)
+    ref = attn.attention_reference(q.double(), k.double(), v.double(), None if mask is None else mask.double(), scale)
+    assert rel_err(out, ref) < (FP32_TOL if dtype == torch.float32 else FP16_TOL)
+
+
+def test_attention_layout_is_balanced():
+    """Split i covers tiles [i T / n, (i + 1) T / n): every tile once, sizes within one tile,
+    never more splits than tiles (no program without a tile)."""
+    for slots in (1, 15, 16, 17, 100, 2052, 4100):
+        for block_s in (16, 32, 64, 128, 256):
+            for target in (1, 3, 4, 8, 16, 33, 66):
+                cfg = attn.AttentionConfig(block_s=block_s, target_splits=target)
+                tiles, splits = cfg.layout(slots)
+                assert tiles == -(-slots // block_s) and splits == min(target, tiles)
+                bounds = [i * tiles // splits for i in range(splits + 1)]
+                sizes = [bounds[i + 1] - bounds[i] for i in range(splits)]
+                assert bounds[0] == 0 and bounds[-1] == tiles and min(sizes) >= 1
+                assert max(sizes) - min(sizes) <= 1 and max(sizes) == cfg.max_tiles_per_split(slots)
+
+
+def test_attention_candidates_pruned_and_deterministic():
+    shape = {"kv_heads": 32, "head_dim": 80, "sms": 132}
+    cands = attn.candidate_configs(2052, 1, **shape)
+    assert cands == attn.candidate_configs(2052, 1, **shape)
+    assert len(cands) == len(set(cands)) and 40 <= len(cands) <= 64
+    # 1/2/4/8/16 waves of 132 SMs over 32 KV heads, and the device-free fallback is the same list.
+    assert attn.split_targets(32, 132) == attn.FALLBACK_SPLITS == (4, 8, 16, 33, 66)
+    assert cands == attn.candidate_configs(2052, 1)
+    for cfg in cands:
+        assert cfg.num_warps in attn.WARPS_FOR_BLOCK[cfg.block_s]
+        assert cfg.num_stages is not None and cfg.num_stages <= max(1, cfg.max_tiles_per_split(2052))
+        assert cfg.num_stages * cfg.block_s * 128 * 4 <= attn.SMEM_BUDGET
+        assert cfg.block_s != 32 or cfg.max_tiles_per_split(2052) <= 5
+        assert dataclasses.replace(cfg) == attn.AttentionConfig(**dataclasses.asdict(cfg))  # TUNED round trip
+    assert {c.block_s for c in cands} == {32, 64, 128, 256}
+    assert {c.num_stages for c in cands} == {1, 2, 3} and {c.merge for c in cands} == {"last", "kernel"}
+    assert {c.layout(2052)[1] for c in cands} >= {4, 8, 16, 33}
+    assert len({(c.block_s, c.layout(2052)) for c in cands}) == sum(c.merge == "kernel" for c in cands)
+    with pytest.raises(ValueError, match="merge"):
+        attn.AttentionConfig(merge="first")
+    with pytest.raises(ValueError, match="num_stages"):
+        attn.AttentionConfig(num_stages=0)
+
+
+def test_every_attention_candidate_is_correct():
+    """What the tuner may pick, on a small ring (GQA 2, fp16, masked tail): all correct."""
+    heads, kv_heads, slots, head_dim = 4, 2, 300, 16
+    g = gen(12)
+    q = randn(1, heads, 1, head_dim, dtype=torch.float16, g=g)
+    k = randn(1, kv_heads, slots, head_dim, dtype=torch.float16, g=g)
+    v = randn(1, kv_heads, slots, head_dim, dtype=torch.float16, g=g)
+    mask = ring_mask(slots, torch.float16, g, tail=90)
+    ref = attn.attention_reference(q.double(), k.double(), v.double(), mask.double(), 0.25)
+    cands = attn.candidate_configs(slots, heads // kv_heads, kv_heads=kv_heads, head_dim=head_dim, sms=8)
+    assert cands
+    for cfg in cands:
+        out = torch.full((1, 1, heads, head_dim), float("nan"), dtype=torch.float16, device=DEVICE)
+        attn.launch_decode_attention(q, k, v, mask, 0.25, out, cfg)
+        assert rel_err(out, ref) < FP16_TOL, cfg
+
+
+@pytest.mark.parametrize("cfg", [attn.AttentionConfig(block_s=16, target_splits=4),
+                                 attn.AttentionConfig(block_s=16, target_splits=3, num_stages=2, merge="kernel")])
+def test_decode_attention_repeats_and_resets(cfg):
     g = gen(11)
     q, k, v = randn(1, 4, 1, 16, g=g), randn(1, 2, 40, 16, g=g), randn(1, 2, 40, 16, g=g)
-    cfg = attn.AttentionConfig(block_s=16, target_splits=4)
     first = attn.launch_decode_attention(q, k, v, None, 0.25, torch.empty(1, 1, 4, 16, device=DEVICE), cfg)
     second = attn.launch_decode_attention(q, k, v, None, 0.25, torch.empty(1, 1, 4, 16, device=DEVICE), cfg)
     torch.testing.assert_close(first, second, rtol=0, atol=0)

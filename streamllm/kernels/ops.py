@@ -89,8 +89,13 @@ def attention_config(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: to
     def run(cfg: attn.AttentionConfig) -> None:
         attn.launch_decode_attention(q, k, v, mask, scale, scratch, cfg)
 
-    return choose("attention", key, q.device, attn.candidate_configs(slots, group),
-                  attn.default_config(slots, group), run, attn.AttentionConfig)
+    # The SM count only shapes the candidate list (split counts that fill whole waves); the key stays
+    # the shape: TUNED is per device name, and one name has one SM count.
+    sms = torch.cuda.get_device_properties(q.device).multi_processor_count if q.device.type == "cuda" else None
+    candidates = attn.candidate_configs(slots, group, kv_heads=kv_heads, head_dim=head_dim, sms=sms,
+                                        elem_bytes=k.element_size())
+    return choose("attention", key, q.device, candidates, attn.default_config(slots, group), run,
+                  attn.AttentionConfig)
 
 
 # -- custom ops ------------------------------------------------------------------------------
