@@ -331,8 +331,9 @@ def test_findings_pass_fail_on_either_side_and_not_applicable(tmp_path, tiny, mo
     assert checks["(c) other model"].verdict == "n/a"
 
 
-@pytest.mark.parametrize("load,expected", [(0.5, FAIL), (9.0, INCONCLUSIVE)])
-def test_history_fail_is_inconclusive_only_on_an_oversubscribed_cpu(tmp_path, tiny, monkeypatch, load, expected):
+def _history_run(tmp_path, tiny, monkeypatch, *, load: float, reference_level: float | None):
+    """strict timed 3x slower than its three stored history runs; its reference arm's history at
+    `reference_level` x the reference's measured samples (None: no reference history)."""
     import dataclasses
 
     import numpy as np
@@ -342,19 +343,43 @@ def test_history_fail_is_inconclusive_only_on_an_oversubscribed_cpu(tmp_path, ti
 
     suite = make_suite(tmp_path, tiny)
     rng = np.random.default_rng(0)
+    case = suite.case("strict")
+    measured = suite.timing(case, "synthetic")
+    reference = suite._references[("synthetic", "strict")]
     history = RunHistory(tmp_path / "reports" / "history", suite.fingerprint_id)
     for _ in range(3):  # three accepted runs at ~1 ms
-        history.append({"synthetic/strict": (1.0 + rng.normal(0, 0.01, 16)).tolist()}, accepted=True)
+        runs = {"synthetic/strict": (1.0 + rng.normal(0, 0.01, 16)).tolist()}
+        if reference_level is not None:
+            level = reference_level * float(np.median(reference.samples))
+            runs["synthetic/strict" + bench.suite.REFERENCE_SUFFIX] = (level * (1 + rng.normal(0, 0.002, 16))).tolist()
+        history.append(runs, accepted=True)
     monkeypatch.setattr(bench.suite, "_load_average", lambda: [load, load, load])
-    case = suite.case("strict")
     out = bench.suite.CaseResult(case, "synthetic")
-    measured = suite.timing(case, "synthetic")
     timing = dataclasses.replace(measured, step_ms=(3.0 + rng.normal(0, 0.01, len(measured.step_ms))).tolist())
-    out.reference_timing = suite._references[("synthetic", "strict")]
+    out.reference_timing = reference
     checks = suite.checks(case, "synthetic", suite.evaluate(case, "synthetic"), timing, out)
-    absolute = next(c for c in checks if c.name == "(b) TPOT vs run history")
+    return suite, next(c for c in checks if c.name == "(b) TPOT vs run history")
+
+
+@pytest.mark.parametrize("load,expected", [(0.5, FAIL), (9.0, INCONCLUSIVE)])
+def test_history_fail_is_inconclusive_only_on_an_oversubscribed_cpu(tmp_path, tiny, monkeypatch, load, expected):
+    _, absolute = _history_run(tmp_path, tiny, monkeypatch, load=load, reference_level=1.0)  # the reference held still
     assert absolute.verdict == expected, absolute.message
     assert ("oversubscribed" in absolute.message) == (expected == INCONCLUSIVE)
+
+
+@pytest.mark.parametrize("reference_level,why", [(0.33, "reference arm moved alike"), (None, "no history here yet")])
+def test_a_move_the_reference_arm_shares_is_the_machines(tmp_path, tiny, monkeypatch, reference_level, why):
+    """Absolute TPOT 3x its history on a quiet machine fails only if the reference arm, timed step
+    for step beside it, held still. Where the reference moved alike (another host behind the same
+    fingerprint), or has no history to say, it is inconclusive, and the run re-bases the history."""
+    from streamllm.history import RunHistory
+
+    suite, absolute = _history_run(tmp_path, tiny, monkeypatch, load=0.5, reference_level=reference_level)
+    assert absolute.verdict == INCONCLUSIVE and why in absolute.message, absolute.message
+    suite.write_history()
+    latest = RunHistory(tmp_path / "reports" / "history", suite.fingerprint_id).runs()[-1]
+    assert latest.case_accepted("synthetic/strict")  # the new level enters the baseline
 
 
 def test_ratio_band_takes_on_a_noisy_recording(tmp_path):
