@@ -667,7 +667,8 @@ class Suite:
 
     def attribute_to_machine(self, absolute: Check, case: BenchCase, dataset: str, history: RunHistory,
                              out: CaseResult) -> None:
-        """An absolute TPOT move is the strategy's only if its reference arm (the same model's forward
+        """Enter the reference arm's samples in the history (every run), and judge a failed absolute
+        check against them. An absolute TPOT move is the strategy's only if its reference arm (the same model's forward
         at |C|, timed step for step beside it) held still against its own history. A move both arms
         share is the machine's (a fresh clone on another host of the same CPU model string, a
         migrated VM: seen at 2.1x on this project's 2-core VM between sessions) or of code both run;
