@@ -22,7 +22,7 @@ import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from bench import xdist
-from bench.suite import Suite, SuiteOptions
+from bench.suite import REFERENCE_SUFFIX, Suite, SuiteOptions
 from bench.xdist import (
     Pinning,
     WorkerInfo,
@@ -236,7 +236,8 @@ def test_crashed_worker_loses_only_its_running_cell(tmp_path, tiny):
     assert any(line.startswith("MISSING lazy-c16 on synthetic") for line in table_lines(run["results"]))
     # timed parts: one history run holds every worker's cells; records survive the trip through JSON
     (fp, samples, _), = merge_history(merged.history)
-    assert set(samples) == {"synthetic/dense", "synthetic/window", "synthetic/strict"}
+    ran = ("synthetic/dense", "synthetic/window", "synthetic/strict")  # each with its reference arm's samples
+    assert set(samples) == {*ran, *(f"{name}{REFERENCE_SUFFIX}" for name in ran)}
 
 
 def test_baseline_records_round_trip(tmp_path, tiny):
