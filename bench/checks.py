@@ -28,7 +28,14 @@ from pathlib import Path
 import numpy as np
 
 from streamllm.baselines import BaselineError, BaselineRecord, BaselineStore, ppl_tolerance
-from streamllm.counters import CounterError, CounterKey, WorkCounts, compare_across_software, compare_counts
+from streamllm.counters import (
+    CounterError,
+    CounterKey,
+    CountVerdict,
+    WorkCounts,
+    compare_across_software,
+    compare_counts,
+)
 from streamllm.history import HistoryError, RunHistory
 from streamllm.ratio import check_ratio, ratio_ci
 from streamllm.records import (
@@ -141,8 +148,7 @@ def check_work(measured: WorkCounts | None, found: Lookup, *, updating: bool, wh
                                               source=file)
             details["diff"] = verdict.lines
             details["across_software"] = "; ".join(measured.key.differences(stored.key))
-            return Check("tpot", name, {"pass": PASS, "fail": FAIL}.get(verdict.verdict, NOT_CHECKED),
-                         verdict.message, details)
+            return Check("tpot", name, _count_verdict(verdict), verdict.message, details)
     if stored_json is None:
         others = sorted(stored_all)
         why = "no stored work counts" if not others else (
@@ -159,8 +165,12 @@ def check_work(measured: WorkCounts | None, found: Lookup, *, updating: bool, wh
     details["diff"] = verdict.lines
     if updating:
         return Check("tpot", name, RECORDED, verdict.message + "; re-recorded by --update-baselines", details)
-    return Check("tpot", name, PASS if verdict.passed else FAIL if verdict.verdict == "fail" else NOT_CHECKED,
-                 verdict.message, details)
+    return Check("tpot", name, _count_verdict(verdict), verdict.message, details)
+
+
+def _count_verdict(verdict: CountVerdict) -> str:
+    """A counter comparison's verdict in the suite's words (anything but pass or fail: not checked)."""
+    return PASS if verdict.passed else FAIL if verdict.verdict == "fail" else NOT_CHECKED
 
 
 def _other_release(measured: WorkCounts, found: Lookup, file: str) -> tuple[WorkCounts, WorkCounts | None] | Check | None:
@@ -172,12 +182,12 @@ def _other_release(measured: WorkCounts, found: Lookup, file: str) -> tuple[Work
     for key_id, stored_json in (extra.get("work_counts") or {}).items():
         try:
             stored = WorkCounts.from_json(stored_json, source=f"{file} work_counts[{key_id}]")
+            if stored.key is None or stored.key.workload_id != measured.key.workload_id:
+                continue
             reference = (WorkCounts.from_json(references[key_id], source=f"{file} reference_work_counts[{key_id}]")
                          if key_id in references else None)
         except CounterError as exc:
             return Check("tpot", WORK_CHECK, ERROR, str(exc), {"file": file})
-        if stored.key is None or stored.key.workload_id != measured.key.workload_id:
-            continue
         if best is None or reference is not None or best[1] is None:
             best = (stored, reference)
     return best
