@@ -36,9 +36,13 @@ def _device_name(device: torch.device) -> str:
     return torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
 
 
-def choose(kind: str, key: tuple, device: torch.device, candidates: Sequence, default,
-           run: Callable[[object], None], config_type: type):
-    """The config for `key`: cached, shipped (TUNED), timed now, or the default."""
+def choose(kind: str, key: tuple, device: torch.device, candidates: Callable[[], Sequence], default,
+           make_run: Callable[[], Callable[[object], None]], config_type: type):
+    """The config for `key`: cached, shipped (TUNED), timed now, or the default.
+
+    `candidates()` and `make_run()` (which allocates the timing scratch) are called only when the
+    shape is timed: every eager kernel call passes through here, and a cached pick must cost a
+    dict lookup, not a candidate list and an allocation."""
     full = (kind, *key)
     cached = _CHOSEN.get(full)
     if cached is not None:
@@ -52,7 +56,8 @@ def choose(kind: str, key: tuple, device: torch.device, candidates: Sequence, de
         return default  # no timing inside a capture; the warm-up steps should have tuned
     else:
         times = {}
-        for cfg in candidates:
+        run = make_run()
+        for cfg in candidates():
             try:
                 times[cfg] = triton.testing.do_bench(lambda cfg=cfg: run(cfg), warmup=5, rep=20,
                                                      return_mode="median")
@@ -70,13 +75,13 @@ def gemv_config(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None
     n, k = weight.shape
     gated = weight2 is not None
     key = (n, k, str(weight.dtype).removeprefix("torch."), "gated" if gated else "plain")
-    scratch = torch.empty(n, dtype=x.dtype, device=x.device)
 
-    def run(cfg: gv.GemvConfig) -> None:
-        gv.launch_gemv(x, weight, bias, scratch, cfg, act, weight2)
+    def make_run() -> Callable[[gv.GemvConfig], None]:
+        scratch = torch.empty(n, dtype=x.dtype, device=x.device)
+        return lambda cfg: gv.launch_gemv(x, weight, bias, scratch, cfg, act, weight2)
 
-    return choose("gemv", key, x.device, gv.candidate_configs(n, k, gated), gv.default_config(n, k, gated),
-                  run, gv.GemvConfig)
+    return choose("gemv", key, x.device, lambda: gv.candidate_configs(n, k, gated), gv.default_config(n, k, gated),
+                  make_run, gv.GemvConfig)
 
 
 def attention_config(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None,
@@ -84,17 +89,19 @@ def attention_config(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: to
     heads, kv_heads, slots, head_dim = q.shape[1], k.shape[1], k.shape[2], k.shape[3]
     group = heads // kv_heads
     key = (kv_heads, group, slots, head_dim, str(k.dtype).removeprefix("torch."))
-    scratch = q.new_empty(1, 1, heads, head_dim)
 
-    def run(cfg: attn.AttentionConfig) -> None:
-        attn.launch_decode_attention(q, k, v, mask, scale, scratch, cfg)
+    def make_run() -> Callable[[attn.AttentionConfig], None]:
+        scratch = q.new_empty(1, 1, heads, head_dim)
+        return lambda cfg: attn.launch_decode_attention(q, k, v, mask, scale, scratch, cfg)
 
-    # The SM count only shapes the candidate list (split counts that fill whole waves); the key stays
-    # the shape: TUNED is per device name, and one name has one SM count.
-    sms = torch.cuda.get_device_properties(q.device).multi_processor_count if q.device.type == "cuda" else None
-    candidates = attn.candidate_configs(slots, group, kv_heads=kv_heads, head_dim=head_dim, sms=sms,
-                                        elem_bytes=k.element_size())
-    return choose("attention", key, q.device, candidates, attn.default_config(slots, group), run,
+    def candidates() -> list[attn.AttentionConfig]:
+        # The SM count only shapes the candidate list (split counts that fill whole waves); the key
+        # stays the shape: TUNED is per device name, and one name has one SM count.
+        sms = torch.cuda.get_device_properties(q.device).multi_processor_count if q.device.type == "cuda" else None
+        return attn.candidate_configs(slots, group, kv_heads=kv_heads, head_dim=head_dim, sms=sms,
+                                      elem_bytes=k.element_size())
+
+    return choose("attention", key, q.device, candidates, attn.default_config(slots, group), make_run,
                   attn.AttentionConfig)
 
 
