@@ -6,7 +6,7 @@ On the H100, one call from the repository root (reports/gpu-kernels.md has the r
 
 1. copy bandwidth: a 1 GiB device-to-device copy, bytes read + written (streamllm.measure.copy_bandwidth_GBps);
 2. GEMV on Pythia-2.8b's shapes (QKV 2560->7680, dense 2560->2560, MLP 2560->10240 with GELU and
-   10240->2560, head 2560->50304), fp16, and split-KV attention over 2052 slots x 32 heads x 80:
+   10240->2560, head 2560->50304), fp16, and split-KV attention over the ring's 2053 slots x 32 heads x 80:
    the error against a float32 reference, then every candidate config and cuBLAS / SDPA timed the
    same way: one CUDA graph calling the kernel on enough distinct weight (K/V) copies that they do
    not fit in L2 (>= 512 MB, as a decode step streams 5.3 GB), replayed; time per call = replay
@@ -55,7 +55,12 @@ GEMV_SHAPES = [  # name, N, K, bias, act (Pythia-2.8b)
     ("mlp down 10240->2560", 2560, 10240, True, gv.ACT_NONE),
     ("head 2560->50304", 50304, 2560, False, gv.ACT_NONE),
 ]
-ATTN_SHAPE = (32, 32, 2052, 80)  # heads, kv heads, slots, head dim
+E2E_MODEL, E2E_SINK, E2E_WINDOW, E2E_TOKENS = "dummy:pythia-2.8b", 4, 2048, 4096
+# heads, kv heads, slots, head dim: the ring of the end-to-end rows holds S + W + 1 slots (the
+# token being fed has a slot of its own), so its attention calls have this shape and find the
+# tuned entry the sweep emits. (Sessions before 5 swept 2052 slots: the same BLOCK_S tile layout
+# for every candidate, but a TUNED name the ring never looked up.)
+ATTN_SHAPE = (32, 32, E2E_SINK + E2E_WINDOW + 1, 80)
 L2_SPAN = 512 << 20
 
 
@@ -150,7 +155,9 @@ def bench_gemv(device: torch.device, bandwidth: float, tune_all: bool) -> list[d
             lambda cfg, x=x, ws=tuple(ws), b=b, out=out, act=act: [partial(gv.launch_gemv, x, w, b, out, cfg, act)
                                                                   for w in ws])
         # The end-to-end run uses the config that was fastest inside a graph.
-        ops._CHOSEN[("gemv", n, k, "float16", "plain")] = best_cfg
+        key = ops.gemv_key(ws[0], gated=False)
+        ops.pin("gemv", key, best_cfg)
+        row["tuned_key"] = ops.tuned_name("gemv", key)
         row["best_config"] = best
         row["best"] = dataclasses.asdict(best_cfg)
         row["triton_s"] = timed[best]["s"]
@@ -181,7 +188,7 @@ def bench_attention(device: torch.device, bandwidth: float, tune_all: bool) -> l
         ref = attn.attention_reference(q.float(), ks[0].float(), vs[0].float(), mask, scale)
         y = torch.ops.streamllm.decode_attention(q, ks[0], vs[0], mask, scale)
         chosen = ops.attention_config(q, ks[0], vs[0], mask, scale)
-        name = f"attention 2052x32x80{' +mask' if masked else ''}"
+        name = f"attention {slots}x{kv_heads}x{head_dim}{' +mask' if masked else ''}"
         row = {"kernel": name, "bytes": nbytes, "copies": copies, "rel_err": rel_err(y, ref),
                "tuner_choice": repr(chosen), "configs": {}}
         candidates = [chosen]
@@ -196,8 +203,9 @@ def bench_attention(device: torch.device, bandwidth: float, tune_all: bool) -> l
             lambda cfg, mask=mask, out=out: attn.launch_decode_attention(q, ks[0], vs[0], mask, scale, out, cfg),
             lambda cfg, mask=mask, out=out: [partial(attn.launch_decode_attention, q, ks[i], vs[i], mask, scale,
                                                      out, cfg) for i in range(copies)])
-        if masked:
-            ops._CHOSEN[("attention", kv_heads, heads // kv_heads, slots, head_dim, "float16")] = best_cfg
+        key = ops.attention_key(q, ks[0], mask)
+        ops.pin("attention", key, best_cfg)  # the end-to-end rows use the graph-timed best, per mask state
+        row["tuned_key"] = ops.tuned_name("attention", key)
         row.update(best_config=best, best=dataclasses.asdict(best_cfg), triton_s=timed[best]["s"])
         row["triton_tuner_s"] = row["configs"].get(repr(chosen), {}).get("s")
         row["sweep"] = attention_sweep_rows(row, candidates, kv_heads, slots, nbytes, bandwidth)
@@ -242,7 +250,6 @@ def print_attention_sweep(report: dict, top: int = 8) -> None:
 
 
 # -- end to end -------------------------------------------------------------------------------------
-E2E_MODEL, E2E_SINK, E2E_WINDOW, E2E_TOKENS = "dummy:pythia-2.8b", 4, 2048, 4096
 # The names reports/gpu-kernels.md's commands use -> the bench catalog cases they now are.
 E2E_ALIASES = {"strict-ring-triton": "ring-cudagraphs-triton", "strict-ring-graph": "ring-cudagraphs",
                "noevict-ring-triton": "noevict-ring-cudagraphs-triton", "noevict-ring-graph": "noevict-ring-cudagraphs"}
@@ -368,15 +375,7 @@ def print_tables(report: dict) -> None:
 
 def emit_tuned(report: dict) -> dict:
     """Best config per shape, as tuned_configs.TUNED[device] entries."""
-    entries = {}
-    for r in report["kernels"]:
-        cfg = r["best"]
-        if "N" in r:
-            entries[f"gemv:{r['N']}:{r['K']}:float16:plain"] = cfg
-        elif "+mask" in r["kernel"]:
-            h, kvh, slots, d = ATTN_SHAPE
-            entries[f"attention:{kvh}:{h // kvh}:{slots}:{d}:float16"] = cfg
-    return {report["device"]: entries}
+    return {report["device"]: {r["tuned_key"]: r["best"] for r in report["kernels"]}}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -89,7 +89,7 @@ def build_parser() -> argparse.ArgumentParser:
                     help="torch.compile the decode step: default (inductor, any cache), cudagraphs "
                          "(inductor + one captured CUDA graph; static/ring cache on CUDA), cudagraphs-gemv "
                          "(the same with batch-1 linears as inductor reductions), cudagraphs-triton (Triton "
-                         "GEMV + split-KV attention, streamllm.kernels), or the graph variants cudagraphs-uncompiled, "
+                         "GEMV + split-KV attention, mask-free once the ring is full; streamllm.kernels), or the graph variants cudagraphs-uncompiled, "
                          "-maskfree, -matmul, -autotune (reports/gpu-h100.md) (default: none)")
     ev.add_argument("--evaluator", choices=("parallel", "token"), default="parallel",
                     help="parallel: exact chunked PPL, TPOT per --timing (strategies it cannot honour, "

@@ -272,6 +272,45 @@ def test_attention_candidates_pruned_and_deterministic():
         attn.AttentionConfig(num_stages=0)
 
 
+def test_tuned_entries_build_and_follow_the_mask(monkeypatch):
+    """Every shipped entry is named as `ops` looks it up and builds its config; the masked and the
+    mask-free call of one shape find different entries (one key for both handed the mask-free call
+    the masked pick)."""
+    from streamllm.kernels import ops
+    from streamllm.kernels.tuned_configs import TUNED
+
+    types = {"gemv": (gv.GemvConfig, ("plain", "gated")), "attention": (attn.AttentionConfig, ("mask", "nomask"))}
+    for entries in TUNED.values():
+        for name, fields in entries.items():
+            kind, *key = name.split(":")
+            config_type, last = types[kind]
+            assert key[-1] in last and key[-2] in ("float16", "bfloat16", "float32"), name
+            config_type(**fields)
+
+    q = torch.empty(1, 32, 1, 80, dtype=torch.float16, device="meta")
+    k = torch.empty(1, 32, 2053, 80, dtype=torch.float16, device="meta")
+    mask = torch.empty(1, 1, 1, 2053, dtype=torch.float16, device="meta")
+    assert ops.tuned_name("attention", ops.attention_key(q, k, None)) == "attention:32:1:2053:80:float16:nomask"
+    monkeypatch.setattr(ops, "INTERPRETED", False)
+    monkeypatch.setattr(ops, "_CHOSEN", {})
+    monkeypatch.setattr(ops, "_device_name", lambda device: "NVIDIA H200")
+    monkeypatch.delenv("STREAMLLM_KERNEL_TUNING", raising=False)
+
+    def untimed():
+        raise AssertionError("a shipped shape must not be timed")
+
+    def pick(m):
+        return ops.choose("attention", ops.attention_key(q, k, m), torch.device("cuda"), untimed,
+                          attn.default_config(2053, 1), untimed, attn.AttentionConfig)
+
+    with_mask, without = pick(mask), pick(None)
+    assert with_mask == attn.AttentionConfig(**TUNED["NVIDIA H200"]["attention:32:1:2053:80:float16:mask"])
+    assert without == attn.AttentionConfig(**TUNED["NVIDIA H200"]["attention:32:1:2053:80:float16:nomask"])
+    assert with_mask != without
+    # Timed at 2052 slots, filed under the ring's 2053: the same tiles and splits either way.
+    assert all(c.layout(2052) == c.layout(2053) for c in (with_mask, without))
+
+
 def test_every_attention_candidate_is_correct():
     """What the tuner may pick, on a small ring (GQA 2, fp16, masked tail): all correct."""
     heads, kv_heads, slots, head_dim = 4, 2, 300, 16

@@ -8,7 +8,7 @@ compiled step captured in a CUDA graph replays the Triton launches like any othe
 Config choice (`choose`): on CUDA, the first call of a shape times every candidate with
 `triton.testing.do_bench` (L2 flushed before each call, so a matrix that fits in the H100's 50 MB
 L2 is timed cold, as in decode where the other layers' weights evict it) and keeps the fastest for
-the process; `TUNED` (tuned_configs.py, measured on the H100) is consulted first so a process need
+the process; `TUNED` (tuned_configs.py, measured per device name) is consulted first so a process need
 not re-time. Inside a CUDA-graph capture nothing is timed: an untuned shape gets the default config;
 STREAMLLM_KERNEL_TUNING=0 turns timing off altogether (tests: correctness needs no tuning).
 Under Triton's CPU interpreter the default config is used (interpreting is for correctness only).
@@ -36,6 +36,32 @@ def _device_name(device: torch.device) -> str:
     return torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
 
 
+def tuned_name(kind: str, key: tuple) -> str:
+    """The TUNED entry name of a shape: "gemv:N:K:dtype:plain|gated",
+    "attention:KVH:GROUP:SLOTS:HEAD_DIM:dtype:mask|nomask"."""
+    return ":".join(map(str, (kind, *key)))
+
+
+def gemv_key(weight: torch.Tensor, gated: bool) -> tuple:
+    n, k = weight.shape
+    return (n, k, str(weight.dtype).removeprefix("torch."), "gated" if gated else "plain")
+
+
+def attention_key(q: torch.Tensor, k: torch.Tensor, mask: torch.Tensor | None) -> tuple:
+    # With and without a mask are tuned apart: the mask's loads and adds change which launch shape
+    # wins (H200, Pythia-2.8b: 128-slot tiles + merge kernel with a mask, 32-slot tiles + last-program
+    # merge without; one key for both handed the mask-free call the masked pick, 13.2 vs 11.2 us).
+    heads, kv_heads, slots, head_dim = q.shape[1], k.shape[1], k.shape[2], k.shape[3]
+    return (kv_heads, heads // kv_heads, slots, head_dim, str(k.dtype).removeprefix("torch."),
+            "mask" if mask is not None else "nomask")
+
+
+def pin(kind: str, key: tuple, config) -> None:
+    """Use `config` for this shape for the rest of the process (scripts/kernel_bench.py: the config
+    that was fastest inside a CUDA graph, for its end-to-end rows)."""
+    _CHOSEN[(kind, *key)] = config
+
+
 def choose(kind: str, key: tuple, device: torch.device, candidates: Callable[[], Sequence], default,
            make_run: Callable[[], Callable[[object], None]], config_type: type):
     """The config for `key`: cached, shipped (TUNED), timed now, or the default.
@@ -49,7 +75,7 @@ def choose(kind: str, key: tuple, device: torch.device, candidates: Callable[[],
         return cached
     if device.type != "cuda" or INTERPRETED or os.environ.get("STREAMLLM_KERNEL_TUNING") == "0":
         return default
-    shipped = TUNED.get(_device_name(device), {}).get(":".join(map(str, full)))
+    shipped = TUNED.get(_device_name(device), {}).get(tuned_name(kind, key))
     if shipped is not None:
         chosen = config_type(**shipped)
     elif torch.cuda.is_current_stream_capturing():
@@ -63,8 +89,8 @@ def choose(kind: str, key: tuple, device: torch.device, candidates: Callable[[],
                                                      return_mode="median")
             except Exception as exc:  # a config that does not compile (resources) is skipped
                 times[cfg] = float("inf")
-                TUNING_LOG.setdefault(":".join(map(str, full)) + ":errors", {})[repr(cfg)] = repr(exc)[:200]
-        TUNING_LOG[":".join(map(str, full))] = {repr(c): t for c, t in times.items()}
+                TUNING_LOG.setdefault(tuned_name(kind, key) + ":errors", {})[repr(cfg)] = repr(exc)[:200]
+        TUNING_LOG[tuned_name(kind, key)] = {repr(c): t for c, t in times.items()}
         chosen = min(times, key=times.get) if times and min(times.values()) < float("inf") else default
     _CHOSEN[full] = chosen
     return chosen
@@ -74,7 +100,7 @@ def gemv_config(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None
                 weight2: torch.Tensor | None) -> gv.GemvConfig:
     n, k = weight.shape
     gated = weight2 is not None
-    key = (n, k, str(weight.dtype).removeprefix("torch."), "gated" if gated else "plain")
+    key = gemv_key(weight, gated)
 
     def make_run() -> Callable[[gv.GemvConfig], None]:
         scratch = torch.empty(n, dtype=x.dtype, device=x.device)
@@ -88,7 +114,7 @@ def attention_config(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: to
                      scale: float) -> attn.AttentionConfig:
     heads, kv_heads, slots, head_dim = q.shape[1], k.shape[1], k.shape[2], k.shape[3]
     group = heads // kv_heads
-    key = (kv_heads, group, slots, head_dim, str(k.dtype).removeprefix("torch."))
+    key = attention_key(q, k, mask)
 
     def make_run() -> Callable[[attn.AttentionConfig], None]:
         scratch = q.new_empty(1, 1, heads, head_dim)

@@ -1,18 +1,32 @@
 """Configs measured on a device, by `scripts/kernel_bench.py --emit-tuned` (keyed by device name).
 
-Key: "kind:shape...": gemv "gemv:N:K:dtype:plain|gated", attention
-"attention:KVH:GROUP:SLOTS:HEAD_DIM:dtype". Shapes missing here are timed on first use.
-The GEMV entries are the fastest of 14 candidates timed inside a CUDA graph over weight copies
-larger than L2 (reports/gpu-kernels.md, run 1); attention is re-timed per process.
+Entry names are `ops.tuned_name`'s: "gemv:N:K:dtype:plain|gated",
+"attention:KVH:GROUP:SLOTS:HEAD_DIM:dtype:mask|nomask". Shapes missing here are timed on first use
+(`ops.choose`). Each entry is the fastest candidate timed inside a CUDA graph over weight (or K/V)
+copies larger than L2: H100 run 1 (14 GEMV candidates; attention had no entry then) and the H200
+run of session 5 (64 attention candidates per mask state); reports/gpu-kernels.md has both tables.
+
+The H200 attention entries were timed at 2052 slots and are filed under 2053, the slot count of the
+ring they serve (S=4 + W=2048 + 1; kernel_bench now sweeps that shape): every candidate BLOCK_S
+(32-256) cuts 2052 and 2053 slots into the same number of tiles, so each config runs the same
+launch over one more K/V row.
 """
 
+_PYTHIA_2_8B_GEMV = {  # the same five picks on the H100 and the H200
+    "gemv:7680:2560:float16:plain": {"block_n": 8, "block_k": 256, "split_k": 1, "num_warps": 4, "num_stages": 1},
+    "gemv:2560:2560:float16:plain": {"block_n": 8, "block_k": 512, "split_k": 1, "num_warps": 4, "num_stages": 1},
+    "gemv:10240:2560:float16:plain": {"block_n": 8, "block_k": 512, "split_k": 1, "num_warps": 4, "num_stages": 1},
+    "gemv:2560:10240:float16:plain": {"block_n": 8, "block_k": 1024, "split_k": 1, "num_warps": 8, "num_stages": 1},
+    "gemv:50304:2560:float16:plain": {"block_n": 4, "block_k": 512, "split_k": 1, "num_warps": 4, "num_stages": 1},
+}
+
 TUNED: dict[str, dict[str, dict]] = {
-    "NVIDIA H100 80GB HBM3": {
-        "gemv:7680:2560:float16:plain": {"block_n": 8, "block_k": 256, "split_k": 1, "num_warps": 4, "num_stages": 1},
-        "gemv:2560:2560:float16:plain": {"block_n": 8, "block_k": 512, "split_k": 1, "num_warps": 4, "num_stages": 1},
-        "gemv:10240:2560:float16:plain": {"block_n": 8, "block_k": 512, "split_k": 1, "num_warps": 4, "num_stages": 1},
-        "gemv:2560:10240:float16:plain": {"block_n": 8, "block_k": 1024, "split_k": 1, "num_warps": 8,
-                                          "num_stages": 1},
-        "gemv:50304:2560:float16:plain": {"block_n": 4, "block_k": 512, "split_k": 1, "num_warps": 4, "num_stages": 1},
+    "NVIDIA H100 80GB HBM3": dict(_PYTHIA_2_8B_GEMV),
+    "NVIDIA H200": {
+        **_PYTHIA_2_8B_GEMV,
+        "attention:32:1:2053:80:float16:mask": {"block_s": 128, "target_splits": 33, "num_warps": 4,
+                                                "num_stages": 1, "merge": "kernel"},
+        "attention:32:1:2053:80:float16:nomask": {"block_s": 32, "target_splits": 16, "num_warps": 2,
+                                                  "num_stages": 3, "merge": "last"},
     },
 }
