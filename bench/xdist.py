@@ -45,11 +45,12 @@ from typing import Any
 
 import pytest
 
+from streamllm.records import MISSING
+
 PART_SCHEMA = "streamllm.bench-part/1"
 WORKERINPUT_KEY = "streamllm_xdist"  # our entry in xdist's workerinput dict
 BENCHMARK_NOTE = ("pytest-benchmark disables itself under xdist (its own rule); the suite's TPOT and verdicts "
                   "do not use it: streamllm.measure times each step with its own clock")
-MISSING = "missing"
 
 
 # -- pure planning -------------------------------------------------------------------------------

@@ -339,7 +339,7 @@ def run_report(args: argparse.Namespace) -> int:
         raise ReportError(f"{exc}; {fix}") from None
     counts = ", ".join(f"{k} {v}" for k, v in sorted(summary["verdict_counts"].items()))
     print(f"wrote {path} (+ report.html, summary.json, {len(summary['plots'])} plots) from {summary['run']}: "
-          f"{'PASS' if summary['passed'] else 'FAIL'} ({counts})")
+          f"{summary['status']} ({counts})" + (f"; no result: {', '.join(summary['missing'])}" if summary["missing"] else ""))
     return 0
 
 

@@ -29,6 +29,7 @@ NOT_CHECKED = "not checked"  # no baseline to compare against: never a silent pa
 RECORDED = "recorded"  # --update-baselines wrote it
 NOT_APPLICABLE = "n/a"
 ERROR = "error"  # a baseline file is corrupt or mismatched: fails the test
+MISSING = "missing"  # a case's verdicts when no result came back (a crashed xdist worker)
 VERDICTS = (ERROR, FAIL, INCONCLUSIVE, NOT_CHECKED, RECORDED, PASS, NOT_APPLICABLE)  # worst first
 FAILING = frozenset({FAIL, ERROR})
 CHECK_KINDS = ("ppl", "tpot", "finding")
@@ -100,6 +101,19 @@ class CaseModel(BaseModel):
     ratio: dict[str, Any] | None = None
     work: dict[str, Any] | None = None
     checks: list[CheckModel] = Field(default_factory=list)
+    missing: bool = False  # collected but no result came back: the run is incomplete, not passed
+
+
+# A run's overall word: FAIL if a check failed, else INCOMPLETE if a collected case has no result,
+# else PASS (a run missing a case cannot have passed it).
+RUN_PASS, RUN_FAIL, RUN_INCOMPLETE = "PASS", "FAIL", "INCOMPLETE"
+
+
+def run_status(results: list[dict], failing: list) -> str:
+    """The overall word of a run whose failing checks are `failing`."""
+    if failing:
+        return RUN_FAIL
+    return RUN_INCOMPLETE if any(r.get("missing") for r in results) else RUN_PASS
 
 
 class RunModel(BaseModel):

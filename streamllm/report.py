@@ -36,13 +36,16 @@ from .records import (  # the run record's schema and verdict words: one definit
     FAILING,
     HISTORY_CHECK,
     INCONCLUSIVE,
+    MISSING,
     NOT_APPLICABLE,
     NOT_CHECKED,
     PASS,
     RATIO_CHECK,
     RECORDED,
+    RUN_PASS,
     WORK_CHECK,
     RunRecordError,
+    run_status,
     validate_run,
 )
 
@@ -247,7 +250,9 @@ def _problems(run: Run) -> list[Problem]:
     """Skipped cases and every check (findings aside) whose verdict is not a pass, in run order."""
     out: list[Problem] = []
     for r in run.results:
-        if r.get("skipped"):
+        if r.get("missing"):  # no result came back: as loud as a failure
+            out.append(Problem(Verdict(MISSING, failed=True), f"{r['label']} on {r['dataset']}", str(r["skipped"])))
+        elif r.get("skipped"):
             out.append(Problem(Verdict("skipped"), f"{r['label']} on {r['dataset']}", str(r["skipped"])))
         for c in r.get("checks") or []:
             if c.get("verdict") != PASS and c.get("kind") != "finding":
@@ -292,8 +297,10 @@ def summarize(run: Run) -> dict:
         "options": run.data.get("options"),
         "commit": (run.data.get("provenance") or {}).get("commit"),
         "verdict_counts": count,
-        "passed": not failing,
+        "status": (status := run_status(results, failing)),
+        "passed": status == RUN_PASS,
         "failures": failing,
+        "missing": [f"{r['label']} on {r['dataset']}" for r in results if r.get("missing")],
         "results": [result(r) for r in results],
     }
 
@@ -602,7 +609,7 @@ def _head(run: Run, summary: dict) -> dict:
                 f"{o.get('warmup_rounds')} warm-up",
         "commit": (run.data.get("provenance") or {}).get("commit"),
         "verdict_counts": ", ".join(f"{k} {v}" for k, v in sorted(summary["verdict_counts"].items())),
-        "passed": summary["passed"],
+        "status": summary["status"],
     }
 
 

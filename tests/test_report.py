@@ -225,3 +225,25 @@ def test_committed_runs_render(path: Path):
     assert overall in text
     failing = [c for r in run.results for c in r.get("checks") or [] if c["verdict"] in ("fail", "error")]
     assert summary["passed"] == (not failing)
+
+
+def test_a_run_missing_a_case_is_incomplete_never_passed(tmp_path):
+    """A collected case with no result (an xdist worker crashed on it) heads the report INCOMPLETE
+    and is listed as MISSING; the same run without that case passes."""
+    data = json.loads(synthetic_run(tmp_path).read_text())
+    passing = [r for r in data["results"] if r["case"] == "dense"]
+    lost = {"dataset": "book", "case": "strict", "label": "strict-s4-w12", "missing": True,
+            "skipped": "MISSING: worker gw1 crashed while running it; its result is lost",
+            "verdicts": {"a": "missing", "b": "missing", "c": "missing"}}
+    for results, status in ((passing, "PASS"), (passing + [lost], "INCOMPLETE")):
+        out = tmp_path / status
+        path = out / "run.json"
+        out.mkdir()
+        path.write_text(json.dumps({**data, "results": results}))
+        run = read_run(path)
+        summary = build_report(run, [run], out / "report")
+        text = (out / "report" / "report.md").read_text()
+        assert summary["status"] == status and summary["passed"] == (status == "PASS")
+        assert f"- overall: **{status}**" in text
+    assert summary["missing"] == ["strict-s4-w12 on book"]
+    assert "- **MISSING** strict-s4-w12 on book: MISSING: worker gw1 crashed" in text

@@ -54,6 +54,7 @@ from streamllm.models import (
     parse_max_memory,
 )
 from streamllm.records import validate_run
+from streamllm.report import Run, summarize
 from streamllm.strategies import make_strategy
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -234,6 +235,9 @@ def test_crashed_worker_loses_only_its_running_cell(tmp_path, tiny):
     assert row["case"] == "lazy-c16" and row["verdicts"]["a"] == "missing" and "gw1 crashed" in row["skipped"]
     assert [r["case"] for r in run["results"] if not r.get("skipped")] == ["dense", "strict", "window"]
     assert any(line.startswith("MISSING lazy-c16 on synthetic") for line in table_lines(run["results"]))
+    summary = summarize(Run(tmp_path / "merged.json", run))  # what `streamllm report` heads the page with
+    assert summary["status"] == ("FAIL" if summary["failures"] else "INCOMPLETE") and not summary["passed"]
+    assert [m.split(" on ")[1] for m in summary["missing"]] == ["synthetic"]
     # timed parts: one history run holds every worker's cells; records survive the trip through JSON
     (fp, samples, _), = merge_history(merged.history)
     ran = ("synthetic/dense", "synthetic/window", "synthetic/strict")  # each with its reference arm's samples
