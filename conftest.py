@@ -236,7 +236,7 @@ def pytest_terminal_summary(terminalreporter, config: pytest.Config) -> None:
 
     tr = terminalreporter
     o = suite.options
-    loaded = suite._models.get(None)
+    loaded = suite.weights.loaded()
     name = loaded.name if loaded else o.model
     tr.section("streamllm verdicts")
     tr.write_line(f"{name} on {o.device} {o.dtype}, {o.tokens} tokens, S={o.sink} W={o.window}, "

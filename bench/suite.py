@@ -48,6 +48,7 @@ from streamllm.measure import (
     steps_per_round,
     time_interleaved,
 )
+from streamllm.profile import WeightSets
 from streamllm.ratio import RatioCI, ratio_ci
 from streamllm.records import FAIL, PASS, RUN_SCHEMA, validate_run
 from streamllm.results import EvalResult, write_json_atomic
@@ -212,7 +213,8 @@ class Suite:
         self.options = options
         self.rootdir = rootdir
         self.threads = options.threads or (1 if options.device_type == "cpu" else None)
-        self._models: dict[str | None, object] = {}
+        self.weights = WeightSets(options.model, options.dtype, options.device, device_map=options.device_map,
+                                  max_memory=options.max_memory)
         # The context sweep's arms straddle the model's trained context, so the catalog needs it:
         # loaded (config and weights) only when that sweep is asked for.
         positions = self.model().max_positions if "sweep:context" in options.strategies else None
@@ -266,17 +268,7 @@ class Suite:
 
     def model(self, transform: str | None = None):
         """The loaded model, one instance per weight transform (INT8 quantizes in place)."""
-        from streamllm.models import load_model
-        from streamllm.transforms import apply_int8
-
-        weights = "int8" if transform == "int8" else None  # compile wraps the step, not the weights
-        if weights not in self._models:
-            loaded = load_model(self.options.model, dtype=self.options.dtype, device=self.options.device,
-                                device_map=self.options.device_map, max_memory=self.options.max_memory)
-            if weights == "int8":
-                apply_int8(loaded.model)
-            self._models[weights] = loaded
-        return self._models[weights]
+        return self.weights.get(transform)
 
     def text(self, dataset: str) -> Text:
         from streamllm.data import load_text, synthetic_ids, tokenize
@@ -799,7 +791,7 @@ class Suite:
         })
 
     def run_json(self) -> dict:
-        loaded = self._models.get(None)
+        loaded = self.weights.loaded()
         return _finite({
             "schema": RUN_SCHEMA,
             "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),

@@ -61,10 +61,12 @@ class WeightSets:
     """One LoadedModel per weight transform ("int8" or none), loaded on first use.
 
     `compile` cases share the float weights (compile wraps the step, not the weights); INT8
-    cases get a model of their own, quantized once."""
+    cases get a model of their own, quantized once. The bench suite and the GPU scripts both hold
+    one. `load_options` go to `load_model` (device_map, max_memory)."""
 
-    def __init__(self, model: str, dtype: str | torch.dtype, device: str | torch.device):
+    def __init__(self, model: str, dtype: str | torch.dtype, device: str | torch.device, **load_options):
         self.model, self.dtype, self.device = model, dtype, device
+        self.load_options = load_options
         self._loaded: dict[str | None, LoadedModel] = {}
 
     @staticmethod
@@ -74,11 +76,19 @@ class WeightSets:
     def get(self, transform: str | None = None) -> LoadedModel:
         weights = self.weights(transform)
         if weights not in self._loaded:
-            loaded = load_model(self.model, dtype=self.dtype, device=self.device)
+            loaded = load_model(self.model, dtype=self.dtype, device=self.device, **self.load_options)
             if weights == "int8":
                 apply_int8(loaded.model)
             self._loaded[weights] = loaded
         return self._loaded[weights]
+
+    def loaded(self, transform: str | None = None) -> LoadedModel | None:
+        """The model of this transform if it was loaded already (nothing is loaded here)."""
+        return self._loaded.get(self.weights(transform))
+
+    def use(self, loaded: LoadedModel, transform: str | None = None) -> None:
+        """Serve `loaded` for this transform instead of loading `model` by name (tests: a tiny model)."""
+        self._loaded[self.weights(transform)] = loaded
 
 
 # -- per-kernel profile ----------------------------------------------------------------------

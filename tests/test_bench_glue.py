@@ -35,7 +35,7 @@ def make_suite(tmp_path: Path, tiny: LoadedModel, **overrides) -> Suite:
                            rounds=3, warmup_rounds=0, min_steps=4, baselines_dir=str(tmp_path / "baselines"),
                            report_dir=str(tmp_path / "reports"), **overrides)
     suite = Suite(options, tmp_path)
-    suite._models[None] = tiny  # the suite would load options.model by name; inject the tiny model
+    suite.weights.use(tiny)  # the suite would load options.model by name; inject the tiny model
     return suite
 
 

@@ -30,7 +30,7 @@ def suite(tmp_path: Path, model: LoadedModel, *, rounds: int = 3, **overrides) -
                            rounds=rounds, warmup_rounds=1, min_steps=8, baselines_dir=str(tmp_path / "baselines"),
                            report_dir=str(tmp_path / "reports"), **overrides)
     out = Suite(options, tmp_path)
-    out._models[None] = model
+    out.weights.use(model)
     return out
 
 

@@ -173,7 +173,7 @@ def make_suite(tmp_path: Path, tiny: LoadedModel, **overrides) -> Suite:
                            rounds=3, warmup_rounds=0, min_steps=4, baselines_dir=str(tmp_path / "baselines"),
                            report_dir=str(tmp_path / "reports"), count_work=False, **overrides)
     suite = Suite(options, tmp_path)
-    suite._models[None] = tiny
+    suite.weights.use(tiny)
     return suite
 
 
