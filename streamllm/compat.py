@@ -6,6 +6,7 @@ change stops at one file:
 - the keyword a model's forward takes its cache under (`past_key_values` until 5.2x, then
   `cache`, with the old name deprecated for removal in 5.40): `cache_kwargs`;
 - registering an attention function under a name (`AttentionInterface`): `register_attention`;
+  switching a model's configs to one for a block (`_attn_implementation`): `attention_implementation`;
 - the rotary parameters' names in the config (`rope_theta` at the top level, later inside
   `rope_parameters`): `rope_parameter`;
 - the supported range itself, and the error that names it when an upstream change breaks us
@@ -99,6 +100,28 @@ def register_attention(name: str, function: Callable) -> str:
     if AttentionInterface._global_mapping.get(name) is not function:
         AttentionInterface.register(name, function)
     return name
+
+
+@contextmanager
+def attention_implementation(model: torch.nn.Module, name: str | None) -> Iterator[None]:
+    """Every config in `model` (its own and any sub-module's that carries one) on attention `name`
+    for the block, then each config's previous one back; None leaves them as they are.
+
+    The name is all a config carries (the function is in the registry, `register_attention`), and
+    the forward reads it on every call: set per instance, restored, nothing global changes."""
+    if name is None:
+        yield
+        return
+    configs = {id(m.config): m.config for m in model.modules()
+               if hasattr(getattr(m, "config", None), "_attn_implementation")}
+    previous = {key: config._attn_implementation for key, config in configs.items()}
+    try:
+        for config in configs.values():
+            config._attn_implementation = name
+        yield
+    finally:
+        for key, config in configs.items():
+            config._attn_implementation = previous[key]
 
 
 def sdpa_attention() -> Callable:

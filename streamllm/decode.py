@@ -26,7 +26,7 @@ import torch
 
 from .caches import AnyCache, EvictionEvent, FixedCache, make_cache
 from .combinations import check_compile
-from .compat import cache_kwargs, incompatibility_guard, register_attention, sdpa_attention
+from .compat import attention_implementation, cache_kwargs, incompatibility_guard, register_attention, sdpa_attention
 from .gemv import INDUCTOR_OPTIONS, reduction_linears
 
 __all__ = ["AnyCache", "CompiledDecoder", "EagerDecoder", "GraphDecoder", "decoder_factory", "make_cache"]
@@ -80,21 +80,6 @@ def register_mask_free_sdpa() -> str:
     pick its flash kernel, which a mask rules out.
     """
     return register_attention(MASK_FREE_SDPA, sdpa_attention())
-
-
-@contextmanager
-def attention_implementation(model: torch.nn.Module, name: str | None) -> Iterator[None]:
-    """Use attention implementation `name` for the calls inside, then restore the model's own."""
-    if name is None:
-        yield
-        return
-    config = model.config
-    previous = config._attn_implementation
-    config._attn_implementation = name
-    try:
-        yield
-    finally:
-        config._attn_implementation = previous
 
 
 class GraphDecoder:

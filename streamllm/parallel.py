@@ -28,15 +28,14 @@ own attention implementation is restored after each evaluation.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 
-from .compat import register_attention
+from .compat import attention_implementation, register_attention
 from .evaluate import build_result
 from .measure import TimingRun
 from .models import LoadedModel
@@ -288,20 +287,6 @@ def parallel_attention(module: torch.nn.Module, query: torch.Tensor, key: torch.
     if scaling is None:
         scaling = query.shape[-1] ** -0.5
     return context.attend(module.layer_idx, query, key, value, scaling), None
-
-
-@contextlib.contextmanager
-def attention_implementation(model: torch.nn.Module, name: str) -> Iterator[None]:
-    """Switch every config in `model` to attention `name`; restore the previous ones afterwards."""
-    configs = {id(m.config): m.config for m in model.modules() if hasattr(getattr(m, "config", None), "_attn_implementation")}
-    previous = {key: config._attn_implementation for key, config in configs.items()}
-    try:
-        for config in configs.values():
-            config._attn_implementation = name
-        yield
-    finally:
-        for key, config in configs.items():
-            config._attn_implementation = previous[key]
 
 
 # -- the evaluator ---------------------------------------------------------------------------

@@ -114,3 +114,19 @@ def test_rope_parameter_reads_either_place():
     assert compat.rope_parameter(Flat(), "rope_theta") == 10000.0
     assert compat.rope_parameter(Nested(), "rope_theta") == 500000.0
     assert compat.rope_parameter(Flat(), "partial_rotary_factor", 1.0) == 1.0
+
+
+def test_attention_implementation_switches_every_config_and_restores_it():
+    """The one switch of attention implementation (decode, the parallel evaluator and the Triton
+    kernels all use it): every config in the model takes the name for the block and gets its own
+    back afterwards, also when the block raises; None changes nothing."""
+    model = tiny_llama().model
+    configs = {id(m.config): m.config for m in model.modules() if hasattr(m, "config")}
+    before = {key: c._attn_implementation for key, c in configs.items()}
+    name = compat.register_attention("streamllm_test_sdpa", compat.sdpa_attention())
+    with pytest.raises(RuntimeError, match="inside"), compat.attention_implementation(model, name):
+        assert {c._attn_implementation for c in configs.values()} == {name}
+        raise RuntimeError("inside")
+    assert {key: c._attn_implementation for key, c in configs.items()} == before
+    with compat.attention_implementation(model, None):
+        assert {key: c._attn_implementation for key, c in configs.items()} == before

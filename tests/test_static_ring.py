@@ -107,7 +107,8 @@ def test_ring_state_is_on_the_device(tiny_model):
 
 def test_mask_free_attention_matches_masked(tiny_model):
     """The registered mask-free SDPA gives what SDPA with an all-zero mask gives (what a full ring uses)."""
-    from streamllm.decode import attention_implementation, register_mask_free_sdpa
+    from streamllm.compat import attention_implementation
+    from streamllm.decode import register_mask_free_sdpa
 
     model = tiny_model.model
     ids = stream(0, 12)[:10].view(1, -1)

@@ -9,9 +9,9 @@
   mask or none; anything else falls back to transformers' SDPA function.
 
 Nothing is copied and nothing global changes: the overrides are per-instance `forward` attributes
-(what streamllm.gemv does), and attention is a function registered under its own name with
-transformers' AttentionInterface and selected by setting the instance's configs'
-`_attn_implementation` for the duration. The override functions are built once per
+(what streamllm.gemv does), and attention is a function registered under its own name and
+selected on the instance's configs for the duration (both through streamllm.compat, the seam to
+transformers). The override functions are built once per
 `TritonKernels` object, so entering it again hands dynamo the same function objects (no
 recompiles from fresh closures).
 
@@ -22,13 +22,15 @@ traced and captured; the replays need nothing (the kernels are in the graph).
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from functools import cache
 
 import torch
 import torch.nn.functional as F
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
+from ..compat import attention_implementation
+from ..compat import register_attention as compat_register_attention
 from . import ops as _ops  # noqa: F401  (registers torch.ops.streamllm.*)
 from . import unavailable_reason
 from .gemv import ACT_GELU, ACT_SILU_GATED
@@ -58,11 +60,7 @@ def register_attention() -> str:
     transformers builds masks only for implementations in its mask registry; this name is not in
     it, so the cache's own 4-D mask (or None) reaches the function untouched.
     """
-    from transformers import AttentionInterface
-
-    if AttentionInterface._global_mapping.get(ATTENTION_NAME) is not triton_decode_attention:
-        AttentionInterface.register(ATTENTION_NAME, triton_decode_attention)
-    return ATTENTION_NAME
+    return compat_register_attention(ATTENTION_NAME, triton_decode_attention)
 
 
 def _plain_weight(weight: torch.Tensor) -> bool:
@@ -146,26 +144,21 @@ class TritonKernels:
                 if isinstance(module, torch.nn.Linear) and id(module) not in covered and _plain_weight(module.weight):
                     self.overrides.append((module, _linear_forward(module)))
         self.attention = register_attention() if attention else None
-        self._configs = {id(m.config): m.config for m in model.modules()
-                         if hasattr(getattr(m, "config", None), "_attn_implementation")}
-        self._previous: dict[int, str] | None = None
+        self._attention_switch: ExitStack | None = None
 
     def __enter__(self) -> TritonKernels:
         for module, forward in self.overrides:
             module.forward = forward
-        if self.attention:
-            self._previous = {k: c._attn_implementation for k, c in self._configs.items()}
-            for config in self._configs.values():
-                config._attn_implementation = self.attention
+        self._attention_switch = ExitStack()
+        self._attention_switch.enter_context(attention_implementation(self.model, self.attention))
         return self
 
     def __exit__(self, *exc) -> None:
         for module, _ in self.overrides:
             module.__dict__.pop("forward", None)
-        if self._previous is not None:
-            for key, config in self._configs.items():
-                config._attn_implementation = self._previous[key]
-            self._previous = None
+        if self._attention_switch is not None:
+            self._attention_switch.close()  # every config's previous attention back
+            self._attention_switch = None
 
 
 @cache
