@@ -633,6 +633,7 @@ class Suite:
             timing.samples, out.reference_timing.samples if out.reference_timing else None, found,
             key=ratio_key(self.fingerprint, torch.get_num_threads()), updating=updating, what=what,
             tolerance=self.options.tpot_tolerance, rerun=rerun,
+            faults=(timing.faults_per_step, out.reference_timing.faults_per_step) if out.reference_timing else None,
             not_applicable=("a CUDA-graph step is device-bound, the eager reference host-bound: their ratio "
                             "follows the host, not the step (checked by work counts and device time)") if graph else None)
         if ratio.details.get("ratio"):

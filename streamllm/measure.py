@@ -5,7 +5,11 @@ steps here, the way gpt-fast does: one step function, one device sync before and
 
 - `Clock`: device-synchronized wall time of a step (perf_counter), and on CUDA also the device
   time between two events recorded around it (what the GPU spent, idle gaps between launches
-  included; the per-kernel sum is `streamllm.counters`' business).
+  included; the per-kernel sum is `streamllm.counters`' business). Beside each step's time, the
+  minor page faults the process took during it (`minor_faults`): a step that keeps touching
+  fresh memory is paying for its allocator's state (a fragmented heap growing under large
+  per-step temporaries), and the suite's ratio check reads that before calling a slower step a
+  regression (bench/checks.py).
 - `DecodeSlice`: a cache filled to steady state, its decoder, and a cursor into the text. Its
   `step()` is THE timed decode step: forward + the cache's eviction; logits are kept and the
   NLL computed later, outside the clock (log_softmax over the vocabulary is not part of a step).
@@ -42,6 +46,16 @@ from .strategies import StrategySpec
 
 
 # -- the clock ---------------------------------------------------------------------------------
+def minor_faults() -> int | None:
+    """Minor page faults of this process so far (getrusage), or None where there is no such count."""
+    try:
+        import resource
+    except ImportError:  # not on this platform
+        return None
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+
+
+
 class Clock:
     """Synchronize, read perf_counter; on CUDA also CUDA events around the timed call."""
 
@@ -130,6 +144,7 @@ class DecodeSlice:
     kv_length: list[int] = field(default_factory=list)  # |C_t| + 1
     fed_position: list[int] = field(default_factory=list)  # position id the cache fed for x_t
     nll: list[float] = field(default_factory=list)  # -log p(x_{t+1}), filled in by flush()
+    faults: list[int] = field(default_factory=list)  # minor page faults during each step (where counted)
     _pending: list[torch.Tensor] = field(default_factory=list)
 
     def __post_init__(self) -> None:
@@ -153,8 +168,11 @@ class DecodeSlice:
         self.kv_length.append(self.cache.length + 1)
         self.fed_position.append(self.cache.next_position())
         token = self.ids[t : t + 1].view(1, 1)
+        before = minor_faults()
         with torch.inference_mode():
             (logits, event), wall, device = self.clock.time(lambda: self.decoder.step(token))
+        if before is not None:
+            self.faults.append(minor_faults() - before)
         self.step_ms.append(wall)
         if device is not None:
             self.device_ms.append(device)
@@ -287,6 +305,11 @@ class TimingRun:
     fill_mode: str
     warmup_ms: float
     rerun_samples: list[float] = field(default_factory=list)
+    faults: list[int] = field(default_factory=list)  # minor page faults of each measured step
+
+    @property
+    def faults_per_step(self) -> float | None:
+        return float(np.mean(self.faults)) if self.faults else None
 
     @property
     def samples(self) -> list[float]:
@@ -323,7 +346,7 @@ class TimingRun:
             "device_samples_ms": self.device_samples, "rerun_samples_ms": self.rerun_samples,
             "prunes_per_cycle": self.prunes_per_cycle, "kv_length_max": self.kv_length_max,
             "first_step": self.positions[0] if self.positions else None, "fill_s": self.fill_s,
-            "fill_mode": self.fill_mode, "warmup_ms": self.warmup_ms,
+            "fill_mode": self.fill_mode, "warmup_ms": self.warmup_ms, "page_faults_per_step": self.faults_per_step,
         }
 
 
@@ -336,6 +359,7 @@ def collect(slice_: DecodeSlice, *, first: int, stop: int, steps: int, cycle: in
         prune_flags=slice_.pruned[first:stop], positions=slice_.positions[first:stop],
         nll=slice_.nll[first:stop], kv_length_max=max(slice_.kv_length) if slice_.kv_length else 0,
         fill_s=slice_.fill_s, fill_mode=slice_.fill_mode, warmup_ms=float(sum(warm)),
+        faults=slice_.faults[first:stop] if len(slice_.faults) == len(slice_.step_ms) else [],
     )
 
 

@@ -17,7 +17,7 @@ from bench.table import format_table
 from conftest import tiny_llama
 from streamllm.baselines import BaselineKey, BaselineRecord, BaselineStore
 from streamllm.evaluate import evaluate_tokens
-from streamllm.measure import prepare_slice, time_rounds
+from streamllm.measure import minor_faults, prepare_slice, time_rounds
 from streamllm.models import LoadedModel
 from streamllm.stats import FAIL, INCONCLUSIVE, PASS
 from streamllm.strategies import make_strategy
@@ -219,6 +219,57 @@ def test_ratio_band_widens_with_the_stored_run_to_run_spread(tmp_path):
     far = [x * 3 for x in case]
     assert check_ratio_vs_baseline(far, ref, lookup(store, key), key="cpu-t1", updating=False,
                                    what="x").verdict == FAIL
+
+
+def test_a_slower_ratio_whose_case_arm_faults_is_the_allocators_not_a_regression(tmp_path):
+    """Seen on CPU with INT8: some processes' heaps grow ~5 MiB a step under the case arm (2000
+    page faults a step) and its ratio reads 1.3 where others read 1.03. That is INCONCLUSIVE, never
+    FAIL; a case that does not fault, both arms faulting alike, or a faster ratio still fail."""
+    import numpy as np
+
+    from bench.checks import ALLOCATOR_CHURN_FAULTS
+
+    rng = np.random.default_rng(2)
+    store, key = _ratio_store(tmp_path, [1.0])
+    found = lookup(store, key)
+    ref = (40 + rng.normal(0, 0.4, 16)).tolist()
+    slow = [r * 1.30 * (1 + rng.normal(0, 0.005)) for r in ref]
+
+    def verdict(case, faults):
+        return check_ratio_vs_baseline(case, ref, found, key="cpu-t1", updating=False, what="x", faults=faults)
+
+    churn = verdict(slow, (2000.0, 0.0))
+    assert churn.verdict == INCONCLUSIVE and "2000 minor page faults" in churn.message
+    assert churn.details["page_faults_per_step"] == [2000.0, 0.0]
+    assert verdict(slow, (ALLOCATOR_CHURN_FAULTS - 1.0, 0.0)).verdict == FAIL
+    assert verdict(slow, (2000.0, 1900.0)).verdict == FAIL  # both arms fault: the gap is the case's
+    assert verdict(slow, None).verdict == FAIL
+    assert verdict(slow, (None, None)).verdict == FAIL
+    fast = [r * 0.7 for r in ref]
+    assert verdict(fast, (2000.0, 0.0)).verdict == FAIL  # faster is never put down to the allocator
+    same = [r * (1 + rng.normal(0, 0.005)) for r in ref]
+    assert verdict(same, (2000.0, 0.0)).verdict == PASS
+
+
+def test_a_step_that_touches_fresh_memory_is_counted_in_its_page_faults(tiny):
+    """measure.DecodeSlice counts each step's minor page faults; a step that keeps 8 MiB of fresh,
+    written memory alive every step shows ~2048 of them, the plain step few."""
+    if minor_faults() is None:
+        pytest.skip("no page-fault count on this platform")
+    spec = make_strategy("strict", sink=SINK, window=WINDOW)
+    ids = torch.randint(0, 97, (TOKENS,), generator=torch.Generator().manual_seed(4))
+    plain = time_rounds(prepare_slice(tiny, ids, spec, timed_steps=16), steps=4, cycle=1, rounds=2, warmup_rounds=1)
+    growing = prepare_slice(tiny, ids, spec, timed_steps=16)
+    kept, step = [], growing.decoder.step
+
+    def step_and_grow(token):
+        kept.append(torch.ones(8 << 20, dtype=torch.uint8))  # 8 MiB, written, never freed while timing
+        return step(token)
+
+    growing.decoder.step = step_and_grow
+    grown = time_rounds(growing, steps=4, cycle=1, rounds=2, warmup_rounds=1)
+    assert len(plain.faults) == len(plain.step_ms) and plain.summary()["page_faults_per_step"] is not None
+    assert plain.faults_per_step < 256 < 1500 < grown.faults_per_step
 
 
 def test_ppl_helper_cross_device_tolerance(tmp_path):

@@ -84,6 +84,7 @@ def test_a_15_percent_slower_step_fails_its_ratio_and_only_its_ratio(tmp_path):
         injection.undo()
     slow, untouched = check(results["strict"], RATIO), check(results["ring"], RATIO)
     assert slow.verdict == FAIL, slow.message
+    assert slow.details["page_faults_per_step"][0] is not None  # counted, and no churn excused it
     assert slow.details["ratio"]["ratio"] > 1.10 * slow.details["stored_ratio"], slow.details
     assert untouched.verdict == PASS, untouched.message
     # the work counters do not see a busy-wait (no extra op): only the clock-based check can
