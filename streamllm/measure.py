@@ -55,7 +55,6 @@ def minor_faults() -> int | None:
     return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
 
 
-
 class Clock:
     """Synchronize, read perf_counter; on CUDA also CUDA events around the timed call."""
 
