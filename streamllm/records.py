@@ -109,11 +109,9 @@ class CaseModel(BaseModel):
 RUN_PASS, RUN_FAIL, RUN_INCOMPLETE = "PASS", "FAIL", "INCOMPLETE"
 
 
-def run_status(results: list[dict], failing: list) -> str:
-    """The overall word of a run whose failing checks are `failing`."""
-    if failing:
-        return RUN_FAIL
-    return RUN_INCOMPLETE if any(r.get("missing") for r in results) else RUN_PASS
+def run_status(failing: list, missing: list) -> str:
+    """The overall word of a run with these failing checks and these cases that have no result."""
+    return RUN_FAIL if failing else RUN_INCOMPLETE if missing else RUN_PASS
 
 
 class RunModel(BaseModel):

@@ -278,6 +278,8 @@ def summarize(run: Run) -> dict:
     for _, c in checks:
         count[c["verdict"]] = count.get(c["verdict"], 0) + 1
     failing = [f"{r['label']} on {r['dataset']}: {c['name']}: {c['message']}" for r, c in checks if failed(c)]
+    missing = [f"{r['label']} on {r['dataset']}" for r in results if r.get("missing")]
+    status = run_status(failing, missing)
 
     def result(r: dict) -> dict:
         out = {k: r.get(k) for k in ("dataset", "case", "label", "ppl", "ppl_delta_vs_dense_pct", "tpot_ms_mean",
@@ -297,10 +299,10 @@ def summarize(run: Run) -> dict:
         "options": run.data.get("options"),
         "commit": (run.data.get("provenance") or {}).get("commit"),
         "verdict_counts": count,
-        "status": (status := run_status(results, failing)),
+        "status": status,
         "passed": status == RUN_PASS,
         "failures": failing,
-        "missing": [f"{r['label']} on {r['dataset']}" for r in results if r.get("missing")],
+        "missing": missing,
         "results": [result(r) for r in results],
     }
 
