@@ -44,13 +44,16 @@ from .decode import EagerDecoder
 from .models import LoadedModel
 from .strategies import StrategySpec
 
+try:  # getrusage: POSIX only; imported once, not on every timed step
+    import resource
+except ImportError:
+    resource = None
+
 
 # -- the clock ---------------------------------------------------------------------------------
 def minor_faults() -> int | None:
     """Minor page faults of this process so far (getrusage), or None where there is no such count."""
-    try:
-        import resource
-    except ImportError:  # not on this platform
+    if resource is None:
         return None
     return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
 
