@@ -156,7 +156,7 @@ def bench_suite(request: pytest.FixtureRequest):
 @pytest.hookimpl(optionalhook=True)
 def pytest_benchmark_update_machine_info(config: pytest.Config, machine_info: dict) -> None:
     """CPU and GPU details (and the hardware fingerprint the TPOT baselines are keyed by)."""
-    from streamllm.fingerprint import fingerprint_id, hardware_fingerprint
+    from streamllm.harness.fingerprint import fingerprint_id, hardware_fingerprint
 
     suite = config.stash.get(SUITE_KEY, None)
     if suite is not None:

@@ -2,7 +2,7 @@
 them directly).
 
 (a) PPL against the stored baseline of this configuration: |Δ ln PPL| within the tolerance of
-    the device class pair (`streamllm.baselines.ppl_tolerance`).
+    the device class pair (`streamllm.harness.baselines.ppl_tolerance`).
 (b) the decode step's cost, three ways: its work counts (aten ops, bytes, syncs, kernels: exact,
     keyed by software, not machine), its TPOT relative to a reference arm timed step for step in
     the same process (keyed by device class), and its absolute TPOT against this machine's run
@@ -27,8 +27,8 @@ from pathlib import Path
 
 import numpy as np
 
-from streamllm.baselines import BaselineError, BaselineRecord, BaselineStore, ppl_tolerance
-from streamllm.counters import (
+from streamllm.harness.baselines import BaselineError, BaselineRecord, BaselineStore, ppl_tolerance
+from streamllm.harness.counters import (
     CounterError,
     CounterKey,
     CountVerdict,
@@ -36,9 +36,9 @@ from streamllm.counters import (
     compare_across_software,
     compare_counts,
 )
-from streamllm.history import HistoryError, RunHistory
-from streamllm.ratio import check_ratio, ratio_ci
-from streamllm.records import (
+from streamllm.harness.history import HistoryError, RunHistory
+from streamllm.harness.ratio import check_ratio, ratio_ci
+from streamllm.harness.records import (
     ERROR,
     FAIL,
     HISTORY_CHECK,
@@ -52,7 +52,7 @@ from streamllm.records import (
     Check,
     worst,
 )
-from streamllm.stats import compare_ppl, run_spread_tolerance
+from streamllm.harness.stats import compare_ppl, run_spread_tolerance
 
 
 class BaselineNotChecked(UserWarning):
@@ -125,7 +125,7 @@ def check_work(measured: WorkCounts | None, found: Lookup, *, updating: bool, wh
     Where only another torch / transformers release recorded this workload (a fresh install
     resolves the newest transformers), `reference` (the reference arm's counts, this process)
     and the stored reference counts compare the strategy's own work across the release
-    (`streamllm.counters.compare_across_software`)."""
+    (`streamllm.harness.counters.compare_across_software`)."""
     name = WORK_CHECK
     file = _relative(found.path)
     if measured is None:
@@ -323,7 +323,7 @@ def check_ratio_vs_baseline(
 def check_history(history: RunHistory, case: str, samples: list[float] | None, *, what: str, clock: str,
                   floor: float, k: int, nightly: bool) -> Check:
     """(b) absolute TPOT against this machine's run history (last K accepted runs): a regression
-    needs Mann-Whitney p < 0.002 and a median ratio beyond the band (streamllm.history)."""
+    needs Mann-Whitney p < 0.002 and a median ratio beyond the band (streamllm.harness.history)."""
     name = HISTORY_CHECK
     if not samples:
         return Check("tpot", name, NOT_APPLICABLE, f"{what}: not timed")

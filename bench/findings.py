@@ -3,7 +3,7 @@ checks. Each one's provenance, and what "seed log §N" means: docs/findings.md.
 
 A finding relates a strategy to a reference strategy *measured in the same run* (same model,
 text and tokens): PPL_s / PPL_ref from a paired block bootstrap over per-token NLL
-(`streamllm.stats.ppl_ratio_ci`), or TPOT_s / TPOT_ref from the two strategies timed step for
+(`streamllm.harness.stats.ppl_ratio_ci`), or TPOT_s / TPOT_ref from the two strategies timed step for
 step in one interleaved run (`Suite.paired_ratio`, the t-interval of `streamllm.ratio`). Each has a direction and a band; a CI outside the band fails on either side (an
 improvement beyond the band means the finding changed: re-record it on purpose, here).
 
@@ -20,8 +20,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
-from streamllm.records import FAIL, INCONCLUSIVE, PASS
-from streamllm.stats import _pct
+from streamllm.harness.records import FAIL, INCONCLUSIVE, PASS
+from streamllm.harness.stats import _pct
 
 RELATIONS = {"ratio_ppl": "PPL_s/PPL_ref", "ratio_tpot": "TPOT_s/TPOT_ref"}
 

@@ -21,23 +21,20 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from streamllm.baselines import (
+from streamllm.combinations import GRAPH_MODES
+from streamllm.floor import analytic_step_bytes, floor_ms, mean_attended_slots
+from streamllm.harness.baselines import (
     BaselineKey,
     BaselineRecord,
     BaselineStore,
     make_provenance,
 )
-from streamllm.combinations import GRAPH_MODES
-from streamllm.counters import (
-    WorkCounts,
-    analytic_step_bytes,
-    count_work,
-    counter_key,
-    floor_ms,
-    mean_attended_slots,
-)
-from streamllm.fingerprint import fingerprint_id, hardware_fingerprint
-from streamllm.history import RunHistory
+from streamllm.harness.counters import WorkCounts, count_work, counter_key
+from streamllm.harness.fingerprint import fingerprint_id, hardware_fingerprint
+from streamllm.harness.history import RunHistory
+from streamllm.harness.ratio import RatioCI, ratio_ci
+from streamllm.harness.records import FAIL, PASS, RUN_SCHEMA, validate_run
+from streamllm.harness.stats import ppl_ratio_ci
 from streamllm.measure import (
     DecodeSlice,
     TimingRun,
@@ -49,10 +46,7 @@ from streamllm.measure import (
     time_interleaved,
 )
 from streamllm.profile import WeightSets
-from streamllm.ratio import RatioCI, ratio_ci
-from streamllm.records import FAIL, PASS, RUN_SCHEMA, validate_run
 from streamllm.results import EvalResult, write_json_atomic
-from streamllm.stats import ppl_ratio_ci
 
 from .catalog import DEFAULT_SINK, DEFAULT_TOKENS, DEFAULT_WINDOW, BenchCase, build_catalog, compile_mode
 from .checks import (
@@ -824,7 +818,7 @@ class Suite:
 def append_history(report_root: Path, fingerprint: dict, samples: dict[str, list[float]],
                    raw_verdicts: dict[str, str], *, rootdir: Path) -> Path:
     """Append one run's absolute TPOT samples to the machine's run history (never edited)."""
-    from streamllm.history import IMPROVEMENT, RAW_VERDICTS, REGRESSION
+    from streamllm.harness.history import IMPROVEMENT, RAW_VERDICTS, REGRESSION
 
     history = RunHistory(report_root / "history", fingerprint_id(fingerprint))
     verdicts = {c: v for c, v in raw_verdicts.items() if v in RAW_VERDICTS}

@@ -45,7 +45,7 @@ from typing import Any
 
 import pytest
 
-from streamllm.records import MISSING
+from streamllm.harness.records import MISSING
 
 PART_SCHEMA = "streamllm.bench-part/1"
 WORKERINPUT_KEY = "streamllm_xdist"  # our entry in xdist's workerinput dict
@@ -261,7 +261,7 @@ def record_to_json(record) -> dict:
 
 
 def record_from_json(data: Mapping[str, Any]):
-    from streamllm.baselines import BaselineKey, BaselineRecord
+    from streamllm.harness.baselines import BaselineKey, BaselineRecord
 
     fields = dict(data)
     fields["key"] = BaselineKey(**fields["key"])
@@ -271,7 +271,7 @@ def record_from_json(data: Mapping[str, Any]):
 def part_json(suite, *, worker: str, info: WorkerInfo, cells: Mapping[str, Mapping[str, str]], complete: bool,
               notes: Sequence[str] = ()) -> dict:
     """One worker's part: its run record so far (validated like any run), baseline records and history."""
-    from streamllm.records import validate_run
+    from streamllm.harness.records import validate_run
 
     run = validate_run(suite.run_json(), f"worker {worker}'s run record").to_json() if suite is not None else None
     return {
@@ -430,7 +430,7 @@ def merge_parts(parts: Sequence[Mapping[str, Any]], collected: Sequence[str], cr
 
 
 def _run_schema() -> str:
-    from streamllm.records import RUN_SCHEMA
+    from streamllm.harness.records import RUN_SCHEMA
 
     return RUN_SCHEMA
 
@@ -439,7 +439,7 @@ def merge_history(history: Sequence[tuple[dict, dict[str, list[float]], dict[str
                   ) -> list[tuple[dict, dict[str, list[float]], dict[str, str]]]:
     """One (fingerprint, samples, verdicts) per fingerprint id: workers on like GPUs share one id,
     so their cells become one history run of that machine."""
-    from streamllm.fingerprint import fingerprint_id
+    from streamllm.harness.fingerprint import fingerprint_id
 
     grouped: dict[str, tuple[dict, dict, dict]] = {}
     for fp, samples, verdicts in history:
@@ -484,7 +484,7 @@ class XdistController:
     worker its slot, merges the parts, prints the one verdict table."""
 
     def __init__(self, config: pytest.Config, workers: int, loadgroup: bool):
-        from streamllm.fingerprint import usable_cores
+        from streamllm.harness.fingerprint import usable_cores
 
         self.config = config
         self.started = time.time()
@@ -583,8 +583,8 @@ class XdistController:
 
     def _write(self, merged: Merged) -> None:
         from bench.suite import append_history, write_run_record
-        from streamllm.baselines import BaselineStore
-        from streamllm.fingerprint import fingerprint_id
+        from streamllm.harness.baselines import BaselineStore
+        from streamllm.harness.fingerprint import fingerprint_id
 
         get = self.config.getoption
         report_dir = get("--report-dir") or None

@@ -11,7 +11,7 @@ The cases are bench/catalog.py's: the regression checks of the same cases are `p
 --sweep gpu`; this script looks inside a step. Each case is measured by
 streamllm.profile.measure_variant (streamllm.measure's timed step, as in the suite) on the weights
 its transform names (streamllm.profile.WeightSets: an INT8 case never shares a model with a float
-one), next to the memory floor (streamllm.counters) and, with --profile, torch.profiler's table.
+one), next to the memory floor (streamllm.harness.counters) and, with --profile, torch.profiler's table.
 Cases this machine cannot run are listed with the reason streamllm.combinations gives. Ring ==
 strict and the CUDA-graph crash reproduction are tests (tests/test_static_ring.py,
 tests/test_gpu_variants.py), not part of this script.
@@ -34,7 +34,7 @@ if __package__ in (None, "") and importlib.util.find_spec("bench") is None:
 
 from bench.catalog import build_catalog, compile_mode, select, unavailable_reason  # noqa: E402
 from streamllm.data import load_text, synthetic_ids, tokenize  # noqa: E402
-from streamllm.fingerprint import fingerprint_id, hardware_fingerprint, package_version  # noqa: E402
+from streamllm.harness.fingerprint import fingerprint_id, hardware_fingerprint, package_version  # noqa: E402
 from streamllm.measure import copy_bandwidth_GBps  # noqa: E402
 from streamllm.models import resolve_device  # noqa: E402
 from streamllm.profile import VariantRow, WeightSets, measure_hf_static, measure_variant, profile_lines  # noqa: E402

@@ -18,7 +18,17 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from .combinations import CACHE_KINDS, COMPILE_MODES, decode_mode_for
+from .data import DatasetError, load_text, synthetic_ids, tokenize
+from .decode import decoder_factory
+from .evaluate import DecodeOptions, evaluate_tokens, speedup
+from .measure import time_steady_state
+from .models import ModelOptionError, ModelUnavailableError, is_dummy, load_model, parse_dtype, resolve_device
+from .parallel import evaluate_parallel, supports_parallel, with_decode_timing, with_slice_timing
+from .report_table import results_table
+from .results import write_json_atomic
+from .rope import UnsupportedRopeError
 from .strategies import STRATEGIES, StrategyError, StrategySpec, make_strategy
+from .transforms import MissingDependencyError, NonFiniteLogitsError, apply_int8
 
 ITEM_KEYS = {"c": "compress_every", "b": "refresh", "o": "overlap", "s": "sink", "w": "window"}
 
@@ -103,10 +113,6 @@ def build_parser() -> argparse.ArgumentParser:
 
     sub.add_parser("strategies", help="list the strategies")
 
-    rep = sub.add_parser("report", help="render the bench suite's run JSON (reports/runs/) into a report")
-    rep.add_argument("--runs", default="reports/runs", help="directory of run JSON files (default: reports/runs)")
-    rep.add_argument("--run", default=None, help="the run file to report (default: the newest under --runs)")
-    rep.add_argument("--out", default="reports/latest", help="output directory (default: reports/latest)")
     return parser
 
 
@@ -129,36 +135,36 @@ def _one_line(text: str) -> str:
     return "; ".join(line.strip() for line in str(text).splitlines() if line.strip()) or "no message"
 
 
-def _user_errors() -> tuple[type[BaseException], ...]:
-    """The one list of errors that mean "bad input or environment": their message names the fix and
-    the CLI prints it as one line with exit code 2. Anything else is a bug and keeps its traceback.
-    (StrategyError covers the caches' UnsupportedCacheError, its subclass.)"""
-    from .baselines import BaselineError
-    from .data import DatasetError
-    from .models import ModelOptionError, ModelUnavailableError
-    from .report import ReportError
-    from .rope import UnsupportedRopeError
-    from .transforms import MissingDependencyError, NonFiniteLogitsError
-
-    return (UsageError, StrategyError, DatasetError, ModelUnavailableError, ModelOptionError, UnsupportedRopeError,
-            MissingDependencyError, NonFiniteLogitsError, ReportError, BaselineError)
+# The errors that mean "bad input or environment": their message names the fix and the CLI prints
+# it as one line with exit code 2. Anything else is a bug and keeps its traceback. (StrategyError
+# covers the caches' UnsupportedCacheError, its subclass.)
+USER_ERRORS: tuple[type[BaseException], ...] = (
+    UsageError, StrategyError, DatasetError, ModelUnavailableError, ModelOptionError, UnsupportedRopeError,
+    MissingDependencyError, NonFiniteLogitsError)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
+def dispatch(parser: argparse.ArgumentParser, commands: dict, user_errors: tuple[type[BaseException], ...],
+             argv: Sequence[str] | None = None) -> int:
+    """Parse, run the subcommand, and turn a user error into one line on stderr with exit code 2."""
     args, extra = parser.parse_known_args(argv)
     if extra:  # argparse would blame the top-level parser; point at the subcommand's help instead
         parser.exit(2, _usage_line(f"unrecognized arguments: {' '.join(extra)}", f"{parser.prog} {args.command}"))
-    commands = {"strategies": run_strategies, "eval": run_eval, "report": run_report}
     try:
         return commands[args.command](args)
     except KeyboardInterrupt:
         return 130
-    except Exception as exc:
-        if not isinstance(exc, _user_errors()):
-            raise
+    except user_errors as exc:
         print(f"streamllm: error: {_one_line(str(exc))}", file=sys.stderr)
         return 2
+
+
+COMMANDS = {"strategies": "run_strategies", "eval": "run_eval"}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """The library's own commands; the console script `streamllm` (streamllm.harness.cli) adds the
+    harness's (report, count, bisect)."""
+    return dispatch(build_parser(), {name: globals()[fn] for name, fn in COMMANDS.items()}, USER_ERRORS, argv)
 
 
 def run_strategies(args: argparse.Namespace) -> int:
@@ -186,13 +192,6 @@ def run_eval(args: argparse.Namespace) -> int:
     import torch
     from rich.console import Console
 
-    from .data import load_text, synthetic_ids, tokenize
-    from .decode import decoder_factory
-    from .evaluate import DecodeOptions, speedup
-    from .models import is_dummy, load_model, parse_dtype, resolve_device
-    from .report_table import results_table
-    from .results import write_json_atomic
-    from .transforms import apply_int8
 
     console = Console(stderr=True)
     defaults = {"sink": args.sink, "window": args.window, "compress_every": args.compress_every,
@@ -275,9 +274,6 @@ def _evaluate(args: argparse.Namespace, console, loaded, ids, spec: StrategySpec
     (streamllm.measure): with --evaluator parallel from a steady-state slice (--timing slice, the
     default) or the whole token loop (--timing loop); strategies the parallel evaluator cannot
     honour (refresh) run in the token loop, and the console and the result's notes say so."""
-    from .evaluate import evaluate_tokens
-    from .measure import time_steady_state
-    from .parallel import evaluate_parallel, supports_parallel, with_decode_timing, with_slice_timing
 
     def token_loop():
         return evaluate_tokens(loaded, ids, spec, options=options, decoder_factory=decoder_factory, **common)
@@ -321,26 +317,6 @@ class _progress:
         if not self.disabled:
             self.bar.__exit__(*exc)
         return False
-
-
-def run_report(args: argparse.Namespace) -> int:
-    """`streamllm report`: markdown/HTML, PNG plots and summary.json from the bench's run files."""
-    from .report import ReportError
-    from .report import run_report as render
-
-    fix = f"pass --run a file that `pytest bench` wrote under {args.runs}/, or leave --run out for the newest"
-    if args.run is not None and not Path(args.run).is_file():
-        raise UsageError(f"run file {args.run} does not exist; {fix}")
-    try:
-        path, summary = render(args.runs, args.run, args.out)
-    except ReportError as exc:
-        if args.run is None:  # no run under --runs: the message already says to run `pytest bench`
-            raise
-        raise ReportError(f"{exc}; {fix}") from None
-    counts = ", ".join(f"{k} {v}" for k, v in sorted(summary["verdict_counts"].items()))
-    print(f"wrote {path} (+ report.html, summary.json, {len(summary['plots'])} plots) from {summary['run']}: "
-          f"{summary['status']} ({counts})" + (f"; no result: {', '.join(summary['missing'])}" if summary["missing"] else ""))
-    return 0
 
 
 if __name__ == "__main__":

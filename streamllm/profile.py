@@ -5,7 +5,7 @@ case (bench/catalog.py, `--sweep gpu`). `measure_variant` times it the suite's w
 (streamllm.measure: the cache filled to steady state, whole-cycle rounds of THE timed step, TPOT
 over whole cycles), profiles one more round of the same steps op by op (torch.profiler: CUDA
 kernels, graph replays traced kernel by kernel; on CPU the aten ops' own CPU time), and puts the
-TPOT next to the memory floor (streamllm.counters: the bytes a step must read, over the copy
+TPOT next to the memory floor (streamllm.harness.counters: the bytes a step must read, over the copy
 bandwidth measure.copy_bandwidth_GBps measures).
 
 `WeightSets` loads one model per weight transform. INT8 quantizes in place, so a float variant
@@ -29,8 +29,8 @@ from transformers import StaticCache
 
 from .combinations import decode_mode_for
 from .compat import cache_kwargs
-from .counters import analytic_step_bytes, floor_ms, mean_attended_slots
 from .decode import decoder_factory
+from .floor import analytic_step_bytes, floor_ms, mean_attended_slots
 from .measure import DecodeSlice, TimingRun, prepare_slice, steps_per_round, time_rounds
 from .models import LoadedModel, load_model
 from .strategies import StrategySpec

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-import streamllm.baselines as bl
-from streamllm.baselines import (
+import streamllm.harness.baselines as bl
+from streamllm.harness.baselines import (
     SCHEMA,
     BaselineError,
     BaselineKey,
@@ -20,9 +20,9 @@ from streamllm.baselines import (
     average_records,
     ppl_tolerance,
 )
-from streamllm.fingerprint import fingerprint_id, hardware_fingerprint
+from streamllm.harness.fingerprint import fingerprint_id, hardware_fingerprint
+from streamllm.harness.stats import FAIL, compare_ppl
 from streamllm.results import EvalResult
-from streamllm.stats import FAIL, compare_ppl
 
 FP_A = {"device_class": "cpu", "cpu_model": "Test CPU A", "cpu_count": 2, "gpu": None, "torch": "2.13.0+cpu",
         "torch_threads": 1, "python": "3.11.7"}

@@ -15,11 +15,11 @@ from bench.checks import ERROR, NOT_CHECKED, RECORDED, Lookup, check_ppl, check_
 from bench.suite import Suite, SuiteOptions
 from bench.table import format_table
 from conftest import tiny_llama
-from streamllm.baselines import BaselineKey, BaselineRecord, BaselineStore
 from streamllm.evaluate import evaluate_tokens
+from streamllm.harness.baselines import BaselineKey, BaselineRecord, BaselineStore
+from streamllm.harness.stats import FAIL, INCONCLUSIVE, PASS
 from streamllm.measure import minor_faults, prepare_slice, time_rounds
 from streamllm.models import LoadedModel
-from streamllm.stats import FAIL, INCONCLUSIVE, PASS
 from streamllm.strategies import make_strategy
 
 SINK, WINDOW, TOKENS = 4, 12, 128
@@ -323,7 +323,7 @@ def test_selection():
 
 
 def test_run_json_and_report(tmp_path, tiny):
-    from streamllm.report import run_report
+    from streamllm.harness.report import run_report
 
     suite = make_suite(tmp_path, tiny)
     run(suite, "dense", "strict", "lazy-c16")
@@ -390,7 +390,7 @@ def _history_run(tmp_path, tiny, monkeypatch, *, load: float, reference_level: f
     import numpy as np
 
     import bench.suite
-    from streamllm.history import RunHistory
+    from streamllm.harness.history import RunHistory
 
     suite = make_suite(tmp_path, tiny)
     rng = np.random.default_rng(0)
@@ -424,7 +424,7 @@ def test_a_move_the_reference_arm_shares_is_the_machines(tmp_path, tiny, monkeyp
     """Absolute TPOT 3x its history on a quiet machine fails only if the reference arm, timed step
     for step beside it, held still. Where the reference moved alike (another host behind the same
     fingerprint), or has no history to say, it is inconclusive, and the run re-bases the history."""
-    from streamllm.history import RunHistory
+    from streamllm.harness.history import RunHistory
 
     suite, absolute = _history_run(tmp_path, tiny, monkeypatch, load=0.5, reference_level=reference_level)
     assert absolute.verdict == INCONCLUSIVE and why in absolute.message, absolute.message
@@ -481,7 +481,7 @@ def test_a_noisy_recording_is_retimed_before_it_is_stored(tmp_path):
 def test_each_case_reports_its_bandwidth_floor(tmp_path, tiny):
     """TPOT / floor: the analytic bytes a step must read (weights once + the K/V it attends) over
     the measured copy bandwidth. A real step can never beat it."""
-    from streamllm.counters import analytic_step_bytes, floor_ms, mean_attended_slots
+    from streamllm.floor import analytic_step_bytes, floor_ms, mean_attended_slots
 
     suite = make_suite(tmp_path, tiny)
     out = run(suite, "strict", "lazy-c16")

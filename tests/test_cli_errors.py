@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from streamllm.cli import main
+from streamllm.harness.cli import main
 
 
 @pytest.fixture
@@ -120,7 +120,7 @@ def test_a_bad_gguf_leaves_no_conversion_behind(bad_files, capsys, monkeypatch):
 def test_no_traceback_from_the_real_entry_point(tmp_path):
     """The console script's code path, in its own process: one line, exit 2, nothing on stdout."""
     env = {**os.environ, "PYTHONWARNINGS": "default"}  # a warning printed on the way would show up here
-    proc = subprocess.run([sys.executable, "-m", "streamllm.cli", "eval", "--device", "cuda", "--dtype", "float32"],
+    proc = subprocess.run([sys.executable, "-m", "streamllm.harness.cli", "eval", "--device", "cuda", "--dtype", "float32"],
                           capture_output=True, text=True, cwd=tmp_path, env=env, timeout=120)
     assert proc.returncode == 2, proc.stderr
     assert proc.stdout == ""

@@ -1,4 +1,4 @@
-"""Work counters (streamllm.counters): exact, deterministic across processes, and a changed op in
+"""Work counters (streamllm.harness.counters): exact, deterministic across processes, and a changed op in
 a cache's update shows up as exactly that op's name in the diff."""
 
 from __future__ import annotations
@@ -14,22 +14,19 @@ import pytest
 import torch
 
 from conftest import tiny_llama
-from streamllm.counters import (
+from streamllm.decode import EagerDecoder, make_cache
+from streamllm.floor import analytic_step_bytes, floor_ms, kv_bytes_per_slot, mean_attended_slots
+from streamllm.harness.counters import (
     CounterError,
     CounterKey,
     ReplayCounter,
     WorkCounts,
-    analytic_step_bytes,
     compare_counts,
     count_work,
     counter_key,
-    floor_ms,
-    kv_bytes_per_slot,
-    mean_attended_slots,
     op_name,
     token_feeder,
 )
-from streamllm.decode import EagerDecoder, make_cache
 from streamllm.strategies import make_strategy
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -63,7 +60,7 @@ sys.path.insert(0, {tests!r})
 import torch
 torch.set_num_threads(1)
 from conftest import tiny_llama
-from streamllm.counters import count_work, counter_key, token_feeder
+from streamllm.harness.counters import count_work, counter_key, token_feeder
 from streamllm.decode import EagerDecoder, make_cache
 from streamllm.strategies import make_strategy
 loaded = tiny_llama()

@@ -1,4 +1,4 @@
-"""Run history (streamllm.history) on synthetic histories: the last-K-accepted baseline, the
+"""Run history (streamllm.harness.history) on synthetic histories: the last-K-accepted baseline, the
 p < 0.002 + band rule, the nightly two-consecutive-points rule, and the append-only store."""
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from datetime import datetime, timedelta, timezone
 import numpy as np
 import pytest
 
-from streamllm.history import (
+from streamllm.harness.history import (
     IMPROVEMENT,
     NOT_CHECKED,
     PASS,

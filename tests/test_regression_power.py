@@ -20,9 +20,9 @@ import torch
 from bench import injections
 from bench.suite import Suite, SuiteOptions
 from conftest import tiny_llama
+from streamllm.harness.records import NOT_CHECKED
+from streamllm.harness.stats import FAIL, PASS
 from streamllm.models import LoadedModel
-from streamllm.records import NOT_CHECKED
-from streamllm.stats import FAIL, PASS
 
 
 def suite(tmp_path: Path, model: LoadedModel, *, rounds: int = 3, **overrides) -> Suite:
@@ -96,7 +96,7 @@ def _as_if_recorded_under(baselines: Path, release: str, *, drop_reference: bool
     fresh install meets when transformers moved since the recording)."""
     import json
 
-    from streamllm.counters import CounterKey
+    from streamllm.harness.counters import CounterKey
     from streamllm.results import write_text_atomic
 
     def rekeyed(counts: dict) -> tuple[str, dict]:

@@ -11,9 +11,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from streamllm.counters import CounterKey, WorkCounts
-from streamllm.records import RUN_SCHEMA
-from streamllm.report import (
+from streamllm.harness.counters import CounterKey, WorkCounts
+from streamllm.harness.records import RUN_SCHEMA
+from streamllm.harness.report import (
     HISTORY_CHECK,
     RATIO_CHECK,
     WORK_CHECK,

@@ -15,7 +15,7 @@ import pytest
 from scipy.signal import lfilter
 
 from bench.findings import Finding, check_finding
-from streamllm.stats import (
+from streamllm.harness.stats import (
     FAIL,
     INCONCLUSIVE,
     PASS,

@@ -13,8 +13,8 @@ import pytest
 from bench.catalog import ALL_SWEEPS, SWEEPS, BenchCase, build_catalog, context_cases, select
 from bench.findings import FINDINGS
 from bench.suite import Suite, SuiteOptions
-from streamllm.records import RUN_SCHEMA
-from streamllm.report import build_report, read_run
+from streamllm.harness.records import RUN_SCHEMA
+from streamllm.harness.report import build_report, read_run
 from streamllm.strategies import StrategyError, StrategySpec
 
 S, W, P = 4, 124, 8192
@@ -138,7 +138,7 @@ def test_report_writes_sweep_curve_aligned_nll_and_diagnostics(tmp_path):
 
 
 def test_sweep_curve_follows_the_swept_parameter(tmp_path):
-    from streamllm.report import sweep_rows
+    from streamllm.harness.report import sweep_rows
 
     run = read_run(_synthetic_run(tmp_path))
     base = run.results[1]

@@ -44,6 +44,8 @@ from bench.xdist import (
 from streamllm.caches import RingStreamingCache, StaticStreamingCache
 from streamllm.caches.fixed import KVGeometry
 from streamllm.evaluate import evaluate_tokens
+from streamllm.harness.records import validate_run
+from streamllm.harness.report import Run, summarize
 from streamllm.models import (
     LoadedModel,
     ModelOptionError,
@@ -53,8 +55,6 @@ from streamllm.models import (
     module_device,
     parse_max_memory,
 )
-from streamllm.records import validate_run
-from streamllm.report import Run, summarize
 from streamllm.strategies import make_strategy
 
 ROOT = Path(__file__).resolve().parents[1]

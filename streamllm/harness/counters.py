@@ -1,0 +1,756 @@
+"""Work counters of the decode step: what a step does, counted exactly (issue #11 item 1).
+
+Wall time moves from process to process and machine to machine; the work a step dispatches does
+not. For a fixed software stack (torch, transformers), device type, dtype, model config and
+strategy, the counts below are integers that repeat exactly in every process, so they can be
+asserted with zero tolerance on any machine, and a mismatch names the op that changed
+(`+2 aten.cat per step`).
+
+Counted over N decode steps run through a zero-argument callable (`count_work`), N a multiple
+of the eviction cycle R, so every prune is counted once per cycle:
+
+- aten ops dispatched, as a histogram keyed by the overload packet (`aten.cat.default` and
+  `aten.cat.out` are both `aten.cat`). Counted by a TorchDispatchMode, i.e. below autograd, as
+  the dispatcher delivers them (under inference mode, which `count_work` uses like the timed
+  loop, some composite ops arrive whole: `aten.linear`, `aten.item`), top-level ops only: what a
+  kernel calls internally is not dispatched through the mode.
+- bytes read / written by those ops (logical sizes, `Tensor.nbytes`): reads are the tensor
+  inputs (not the `out=` buffers); writes are fresh outputs plus every argument the schema marks
+  as mutated (in-place and `out=` ops). An op whose tensor outputs all alias its inputs and that
+  mutates nothing (a view: slice, view, transpose, ...) moves no data and counts 0 bytes.
+- host-device synchronizations: ops that force the host to wait for the device on CUDA
+  (`SYNC_OPS`: `.item()`'s `aten._local_scalar_dense`, `aten.nonzero`, boolean-mask indexing, ...,
+  and blocking copies between the CPU and a device). They are counted on CPU too, where they cost
+  nothing, because the same code syncs on CUDA.
+- on CUDA: kernels launched and memcpy/memset operations (torch.profiler's device events), and
+  CUDA-graph replays (`ReplayCounter` on the decoder's graphs).
+
+Counts are stored as totals over `steps`; per-step values are exact fractions
+(`fractions.Fraction(total, steps)`), so counts over 32 and 64 steps compare exactly, and a
+diff line whose per-step change is not an integer (lazy c32: one prune per 32 steps) also gives
+the exact total: `+0.03125 aten.cat per step (+1 over 32 steps)`.
+
+Caveats (the caller's to handle): dynamo cannot trace under a dispatch mode, so the aten-op pass
+runs torch.compile'd functions eagerly on purpose (`torch.compiler.set_stance("force_eager")`,
+which leaves their compiled code intact): for compiled decoders the aten-op counts describe the
+eager trace of the same code (an extra op in the cache's code still shows); their kernels are
+counted in a second pass without the mode, so kernel counts are the compiled step's. CUDA-graph
+decoders dispatch only the few ops around `replay()`: assert their kernels and replays. Counting
+costs a Python call per dispatched op: count in separate steps, never inside timed ones.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from collections import Counter
+from collections.abc import Callable, Iterable, Mapping
+from contextlib import nullcontext
+from dataclasses import dataclass, field, replace
+from fractions import Fraction
+from importlib import metadata
+from typing import Any
+
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_flatten
+
+SCHEMA = "streamllm.workcounts/1"
+
+# Op packets that make the host wait for the device on CUDA. `aten.item`, `aten.is_nonzero` and
+# `aten.equal` mostly decompose into `_local_scalar_dense` before reaching the mode; they are
+# listed so that a backend that dispatches them directly is counted too.
+SYNC_OPS = frozenset({
+    "aten._local_scalar_dense",  # .item(), int(t), float(t), bool(t), tolist() of device tensors
+    "aten.item",
+    "aten.is_nonzero",
+    "aten.equal",
+    "aten.nonzero",  # output size depends on the data
+    "aten.masked_select",
+    "aten.unique",
+    "aten._unique",
+    "aten._unique2",
+    "aten.unique_dim",
+    "aten.unique_consecutive",
+    "aten.bincount",
+})
+# Sync only in some calls: repeat_interleave without output_size, indexing with a boolean mask.
+_REPEAT_INTERLEAVE = "aten.repeat_interleave"
+_MASK_INDEX_OPS = frozenset({"aten.index", "aten.index_put", "aten.index_put_", "aten._index_put_impl"})
+_COPY_OPS = frozenset({"aten._to_copy", "aten.copy", "aten.copy_", "aten.to"})
+
+# Config keys that do not change the computation (names, provenance), dropped before hashing.
+_CONFIG_NOISE = frozenset({
+    "_name_or_path", "name_or_path", "transformers_version", "torch_dtype", "dtype", "architectures",
+    "_commit_hash", "_attn_implementation_autoset", "_attn_implementation_internal",
+})
+
+
+class CounterError(ValueError):
+    """Stored work counts are malformed; the message names the source and the fix."""
+
+
+def op_name(func: Any) -> str:
+    """`aten.cat.default` -> `aten.cat`: the overload packet, so `out=` and overloads pool."""
+    packet = getattr(func, "overloadpacket", None)
+    return str(packet) if packet is not None else str(func)
+
+
+# --------------------------------------------------------------------------------------------
+# Keys: what determines the counts
+
+
+def _version(dist: str) -> str | None:
+    try:
+        return metadata.version(dist)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def _canonical(obj: Any) -> Any:
+    return json.loads(json.dumps(obj, sort_keys=True, default=str))
+
+
+def _short_hash(obj: Any) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:10]
+
+
+def _dtype_name(dtype: Any) -> str | None:
+    return None if dtype is None else str(dtype).removeprefix("torch.")
+
+
+def config_hash(model: torch.nn.Module) -> str:
+    """Short hash of the model config without names and provenance (two checkpoints of one
+    architecture count the same work)."""
+    config = model.config.to_dict()
+    return _short_hash({k: v for k, v in config.items() if k not in _CONFIG_NOISE})
+
+
+# Key fields that name the software, not the workload. A release of either can change what a step
+# dispatches, so exact counts are keyed by them; counts recorded under another release are compared
+# through the reference arm instead (`compare_across_software`).
+SOFTWARE_FIELDS = ("torch", "transformers")
+
+
+@dataclass(frozen=True)
+class CounterKey:
+    """What the counts depend on. `id` keys ops, bytes and syncs; `kernel_id` adds the GPU model,
+    which decides kernel choice (cuBLAS heuristics) and so only the kernel counts."""
+
+    fields: dict
+
+    @property
+    def id(self) -> str:
+        return "wk-" + _short_hash({k: v for k, v in self.fields.items() if k != "gpu"})
+
+    @property
+    def kernel_id(self) -> str:
+        return "wk-" + _short_hash(self.fields)
+
+    @property
+    def workload_id(self) -> str:
+        """The key without the software versions (and the GPU): the same model, dtype, strategy and
+        decoder, whatever torch / transformers release counts them."""
+        return "wl-" + _short_hash({k: v for k, v in self.fields.items() if k not in ("gpu", *SOFTWARE_FIELDS)})
+
+    def to_json(self) -> dict:
+        return {"fields": self.fields, "id": self.id, "kernel_id": self.kernel_id}
+
+    def differences(self, other: CounterKey) -> list[str]:
+        """`torch: 2.13.0 -> 2.14.0` for every field that differs (other -> self)."""
+        names = sorted(set(self.fields) | set(other.fields))
+        return [f"{n}: {other.fields.get(n)} -> {self.fields.get(n)}" for n in names
+                if self.fields.get(n) != other.fields.get(n)]
+
+
+def counter_key(
+    model: torch.nn.Module,
+    *,
+    device: torch.device | str,
+    strategy: Mapping[str, Any] | Any,
+    decoder: str = "eager",
+    context: int | None = None,
+    dtype: torch.dtype | str | None = None,
+    extra: Mapping[str, Any] | None = None,
+) -> CounterKey:
+    """The key of `model`'s counts on `device` with `strategy` (a StrategySpec or its params).
+
+    Deliberately not in the key: CPU model, core count, thread count, machine serials: they do
+    not change what is dispatched, so any machine with the same software checks the counts.
+    `context` is the cache length at the first counted step where it matters (dense grows;
+    streaming strategies at steady state do not need it). `extra` names anything else that
+    changes the step (INT8 transform, attention override, ...).
+    """
+    dev = torch.device(device)
+    params = strategy.params() if hasattr(strategy, "params") else dict(strategy)
+    gpu = None
+    if dev.type == "cuda" and torch.cuda.is_available():
+        gpu = torch.cuda.get_device_name(dev.index if dev.index is not None else torch.cuda.current_device())
+    if dtype is None:
+        dtype = next(model.parameters()).dtype
+    fields = {
+        "torch": torch.__version__,
+        "transformers": _version("transformers"),
+        "device_type": dev.type,
+        "gpu": gpu,
+        "dtype": _dtype_name(dtype),
+        "model_class": type(model).__name__,
+        "model_config": config_hash(model),
+        "attn_implementation": getattr(model.config, "_attn_implementation", None),
+        "strategy": params,
+        "decoder": decoder,
+        "context": context,
+        "extra": dict(extra or {}),
+    }
+    return CounterKey(_canonical(fields))
+
+
+# --------------------------------------------------------------------------------------------
+# The counts
+
+
+def _frac_text(x: Fraction) -> str:
+    """Exact integers as integers; otherwise the decimal value, rounded for reading."""
+    return str(x.numerator) if x.denominator == 1 else f"{float(x):.4g}"
+
+
+def _signed(x: Fraction, total_delta: int, steps: int, what: str) -> str:
+    """`+64 aten.cat per step`; a non-integral average adds the exact total: `(+1 over 32 steps)`."""
+    line = f"{'+' if x > 0 else '-'}{_frac_text(abs(x))} {what} per step"
+    return line if x.denominator == 1 else f"{line} ({total_delta:+d} over {steps} steps)"
+
+
+def format_bytes(n: float) -> str:
+    """Decimal units (1 MB = 1e6 B), like bandwidth figures."""
+    a = abs(n)
+    for unit, scale in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+        if a >= scale:
+            return f"{n / scale:.3g} {unit}"
+    return f"{n:.4g} B"
+
+
+@dataclass(frozen=True)
+class WorkCounts:
+    """Totals over `steps` decode steps (a whole number of eviction cycles)."""
+
+    steps: int
+    ops: dict[str, int]  # op packet -> dispatches over all steps
+    bytes_read: int
+    bytes_written: int
+    syncs: dict[str, int]  # op packet -> host-device syncs it caused
+    kernels: int | None = None  # CUDA kernels launched (None: not counted, e.g. on CPU)
+    memcpys: int | None = None  # CUDA memcpy/memset operations
+    graph_replays: int | None = None  # CUDA-graph replays (None: no graphs given)
+    key: CounterKey | None = None
+    # Measured, not counted: the summed duration of the device events of the kernel pass (us over
+    # `steps`). Never compared (it is a time); the suite reports it beside wall time to say
+    # whether a row is host- or device-bound.
+    device_busy_us: float | None = None
+    notes: list[str] = field(default_factory=list)
+
+    # -- per step (exact) ------------------------------------------------------------------
+    def per_step(self, total: int) -> Fraction:
+        return Fraction(total, self.steps)
+
+    @property
+    def total_ops(self) -> int:
+        return sum(self.ops.values())
+
+    @property
+    def total_syncs(self) -> int:
+        return sum(self.syncs.values())
+
+    def ops_per_step(self) -> dict[str, Fraction]:
+        return {name: self.per_step(n) for name, n in sorted(self.ops.items())}
+
+    def summary(self) -> str:
+        """One line for tables: per-step ops, bytes, syncs (and kernels/replays where counted)."""
+        parts = [
+            f"{_frac_text(self.per_step(self.total_ops))} aten ops",
+            f"read {format_bytes(float(self.per_step(self.bytes_read)))}",
+            f"written {format_bytes(float(self.per_step(self.bytes_written)))}",
+            f"{_frac_text(self.per_step(self.total_syncs))} syncs",
+        ]
+        if self.kernels is not None:
+            parts.append(f"{_frac_text(self.per_step(self.kernels))} kernels")
+        if self.graph_replays is not None:
+            parts.append(f"{_frac_text(self.per_step(self.graph_replays))} graph replays")
+        return ", ".join(parts) + " per step"
+
+    # -- comparison ------------------------------------------------------------------------
+    def diff(self, other: WorkCounts) -> list[str]:
+        """What changed from `other` (e.g. the stored counts) to self, per step; [] if equal.
+
+        Histogram lines first, largest change first (`+64 aten.cat per step`), then the total,
+        bytes, syncs, kernels, memcpys and replays. Kernel/memcpy/replay lines only where both
+        sides counted them. Non-integral per-step changes also give the total over the steps.
+        """
+        lines: list[str] = []
+
+        def delta(mine: int, theirs: int) -> tuple[Fraction, int]:
+            d = self.per_step(mine) - other.per_step(theirs)
+            # The total change, in self's steps (exact when both counted the same steps).
+            return d, int(round(d * self.steps))
+
+        changed: list[tuple[Fraction, str, int]] = []
+        for name in sorted(set(self.ops) | set(other.ops)):
+            d, tot = delta(self.ops.get(name, 0), other.ops.get(name, 0))
+            if d:
+                changed.append((d, name, tot))
+        for d, name, tot in sorted(changed, key=lambda c: (-abs(c[0]), c[1])):
+            lines.append(_signed(d, tot, self.steps, name))
+        if changed:
+            d, tot = delta(self.total_ops, other.total_ops)
+            before, after = other.per_step(other.total_ops), self.per_step(self.total_ops)
+            change = f"{'+' if d > 0 else '-'}{_frac_text(abs(d))}" if d else "±0"
+            lines.append(f"aten ops {_frac_text(before)} -> {_frac_text(after)} per step ({change})")
+        for label, mine, theirs in (("bytes read", self.bytes_read, other.bytes_read),
+                                    ("bytes written", self.bytes_written, other.bytes_written)):
+            d, _ = delta(mine, theirs)
+            if d:
+                lines.append(f"{label} {'+' if d > 0 else '-'}{format_bytes(abs(float(d)))} per step "
+                             f"({_frac_text(d) if d < 0 else '+' + _frac_text(d)} B)")
+        for name in sorted(set(self.syncs) | set(other.syncs)):
+            d, tot = delta(self.syncs.get(name, 0), other.syncs.get(name, 0))
+            if d:
+                lines.append(_signed(d, tot, self.steps, f"host-device syncs ({name})"))
+        for label, mine, theirs in (("CUDA kernels", self.kernels, other.kernels),
+                                    ("CUDA memcpy/memset", self.memcpys, other.memcpys),
+                                    ("CUDA-graph replays", self.graph_replays, other.graph_replays)):
+            if mine is None or theirs is None:
+                continue
+            d, tot = delta(mine, theirs)
+            if d:
+                lines.append(_signed(d, tot, self.steps, label))
+        return lines
+
+    def minus(self, other: WorkCounts) -> WorkCounts:
+        """The work self does beyond `other`, counted over the same steps (entries may be negative).
+
+        The case minus its reference arm is the strategy's own cost (its cache code, its eviction):
+        what a change in the model's forward, common to both arms, leaves alone."""
+        if self.steps != other.steps:
+            raise ValueError(f"counted over {self.steps} vs {other.steps} steps: subtract counts of equal steps")
+
+        def sub(a: dict[str, int], b: dict[str, int]) -> dict[str, int]:
+            out = {n: a.get(n, 0) - b.get(n, 0) for n in set(a) | set(b)}
+            return {n: v for n, v in sorted(out.items()) if v}
+
+        def opt(a: int | None, b: int | None) -> int | None:
+            return None if a is None or b is None else a - b
+
+        return WorkCounts(self.steps, sub(self.ops, other.ops), self.bytes_read - other.bytes_read,
+                          self.bytes_written - other.bytes_written, sub(self.syncs, other.syncs),
+                          opt(self.kernels, other.kernels), opt(self.memcpys, other.memcpys),
+                          opt(self.graph_replays, other.graph_replays))
+
+    def without_kernels(self) -> WorkCounts:
+        """The same counts with the device-event counts dropped (another GPU chooses other kernels)."""
+        return replace(self, kernels=None, memcpys=None)
+
+    # -- JSON ------------------------------------------------------------------------------
+    def to_json(self) -> dict:
+        return {
+            "schema": SCHEMA,
+            "steps": self.steps,
+            "ops": dict(sorted(self.ops.items())),
+            "bytes_read": self.bytes_read,
+            "bytes_written": self.bytes_written,
+            "syncs": dict(sorted(self.syncs.items())),
+            "kernels": self.kernels,
+            "memcpys": self.memcpys,
+            "graph_replays": self.graph_replays,
+            "key": None if self.key is None else self.key.to_json(),
+            "notes": list(self.notes),
+            "device_busy_us": self.device_busy_us,
+        }
+
+    @classmethod
+    def from_json(cls, obj: Any, source: str = "work counts") -> WorkCounts:
+        """Validate and build; a malformed record raises CounterError naming `source` and the fix."""
+
+        def bad(what: str) -> CounterError:
+            return CounterError(
+                f"{source}: {what}; counts are generated, never edited: restore the file from git or "
+                "re-record the counts (count_work(...).to_json())"
+            )
+
+        def count(value: Any, where: str, optional: bool = False) -> int | None:
+            if value is None and optional:
+                return None
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise bad(f"{where} must be a non-negative integer, got {value!r}")
+            return value
+
+        def histogram(value: Any, where: str) -> dict[str, int]:
+            if not isinstance(value, dict):
+                raise bad(f"{where} must be an object of op name -> count, got {type(value).__name__}")
+            return {str(k): count(v, f"{where}[{k!r}]") for k, v in value.items()}
+
+        if not isinstance(obj, dict):
+            raise bad(f"expected a JSON object, got {type(obj).__name__}")
+        if obj.get("schema") != SCHEMA:
+            raise bad(f"schema is {obj.get('schema')!r}, expected {SCHEMA!r}")
+        steps = count(obj.get("steps"), "steps")
+        if steps == 0:
+            raise bad("steps must be >= 1")
+        key = None
+        if obj.get("key") is not None:
+            raw = obj["key"]
+            if not isinstance(raw, dict) or not isinstance(raw.get("fields"), dict):
+                raise bad("key must be an object with a 'fields' object")
+            key = CounterKey(_canonical(raw["fields"]))
+            if raw.get("id") not in (None, key.id):
+                raise bad(f"key id {raw.get('id')!r} does not match its fields (computed {key.id})")
+        notes = obj.get("notes", [])
+        if not isinstance(notes, list):
+            raise bad("notes must be a list of strings")
+        return cls(
+            steps=steps,
+            ops=histogram(obj.get("ops"), "ops"),
+            bytes_read=count(obj.get("bytes_read"), "bytes_read"),
+            bytes_written=count(obj.get("bytes_written"), "bytes_written"),
+            syncs=histogram(obj.get("syncs", {}), "syncs"),
+            kernels=count(obj.get("kernels"), "kernels", optional=True),
+            memcpys=count(obj.get("memcpys"), "memcpys", optional=True),
+            graph_replays=count(obj.get("graph_replays"), "graph_replays", optional=True),
+            key=key,
+            notes=[str(n) for n in notes],
+            device_busy_us=_optional_float(obj.get("device_busy_us")),
+        )
+
+
+def _optional_float(value: Any) -> float | None:
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+
+
+@dataclass(frozen=True)
+class CountVerdict:
+    verdict: str  # "pass" | "fail" | "not checked"
+    message: str
+    lines: list[str]  # the diff, empty on pass
+
+    @property
+    def passed(self) -> bool:
+        return self.verdict == "pass"
+
+
+def compare_counts(measured: WorkCounts, stored: WorkCounts | None, *, label: str = "work counts",
+                   source: str | None = None) -> CountVerdict:
+    """Exact comparison: any difference fails, with the histogram diff in the message.
+
+    Not checked (never a pass): no stored counts, or stored under another key (the differing
+    fields are named). Kernel counts are compared only when both keys name the same GPU.
+    """
+    where = f" [stored: {source}]" if source else ""
+    if stored is None:
+        return CountVerdict("not checked", f"{label}: no stored counts for this key: not checked{where}", [])
+    if measured.key is not None and stored.key is not None and measured.key.id != stored.key.id:
+        changes = "; ".join(measured.key.differences(stored.key))
+        return CountVerdict("not checked", f"{label}: stored for another key ({changes}): not checked{where}", [])
+    theirs = stored
+    if measured.key is not None and stored.key is not None and measured.key.kernel_id != stored.key.kernel_id:
+        # Same software, another GPU model: ops are comparable, kernels are not.
+        theirs = stored.without_kernels()
+    lines = measured.diff(theirs)
+    if not lines:
+        return CountVerdict("pass", f"{label}: identical ({measured.summary()}){where}", [])
+    return CountVerdict("fail", f"{label} changed: " + "; ".join(lines) + where, lines)
+
+
+def compare_across_software(measured: WorkCounts, stored: WorkCounts, *, measured_reference: WorkCounts | None,
+                            stored_reference: WorkCounts | None, label: str = "work counts",
+                            source: str | None = None) -> CountVerdict:
+    """Counts of the same workload recorded under another torch / transformers release.
+
+    Identical counts pass. Otherwise the release may have changed the model's forward (an extra
+    view in its attention, a new mask op), which is not ours to fail on, or our code may have
+    changed: the strategy's own work, the case minus its reference arm (transformers'
+    DynamicCache at the same length, counted in the same process), separates the two. It must be
+    identical to the recorded case minus the recorded reference; the message names what the
+    release moved in both arms. Without reference counts on either side: not checked.
+    """
+    where = f" [stored: {source}]" if source else ""
+    moved = "; ".join(measured.key.differences(stored.key)) if measured.key and stored.key else "other software"
+    same_gpu = bool(measured.key and stored.key and measured.key.fields.get("gpu") == stored.key.fields.get("gpu"))
+    theirs = stored if same_gpu else stored.without_kernels()
+    lines = measured.diff(theirs)
+    if not lines:
+        return CountVerdict("pass", f"{label}: identical to the counts recorded with {moved} "
+                                    f"({measured.summary()}){where}", [])
+    if measured_reference is None or stored_reference is None:
+        return CountVerdict("not checked", f"{label}: recorded with {moved} and different now ({'; '.join(lines[:3])}); "
+                                           "no reference-arm counts on both sides to tell the release's change from ours: "
+                                           f"not checked (record this release with --append-baselines){where}", lines)
+    theirs_ref = stored_reference if same_gpu else stored_reference.without_kernels()
+    own = measured.minus(measured_reference).diff(theirs.minus(theirs_ref))
+    if not own:
+        return CountVerdict("pass", f"{label}: the strategy's own work (case minus reference arm) is identical to the "
+                                    f"recording with {moved}; the release changed both arms alike: "
+                                    f"{'; '.join(lines[:3])}{where}", [])
+    return CountVerdict("fail", f"{label} changed beyond the reference arm (recorded with {moved}): "
+                                + "; ".join(own) + where, own)
+
+
+# --------------------------------------------------------------------------------------------
+# Counting
+
+
+def _storage_ptr(t: torch.Tensor) -> int | None:
+    try:
+        return t.untyped_storage().data_ptr()
+    except (RuntimeError, NotImplementedError):  # tensors without storage (some subclasses)
+        return None
+
+
+@dataclass(frozen=True)
+class _Schema:
+    mutated: tuple[int | str, ...]  # positions (or kwarg names) of arguments the op writes
+    outs: frozenset[str]  # names of pure out= arguments (written, not read)
+    positional: tuple[str, ...]  # argument names in order
+
+
+class _CountingMode(TorchDispatchMode):
+    """Counts every op dispatched while active (top level only: inside __torch_dispatch__ the
+    mode is off, so what an op calls internally is not counted)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.ops: Counter[str] = Counter()
+        self.syncs: Counter[str] = Counter()
+        self.bytes_read = 0
+        self.bytes_written = 0
+        self._schemas: dict[Any, _Schema] = {}
+
+    def _schema(self, func: Any) -> _Schema:
+        s = self._schemas.get(func)
+        if s is None:
+            args = func._schema.arguments
+            mutated = tuple(a.name for a in args if a.alias_info is not None and a.alias_info.is_write)
+            outs = frozenset(a.name for a in args if getattr(a, "is_out", False))
+            s = _Schema(mutated, outs, tuple(a.name for a in args if not a.kwarg_only))
+            self._schemas[func] = s
+        return s
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        out = func(*args, **kwargs)
+        self._record(func, args, kwargs, out)
+        return out
+
+    def _record(self, func: Any, args: tuple, kwargs: dict, out: Any) -> None:
+        name = op_name(func)
+        self.ops[name] += 1
+        schema = self._schema(func)
+        named = dict(zip(schema.positional, args, strict=False))
+        named.update(kwargs)
+        inputs = [t for n, v in named.items() if n not in schema.outs
+                  for t in tree_flatten(v)[0] if isinstance(t, torch.Tensor)]
+        written = [t for n in schema.mutated for t in tree_flatten(named.get(n))[0] if isinstance(t, torch.Tensor)]
+        outputs = [t for t in tree_flatten(out)[0] if isinstance(t, torch.Tensor)]
+        in_ptrs = {_storage_ptr(t) for t in inputs} | {_storage_ptr(t) for t in written}
+        fresh = [t for t in outputs if _storage_ptr(t) not in in_ptrs]
+        if written or fresh or not outputs:
+            # A pure view (every output aliases an input, nothing mutated) moves no data.
+            self.bytes_read += sum(t.nbytes for t in inputs)
+            self.bytes_written += sum(t.nbytes for t in written) + sum(t.nbytes for t in fresh)
+        if self._syncs(name, named, inputs, outputs):
+            self.syncs[name] += 1
+
+    @staticmethod
+    def _syncs(name: str, named: dict, inputs: list[torch.Tensor], outputs: list[torch.Tensor]) -> bool:
+        if name in SYNC_OPS:
+            return True
+        if name == _REPEAT_INTERLEAVE:
+            return isinstance(named.get("repeats"), torch.Tensor) and named.get("output_size") is None
+        if name in _MASK_INDEX_OPS:
+            indices = named.get("indices") or ()
+            return any(isinstance(i, torch.Tensor) and i.dtype in (torch.bool, torch.uint8) for i in indices)
+        if name in _COPY_OPS and not named.get("non_blocking", False):
+            # A blocking copy between host and device waits for the stream (both directions).
+            devices = {t.device.type for t in inputs + outputs}
+            return "cpu" in devices and len(devices) > 1
+        return False
+
+
+class ReplayCounter:
+    """Counts `replay()` calls of the CUDA graphs in `graphs` (e.g. GraphDecoder.graphs).
+
+    Installs a counting wrapper on each graph *instance* (an instance attribute shadows the
+    class's method) on entry and removes it on exit, so nothing global changes and graphs of
+    other decoders are untouched. A graph captured while counting is a phase change inside the
+    counted steps (not steady state): it is reported in `captured` and `count_work` notes it.
+    """
+
+    def __init__(self, graphs: Mapping[Any, Any] | Iterable[Any]):
+        self._source = graphs
+        self._wrapped: list[Any] = []
+        self._before = 0
+        self.count = 0
+        self.captured = 0
+
+    def _graphs(self) -> list[Any]:
+        src = self._source
+        return list(src.values()) if isinstance(src, Mapping) else list(src)
+
+    def __enter__(self) -> ReplayCounter:
+        graphs = self._graphs()
+        self._before = len(graphs)
+        for graph in graphs:
+            original = graph.replay
+
+            def replay(*a: Any, _original: Callable = original, **kw: Any) -> Any:
+                self.count += 1
+                return _original(*a, **kw)
+
+            graph.replay = replay
+            self._wrapped.append(graph)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for graph in self._wrapped:
+            del graph.replay  # back to the class's method
+        self._wrapped.clear()
+        self.captured = len(self._graphs()) - self._before
+
+
+def _cuda_profile(enabled: bool):
+    if not enabled:
+        return nullcontext(None)
+    from torch.profiler import ProfilerActivity, profile
+
+    return profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA])
+
+
+def _device_events(prof: Any) -> tuple[int, int, float]:
+    """(kernels, memcpy/memset ops, their summed duration in us) among the profiler's device events."""
+    kernels = copies = 0
+    busy = 0.0
+    for event in prof.events():
+        if event.device_type != torch.autograd.DeviceType.CUDA:
+            continue
+        busy += float(event.time_range.elapsed_us())
+        if event.name.startswith(("Memcpy", "Memset")):
+            copies += 1
+        else:
+            kernels += 1
+    return kernels, copies, busy
+
+
+def _eager_stance():
+    """torch.compile'd functions run as plain Python inside (torch >= 2.6). Without this, dynamo
+    meets their frames while the dispatch mode is active, skips them, and marks their code as
+    skipped for good: a CompiledDecoder counted once would decode eagerly ever after (seen on
+    torch 2.11: 43 kernels per step before counting, 124 after)."""
+    set_stance = getattr(torch.compiler, "set_stance", None)
+    return set_stance("force_eager") if set_stance is not None else nullcontext()
+
+
+def _graph_count(graphs: Mapping[Any, Any] | None) -> int:
+    return 0 if graphs is None else len(graphs)
+
+
+def count_work(
+    step: Callable[[], object],
+    steps: int,
+    *,
+    cycle: int = 1,
+    warmup: int | None = None,
+    device: torch.device | str = "cpu",
+    kernels: bool | None = None,
+    graphs: Mapping[Any, Any] | None = None,
+    key: CounterKey | None = None,
+    inference_mode: bool = True,
+) -> WorkCounts:
+    """Run `warmup` then `steps` calls of `step()` and count the work of the latter (on CUDA with
+    kernel counts, `steps` more: kernels are counted in a second pass without the dispatch mode).
+
+    `steps` must be a whole number of eviction cycles (`cycle` = R for lazy, 1 for strict), so the
+    per-step averages include each prune exactly once per cycle; any R consecutive steps hold one
+    prune, so the phase does not matter. `warmup` (default: one cycle) runs uncounted first, so
+    first-call work (RoPE shift tables, lazily built masks, graph capture) is not counted.
+    `kernels`: count CUDA kernels with torch.profiler (default: when `device` is CUDA).
+    `graphs`: the decoder's CUDA graphs (e.g. `GraphDecoder.graphs`) to count replays of.
+    Run this on a cache and decoder that are not timed afterwards, or after the timed rounds:
+    every counted step is slower than a plain one and advances the cache like any step.
+
+    Compiled decoders: their aten-op counts describe the eager trace of the same Python code
+    (still exact, and an extra op in the cache's code still shows); their kernel counts (pass 2)
+    are the compiled step's. A CUDA graph captured during pass 1 would record the eager trace:
+    warm up until every phase is captured (a capture while counting is reported in `notes`).
+    """
+    if steps < 1 or cycle < 1:
+        raise ValueError(f"steps and cycle must be >= 1 (got steps={steps}, cycle={cycle})")
+    if steps % cycle:
+        raise ValueError(f"steps={steps} is not a whole number of eviction cycles of {cycle}: "
+                         f"use {cycle * math.ceil(steps / cycle)}")
+    dev = torch.device(device)
+    cuda = dev.type == "cuda"
+    if kernels is None:
+        kernels = cuda
+    if kernels and not cuda:
+        raise ValueError("kernel counts need a CUDA device (torch.profiler's CUDA activity)")
+    grad = torch.inference_mode() if inference_mode else nullcontext()
+
+    def sync() -> None:
+        if cuda:
+            torch.cuda.synchronize(dev)
+
+    mode = _CountingMode()
+    prof = replays = None
+    with grad:
+        for _ in range(cycle if warmup is None else warmup):
+            step()
+        sync()
+        graphs_before = _graph_count(graphs)
+        # Pass 1, aten ops: a dispatch mode. Graph replays are counted here when no kernel pass
+        # follows (a replay is no dispatched op: the mode does not change it).
+        replays = ReplayCounter(graphs) if graphs is not None and not kernels else None
+        with _eager_stance(), replays or nullcontext(), mode:
+            for _ in range(steps):
+                step()
+            sync()
+        if kernels:
+            # Pass 2, kernels: without the dispatch mode, because dynamo does not run compiled
+            # frames while one is active (they fall back to eager), so kernels counted under it
+            # would be the eager model's, not the compiled step's.
+            replays = ReplayCounter(graphs) if graphs is not None else None
+            with _cuda_profile(True) as prof, replays or nullcontext():
+                for _ in range(steps):
+                    step()
+                sync()
+    notes = []
+    captured = _graph_count(graphs) - graphs_before
+    if captured:
+        notes.append(f"{captured} CUDA graph(s) captured while counting: warm up longer")
+    n_kernels = n_copies = busy = None
+    if prof is not None:
+        n_kernels, n_copies, busy = _device_events(prof)
+    return WorkCounts(
+        steps=steps,
+        ops=dict(mode.ops),
+        bytes_read=mode.bytes_read,
+        bytes_written=mode.bytes_written,
+        syncs=dict(mode.syncs),
+        kernels=n_kernels,
+        memcpys=n_copies,
+        graph_replays=None if replays is None else replays.count,
+        key=key,
+        notes=notes,
+        device_busy_us=busy,
+    )
+
+
+def token_feeder(decoder: Any, ids: torch.Tensor, start: int) -> Callable[[], object]:
+    """`step()` for count_work: feeds ids[start], ids[start + 1], ... through `decoder.step`."""
+    flat = ids.view(-1)
+    position = iter(range(start, flat.numel()))
+
+    def step() -> object:
+        t = next(position, None)
+        if t is None:
+            raise RuntimeError(f"token_feeder ran out of text ({flat.numel()} tokens): pass more tokens")
+        return decoder.step(flat[t : t + 1].view(1, 1))
+
+    return step

@@ -1,0 +1,439 @@
+"""Run history for absolute TPOT, asv/conbench style (issue #11 item 3).
+
+Every suite run appends one file per hardware fingerprint; nothing is ever edited, averaged or
+re-keyed by hand:
+
+    <root>/<fingerprint_id>/<NNNN>-<YYYYmmddTHHMMSSZ>.json
+
+(numbered like pytest-benchmark's storage, written atomically under a directory lock so two
+processes never take the same number). A run holds, per case, the per-round TPOT samples (ms)
+and the verdict that run got against its own baseline, plus an `accepted` flag fixed at write
+time (per run, optionally overridden per case). The baseline of a case is the pooled samples of
+the last K runs in which that case was accepted.
+
+Verdicts (`judge`): a regression needs both a two-sided Mann-Whitney p < 0.002 and a median
+ratio beyond the band (ratio > 1 + band); an improvement is the mirror image in log space
+(ratio < 1 / (1 + band)), so a slowdown and its revert are judged alike; anything else passes.
+The small alpha keeps the false-alarm rate low over many cases and nights (pooled samples of
+separate processes differ by more than their within-run noise, which the band absorbs). With
+too few accepted runs, or samples too few for Mann-Whitney to ever reach alpha, the case is
+"not checked" with the reason, never a pass.
+
+Nightly mode (PyTorch HUD's rule): a case is flagged only when the previous run of that case
+got the same raw verdict, i.e. two consecutive points; a single outlier run is reported as
+"unconfirmed" and never fails. Acceptance (`record`'s default): the run is accepted, except each
+case that got a raw regression/improvement, so one moved case does not keep the other cases'
+samples out of their baselines, and a step change keeps being compared with the old level until a
+person accepts the new one on purpose (`record(..., accept=True)`); `accept=False` rejects a run
+known to be disturbed.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+import statistics
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from ..results import locked_directory, write_text_atomic
+from .stats import mann_whitney, run_spread_tolerance
+
+SCHEMA = "streamllm.history/1"
+
+REGRESSION = "regression"
+IMPROVEMENT = "improvement"
+PASS = "pass"
+NOT_CHECKED = "not checked"
+UNCONFIRMED = "unconfirmed"  # nightly: beyond the band in this run only
+RAW_VERDICTS = (REGRESSION, IMPROVEMENT, PASS, NOT_CHECKED)
+DEFAULT_ALPHA = 0.002
+
+_NAME = re.compile(r"^(\d{4,})-(\d{8}T\d{6}(?:\d{6})?Z)\.json$")
+_STAMP = "%Y%m%dT%H%M%SZ"
+
+
+class HistoryError(ValueError):
+    """A history file is malformed; the message names the file and the fix."""
+
+
+def _fail(path: Path | str, what: str) -> HistoryError:
+    return HistoryError(
+        f"{path}: {what}; history files are append-only and written atomically, so this one was edited "
+        "or truncated: restore it with `git checkout -- <file>` or delete it (its run is then lost)"
+    )
+
+
+def _samples(values: Any, where: str) -> tuple[float, ...]:
+    """Per-round TPOT samples as floats; ValueError on anything else (NaN marks untimed steps)."""
+    if not isinstance(values, (list, tuple)) or not values:
+        raise ValueError(f"{where} must be a non-empty list of per-round TPOT ms")
+    out = []
+    for v in values:
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v <= 0:
+            raise ValueError(f"{where} holds {v!r}; samples must be finite positive ms")
+        out.append(float(v))
+    return tuple(out)
+
+
+# --------------------------------------------------------------------------------------------
+# Records
+
+
+@dataclass(frozen=True)
+class CaseRun:
+    samples: tuple[float, ...]  # per-round TPOT (ms) of this case in this run
+    verdict: str | None = None  # raw verdict this run got against its baseline (nightly rule)
+    accepted: bool | None = None  # None: the run's flag decides
+
+
+@dataclass(frozen=True)
+class Run:
+    fingerprint_id: str
+    number: int
+    timestamp: str  # UTC, ISO 8601
+    accepted: bool
+    cases: dict[str, CaseRun]
+    fingerprint: dict = field(default_factory=dict)  # the full hardware fingerprint, for people
+    meta: dict = field(default_factory=dict)  # commit, command, ...: provenance, never read back
+
+    def case_accepted(self, case: str) -> bool:
+        """Whether `case`'s samples of this run may enter its baseline."""
+        c = self.cases.get(case)
+        return c is not None and (self.accepted if c.accepted is None else c.accepted)
+
+    @property
+    def filename(self) -> str:
+        stamp = datetime.fromisoformat(self.timestamp).astimezone(timezone.utc).strftime(_STAMP)
+        return f"{self.number:04d}-{stamp}.json"
+
+    def to_json(self) -> dict:
+        return {
+            "schema": SCHEMA,
+            "fingerprint_id": self.fingerprint_id,
+            "number": self.number,
+            "timestamp": self.timestamp,
+            "accepted": self.accepted,
+            "cases": {name: {"samples_ms": list(c.samples), "verdict": c.verdict, "accepted": c.accepted}
+                      for name, c in self.cases.items()},
+            "fingerprint": self.fingerprint,
+            "meta": self.meta,
+        }
+
+    @classmethod
+    def from_json(cls, obj: Any, source: Path | str = "history run") -> Run:
+        if not isinstance(obj, dict):
+            raise _fail(source, f"expected a JSON object, got {type(obj).__name__}")
+        if obj.get("schema") != SCHEMA:
+            raise _fail(source, f"schema is {obj.get('schema')!r}, expected {SCHEMA!r}")
+        number, accepted = obj.get("number"), obj.get("accepted")
+        if isinstance(number, bool) or not isinstance(number, int) or number < 1:
+            raise _fail(source, f"number must be a positive integer, got {number!r}")
+        if not isinstance(accepted, bool):
+            raise _fail(source, f"accepted must be true or false, got {accepted!r}")
+        if not isinstance(obj.get("fingerprint_id"), str):
+            raise _fail(source, "fingerprint_id must be a string")
+        try:
+            datetime.fromisoformat(str(obj.get("timestamp")))
+        except ValueError:
+            raise _fail(source, f"timestamp {obj.get('timestamp')!r} is not ISO 8601") from None
+        raw_cases = obj.get("cases")
+        if not isinstance(raw_cases, dict):
+            raise _fail(source, "cases must be an object of case id -> {samples_ms, verdict}")
+        cases = {}
+        for name, c in raw_cases.items():
+            if not isinstance(c, dict):
+                raise _fail(source, f"case {name!r} must be an object with samples_ms")
+            verdict = c.get("verdict")
+            if verdict is not None and verdict not in RAW_VERDICTS:
+                raise _fail(source, f"case {name!r} has verdict {verdict!r}; expected one of {RAW_VERDICTS} or null")
+            case_accepted = c.get("accepted")
+            if case_accepted is not None and not isinstance(case_accepted, bool):
+                raise _fail(source, f"case {name!r} accepted must be true, false or null, got {case_accepted!r}")
+            try:
+                cases[name] = CaseRun(_samples(c.get("samples_ms"), f"case {name!r} samples_ms"), verdict,
+                                      case_accepted)
+            except ValueError as exc:
+                raise _fail(source, str(exc)) from None
+        for name in ("fingerprint", "meta"):
+            if not isinstance(obj.get(name, {}), dict):
+                raise _fail(source, f"{name} must be an object")
+        return cls(obj["fingerprint_id"], number, obj["timestamp"], accepted, cases,
+                   obj.get("fingerprint", {}), obj.get("meta", {}))
+
+
+@dataclass(frozen=True)
+class Baseline:
+    case: str
+    samples: tuple[float, ...]  # pooled per-round samples of the runs below
+    runs: tuple[int, ...]  # run numbers pooled, oldest first
+    run_medians: tuple[float, ...]  # one per run: the spread between processes
+    reason: str | None = None  # why it cannot be used; None = usable
+
+    @property
+    def ok(self) -> bool:
+        return self.reason is None
+
+    def band(self, floor: float, confidence: float = 0.99) -> float:
+        """`floor`, widened to the prediction interval of the per-run medians where the runs
+        moved more than that between processes (stats.run_spread_tolerance)."""
+        return run_spread_tolerance(self.run_medians, floor, confidence)
+
+
+@dataclass(frozen=True)
+class Judgement:
+    case: str
+    verdict: str  # final: regression | improvement | pass | not checked | unconfirmed (nightly)
+    raw: str  # before the nightly rule: regression | improvement | pass | not checked
+    flagged: bool  # the verdict fails the case
+    ratio: float | None  # median(candidate) / median(baseline)
+    p_value: float | None  # two-sided Mann-Whitney U
+    band: float
+    message: str
+    n_candidate: int = 0
+    n_baseline: int = 0
+    baseline_runs: tuple[int, ...] = ()
+
+    def as_dict(self) -> dict:
+        out = dict(self.__dict__)
+        out["baseline_runs"] = list(self.baseline_runs)
+        return out
+
+
+def acceptable(judgement: Judgement) -> bool:
+    """Whether a case's samples should enter its baseline by default: it did not move beyond its
+    band (raw verdict), confirmed or not."""
+    return judgement.raw not in (REGRESSION, IMPROVEMENT)
+
+
+# --------------------------------------------------------------------------------------------
+# Verdicts
+
+
+def _best_p(n: int, m: int) -> float:
+    """The smallest p Mann-Whitney can give for n vs m samples (perfect separation)."""
+    return mann_whitney([float(i) for i in range(n)], [float(n + i) for i in range(m)])
+
+
+def _not_checked(case: str, band: float, why: str, n: int = 0, m: int = 0, runs: tuple[int, ...] = ()) -> Judgement:
+    return Judgement(case, NOT_CHECKED, NOT_CHECKED, False, None, None, band,
+                     f"{case}: TPOT not checked: {why}", n, m, runs)
+
+
+def judge(
+    candidate: Sequence[float],
+    baseline: Sequence[float],
+    band: float,
+    *,
+    alpha: float = DEFAULT_ALPHA,
+    case: str = "TPOT",
+    baseline_runs: tuple[int, ...] = (),
+) -> Judgement:
+    """Raw verdict of `candidate` per-round samples against pooled `baseline` samples.
+
+    regression: p < alpha and median ratio > 1 + band; improvement: p < alpha and ratio <
+    1 / (1 + band); else pass. Not checked when the sample sizes cannot reach p < alpha at all.
+    """
+    if band < 0:
+        raise ValueError(f"band must be >= 0, got {band}")
+    cand = _samples(list(candidate), f"{case}: candidate")
+    base = _samples(list(baseline), f"{case}: baseline")
+    n, m = len(cand), len(base)
+    best = _best_p(n, m)
+    if best >= alpha:
+        return _not_checked(case, band, f"{n} vs {m} samples cannot reach Mann-Whitney p < {alpha:g} "
+                            f"(best possible p = {best:.2g}): record more rounds or runs", n, m, baseline_runs)
+    ratio = statistics.median(cand) / statistics.median(base)
+    p = mann_whitney(cand, base)
+    high, low = 1.0 + band, 1.0 / (1.0 + band)
+    significant = p < alpha
+    if significant and ratio > high:
+        raw = REGRESSION
+        why = f"slower than the band (> {high:.3g}x) and significant"
+    elif significant and ratio < low:
+        raw = IMPROVEMENT
+        why = f"faster than the band (< {low:.3g}x) and significant: if intended, accept the run on purpose"
+    elif ratio > high or ratio < low:
+        raw, why = PASS, f"beyond the band but not significant (p >= {alpha:g})"
+    else:
+        raw, why = PASS, f"inside the band [{low:.3g}x, {high:.3g}x]"
+    runs = f" of runs {', '.join(f'#{r}' for r in baseline_runs)}" if baseline_runs else ""
+    message = (f"{case}: TPOT median {ratio:.3f}x baseline (p={p:.2g}, {n} vs {m} samples{runs}, "
+               f"band ±{100 * band:.3g}%): {raw}, {why}")
+    return Judgement(case, raw, raw, raw in (REGRESSION, IMPROVEMENT), ratio, p, band, message, n, m,
+                     baseline_runs)
+
+
+def apply_nightly(judgement: Judgement, previous: str | None, previous_run: int | None = None) -> Judgement:
+    """The two-consecutive-points rule: flag only when the previous run of the case got the same
+    raw verdict; a first point beyond the band is "unconfirmed" and does not fail."""
+    if judgement.raw not in (REGRESSION, IMPROVEMENT):
+        return replace(judgement, flagged=False)
+    where = f"run #{previous_run}" if previous_run is not None else "the previous run"
+    if previous == judgement.raw:
+        return replace(judgement, verdict=judgement.raw, flagged=True,
+                       message=f"{judgement.message} (confirmed: {where} got {previous} too)")
+    return replace(judgement, verdict=UNCONFIRMED, flagged=False,
+                   message=f"{judgement.message} (nightly: first point, {where} got {previous or 'no verdict'}; "
+                           "flagged only if the next run confirms it)")
+
+
+# --------------------------------------------------------------------------------------------
+# The store
+
+
+class RunHistory:
+    """The runs of one hardware fingerprint under `root/<fingerprint_id>/`."""
+
+    def __init__(self, root: str | os.PathLike, fingerprint_id: str):
+        if not fingerprint_id or "/" in fingerprint_id or fingerprint_id.startswith("."):
+            raise ValueError(f"bad fingerprint id {fingerprint_id!r}")
+        self.root = Path(root)
+        self.fingerprint_id = fingerprint_id
+        self.directory = self.root / fingerprint_id
+        self._runs: list[Run] | None = None
+
+    # -- reading ---------------------------------------------------------------------------
+    def _read(self, path: Path) -> Run:
+        try:
+            obj = json.loads(path.read_text(encoding="utf-8"))
+        except json.JSONDecodeError as exc:
+            raise _fail(path, f"not valid JSON ({exc.msg} at line {exc.lineno})") from None
+        run = Run.from_json(obj, path)
+        name = _NAME.match(path.name)
+        if name is None or int(name.group(1)) != run.number:
+            raise _fail(path, f"file name does not match its run number {run.number}")
+        if run.fingerprint_id != self.fingerprint_id:
+            raise _fail(path, f"run of fingerprint {run.fingerprint_id!r} stored under {self.fingerprint_id!r}")
+        return run
+
+    def runs(self) -> list[Run]:
+        """All runs, oldest first (by number, then time). Files not named NNNN-<stamp>.json are
+        ignored (a README may sit there); a malformed run file is a HistoryError."""
+        if self._runs is None:
+            paths = sorted(p for p in self.directory.glob("*.json") if _NAME.match(p.name)) \
+                if self.directory.is_dir() else []
+            self._runs = sorted((self._read(p) for p in paths), key=lambda r: (r.number, r.timestamp))
+        return list(self._runs)
+
+    def baseline(self, case: str, k: int = 5, *, min_runs: int = 3) -> Baseline:
+        """Pooled samples of the last `k` runs in which `case` was accepted; `reason` says why not
+        when fewer than `min_runs` such runs exist."""
+        if k < 1 or not 1 <= min_runs <= k:
+            raise ValueError(f"need k >= 1 and 1 <= min_runs <= k (got k={k}, min_runs={min_runs})")
+        runs = [r for r in self.runs() if r.case_accepted(case)][-k:]
+        samples = tuple(s for r in runs for s in r.cases[case].samples)
+        medians = tuple(statistics.median(r.cases[case].samples) for r in runs)
+        numbers = tuple(r.number for r in runs)
+        reason = None
+        if len(runs) < min_runs:
+            total = sum(case in r.cases for r in self.runs())
+            reason = (f"{len(runs)} accepted run(s) with {case!r} under {self.directory} "
+                      f"({total} run(s) in all), need {min_runs}: it is checked after {min_runs - len(runs)} "
+                      "more accepted run(s)")
+        return Baseline(case, samples, numbers, medians, reason)
+
+    def previous(self, case: str) -> Run | None:
+        """The latest run that measured `case`, accepted or not (the nightly rule's previous point)."""
+        return next((r for r in reversed(self.runs()) if case in r.cases), None)
+
+    def check(
+        self,
+        case: str,
+        samples: Sequence[float],
+        *,
+        band: float,
+        k: int = 5,
+        min_runs: int = 3,
+        nightly: bool = False,
+        alpha: float = DEFAULT_ALPHA,
+    ) -> Judgement:
+        """`samples` (this run's per-round TPOT of `case`) against the history's baseline."""
+        base = self.baseline(case, k, min_runs=min_runs)
+        if not base.ok:
+            return _not_checked(case, band, base.reason, len(samples), len(base.samples), base.runs)
+        judgement = judge(samples, base.samples, band, alpha=alpha, case=case, baseline_runs=base.runs)
+        if nightly:
+            prev = self.previous(case)
+            judgement = apply_nightly(judgement, prev.cases[case].verdict if prev else None,
+                                      prev.number if prev else None)
+        return judgement
+
+    # -- writing ---------------------------------------------------------------------------
+    def append(
+        self,
+        cases: Mapping[str, Sequence[float] | CaseRun],
+        *,
+        accepted: bool,
+        verdicts: Mapping[str, str] | None = None,
+        case_accepted: Mapping[str, bool] | None = None,
+        fingerprint: Mapping[str, Any] | None = None,
+        meta: Mapping[str, Any] | None = None,
+        now: datetime | None = None,
+    ) -> Run:
+        """Write one new run (the next number) and return it. `verdicts`: each case's raw verdict
+        from `check` (Judgement.raw), which the next nightly run reads back; `case_accepted`:
+        per-case overrides of `accepted`."""
+        if not cases:
+            raise ValueError("a run needs at least one case")
+        verdicts, overrides = dict(verdicts or {}), dict(case_accepted or {})
+        for name, v in verdicts.items():
+            if v not in RAW_VERDICTS:
+                raise ValueError(f"verdict of {name!r} must be a raw verdict {RAW_VERDICTS}, got {v!r}")
+        built = {}
+        for name, c in cases.items():
+            if isinstance(c, CaseRun):
+                built[name] = CaseRun(_samples(list(c.samples), f"case {name!r}"), verdicts.get(name, c.verdict),
+                                      overrides.get(name, c.accepted))
+            else:
+                built[name] = CaseRun(_samples(list(c), f"case {name!r}"), verdicts.get(name), overrides.get(name))
+        stamp = (now or datetime.now(timezone.utc)).astimezone(timezone.utc)
+        self.directory.mkdir(parents=True, exist_ok=True)
+        with locked_directory(self.directory):
+            self._runs = None  # another process may have appended since we read
+            number = max((r.number for r in self.runs()), default=0) + 1
+            run = Run(self.fingerprint_id, number, stamp.isoformat(), accepted, built,
+                      json.loads(json.dumps(dict(fingerprint or {}), default=str)),
+                      json.loads(json.dumps(dict(meta or {}), default=str)))
+            path = self.directory / run.filename
+            if path.exists():  # cannot happen under the lock; never overwrite a run
+                raise HistoryError(f"{path} exists already: runs are never rewritten")
+            write_text_atomic(path, json.dumps(run.to_json(), indent=1) + "\n")
+            self._runs = None
+        return run
+
+    def record(
+        self,
+        results: Mapping[str, Sequence[float]],
+        *,
+        band: float | Mapping[str, float],
+        k: int = 5,
+        min_runs: int = 3,
+        nightly: bool = False,
+        accept: bool | None = None,
+        alpha: float = DEFAULT_ALPHA,
+        fingerprint: Mapping[str, Any] | None = None,
+        meta: Mapping[str, Any] | None = None,
+        now: datetime | None = None,
+    ) -> tuple[dict[str, Judgement], Run]:
+        """Check every case against the history, then append this run with the raw verdicts.
+
+        `band`: one band for all cases or one per case. `accept`: None = the run is accepted except
+        the cases beyond their band (`acceptable`); True/False accepts or rejects the whole run on
+        purpose (True: this run's level becomes the baseline, e.g. after an intended change).
+        """
+        judgements = {
+            case: self.check(case, samples, band=band if isinstance(band, (int, float)) else band[case],
+                             k=k, min_runs=min_runs, nightly=nightly, alpha=alpha)
+            for case, samples in results.items()
+        }
+        overrides = {c: False for c, j in judgements.items() if not acceptable(j)} if accept is None else {}
+        run = self.append(results, accepted=True if accept is None else accept,
+                          verdicts={c: j.raw for c, j in judgements.items()}, case_accepted=overrides,
+                          fingerprint=fingerprint, meta=meta, now=now)
+        return judgements, run

@@ -1,0 +1,168 @@
+"""The suite's run record: one format, owned by the library (bench writes it, `streamllm report` reads it).
+
+A run record is the JSON that `pytest bench` writes under `<report dir>/runs/` (schema
+`streamllm.bench-run/2`): the run's options, machine fingerprint and provenance, and one entry
+per (case, dataset) with its PPL, TPOT, same-run ratio, work counts and checks. The schema is
+defined once, here, as pydantic models; `read_run` validates a file on read and names the file
+and the fix when it does not match. Verdict words are defined here too, so that the suite, the
+statistics and the report agree on them.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+# Generated output (run JSONs, the rendered report) goes under this ignored folder; the run history
+# that the TPOT check reads is tracked, apart from it, under history/.
+DEFAULT_REPORT_DIR = "out"
+DEFAULT_HISTORY_DIR = "history"
+
+RUN_SCHEMA = "streamllm.bench-run/2"
+READABLE_SCHEMAS = ("streamllm.bench-run/1", RUN_SCHEMA)  # /1: before (b) held ratio and work counts
+
+# -- verdicts ------------------------------------------------------------------------------------
+PASS = "pass"
+FAIL = "fail"
+INCONCLUSIVE = "inconclusive"  # reported, does not fail: rerun with more rounds
+NOT_CHECKED = "not checked"  # no baseline to compare against: never a silent pass
+RECORDED = "recorded"  # --update-baselines wrote it
+NOT_APPLICABLE = "n/a"
+ERROR = "error"  # a baseline file is corrupt or mismatched: fails the test
+MISSING = "missing"  # a case's verdicts when no result came back (a crashed xdist worker)
+VERDICTS = (ERROR, FAIL, INCONCLUSIVE, NOT_CHECKED, RECORDED, PASS, NOT_APPLICABLE)  # worst first
+FAILING = frozenset({FAIL, ERROR})
+CHECK_KINDS = ("ppl", "tpot", "finding")
+# The (b) checks' names (bench/checks.py makes them, the report shows them side by side).
+WORK_CHECK = "(b) work per step vs baseline"
+RATIO_CHECK = "(b) TPOT / reference, same run"
+HISTORY_CHECK = "(b) TPOT vs run history"
+
+
+@dataclass
+class Check:
+    """One assertion of one case: what was checked, the verdict, and the numbers behind it."""
+
+    kind: str  # "ppl" (a) | "tpot" (b) | "finding" (c)
+    name: str  # what was checked, e.g. "(a) PPL vs baseline"
+    verdict: str  # one of VERDICTS
+    message: str
+    details: dict = field(default_factory=dict)
+
+    @property
+    def failed(self) -> bool:
+        return self.verdict in FAILING
+
+    @property
+    def unchecked(self) -> bool:
+        return self.verdict in (NOT_CHECKED, RECORDED)
+
+    def to_dict(self) -> dict:
+        return asdict(self)  # `failed` is derived from `verdict`: readers use records.FAILING
+
+
+def worst(verdicts: list[str]) -> str:
+    """The worst of several verdicts (VERDICTS order); '-' for none."""
+    known = [v for v in verdicts if v in VERDICTS]
+    return min(known, key=VERDICTS.index) if known else "-"
+
+
+# -- the schema ----------------------------------------------------------------------------------
+class CheckModel(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    kind: Literal["ppl", "tpot", "finding"]
+    name: str
+    verdict: Literal["pass", "fail", "inconclusive", "not checked", "recorded", "n/a", "error"]
+    message: str
+    details: dict[str, Any] = Field(default_factory=dict)
+
+
+class CaseModel(BaseModel):
+    """One (case, dataset) of a run; fields a report reads are typed, the rest pass through."""
+
+    model_config = ConfigDict(extra="allow")
+    dataset: str
+    case: str
+    label: str
+    ppl: float | None = None
+    ppl_delta_vs_dense_pct: float | None = None
+    tpot_ms_mean: float | None = None
+    tpot_ms_median: float | None = None
+    speedup: float | None = None
+    verdicts: dict[str, str] = Field(default_factory=dict)
+    skipped: str | None = None
+    transform: str | None = None
+    sweeps: list[str] = Field(default_factory=list)
+    params: dict[str, Any] = Field(default_factory=dict)
+    seconds: float = 0.0
+    evaluation: dict[str, Any] | None = None
+    timing: dict[str, Any] | None = None
+    reference_timing: dict[str, Any] | None = None
+    ratio: dict[str, Any] | None = None
+    work: dict[str, Any] | None = None
+    checks: list[CheckModel] = Field(default_factory=list)
+    missing: bool = False  # collected but no result came back: the run is incomplete, not passed
+
+
+# A run's overall word: FAIL if a check failed, else INCOMPLETE if a collected case has no result,
+# else PASS (a run missing a case cannot have passed it).
+RUN_PASS, RUN_FAIL, RUN_INCOMPLETE = "PASS", "FAIL", "INCOMPLETE"
+
+
+def run_status(failing: list, missing: list) -> str:
+    """The overall word of a run with these failing checks and these cases that have no result."""
+    return RUN_FAIL if failing else RUN_INCOMPLETE if missing else RUN_PASS
+
+
+class RunModel(BaseModel):
+    model_config = ConfigDict(extra="allow", populate_by_name=True)
+    schema_: str = Field(alias="schema")
+    created: str
+    runtime_s: float | None = None
+    command: str = ""
+    options: dict[str, Any] = Field(default_factory=dict)
+    model: dict[str, Any] | None = None
+    fingerprint: dict[str, Any] = Field(default_factory=dict)
+    fingerprint_id: str | None = None
+    results: list[CaseModel] = Field(default_factory=list)
+
+    def to_json(self) -> dict:
+        return self.model_dump(by_alias=True, mode="json")
+
+
+class RunRecordError(ValueError):
+    """A run record file cannot be read; the message names the file and the fix."""
+
+
+FIX = "pass a file that `pytest bench` wrote under reports/runs/, or re-run `pytest bench`"
+
+
+def validate_run(data: Any, source: str = "run record") -> RunModel:
+    """The run record `data` as a RunModel, or RunRecordError naming `source` and the first problem."""
+    if not isinstance(data, dict):
+        raise RunRecordError(f"{source}: not a bench run (top level is {type(data).__name__}); {FIX}")
+    if data.get("schema") not in READABLE_SCHEMAS:
+        raise RunRecordError(f"{source}: not a bench run (schema {data.get('schema')!r}, this streamllm reads "
+                             f"{', '.join(READABLE_SCHEMAS)}); {FIX}")
+    try:
+        return RunModel.model_validate(data)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"])
+        raise RunRecordError(f"{source}: {where}: {first['msg']} ({exc.error_count()} problem(s)); {FIX}") from None
+
+
+def read_run(path: str | os.PathLike) -> RunModel:
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise RunRecordError(f"run file {path} does not exist; {FIX}") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise RunRecordError(f"run file {path}: cannot be read as JSON ({exc}); {FIX}") from None
+    return validate_run(data, f"run file {path}")
