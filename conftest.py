@@ -49,8 +49,11 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group.addoption("--no-work-counts", action="store_true",
                     help="skip the (b) work counters (each case counts one round of separate steps)")
     group.addoption("--baselines-dir", default="baselines", help="baseline store root (default: baselines)")
-    group.addoption("--report-dir", default="reports",
-                    help="the run JSON goes to REPORT_DIR/runs/ for `streamllm report` ('' to skip)")
+    group.addoption("--report-dir", default="out",
+                    help="the run JSON goes to REPORT_DIR/runs/ for `streamllm report` (default: out, ignored by "
+                         "git; '' to skip)")
+    group.addoption("--history-dir", default="history",
+                    help="the run history the absolute TPOT check reads and appends to (default: history, tracked)")
     group.addoption("--threads", type=int, default=None, help="torch CPU threads (default: 1 on CPU, torch's on GPU)")
     group.addoption("--tpot-tolerance", type=float, default=0.10, help="TPOT ratio / history band (default ±10%%)")
     group.addoption("--sweep", default=None,
@@ -102,7 +105,7 @@ def _options(config: pytest.Config):
         update_baselines=get("--update-baselines") or get("--append-baselines"),
         append_baselines=get("--append-baselines"), nightly=get("--nightly"),
         count_work=not get("--no-work-counts"), baselines_dir=get("--baselines-dir"),
-        report_dir=get("--report-dir") or None, threads=get("--threads"), tpot_tolerance=get("--tpot-tolerance"),
+        report_dir=get("--report-dir") or None, history_dir=get("--history-dir"), threads=get("--threads"), tpot_tolerance=get("--tpot-tolerance"),
         evaluator=get("--evaluator"), no_timing=no_timing, device_map=get("--device-map"),
         max_memory=get("--max-memory"),
     )
@@ -155,16 +158,10 @@ def bench_suite(request: pytest.FixtureRequest):
 
 @pytest.hookimpl(optionalhook=True)
 def pytest_benchmark_update_machine_info(config: pytest.Config, machine_info: dict) -> None:
-    """CPU and GPU details (and the hardware fingerprint the TPOT baselines are keyed by)."""
-    from streamllm.harness.fingerprint import fingerprint_id, hardware_fingerprint
-
-    suite = config.stash.get(SUITE_KEY, None)
-    if suite is not None:
-        fp = suite.fingerprint
-    else:
-        device = config.getoption("--device", None)
-        fp = hardware_fingerprint(device if device not in (None, "auto") else None)
-    machine_info["streamllm"] = {"fingerprint_id": fingerprint_id(fp), **fp}
+    """CPU and GPU details, and the suite's hardware fingerprint: the one the verdict table and the
+    history use (computed once, by the suite, with the thread count the suite times with)."""
+    suite = _suite(config)
+    machine_info["streamllm"] = {"fingerprint_id": suite.fingerprint_id, **suite.fingerprint}
 
 
 # -- pytest-xdist (bench/xdist.py) ------------------------------------------------------------------

@@ -20,8 +20,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
-from streamllm.harness.records import FAIL, INCONCLUSIVE, PASS
 from streamllm.harness.stats import _pct
+from streamllm.harness.verdicts import FAIL, INCONCLUSIVE, PASS
 
 RELATIONS = {"ratio_ppl": "PPL_s/PPL_ref", "ratio_tpot": "TPOT_s/TPOT_ref"}
 

@@ -32,9 +32,31 @@ from streamllm.harness.baselines import (
 from streamllm.harness.counters import WorkCounts, count_work, counter_key
 from streamllm.harness.fingerprint import fingerprint_id, hardware_fingerprint
 from streamllm.harness.history import RunHistory
+from streamllm.harness.judges import (
+    HistoryInputs,
+    check_history,
+    check_ppl,
+    check_ratio_vs_baseline,
+    check_work,
+    lookup,
+)
 from streamllm.harness.ratio import RatioCI, ratio_ci
-from streamllm.harness.records import FAIL, PASS, RUN_SCHEMA, validate_run
+from streamllm.harness.records import DEFAULT_HISTORY_DIR, DEFAULT_REPORT_DIR, RUN_SCHEMA, validate_run
 from streamllm.harness.stats import ppl_ratio_ci
+from streamllm.harness.verdicts import (
+    AGREEMENT_CHECK,
+    FAIL,
+    HISTORY_RAW,
+    IMPROVEMENT,
+    NOT_APPLICABLE,
+    NOT_CHECKED,
+    PASS,
+    REGRESSION,
+    Check,
+    ratio_key,
+    slice_tolerance,
+    summarize,
+)
 from streamllm.measure import (
     DecodeSlice,
     TimingRun,
@@ -49,18 +71,6 @@ from streamllm.profile import WeightSets
 from streamllm.results import EvalResult, write_json_atomic
 
 from .catalog import DEFAULT_SINK, DEFAULT_TOKENS, DEFAULT_WINDOW, BenchCase, build_catalog, compile_mode
-from .checks import (
-    INCONCLUSIVE,
-    NOT_APPLICABLE,
-    NOT_CHECKED,
-    Check,
-    check_history,
-    check_ppl,
-    check_ratio_vs_baseline,
-    check_work,
-    lookup,
-    ratio_key,
-)
 from .findings import check_finding, findings_for
 
 NOISE_NOTE = ("CPU timings from a shared 2-core VM: other processes compete for the cores (steal time), "
@@ -86,7 +96,8 @@ class SuiteOptions:
     # run-to-run spread that sets the TPOT band) instead of replacing them
     append_baselines: bool = False
     baselines_dir: str = "baselines"
-    report_dir: str | None = "reports"  # run JSON goes to <report_dir>/runs/; None: not written
+    report_dir: str | None = DEFAULT_REPORT_DIR  # run JSON goes to <report_dir>/runs/; None: not written
+    history_dir: str = DEFAULT_HISTORY_DIR  # the run history the absolute check reads (tracked)
     threads: int | None = None
     tpot_tolerance: float = 0.10
     evaluator: str = "auto"  # auto (parallel where exact, else token loop) | token
@@ -147,8 +158,6 @@ class CaseResult:
 
     @property
     def verdicts(self) -> dict[str, str]:
-        from .checks import summarize
-
         return {"a": summarize(self.checks, "ppl"), "b": summarize(self.checks, "tpot"),
                 "c": summarize(self.checks, "finding")}
 
@@ -242,6 +251,10 @@ class Suite:
         """End of the session: torch's thread count back to what it was before the suite."""
         torch.set_num_threads(self._threads_before)
 
+    @property
+    def history_root(self) -> Path:
+        return self._under_root(self.options.history_dir)
+
     def _under_root(self, path: str) -> Path:
         p = Path(path)
         return p if p.is_absolute() else self.rootdir / p
@@ -250,7 +263,7 @@ class Suite:
     @property
     def fingerprint(self) -> dict:
         if self._fingerprint is None:
-            self._fingerprint = hardware_fingerprint(self.options.device)
+            self._fingerprint = hardware_fingerprint(self.options.device, threads=self.threads or torch.get_num_threads())
         return self._fingerprint
 
     @property
@@ -567,9 +580,7 @@ class Suite:
         return float(np.max(np.abs(np.asarray(timing.nll) - ref)))
 
     def slice_tolerance(self) -> float:
-        # fp32 on CPU agrees to ~1e-4 nats; half precision and GPU kernels (TF32, fused attention)
-        # differ by more between a chunked and a single-token forward.
-        return 2e-3 if self.options.dtype in ("float32", "fp32") and self.options.device_type == "cpu" else 5e-2
+        return slice_tolerance(self.options.dtype, self.options.device_type)
 
     def oversubscribed(self) -> str | None:
         """On CPU: a description when other processes compete for the cores, else None."""
@@ -599,7 +610,7 @@ class Suite:
             tol = self.slice_tolerance()
             ok = agreement <= tol
             checks.append(Check(
-                "ppl", "(a) timed decode agrees with the evaluator", PASS if ok else "fail",
+                "ppl", AGREEMENT_CHECK, PASS if ok else FAIL,
                 f"{what}: max |NLL(timed decode) - NLL({evaluation.evaluator} evaluator)| = {agreement:.2e} over "
                 f"{len(timing.positions)} steps ({'within' if ok else 'OUTSIDE'} {tol:g})",
                 {"max_abs_diff": agreement, "tolerance": tol}))
@@ -635,62 +646,31 @@ class Suite:
         checks.append(ratio)
         device = timing.device_samples if timing.device_ms else None
         samples = device or timing.samples
-        self.history_results[f"{dataset}/{case.id}"] = samples
-        history = RunHistory(self._under_root(self.options.report_dir or "reports") / "history", self.fingerprint_id)
-        absolute = check_history(history, f"{dataset}/{case.id}", samples, what=what,
+        ref = out.reference_timing
+        ref_samples = (ref.device_samples if ref.device_ms else ref.samples) if ref is not None else None
+        name = f"{dataset}/{case.id}"
+        history = RunHistory(self.history_root, self.fingerprint_id)
+        absolute = check_history(history, name, samples, what=what,
                                  clock="device time (CUDA events)" if device else "wall time",
                                  floor=self.options.tpot_tolerance, k=self.options.history_k,
-                                 nightly=self.options.nightly)
-        self.history_verdicts[f"{dataset}/{case.id}"] = absolute.details.get("raw", "not checked")
-        if busy and absolute.verdict == FAIL:
-            # Time-slicing by other processes moves absolute TPOT by far more than the band: a
-            # fail on an oversubscribed CPU is not evidence (the ratio above is immune to it).
-            absolute.verdict = INCONCLUSIVE
-            absolute.message += f"; NOT FAILED: the machine is oversubscribed ({busy}), rerun on a quiet machine"
-            absolute.details["oversubscribed"] = busy
-        self.attribute_to_machine(absolute, case, dataset, history, out)
+                                 nightly=self.options.nightly,
+                                 inputs=HistoryInputs(busy=busy, reference_case=name + REFERENCE_SUFFIX,
+                                                      reference_samples=ref_samples))
+        # Every run enters the history: the case's samples and its reference arm's, under the
+        # raw verdicts the judge chose (a move both arms share re-bases the history).
+        self.history_results[name] = samples
+        if ref_samples:
+            self.history_results[name + REFERENCE_SUFFIX] = ref_samples
+        self.history_verdicts.update(absolute.details.get("record", {}))
         checks.append(absolute)
         return checks
-
-    def attribute_to_machine(self, absolute: Check, case: BenchCase, dataset: str, history: RunHistory,
-                             out: CaseResult) -> None:
-        """Enter the reference arm's samples in the history (every run), and judge a failed absolute
-        check against them. An absolute TPOT move is the strategy's only if its reference arm (the same model's forward
-        at |C|, timed step for step beside it) held still against its own history. A move both arms
-        share is the machine's (a fresh clone on another host of the same CPU model string, a
-        migrated VM: seen at 2.1x on this project's 2-core VM between sessions) or of code both run;
-        it is reported INCONCLUSIVE, and the run enters the history (raw verdict "not checked") so
-        the baseline follows the machine to its new level. Where the reference has no history yet,
-        the move cannot be attributed and is treated alike. The same-run ratio, which a machine
-        change cannot move, still checks the strategy's own code in this run."""
-        ref = out.reference_timing
-        samples = (ref.device_samples if ref.device_ms else ref.samples) if ref is not None else None
-        if not samples:
-            return
-        name = f"{dataset}/{case.id}{REFERENCE_SUFFIX}"
-        self.history_results[name] = samples  # every run: the reference's own history builds up
-        judgement = history.check(name, samples, band=float(absolute.details.get("band") or self.options.tpot_tolerance),
-                                  k=self.options.history_k)
-        self.history_verdicts[name] = judgement.raw
-        moved = absolute.details.get("raw")
-        if absolute.verdict != FAIL:
-            return
-        if judgement.raw == moved or judgement.raw == NOT_CHECKED:
-            absolute.verdict = INCONCLUSIVE
-            self.history_verdicts[f"{dataset}/{case.id}"] = NOT_CHECKED
-            self.history_verdicts[name] = NOT_CHECKED
-            why = (f"its reference arm moved alike ({judgement.ratio:.3g}x, p={judgement.p_value:.2g})" if judgement.raw == moved
-                   else "its reference arm has no history here yet to tell the machine from the strategy")
-            absolute.message += (f"; NOT FAILED: {why}: the machine (or code both arms run) changed, not this "
-                                 "strategy (the same-run ratio checks the strategy); this run re-bases the history")
-            absolute.details["reference_history"] = judgement.as_dict()
 
     def write_history(self) -> Path | None:
         """Append this run's absolute samples to the machine's run history (never edited)."""
         if not self.history_results or self.options.report_dir is None:
             return None
-        return append_history(self._under_root(self.options.report_dir), self.fingerprint, self.history_results,
-                              self.history_verdicts, rootdir=self.rootdir)
+        return append_history(self.history_root, self.fingerprint, self.history_results, self.history_verdicts,
+                              rootdir=self.rootdir)
 
     def paired_ratio(self, case: BenchCase, other: BenchCase, dataset: str) -> RatioCI:
         """TPOT(case) / TPOT(other), the two timed step for step in fresh slices (measure.time_interleaved):
@@ -815,13 +795,11 @@ class Suite:
 
 # The two writers the xdist controller shares with a serial run (bench/xdist.py merges the workers'
 # parts and writes one run record and one history run through these).
-def append_history(report_root: Path, fingerprint: dict, samples: dict[str, list[float]],
+def append_history(history_root: Path, fingerprint: dict, samples: dict[str, list[float]],
                    raw_verdicts: dict[str, str], *, rootdir: Path) -> Path:
     """Append one run's absolute TPOT samples to the machine's run history (never edited)."""
-    from streamllm.harness.history import IMPROVEMENT, RAW_VERDICTS, REGRESSION
-
-    history = RunHistory(report_root / "history", fingerprint_id(fingerprint))
-    verdicts = {c: v for c, v in raw_verdicts.items() if v in RAW_VERDICTS}
+    history = RunHistory(history_root, fingerprint_id(fingerprint))
+    verdicts = {c: v for c, v in raw_verdicts.items() if v in HISTORY_RAW}
     rejected = {c: False for c, v in verdicts.items() if v in (REGRESSION, IMPROVEMENT)}
     run = history.append(samples, accepted=True, verdicts=verdicts, case_accepted=rejected, fingerprint=fingerprint,
                          meta={"command": " ".join([_program(), *sys.argv[1:]]),

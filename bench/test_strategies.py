@@ -14,7 +14,7 @@ import warnings
 
 import pytest
 
-from bench.checks import INCONCLUSIVE, BaselineNotChecked, VerdictInconclusive
+from streamllm.harness.verdicts import INCONCLUSIVE, BaselineNotChecked, VerdictInconclusive
 
 
 def test_strategy(bench_suite, bench_case, bench_dataset, benchmark):

@@ -45,7 +45,7 @@ from typing import Any
 
 import pytest
 
-from streamllm.harness.records import MISSING
+from streamllm.harness.verdicts import MISSING
 
 PART_SCHEMA = "streamllm.bench-part/1"
 WORKERINPUT_KEY = "streamllm_xdist"  # our entry in xdist's workerinput dict
@@ -601,13 +601,15 @@ class XdistController:
             merged.run["baselines_written"] = [str(p) for p in self.written]
         if report_dir is None:
             return
-        report_root = Path(report_dir) if Path(report_dir).is_absolute() else rootdir / report_dir
+        history_dir = Path(get("--history-dir") or "history")
+        history_root = history_dir if history_dir.is_absolute() else rootdir / history_dir
         for fp, samples, verdicts in merge_history(merged.history):
-            path = append_history(report_root, fp, samples, verdicts, rootdir=rootdir)
+            path = append_history(history_root, fp, samples, verdicts, rootdir=rootdir)
             if path is not None:
                 self.history_files.append(path)
         device_type = "cuda" if self.cuda else "cpu"
         merged.run.setdefault("fingerprint_id", fingerprint_id(merged.run.get("fingerprint") or {}))
+        report_root = Path(report_dir) if Path(report_dir).is_absolute() else rootdir / report_dir
         self.run_file = write_run_record(report_root, device_type, merged.run)
 
     def pytest_terminal_summary(self, terminalreporter, config: pytest.Config) -> None:

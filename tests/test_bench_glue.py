@@ -11,13 +11,14 @@ import pytest
 import torch
 
 from bench.catalog import build_catalog, select
-from bench.checks import ERROR, NOT_CHECKED, RECORDED, Lookup, check_ppl, check_ratio_vs_baseline, lookup
 from bench.suite import Suite, SuiteOptions
 from bench.table import format_table
 from conftest import tiny_llama
 from streamllm.evaluate import evaluate_tokens
 from streamllm.harness.baselines import BaselineKey, BaselineRecord, BaselineStore
+from streamllm.harness.judges import Lookup, check_ppl, check_ratio_vs_baseline, lookup
 from streamllm.harness.stats import FAIL, INCONCLUSIVE, PASS
+from streamllm.harness.verdicts import ERROR, NOT_CHECKED, RECORDED
 from streamllm.measure import minor_faults, prepare_slice, time_rounds
 from streamllm.models import LoadedModel
 from streamllm.strategies import make_strategy
@@ -33,7 +34,7 @@ def tiny() -> LoadedModel:
 def make_suite(tmp_path: Path, tiny: LoadedModel, **overrides) -> Suite:
     options = SuiteOptions(model="tiny-llama", datasets=("synthetic",), tokens=TOKENS, sink=SINK, window=WINDOW,
                            rounds=3, warmup_rounds=0, min_steps=4, baselines_dir=str(tmp_path / "baselines"),
-                           report_dir=str(tmp_path / "reports"), **overrides)
+                           report_dir=str(tmp_path / "reports"), history_dir=str(tmp_path / "history"), **overrides)
     suite = Suite(options, tmp_path)
     suite.weights.use(tiny)  # the suite would load options.model by name; inject the tiny model
     return suite
@@ -227,7 +228,7 @@ def test_a_slower_ratio_whose_case_arm_faults_is_the_allocators_not_a_regression
     FAIL; a case that does not fault, both arms faulting alike, or a faster ratio still fail."""
     import numpy as np
 
-    from bench.checks import ALLOCATOR_CHURN_FAULTS
+    from streamllm.harness.verdicts import ALLOCATOR_CHURN_FAULTS
 
     rng = np.random.default_rng(2)
     store, key = _ratio_store(tmp_path, [1.0])
@@ -397,7 +398,7 @@ def _history_run(tmp_path, tiny, monkeypatch, *, load: float, reference_level: f
     case = suite.case("strict")
     measured = suite.timing(case, "synthetic")
     reference = suite._references[("synthetic", "strict")]
-    history = RunHistory(tmp_path / "reports" / "history", suite.fingerprint_id)
+    history = RunHistory(suite.history_root, suite.fingerprint_id)
     for _ in range(3):  # three accepted runs at ~1 ms
         runs = {"synthetic/strict": (1.0 + rng.normal(0, 0.01, 16)).tolist()}
         if reference_level is not None:
@@ -429,7 +430,7 @@ def test_a_move_the_reference_arm_shares_is_the_machines(tmp_path, tiny, monkeyp
     suite, absolute = _history_run(tmp_path, tiny, monkeypatch, load=0.5, reference_level=reference_level)
     assert absolute.verdict == INCONCLUSIVE and why in absolute.message, absolute.message
     suite.write_history()
-    latest = RunHistory(tmp_path / "reports" / "history", suite.fingerprint_id).runs()[-1]
+    latest = RunHistory(suite.history_root, suite.fingerprint_id).runs()[-1]
     assert latest.case_accepted("synthetic/strict")  # the new level enters the baseline
 
 

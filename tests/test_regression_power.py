@@ -20,15 +20,15 @@ import torch
 from bench import injections
 from bench.suite import Suite, SuiteOptions
 from conftest import tiny_llama
-from streamllm.harness.records import NOT_CHECKED
 from streamllm.harness.stats import FAIL, PASS
+from streamllm.harness.verdicts import NOT_CHECKED
 from streamllm.models import LoadedModel
 
 
 def suite(tmp_path: Path, model: LoadedModel, *, rounds: int = 3, **overrides) -> Suite:
     options = SuiteOptions(model="tiny-llama", datasets=("synthetic",), tokens=1024, sink=4, window=12,
                            rounds=rounds, warmup_rounds=1, min_steps=8, baselines_dir=str(tmp_path / "baselines"),
-                           report_dir=str(tmp_path / "reports"), **overrides)
+                           report_dir=str(tmp_path / "reports"), history_dir=str(tmp_path / "history"), **overrides)
     out = Suite(options, tmp_path)
     out.weights.use(model)
     return out

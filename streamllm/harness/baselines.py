@@ -38,16 +38,13 @@ from typing import TYPE_CHECKING
 
 from ..results import locked_directory, write_text_atomic
 from .fingerprint import fingerprint_id, hardware_fingerprint, package_version  # noqa: F401  (re-exported)
+from .verdicts import ppl_tolerance
 
 if TYPE_CHECKING:  # only for annotations: keep `import streamllm.baselines` free of torch
     from ..results import EvalResult
 
 SCHEMA = "streamllm.baseline/1"
 
-# |Δ ln PPL| tolerances (docs/semantics.md#ppl-vs-baseline): same device class is deterministic up to float noise;
-# another device class (CPU vs a GPU SKU) runs other kernels, so a looser, declared tolerance.
-PPL_TOLERANCE_SAME_DEVICE_CLASS = 0.002
-PPL_TOLERANCE_CROSS_DEVICE_CLASS = 0.01
 
 _FIX = "restore it with `git checkout -- {path}` or re-record with --update-baselines (nox -s update-baselines)"
 _DTYPE_ALIASES = {"fp32": "float32", "fp16": "float16", "half": "float16", "bf16": "bfloat16", "float": "float32"}
@@ -55,12 +52,6 @@ _DTYPE_ALIASES = {"fp32": "float32", "fp16": "float16", "half": "float16", "bf16
 
 class BaselineError(Exception):
     """A baseline file is unreadable or does not match the run; the message names file and fix."""
-
-
-def ppl_tolerance(stored_device_class: str, device_class: str) -> float:
-    """Tolerance on |Δ ln PPL| for a PPL measured on `device_class` vs one stored from another."""
-    same = stored_device_class == device_class
-    return PPL_TOLERANCE_SAME_DEVICE_CLASS if same else PPL_TOLERANCE_CROSS_DEVICE_CLASS
 
 
 # --------------------------------------------------------------------------------------------

@@ -56,6 +56,8 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
+from .verdicts import FAIL, NOT_CHECKED, PASS
+
 SCHEMA = "streamllm.workcounts/1"
 
 # Op packets that make the host wait for the device on CUDA. `aten.item`, `aten.is_nonzero` and
@@ -433,7 +435,7 @@ class CountVerdict:
 
     @property
     def passed(self) -> bool:
-        return self.verdict == "pass"
+        return self.verdict == PASS
 
 
 def compare_counts(measured: WorkCounts, stored: WorkCounts | None, *, label: str = "work counts",
@@ -445,18 +447,18 @@ def compare_counts(measured: WorkCounts, stored: WorkCounts | None, *, label: st
     """
     where = f" [stored: {source}]" if source else ""
     if stored is None:
-        return CountVerdict("not checked", f"{label}: no stored counts for this key: not checked{where}", [])
+        return CountVerdict(NOT_CHECKED, f"{label}: no stored counts for this key: not checked{where}", [])
     if measured.key is not None and stored.key is not None and measured.key.id != stored.key.id:
         changes = "; ".join(measured.key.differences(stored.key))
-        return CountVerdict("not checked", f"{label}: stored for another key ({changes}): not checked{where}", [])
+        return CountVerdict(NOT_CHECKED, f"{label}: stored for another key ({changes}): not checked{where}", [])
     theirs = stored
     if measured.key is not None and stored.key is not None and measured.key.kernel_id != stored.key.kernel_id:
         # Same software, another GPU model: ops are comparable, kernels are not.
         theirs = stored.without_kernels()
     lines = measured.diff(theirs)
     if not lines:
-        return CountVerdict("pass", f"{label}: identical ({measured.summary()}){where}", [])
-    return CountVerdict("fail", f"{label} changed: " + "; ".join(lines) + where, lines)
+        return CountVerdict(PASS, f"{label}: identical ({measured.summary()}){where}", [])
+    return CountVerdict(FAIL, f"{label} changed: " + "; ".join(lines) + where, lines)
 
 
 def compare_across_software(measured: WorkCounts, stored: WorkCounts, *, measured_reference: WorkCounts | None,
@@ -477,19 +479,19 @@ def compare_across_software(measured: WorkCounts, stored: WorkCounts, *, measure
     theirs = stored if same_gpu else stored.without_kernels()
     lines = measured.diff(theirs)
     if not lines:
-        return CountVerdict("pass", f"{label}: identical to the counts recorded with {moved} "
+        return CountVerdict(PASS, f"{label}: identical to the counts recorded with {moved} "
                                     f"({measured.summary()}){where}", [])
     if measured_reference is None or stored_reference is None:
-        return CountVerdict("not checked", f"{label}: recorded with {moved} and different now ({'; '.join(lines[:3])}); "
+        return CountVerdict(NOT_CHECKED, f"{label}: recorded with {moved} and different now ({'; '.join(lines[:3])}); "
                                            "no reference-arm counts on both sides to tell the release's change from ours: "
                                            f"not checked (record this release with --append-baselines){where}", lines)
     theirs_ref = stored_reference if same_gpu else stored_reference.without_kernels()
     own = measured.minus(measured_reference).diff(theirs.minus(theirs_ref))
     if not own:
-        return CountVerdict("pass", f"{label}: the strategy's own work (case minus reference arm) is identical to the "
+        return CountVerdict(PASS, f"{label}: the strategy's own work (case minus reference arm) is identical to the "
                                     f"recording with {moved}; the release changed both arms alike: "
                                     f"{'; '.join(lines[:3])}{where}", [])
-    return CountVerdict("fail", f"{label} changed beyond the reference arm (recorded with {moved}): "
+    return CountVerdict(FAIL, f"{label} changed beyond the reference arm (recorded with {moved}): "
                                 + "; ".join(own) + where, own)
 
 

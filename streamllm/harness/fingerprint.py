@@ -57,9 +57,11 @@ def package_version(dist: str) -> str | None:
         return None
 
 
-def hardware_fingerprint(device: str | None = None) -> dict:
+def hardware_fingerprint(device: str | None = None, threads: int | None = None) -> dict:
     """`device`: "cpu", "cuda", "cuda:N" or None (CUDA when available). Device class is "cpu" or
-    "cuda:<GPU model>"; the CPU model matters on GPU too (host overhead dominates eager decode)."""
+    "cuda:<GPU model>"; the CPU model matters on GPU too (host overhead dominates eager decode).
+    `threads`: the torch thread count the timings run with (default: torch's now). Pass it: a
+    caller that reads torch's count before the suite sets it gets another id for the same machine."""
     import torch  # lazy: reading stored records must not pay for a torch import
 
     dev = torch.device(device) if device not in (None, "auto") else None
@@ -72,7 +74,7 @@ def hardware_fingerprint(device: str | None = None) -> dict:
         "device_class": f"cuda:{gpu}" if gpu else dev.type,
         "cpu_model": cpu_model(),
         "cpu_count": usable_cores(),
-        "torch_threads": torch.get_num_threads(),
+        "torch_threads": threads if threads is not None else torch.get_num_threads(),
         "gpu": gpu,
         "gpu_count": torch.cuda.device_count() if torch.cuda.is_available() else 0,
         "cuda": torch.version.cuda,

@@ -43,16 +43,12 @@ from typing import Any
 
 from ..results import locked_directory, write_text_atomic
 from .stats import mann_whitney, run_spread_tolerance
+from .verdicts import HISTORY_ALPHA, HISTORY_RAW, IMPROVEMENT, NOT_CHECKED, PASS, REGRESSION, UNCONFIRMED
 
 SCHEMA = "streamllm.history/1"
 
-REGRESSION = "regression"
-IMPROVEMENT = "improvement"
-PASS = "pass"
-NOT_CHECKED = "not checked"
-UNCONFIRMED = "unconfirmed"  # nightly: beyond the band in this run only
-RAW_VERDICTS = (REGRESSION, IMPROVEMENT, PASS, NOT_CHECKED)
-DEFAULT_ALPHA = 0.002
+RAW_VERDICTS = HISTORY_RAW
+DEFAULT_ALPHA = HISTORY_ALPHA
 
 _NAME = re.compile(r"^(\d{4,})-(\d{8}T\d{6}(?:\d{6})?Z)\.json$")
 _STAMP = "%Y%m%dT%H%M%SZ"

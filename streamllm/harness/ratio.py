@@ -32,10 +32,10 @@ from dataclasses import asdict, dataclass
 import numpy as np
 from scipy import stats as _sps
 
-from .stats import FAIL, INCONCLUSIVE, PASS
+from .verdicts import FAIL, INCONCLUSIVE, PASS, RATIO_CONFIDENCE
 
 DEFAULT_PAIRS = 16
-DEFAULT_CONFIDENCE = 0.95
+DEFAULT_CONFIDENCE = RATIO_CONFIDENCE
 MIN_PAIRS = 3
 
 

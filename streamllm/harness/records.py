@@ -12,9 +12,8 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
@@ -26,60 +25,8 @@ DEFAULT_HISTORY_DIR = "history"
 RUN_SCHEMA = "streamllm.bench-run/2"
 READABLE_SCHEMAS = ("streamllm.bench-run/1", RUN_SCHEMA)  # /1: before (b) held ratio and work counts
 
-# -- verdicts ------------------------------------------------------------------------------------
-PASS = "pass"
-FAIL = "fail"
-INCONCLUSIVE = "inconclusive"  # reported, does not fail: rerun with more rounds
-NOT_CHECKED = "not checked"  # no baseline to compare against: never a silent pass
-RECORDED = "recorded"  # --update-baselines wrote it
-NOT_APPLICABLE = "n/a"
-ERROR = "error"  # a baseline file is corrupt or mismatched: fails the test
-MISSING = "missing"  # a case's verdicts when no result came back (a crashed xdist worker)
-VERDICTS = (ERROR, FAIL, INCONCLUSIVE, NOT_CHECKED, RECORDED, PASS, NOT_APPLICABLE)  # worst first
-FAILING = frozenset({FAIL, ERROR})
-CHECK_KINDS = ("ppl", "tpot", "finding")
-# The (b) checks' names (bench/checks.py makes them, the report shows them side by side).
-WORK_CHECK = "(b) work per step vs baseline"
-RATIO_CHECK = "(b) TPOT / reference, same run"
-HISTORY_CHECK = "(b) TPOT vs run history"
-
-
-@dataclass
-class Check:
-    """One assertion of one case: what was checked, the verdict, and the numbers behind it."""
-
-    kind: str  # "ppl" (a) | "tpot" (b) | "finding" (c)
-    name: str  # what was checked, e.g. "(a) PPL vs baseline"
-    verdict: str  # one of VERDICTS
-    message: str
-    details: dict = field(default_factory=dict)
-
-    @property
-    def failed(self) -> bool:
-        return self.verdict in FAILING
-
-    @property
-    def unchecked(self) -> bool:
-        return self.verdict in (NOT_CHECKED, RECORDED)
-
-    def to_dict(self) -> dict:
-        return asdict(self)  # `failed` is derived from `verdict`: readers use records.FAILING
-
-
-def worst(verdicts: list[str]) -> str:
-    """The worst of several verdicts (VERDICTS order); '-' for none."""
-    known = [v for v in verdicts if v in VERDICTS]
-    return min(known, key=VERDICTS.index) if known else "-"
-
-
-# -- the schema ----------------------------------------------------------------------------------
-class CheckModel(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    kind: Literal["ppl", "tpot", "finding"]
-    name: str
-    verdict: Literal["pass", "fail", "inconclusive", "not checked", "recorded", "n/a", "error"]
-    message: str
-    details: dict[str, Any] = Field(default_factory=dict)
+# The verdict words and the check record are verdicts.py's; the run record only carries them.
+from .verdicts import FAILING, MISSING, VERDICTS, Check, worst  # noqa: E402,F401  (re-exported for readers of runs)
 
 
 class CaseModel(BaseModel):
@@ -105,7 +52,7 @@ class CaseModel(BaseModel):
     reference_timing: dict[str, Any] | None = None
     ratio: dict[str, Any] | None = None
     work: dict[str, Any] | None = None
-    checks: list[CheckModel] = Field(default_factory=list)
+    checks: list[Check] = Field(default_factory=list)
     missing: bool = False  # collected but no result came back: the run is incomplete, not passed
 
 

@@ -32,8 +32,8 @@ from typing import Any
 import numpy as np
 
 from .. import spikes as spike_metrics
-from .records import (  # the run record's schema and verdict words: one definition, in records.py
-    DEFAULT_REPORT_DIR,
+from .records import DEFAULT_REPORT_DIR, RUN_PASS, RunRecordError, run_status, validate_run
+from .verdicts import (
     FAILING,
     HISTORY_CHECK,
     INCONCLUSIVE,
@@ -43,11 +43,7 @@ from .records import (  # the run record's schema and verdict words: one definit
     PASS,
     RATIO_CHECK,
     RECORDED,
-    RUN_PASS,
     WORK_CHECK,
-    RunRecordError,
-    run_status,
-    validate_run,
 )
 
 NEEDS_ATTENTION = frozenset({INCONCLUSIVE, NOT_CHECKED, RECORDED})

@@ -24,7 +24,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 from scipy import stats as _sps
 
-from .records import FAIL, INCONCLUSIVE, PASS  # noqa: F401  (the verdict words live in records)
+from .verdicts import FAIL, INCONCLUSIVE, PASS
 
 # Bootstrap resamples are drawn in chunks of at most this many elements, so a long per-step
 # sample (thousands of steps) cannot blow up memory while short samples stay one numpy call.

@@ -1,0 +1,225 @@
+"""The suite's verdicts: the words, the one check record, and every band and confidence level.
+
+The words a check can end in, `Check` (a pydantic model, also the run file's), every tolerance,
+band and confidence level, and the pure rules built on them (worst, armed, the A/A band). The
+judges that compare a measurement with what is stored are in `judges.py`; they return a `Check`,
+and nothing downstream changes its verdict: the table and the report only read it. (Two modules,
+because the stores the judges read — history, counters, stats — use these words too.)
+
+(a) PPL against the stored baseline: |Δ ln PPL| within the device-class pair's tolerance.
+(b) The decode step's cost: its work counts (exact, keyed by software), its TPOT relative to a
+    reference arm timed step for step in the same process (keyed by device class), and its
+    absolute TPOT against this machine's run history (or, for a row captured in a CUDA graph, the
+    device time stored for its GPU model).
+(c) Findings: a relation to a reference strategy measured in the same run (bench/findings.py).
+
+A check with no stored baseline is NOT_CHECKED, never a pass; a row is *armed* only when its
+work counts and a TPOT check are live (`armed`).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field
+
+# -- the words -------------------------------------------------------------------------------------
+PASS = "pass"
+FAIL = "fail"
+INCONCLUSIVE = "inconclusive"  # reported, does not fail
+NOT_CHECKED = "not checked"  # no baseline to compare against: never a silent pass
+RECORDED = "recorded"  # --update-baselines wrote it
+NOT_APPLICABLE = "n/a"
+ERROR = "error"  # a baseline file is corrupt or mismatched: fails the test
+MISSING = "missing"  # a case's verdicts when no result came back (a crashed xdist worker)
+VERDICTS = (ERROR, FAIL, INCONCLUSIVE, NOT_CHECKED, RECORDED, PASS, NOT_APPLICABLE)  # worst first
+FAILING = frozenset({FAIL, ERROR})
+LIVE = frozenset({PASS, FAIL, INCONCLUSIVE, ERROR})  # compared against something stored
+CHECK_KINDS = ("ppl", "tpot", "finding")
+
+# The run history's own record of each case (stored in its files): a run moved beyond the band
+# (regression / improvement), stayed inside it (pass), or had nothing to compare with; UNCONFIRMED
+# is the nightly rule's word for a first flag that the previous run did not share.
+REGRESSION = "regression"
+IMPROVEMENT = "improvement"
+UNCONFIRMED = "unconfirmed"
+HISTORY_RAW = (REGRESSION, IMPROVEMENT, PASS, NOT_CHECKED)
+
+# The (b) checks' names: the table and the report show them side by side.
+WORK_CHECK = "(b) work per step vs baseline"
+RATIO_CHECK = "(b) TPOT / reference, same run"
+HISTORY_CHECK = "(b) TPOT vs run history"
+DEVICE_TIME_CHECK = "(b) device time vs baseline"
+PPL_CHECK = "(a) PPL vs baseline"
+AGREEMENT_CHECK = "(a) timed decode agrees with the evaluator"
+
+# -- every tolerance, band and confidence level ----------------------------------------------------
+# PPL is deterministic on one device class (only float noise); across classes kernels differ.
+PPL_TOLERANCE_SAME_DEVICE_CLASS = 0.002  # |Δ ln PPL|
+PPL_TOLERANCE_CROSS_DEVICE_CLASS = 0.01
+# NLL of the timed decode vs the evaluator at the same positions: fp32 CPU agrees to ~1e-4 nats;
+# half precision and GPU kernels (TF32, fused attention) differ more between chunked and 1-token.
+SLICE_TOLERANCE_FP32_CPU = 2e-3
+SLICE_TOLERANCE_OTHER = 5e-2
+# TPOT bands come from the A/A spread: the per-process values recorded for a row (same-run ratios,
+# graph device times, history medians) have a standard deviation s (in log space); the band is
+# max(BAND_FLOOR, BAND_SDS * s). Four SDs keep a machine behaving as recorded inside the band in
+# all but ~1 of 10^4 checks; the floor keeps a lucky near-identical recording from making a band
+# narrower than the per-process CI can resolve.
+BAND_FLOOR = 0.03
+BAND_SDS = 4.0
+MIN_AA_RUNS = 3  # fewer recorded processes: no spread to learn from
+FALLBACK_BAND = 0.10  # the band of a row whose A/A spread is not recorded yet (named in the table)
+RATIO_CONFIDENCE = 0.95  # the per-process ratio's t-interval (streamllm.harness.ratio)
+HISTORY_ALPHA = 0.002  # a history regression also needs Mann-Whitney p below this
+FINDING_CONFIDENCE = 0.95  # bootstrap CIs of findings
+HISTORY_RUNS_NEEDED = 3  # accepted runs before the history check is live
+# A suite run makes ~14 TPOT checks: at 95 % per row a machine behaving exactly as recorded would
+# still fail one row in about half of all runs; at 99 % in about one run in eight.
+RUN_BAND_CONFIDENCE = 0.99
+# A ratio is recorded only once its CI half-width is within this fraction of the band (else it is
+# re-timed once with more rounds): half the band leaves the other half for the checks' own noise.
+RECORDING_HALF_WIDTH = 0.5
+# Minor page faults per step the case arm takes beyond its reference, above which a slower ratio
+# is put down to the allocator (INCONCLUSIVE): 256 faults = 1 MiB of fresh pages a step. Decode
+# touches no new memory at steady state; a heap fragmented by INT8's per-call dequantized weights
+# grows under the case arm (docs/semantics.md). Added work is the work counts' to catch.
+ALLOCATOR_CHURN_FAULTS = 256
+
+
+class BaselineNotChecked(UserWarning):
+    """A check had no stored baseline to compare against: reported, never a silent pass."""
+
+
+class VerdictInconclusive(UserWarning):
+    """A timing check stayed inconclusive after its rerun; reported, not failed."""
+
+
+# -- the record ------------------------------------------------------------------------------------
+class Check(BaseModel):
+    """One assertion of one case: what was checked, the verdict, and the numbers behind it."""
+
+    model_config = ConfigDict(extra="forbid")
+    kind: Literal["ppl", "tpot", "finding"]
+    name: str
+    verdict: Literal["pass", "fail", "inconclusive", "not checked", "recorded", "n/a", "error"]
+    message: str
+    details: dict[str, Any] = Field(default_factory=dict)
+
+    def __init__(self, kind: str, name: str, verdict: str, message: str, details: dict | None = None, **kw: Any):
+        super().__init__(kind=kind, name=name, verdict=verdict, message=message, details=details or {}, **kw)
+
+    @property
+    def failed(self) -> bool:
+        return self.verdict in FAILING
+
+    @property
+    def unchecked(self) -> bool:
+        return self.verdict in (NOT_CHECKED, RECORDED)
+
+    @property
+    def live(self) -> bool:
+        return self.verdict in LIVE
+
+    def to_dict(self) -> dict:
+        return self.model_dump()
+
+
+def worst(verdicts: Sequence[str]) -> str:
+    """The worst of several verdicts (VERDICTS order); '-' for none."""
+    known = [v for v in verdicts if v in VERDICTS]
+    return min(known, key=VERDICTS.index) if known else "-"
+
+
+def summarize(checks: Sequence[Check], kind: str) -> str:
+    """One cell of the verdict table for checks of `kind`: worst verdict wins."""
+    mine = [c for c in checks if c.kind == kind]
+    if not mine:
+        return "-"
+    if kind == "finding":
+        counted = [c for c in mine if c.verdict != NOT_APPLICABLE]
+        if not counted:
+            return NOT_APPLICABLE
+        passed = sum(c.verdict == PASS for c in counted)
+        return f"{worst([c.verdict for c in mine])} {passed}/{len(counted)}"
+    return worst([c.verdict for c in mine])
+
+
+def armed(checks: Sequence[Check]) -> tuple[bool, str]:
+    """Whether a row's (b) is armed: its work counts and at least one TPOT check (same-run ratio,
+    graph device time or run history) compared against something stored. With the reason."""
+    by_name = {c.name: c for c in checks if c.kind == "tpot"}
+    work = by_name.get(WORK_CHECK)
+    timing = [by_name[n] for n in (RATIO_CHECK, DEVICE_TIME_CHECK, HISTORY_CHECK) if n in by_name]
+    missing = []
+    if work is None or not work.live:
+        missing.append("work counts " + (work.verdict if work else "absent"))
+    if not any(c.live for c in timing):
+        missing.append("no live TPOT check (" + ", ".join(f"{c.name.removeprefix('(b) ')}: {sub_word(c)}"
+                                                          for c in timing) + ")")
+    return (not missing, "; ".join(missing) or "armed")
+
+
+def sub_word(check: Check | None) -> str:
+    """A sub-check's cell: its verdict, and for a history still building how far it is ("history 1/3")."""
+    if check is None:
+        return "-"
+    if check.name == HISTORY_CHECK and check.verdict == NOT_CHECKED and "runs" in check.details:
+        return f"history {check.details['runs']}/{HISTORY_RUNS_NEEDED}"
+    return check.verdict
+
+
+def ppl_tolerance(stored_device_class: str, device_class: str) -> float:
+    """Tolerance on |Δ ln PPL| for a PPL measured on `device_class` vs one stored from another."""
+    same = stored_device_class == device_class
+    return PPL_TOLERANCE_SAME_DEVICE_CLASS if same else PPL_TOLERANCE_CROSS_DEVICE_CLASS
+
+
+def slice_tolerance(dtype: str, device_type: str) -> float:
+    return SLICE_TOLERANCE_FP32_CPU if dtype in ("float32", "fp32") and device_type == "cpu" else SLICE_TOLERANCE_OTHER
+
+
+@dataclass(frozen=True)
+class Band:
+    """A TPOT band and where it came from (the table names rows whose band is not from A/A)."""
+
+    width: float
+    runs: int  # recorded processes it was derived from
+    sd: float | None  # their SD in log space (None: fewer than MIN_AA_RUNS)
+
+    @property
+    def source(self) -> str:
+        if self.sd is None:
+            return f"±{self.width:.0%} fallback: {self.runs} recorded process(es), A/A needs {MIN_AA_RUNS}"
+        return f"±{self.width:.1%} from the A/A spread of {self.runs} processes (SD {self.sd:.2%})"
+
+
+def aa_band(values: Sequence[float], fallback: float = FALLBACK_BAND) -> Band:
+    """max(BAND_FLOOR, BAND_SDS x SD) of the log of per-process values; `fallback` below MIN_AA_RUNS."""
+    xs = np.asarray([float(v) for v in values if v and v > 0 and math.isfinite(v)], dtype=float)
+    if xs.size < MIN_AA_RUNS:
+        return Band(fallback, int(xs.size), None)
+    sd = float(np.std(np.log(xs), ddof=1))
+    return Band(max(BAND_FLOOR, math.expm1(BAND_SDS * sd)), int(xs.size), sd)
+
+
+def ratio_key(fingerprint: dict, threads: int) -> str:
+    """What a stored TPOT ratio is comparable across: the device class (CPU, or the GPU model) and,
+    on CPU, the thread count; not the CPU model or the machine."""
+    device_class = str(fingerprint.get("device_class", "unknown"))
+    return f"{device_class}-t{threads}" if device_class == "cpu" else device_class
+
+
+def allocator_churn(faults: tuple[float | None, float | None] | None) -> str | None:
+    """Why a slower ratio is the allocator's (case arm faulting far more than its reference), or None."""
+    if not faults or faults[0] is None or faults[1] is None:
+        return None
+    case, reference = faults
+    if case - reference <= ALLOCATOR_CHURN_FAULTS:
+        return None
+    return (f"the case arm took {case:.0f} minor page faults per step, its reference {reference:.0f}: its heap grew "
+            "under it (allocator state, not the step's code, which the work counts judge); re-run in a fresh process")
