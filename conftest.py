@@ -215,6 +215,9 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
         suite.write_baselines()
     suite.write_history()
     suite.write_run()
+    unarmed = suite.nightly_unarmed()
+    if unarmed:
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:
@@ -230,6 +233,7 @@ def pytest_terminal_summary(terminalreporter, config: pytest.Config) -> None:
     import time
 
     from bench.table import format_table
+    from streamllm.harness.verdicts import armed_summary
 
     tr = terminalreporter
     o = suite.options
@@ -241,8 +245,14 @@ def pytest_terminal_summary(terminalreporter, config: pytest.Config) -> None:
                   f"wall {time.time() - suite.started:.0f} s")
     if o.no_timing:
         tr.write_line(f"TIMING NOT RUN: {o.no_timing}")
-    for line in format_table([r.row() for r in suite.results]):
+    rows = [r.row() for r in suite.results]
+    tr.write_line(armed_summary(rows))
+    for line in format_table(rows):
         tr.write_line(line)
+    tr.write_line(suite.time_line())
+    unarmed = suite.nightly_unarmed()
+    if unarmed:
+        tr.write_line(unarmed, red=True, bold=True)
     from bench.xdist import check_notes
 
     # the same notes the merged xdist table prints (bench/xdist.py)

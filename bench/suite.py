@@ -10,6 +10,7 @@ records to write under --update-baselines. Nothing is module-global.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import os
 import sys
@@ -51,10 +52,15 @@ from streamllm.harness.verdicts import (
     NOT_APPLICABLE,
     NOT_CHECKED,
     PASS,
+    RATIO_CHECK,
     REGRESSION,
+    WORK_CHECK,
     Check,
+    armed,
+    armed_summary,
     ratio_key,
     slice_tolerance,
+    sub_checks,
     summarize,
 )
 from streamllm.measure import (
@@ -72,6 +78,7 @@ from streamllm.results import EvalResult, write_json_atomic
 
 from .catalog import DEFAULT_SINK, DEFAULT_TOKENS, DEFAULT_WINDOW, BenchCase, build_catalog, compile_mode
 from .findings import check_finding, findings_for
+from .phases import PhaseClock
 
 NOISE_NOTE = ("CPU timings from a shared 2-core VM: other processes compete for the cores (steal time), "
               "so TPOT samples are noisy; compare only within one fingerprint")
@@ -175,6 +182,10 @@ class CaseResult:
             "tpot_over_floor": self.timing.mean_ms / self.floor_ms if self.floor_ms and self.timing else None,
             "bound": self.bound,
             "verdicts": self.verdicts if not self.skipped else {"a": "skip", "b": "skip", "c": "skip"},
+            # (b) per sub-check, and whether the row is armed (work counts and a TPOT check live)
+            "sub": sub_checks(self.checks) if not self.skipped else None,
+            "armed": armed(self.checks)[0] if self.timing is not None else None,
+            "armed_why": armed(self.checks)[1] if self.timing is not None else None,
             "skipped": self.skipped,
         }
 
@@ -207,6 +218,17 @@ class CaseResult:
         return _finite(out)
 
 
+def _in_phase(name: str):
+    """Book a Suite method's time to a phase of the PhaseClock."""
+    def wrap(method):
+        @functools.wraps(method)
+        def timed(self, *args, **kwargs):
+            with self.phases.phase(name):
+                return method(self, *args, **kwargs)
+        return timed
+    return wrap
+
+
 # History entry of a case's reference arm: "<dataset>/<case>:reference".
 REFERENCE_SUFFIX = ":reference"
 
@@ -224,6 +246,7 @@ class Suite:
         self.catalog = build_catalog(options.sink, options.window, context_positions=positions)
         self.store = BaselineStore(self._under_root(options.baselines_dir))
         self.started = time.time()
+        self.phases = PhaseClock()  # where the process's time goes (printed under the table)
         self.results: list[CaseResult] = []
         self.records: list[BaselineRecord] = []
         self.written: list[Path] = []  # baseline files written by the update
@@ -273,6 +296,7 @@ class Suite:
     def case(self, case_id: str) -> BenchCase:
         return next(c for c in self.catalog if c.id == case_id)
 
+    @_in_phase("load")
     def model(self, transform: str | None = None):
         """The loaded model, one instance per weight transform (INT8 quantizes in place)."""
         return self.weights.get(transform)
@@ -291,6 +315,7 @@ class Suite:
         return self._texts[dataset]
 
     # -- measurements --------------------------------------------------------------------------
+    @_in_phase("PPL")
     def evaluate(self, case: BenchCase, dataset: str) -> EvalResult:
         """Per-token NLL and PPL of a case: the parallel evaluator where it is exact, else the token loop.
 
@@ -376,6 +401,7 @@ class Suite:
             return slice_.cursor
         return case.spec.sink + case.spec.effective_window
 
+    @_in_phase("timing")
     def _time(self, case: BenchCase, dataset: str, slice_: DecodeSlice, steps: int, cycle: int, rounds: int,
               benchmark) -> TimingRun:
         """The case's rounds interleaved step for step with its reference arm (measure.time_interleaved)."""
@@ -390,6 +416,7 @@ class Suite:
                                     warmup_rounds=self.options.warmup_rounds, benchmark=benchmark)
         self._references[key] = ref
         return run
+    @_in_phase("token loop (PPL + timing)")
     def _loop(self, case: BenchCase, dataset: str, benchmark=None) -> EvalResult:
         """Token-loop evaluation whose steady-state steps are also the timing rounds.
 
@@ -449,6 +476,7 @@ class Suite:
         self._references[key].rerun_samples.extend(ref.samples)
         return more.samples, ref.samples
 
+    @_in_phase("counting")
     def count(self, case: BenchCase, dataset: str) -> tuple[WorkCounts | None, WorkCounts | None]:
         """(b) work counters: one steady-state round of separate, untimed steps of the case's own
         decoder, after its timing (feeding the text on; counts do not depend on which tokens),
@@ -672,6 +700,7 @@ class Suite:
         return append_history(self.history_root, self.fingerprint, self.history_results, self.history_verdicts,
                               rootdir=self.rootdir)
 
+    @_in_phase("findings timing")
     def paired_ratio(self, case: BenchCase, other: BenchCase, dataset: str) -> RatioCI:
         """TPOT(case) / TPOT(other), the two timed step for step in fresh slices (measure.time_interleaved):
         a TPOT finding compares two strategies, and timings taken minutes apart on a shared machine
@@ -765,12 +794,31 @@ class Suite:
             "verdicts": out.verdicts,
         })
 
+    def nightly_unarmed(self) -> str | None:
+        """Under --nightly: the line that fails the run when a row is not armed on a device class that
+        has baselines (some row's work counts or ratio were live), else None."""
+        if not self.options.nightly or self.options.update_baselines or self.options.no_timing:
+            return None
+        rows = [r.row() for r in self.results]
+        unarmed = [r for r in rows if r.get("armed") is False]
+        has_baselines = any(c.live and c.name in (WORK_CHECK, RATIO_CHECK) for r in self.results for c in r.checks)
+        if not unarmed or not has_baselines:
+            return None
+        return (f"streamllm: --nightly: {armed_summary(rows)}; a nightly run checks every row: record the missing "
+                f"baselines on this device class with `nox -s arm -- <this run's options>` (bench/README.md)")
+
+    def time_line(self) -> str:
+        """Where this process's wall time went; the warm-up steps (compile, graph capture) inside timing."""
+        warm = sum((r.timing.warmup_ms / 1e3 + r.timing.fill_s) for r in self.results if r.timing is not None)
+        return self.phases.line(time.time() - self.started, {"of which fill + warm-up/compile": warm})
+
     def run_json(self) -> dict:
         loaded = self.weights.loaded()
         return _finite({
             "schema": RUN_SCHEMA,
             "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             "runtime_s": time.time() - self.started,
+            "phases_s": dict(self.phases.seconds),
             "copy_bandwidth_GBps": self._bandwidth,
             "command": " ".join([_program(), *sys.argv[1:]]),
             "options": dataclasses.asdict(self.options),

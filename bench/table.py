@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 
 COLUMNS = ("dataset", "strategy", "PPL", "ΔPPL %", "TPOT ms mean", "TPOT ms median", "speedup", "TPOT/floor",
-           "a: PPL", "b: TPOT", "c: findings")
+           "a: PPL", "b: work", "b: ratio", "b: abs", "armed", "c: findings")
 
 
 def _num(value, spec: str) -> str:
@@ -19,10 +19,13 @@ def table_rows(rows: list[dict]) -> list[list[str]]:
     out = []
     for r in rows:
         v = r["verdicts"]
+        sub = r.get("sub") or {"work": v["b"], "ratio": v["b"], "absolute": v["b"]}  # runs before the split
+        arm = r.get("armed")
         out.append([
             r["dataset"], r["label"], _num(r["ppl"], ".4f"), _num(r["ppl_delta_vs_dense_pct"], "+.2f"),
             _num(r["tpot_ms_mean"], ".2f"), _num(r["tpot_ms_median"], ".2f"), _num(r["speedup"], ".2f"),
-            _num(r.get("tpot_over_floor"), ".1f"), v["a"], v["b"], v["c"],
+            _num(r.get("tpot_over_floor"), ".1f"), v["a"], sub["work"], sub["ratio"], sub["absolute"],
+            "-" if arm is None else "yes" if arm else "NO", v["c"],
         ])
     return out
 

@@ -45,7 +45,7 @@ from typing import Any
 
 import pytest
 
-from streamllm.harness.verdicts import MISSING
+from streamllm.harness.verdicts import ERROR, FAIL, INCONCLUSIVE, MISSING, NOT_CHECKED, RECORDED
 
 PART_SCHEMA = "streamllm.bench-part/1"
 WORKERINPUT_KEY = "streamllm_xdist"  # our entry in xdist's workerinput dict
@@ -471,7 +471,7 @@ def check_notes(results: Sequence[Mapping[str, Any]]) -> list[str]:
             reason = (c.get("details") or {}).get("not_measured")
             if reason:
                 not_measured[reason] = not_measured.get(reason, 0) + 1
-            elif c["verdict"] in ("fail", "error", "not checked", "recorded", "inconclusive"):
+            elif c["verdict"] in (FAIL, ERROR, NOT_CHECKED, RECORDED, INCONCLUSIVE):
                 lines.append(f"{c['verdict'].upper()}: {c['name']}: {c['message']}")
     lines += [f"NOT CHECKED: TPOT and timing findings of {n} check(s) not measured: {why}"
               for why, n in not_measured.items()]

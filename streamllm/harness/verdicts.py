@@ -78,9 +78,6 @@ RATIO_CONFIDENCE = 0.95  # the per-process ratio's t-interval (streamllm.harness
 HISTORY_ALPHA = 0.002  # a history regression also needs Mann-Whitney p below this
 FINDING_CONFIDENCE = 0.95  # bootstrap CIs of findings
 HISTORY_RUNS_NEEDED = 3  # accepted runs before the history check is live
-# A suite run makes ~14 TPOT checks: at 95 % per row a machine behaving exactly as recorded would
-# still fail one row in about half of all runs; at 99 % in about one run in eight.
-RUN_BAND_CONFIDENCE = 0.99
 # A ratio is recorded only once its CI half-width is within this fraction of the band (else it is
 # re-timed once with more rounds): half the band leaves the other half for the checks' own noise.
 RECORDING_HALF_WIDTH = 0.5
@@ -162,6 +159,25 @@ def armed(checks: Sequence[Check]) -> tuple[bool, str]:
         missing.append("no live TPOT check (" + ", ".join(f"{c.name.removeprefix('(b) ')}: {sub_word(c)}"
                                                           for c in timing) + ")")
     return (not missing, "; ".join(missing) or "armed")
+
+
+def sub_checks(checks: Sequence[Check]) -> dict[str, str]:
+    """The (b) cell split into its sub-checks: work counts, same-run ratio, and the absolute check
+    (graph device time where the row has one, else the run history)."""
+    by_name = {c.name: c for c in checks if c.kind == "tpot"}
+    absolute = by_name.get(DEVICE_TIME_CHECK) or by_name.get(HISTORY_CHECK)
+    return {"work": sub_word(by_name.get(WORK_CHECK)), "ratio": sub_word(by_name.get(RATIO_CHECK)),
+            "absolute": sub_word(absolute)}
+
+
+def armed_summary(rows: Sequence[dict]) -> str:
+    """The run header's word on arming: "armed 13/13 rows", or the count and the rows that are not."""
+    timed = [r for r in rows if not r.get("skipped") and r.get("armed") is not None]
+    unarmed = [r for r in timed if not r["armed"]]
+    head = f"armed {len(timed) - len(unarmed)}/{len(timed)} rows"
+    if not unarmed:
+        return head
+    return head + "; NOT ARMED: " + "; ".join(f"{r['dataset']}/{r['label']} ({r.get('armed_why')})" for r in unarmed)
 
 
 def sub_word(check: Check | None) -> str:
