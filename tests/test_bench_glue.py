@@ -205,7 +205,10 @@ def test_ratio_helper_pass_fail_and_one_rerun_when_inconclusive(tmp_path):
     assert check.details["attempts"][0]["verdict"] == INCONCLUSIVE
 
 
-def test_ratio_band_widens_with_the_stored_run_to_run_spread(tmp_path):
+def test_ratio_band_is_the_stored_runs_aa_spread(tmp_path):
+    """Band = max(3 %, 4 SD) of the stored per-process ratios; one stored run: the named fallback.
+    A quiet A/A spread makes a tight band: a 6 % slower step fails it, inside a fallback ±10 % it
+    would pass."""
     import numpy as np
 
     rng = np.random.default_rng(1)
@@ -216,10 +219,17 @@ def test_ratio_band_widens_with_the_stored_run_to_run_spread(tmp_path):
                                    what="x").verdict == FAIL
     store, key = _ratio_store(tmp_path / "spread", [0.8, 1.0, 1.25])  # runs whose ratio moved
     check = check_ratio_vs_baseline(case, ref, lookup(store, key), key="cpu-t1", updating=False, what="x")
-    assert check.verdict == PASS and "widened" in check.message and check.details["band"] > 0.5
+    assert check.verdict == PASS and "A/A spread of 3 processes" in check.message and check.details["band"] > 0.5
     far = [x * 3 for x in case]
     assert check_ratio_vs_baseline(far, ref, lookup(store, key), key="cpu-t1", updating=False,
                                    what="x").verdict == FAIL
+    six = [r * 1.06 * (1 + rng.normal(0, 0.002)) for r in ref]
+    store, key = _ratio_store(tmp_path / "quiet", [1.0, 1.004, 0.997, 1.002])
+    tight = check_ratio_vs_baseline(six, ref, lookup(store, key), key="cpu-t1", updating=False, what="x")
+    assert tight.verdict == FAIL and tight.details["band"] == 0.03, tight.message
+    store, key = _ratio_store(tmp_path / "one", [1.0])
+    loose = check_ratio_vs_baseline(six, ref, lookup(store, key), key="cpu-t1", updating=False, what="x")
+    assert loose.verdict == PASS and "fallback" in loose.message
 
 
 def test_a_slower_ratio_whose_case_arm_faults_is_the_allocators_not_a_regression(tmp_path):

@@ -89,6 +89,12 @@ def test_check_ratio_verdicts():
     assert check_ratio(ci(1.15, 0.98, 1.35), 1.0, BAND).verdict == "inconclusive"
     # Straddles the band's edge.
     assert check_ratio(ci(1.05, 1.01, 1.12), 1.0, BAND).verdict == "inconclusive"
+    # Beyond the edge, CI excluding the stored ratio: fails when the CI is narrower than the band...
+    assert check_ratio(ci(1.13, 1.05, 1.21), 1.0, BAND).verdict == "fail"
+    # ... but a CI wider than the band (a loaded machine) cannot resolve it: only a whole interval
+    # beyond the edge fails.
+    assert check_ratio(ci(1.06, 1.01, 1.11), 1.0, 0.03).verdict == "inconclusive"
+    assert check_ratio(ci(1.10, 1.04, 1.16), 1.0, 0.03).verdict == "fail"
     assert check_ratio(ci(1.0, 0.99, 1.01, n=2), 1.0, BAND).verdict == "inconclusive"
     # Log-symmetric band: [1/1.1, 1.1].
     assert check_ratio(ci(0.92, 0.91, 0.93), 1.0, BAND).verdict == "pass"

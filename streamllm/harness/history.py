@@ -17,7 +17,7 @@ ratio beyond the band (ratio > 1 + band); an improvement is the mirror image in 
 The small alpha keeps the false-alarm rate low over many cases and nights (pooled samples of
 separate processes differ by more than their within-run noise, which the band absorbs). With
 too few accepted runs, or samples too few for Mann-Whitney to ever reach alpha, the case is
-"not checked" with the reason, never a pass.
+NOT_CHECKED with the reason, never a pass.
 
 Nightly mode (PyTorch HUD's rule): a case is flagged only when the previous run of that case
 got the same raw verdict, i.e. two consecutive points; a single outlier run is reported as
@@ -42,7 +42,7 @@ from pathlib import Path
 from typing import Any
 
 from ..results import locked_directory, write_text_atomic
-from .stats import mann_whitney, run_spread_tolerance
+from .stats import mann_whitney
 from .verdicts import HISTORY_ALPHA, HISTORY_RAW, IMPROVEMENT, NOT_CHECKED, PASS, REGRESSION, UNCONFIRMED
 
 SCHEMA = "streamllm.history/1"
@@ -175,10 +175,6 @@ class Baseline:
     def ok(self) -> bool:
         return self.reason is None
 
-    def band(self, floor: float, confidence: float = 0.99) -> float:
-        """`floor`, widened to the prediction interval of the per-run medians where the runs
-        moved more than that between processes (stats.run_spread_tolerance)."""
-        return run_spread_tolerance(self.run_medians, floor, confidence)
 
 
 @dataclass(frozen=True)

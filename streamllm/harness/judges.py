@@ -15,7 +15,7 @@ from .baselines import BaselineError, BaselineRecord, BaselineStore
 from .counters import CounterError, CounterKey, CountVerdict, WorkCounts, compare_across_software, compare_counts
 from .history import HistoryError, Judgement, RunHistory
 from .ratio import check_ratio, ratio_ci
-from .stats import compare_ppl, run_spread_tolerance
+from .stats import compare_ppl
 from .verdicts import (
     ERROR,
     FAIL,
@@ -30,10 +30,10 @@ from .verdicts import (
     RECORDED,
     RECORDING_HALF_WIDTH,
     REGRESSION,
-    RUN_BAND_CONFIDENCE,
     UNCONFIRMED,
     WORK_CHECK,
     Check,
+    aa_band,
     allocator_churn,
     ppl_tolerance,
 )
@@ -126,7 +126,7 @@ def check_work(measured: WorkCounts | None, found: Lookup, *, updating: bool, wh
             f"no stored work counts for counter key {measured.key.id} (stored: {', '.join(others)}; "
             + "; ".join(_key_differences(measured, stored_all)) + ")")
         verdict = RECORDED if updating else NOT_CHECKED
-        return Check("tpot", name, verdict, f"{what}: {why}: {'recorded' if updating else 'not checked'} "
+        return Check("tpot", name, verdict, f"{what}: {why}: {RECORDED if updating else NOT_CHECKED} "
                      f"({measured.summary()}; file {file})", details)
     try:
         stored = WorkCounts.from_json(stored_json, source=f"{file} work_counts[{measured.key.id}]")
@@ -224,14 +224,15 @@ def check_ratio_vs_baseline(
         why = "no stored ratio" if not stored_all else f"no stored ratio for {key} (stored: {', '.join(sorted(stored_all))})"
         verdict = RECORDED if updating else NOT_CHECKED
         return Check("tpot", name, verdict, f"{what}: ratio {ci.ratio:.3f} [{ci.low:.3f}, {ci.high:.3f}]; {why}: "
-                     f"{'recorded' if updating else 'not checked'} (file {file})", details)
+                     f"{RECORDED if updating else NOT_CHECKED} (file {file})", details)
     stored = float(np.exp(np.mean(np.log(runs))))
-    band = run_spread_tolerance([float(r) for r in runs], tolerance, confidence=RUN_BAND_CONFIDENCE)
-    # The stored ratio is itself an estimate: where its recording run's CI was wider than the band
-    # (a noisy recording, e.g. eager dense on a GPU), the band takes that uncertainty on too.
+    spread = aa_band([float(r) for r in runs], fallback=tolerance)
+    band = spread.width
+    # Without an A/A spread the stored ratio is one estimate: where its recording run's CI was wider
+    # than the band (a noisy recording, e.g. eager dense on a GPU), the band takes that on too.
     cis = ((found.record.extra.get("tpot_ratio_ci") or {}).get(key) or []) if found.record is not None else []
     recorded = [_half_width(lo, hi) for lo, hi in cis if lo > 0]
-    if recorded:
+    if recorded and spread.sd is None:
         band = max(band, (1.0 + tolerance) * (1.0 + min(recorded)) - 1.0)
     verdict = check_ratio(ci, stored, band, label=f"{what}: TPOT / reference")
     attempts = [verdict.as_dict()]
@@ -242,9 +243,9 @@ def check_ratio_vs_baseline(
             verdict = check_ratio(ci, stored, band, label=f"{what}: TPOT / reference")
             attempts.append(verdict.as_dict())
     details.update({"ratio": ci.as_dict(), "stored_ratio": stored, "stored_runs": runs, "band": band,
+                    "band_source": spread.source, "band_runs": spread.runs, "band_sd": spread.sd,
                     "attempts": attempts, "page_faults_per_step": list(faults) if faults else None})
-    message = verdict.message + (f" (band ±{band:.0%}, widened by the spread of {len(runs)} stored runs)"
-                                 if band > tolerance else "") + (" (after one rerun)" if len(attempts) > 1 else "")
+    message = verdict.message + f" (band {spread.source})" + (" (after one rerun)" if len(attempts) > 1 else "")
     churn = allocator_churn(faults)
     final = verdict.verdict
     if churn and final == FAIL and verdict.ratio > stored and not updating:
@@ -284,13 +285,14 @@ def check_history(history: RunHistory, case: str, samples: list[float] | None, *
         base = history.baseline(case, k)
     except HistoryError as exc:
         return Check("tpot", name, ERROR, f"{what}: {exc}")
-    band = base.band(floor, RUN_BAND_CONFIDENCE) if base.ok else floor
+    spread = aa_band(base.run_medians if base.ok else [], fallback=floor)
+    band = spread.width
     judgement = history.check(case, samples, band=band, k=k, nightly=nightly)
     verdict = {REGRESSION: FAIL, IMPROVEMENT: FAIL, PASS: PASS, UNCONFIRMED: INCONCLUSIVE}.get(
         judgement.verdict, NOT_CHECKED)
     record = {case: judgement.raw}
     details = {**judgement.as_dict(), "raw": judgement.raw, "clock": clock, "history": _relative(history.directory),
-               "runs": len(base.runs)}
+               "runs": len(base.runs), "band_source": spread.source}
     message = f"{what} ({clock}): {judgement.message}"
     reference: Judgement | None = None
     if inputs.reference_case and inputs.reference_samples:

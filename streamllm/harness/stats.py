@@ -156,23 +156,6 @@ def _pct(x: float) -> str:
     return f"{100.0 * x:.3g}%"
 
 
-def run_spread_tolerance(run_summaries: Sequence[float], floor: float, confidence: float = 0.95) -> float:
-    """The TPOT band a new run can be held to, given the baseline's per-run summaries.
-
-    Samples within one run are not the whole story: on some machines the level itself moves from
-    one process to the next (GPU decode that is host-bound, a shared CPU), so a band set by
-    within-run noise fails the next run for nothing. With n >= 3 recorded runs, a new run's
-    summary lies within mean ± t(n-1) · sd · sqrt(1 + 1/n) (a prediction interval) with
-    probability `confidence`; the band is that half-width relative to the mean, never below
-    `floor`. With fewer runs there is no spread to learn from and the floor applies.
-    """
-    xs = np.asarray([float(x) for x in run_summaries], dtype=float)
-    if xs.size < 3 or not np.all(np.isfinite(xs)) or xs.mean() <= 0:
-        return floor
-    half = _sps.t.ppf(0.5 + confidence / 2, xs.size - 1) * xs.std(ddof=1) * math.sqrt(1 + 1 / xs.size)
-    return max(floor, float(half / xs.mean()))
-
-
 def compare_timing(
     candidate: Sequence[float],
     baseline: Sequence[float],
