@@ -20,7 +20,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-CASE_FOR = {("strict", "dynamic"): "strict", ("lazy", "dynamic"): "lazy-c16", ("strict", "static"): "static",
+CASE_FOR = {("dense", "dynamic"): "dense", ("strict", "dynamic"): "strict", ("lazy", "dynamic"): "lazy-c16", ("strict", "static"): "static",
             ("strict", "ring"): "ring", ("refresh", "dynamic"): "refresh", ("no-shift", "dynamic"): "no-shift",
             ("window", "dynamic"): "window"}
 
@@ -42,7 +42,8 @@ def main(argv: list[str] | None = None) -> int:
     own = argv[: argv.index("--")] if "--" in argv else argv
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("kind", choices=("extra-op", "slowdown", "none"))
-    parser.add_argument("--strategy", default="strict", help="strategy whose cache code is patched")
+    parser.add_argument("--strategy", default="strict",
+                        help="strategy whose cache code is patched (a comma list patches each: strict,lazy,dense)")
     parser.add_argument("--cache", default="dynamic", choices=("dynamic", "static", "ring"))
     parser.add_argument("--fraction", type=float, default=0.15, help="slowdown: extra time / step time")
     args = parser.parse_args(own)
@@ -50,8 +51,10 @@ def main(argv: list[str] | None = None) -> int:
         print("inject_regression: error: never record baselines from an injected run; drop --update/--append-baselines",
               file=sys.stderr)
         return 2
-    if args.kind != "none" and (args.strategy, args.cache) not in CASE_FOR:
-        print(f"inject_regression: error: no suite case for {args.strategy} on the {args.cache} cache; "
+    strategies = [s for s in args.strategy.split(",") if s]
+    unknown = [s for s in strategies if (s, args.cache) not in CASE_FOR]
+    if args.kind != "none" and unknown:
+        print(f"inject_regression: error: no suite case for {unknown[0]} on the {args.cache} cache; "
               f"choose one of {sorted(CASE_FOR)}", file=sys.stderr)
         return 2
 
@@ -59,21 +62,22 @@ def main(argv: list[str] | None = None) -> int:
 
     from bench import injections
 
-    injection = None
-    if args.kind == "extra-op":
-        injection = injections.extra_op(args.strategy, args.cache)
-    elif args.kind == "slowdown":
-        print(f"{args.strategy} ({args.cache}): every decode step {args.fraction:.0%} slower")
-        injection = injections.slowdown(args.strategy, args.fraction, args.cache)
+    patches = []
+    for strategy in strategies if args.kind != "none" else []:
+        if args.kind == "extra-op":
+            patches.append(injections.extra_op(strategy, args.cache))
+        else:
+            print(f"{strategy} ({args.cache}): every decode step {args.fraction:.0%} slower")
+            patches.append(injections.slowdown(strategy, args.fraction, args.cache))
     recorder = Recorder()
     try:
         pytest.main(["bench", "-p", "no:cacheprovider", *rest], plugins=[recorder])
     finally:
-        if injection is not None:
-            injection.undo()
-    target = CASE_FOR.get((args.strategy, args.cache))
+        for patch in reversed(patches):
+            patch.undo()
     failed = sorted(set(recorder.failed))
-    caught = any(f.startswith(f"{target}-") for f in failed) if target else False
+    targets = [CASE_FOR[(s, args.cache)] for s in strategies] if args.kind != "none" else []
+    caught = bool(targets) and all(any(f.startswith(f"{t}-") for f in failed) for t in targets)
     print(f"INJECTED {args.kind} {args.strategy if args.kind != 'none' else '-'}: "
           f"caught={'yes' if caught else 'no'} failed={','.join(failed) or '-'}")
     expected = (not failed) if args.kind == "none" else caught
