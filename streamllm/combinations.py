@@ -13,7 +13,7 @@ import importlib.util
 import os
 import shutil
 
-from .strategies import StrategyError, StrategySpec
+from .strategies import CACHE_KINDS, RING_STRATEGIES, StrategyError, StrategySpec, cache_problem  # noqa: F401  (re-exported)
 
 # How the decode step runs (`--compile`); the graph modes are captured by hand in one CUDA graph.
 # The last four are the H100 exploration's variants of that graph (reports/gpu-h100.md), kept as
@@ -24,33 +24,10 @@ COMPILE_MODES = ("none", "default", "cudagraphs", "cudagraphs-gemv", "cudagraphs
                  "cudagraphs-maskfree", "cudagraphs-matmul", "cudagraphs-uncompiled", "cudagraphs-autotune")
 GRAPH_MODES = frozenset(mode for mode in COMPILE_MODES if mode.startswith("cudagraphs"))
 
-# Cache kinds (streamllm/caches/): dynamic.py, static.py, ring.py.
-CACHE_KINDS: dict[str, str] = {
-    "dynamic": "HF tensors grown by cat, evicted by slicing + re-rotation (any strategy)",
-    "static": "preallocated buffer, eviction by in-place shift (strict, lazy, window, overlap, no-shift)",
-    "ring": "fixed buffers, O(1) eviction by overwrite, sinks re-rotated (strict, window, no-shift; R=1)",
-}
-RING_STRATEGIES = ("strict", "window", "no-shift", "overlap")
 
 
 class UnsupportedCombinationError(StrategyError):
     """A strategy / cache kind / compile / INT8 / device combination that cannot work; the message says why."""
-
-
-def cache_problem(spec: StrategySpec) -> str | None:
-    """Why `spec.cache` cannot hold `spec`'s strategy, or None."""
-    if spec.cache not in CACHE_KINDS:
-        return f"unknown cache kind {spec.cache!r}; choose one of: {', '.join(CACHE_KINDS)}"
-    if spec.cache == "static" and spec.name in ("dense", "refresh"):
-        why = "dense keeps every token" if spec.name == "dense" else "refresh re-inserts scattered tokens"
-        return f"the static cache holds sinks + one contiguous window; {why}: use --cache dynamic"
-    if spec.cache == "ring" and (spec.name not in RING_STRATEGIES or spec.compress_every != 1):
-        return (
-            "the ring cache implements strict eviction (one token out per step: strict, window, no-shift, "
-            f"overlap with compress_every=1); {spec.name} with compress_every={spec.compress_every} needs "
-            "--cache static (lazy) or --cache dynamic"
-        )
-    return None
 
 
 def check_cache(spec: StrategySpec, kind: str) -> None:

@@ -166,11 +166,3 @@ def incompatibility_guard(what: str) -> Iterator[None]:
         raise IncompatibleTransformersError(f"{what} failed inside transformers ({exc}); {_supported_hint()}") from exc
 
 
-def check_supported_version() -> str | None:
-    """A one-line warning if the installed transformers is outside the supported range, else None."""
-    from packaging.specifiers import SpecifierSet
-
-    version = transformers_version()
-    if version in SpecifierSet(SUPPORTED_TRANSFORMERS, prereleases=True):
-        return None
-    return f"transformers {version} is outside streamllm's supported range {SUPPORTED_TRANSFORMERS}: results may break"

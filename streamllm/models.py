@@ -20,6 +20,7 @@ import torch
 
 from . import embedded, hub
 from .compat import quiet_import_noise
+from .load_errors import ModelOptionError, ModelUnavailableError  # noqa: F401  (re-exported)
 
 DTYPES = {"float32": torch.float32, "fp32": torch.float32, "float16": torch.float16, "fp16": torch.float16,
           "bfloat16": torch.bfloat16, "bf16": torch.bfloat16}
@@ -29,12 +30,6 @@ CONFIG_DIR = Path(__file__).parent / "configs"
 DUMMY_PREFIX = "dummy:"
 
 
-class ModelUnavailableError(RuntimeError):
-    """The model cannot be loaded here; the message names the fix."""
-
-
-class ModelOptionError(ValueError):
-    """An unknown or unusable --dtype or --device; the message names the fix."""
 
 
 @dataclass

@@ -43,7 +43,7 @@ class StrategySpec:
     overlap: int = 0
     refresh: int = 0
     auto_cap: int | None = None  # cap on S+W+O+B; shrinks W when exceeded
-    cache: str = "dynamic"  # a key of combinations.CACHE_KINDS (streamllm/caches/)
+    cache: str = "dynamic"  # a key of CACHE_KINDS (streamllm/caches/)
 
     # -- derived ---------------------------------------------------------------------------
     @property
@@ -103,8 +103,6 @@ class StrategySpec:
             raise StrategyError(
                 f"unknown strategy {self.name!r}; choose one of: {', '.join(STRATEGIES)}"
             )
-        from .combinations import cache_problem  # the combination rules live there (they import this module)
-
         problem = cache_problem(self)
         if problem:
             raise StrategyError(problem)
@@ -144,6 +142,31 @@ class StrategySpec:
                 "--auto-cap to fit it, or --allow-beyond-context to measure it on purpose"
             )
         return self
+
+
+# Cache kinds (streamllm/caches/): dynamic.py, static.py, ring.py.
+CACHE_KINDS: dict[str, str] = {
+    "dynamic": "HF tensors grown by cat, evicted by slicing + re-rotation (any strategy)",
+    "static": "preallocated buffer, eviction by in-place shift (strict, lazy, window, overlap, no-shift)",
+    "ring": "fixed buffers, O(1) eviction by overwrite, sinks re-rotated (strict, window, no-shift; R=1)",
+}
+RING_STRATEGIES = ("strict", "window", "no-shift", "overlap")
+
+
+def cache_problem(spec: StrategySpec) -> str | None:
+    """Why `spec.cache` cannot hold `spec`'s strategy, or None."""
+    if spec.cache not in CACHE_KINDS:
+        return f"unknown cache kind {spec.cache!r}; choose one of: {', '.join(CACHE_KINDS)}"
+    if spec.cache == "static" and spec.name in ("dense", "refresh"):
+        why = "dense keeps every token" if spec.name == "dense" else "refresh re-inserts scattered tokens"
+        return f"the static cache holds sinks + one contiguous window; {why}: use --cache dynamic"
+    if spec.cache == "ring" and (spec.name not in RING_STRATEGIES or spec.compress_every != 1):
+        return (
+            "the ring cache implements strict eviction (one token out per step: strict, window, no-shift, "
+            f"overlap with compress_every=1); {spec.name} with compress_every={spec.compress_every} needs "
+            "--cache static (lazy) or --cache dynamic"
+        )
+    return None
 
 
 def make_strategy(name: str, **params) -> StrategySpec:

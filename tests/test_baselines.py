@@ -73,7 +73,7 @@ def test_round_trip_and_layout(store: BaselineStore):
     assert store.lookup(record.key) == record
     assert store.lookup(dense.key) == dense
     assert store.files() == [path]
-    assert sorted(r.key.strategy for _, r in store.all_records()) == ["dense", "lazy-s4-w252-c32"]
+    assert sorted(r.key.strategy for f in store.files() for r in store.read(f).records.values()) == ["dense", "lazy-s4-w252-c32"]
     # number arrays are kept on one line so diffs stay readable
     assert f'"{ID_A}": [80.5, 81.25, 79.75, 90.0]' in path.read_text()
 
@@ -173,8 +173,8 @@ def test_file_copied_under_another_name_is_a_mismatch(store: BaselineStore):
 def test_foreign_fingerprint_has_no_samples(store: BaselineStore):
     store.update([make_record()])
     record = store.lookup(make_key())
-    assert store.tpot_samples(record, ID_A) == [80.5, 81.25, 79.75, 90.0]
-    assert store.tpot_samples(record, ID_B) is None
+    assert record.tpot_samples_ms.get(ID_A) == [80.5, 81.25, 79.75, 90.0]
+    assert record.tpot_samples_ms.get(ID_B) is None
 
 
 def test_fingerprint_id_uses_only_timing_fields():
@@ -211,14 +211,14 @@ def test_update_merges_fingerprints_and_replaces_ppl(store: BaselineStore):
     store.update([make_record(ppl=17.5, fid=ID_B, fp=FP_B, samples=[2.0, 2.1, 2.05])])
     record = store.lookup(make_key())
     assert record.ppl == 17.5 and record.ppl_device_class == FP_B["device_class"]
-    assert store.tpot_samples(record, ID_A) == [80.5, 81.25, 79.75, 90.0]  # other machine's timings kept
-    assert store.tpot_samples(record, ID_B) == [2.0, 2.1, 2.05]
+    assert record.tpot_samples_ms.get(ID_A) == [80.5, 81.25, 79.75, 90.0]  # other machine's timings kept
+    assert record.tpot_samples_ms.get(ID_B) == [2.0, 2.1, 2.05]
     assert set(record.fingerprints) == {ID_A, ID_B}
     # re-recording on machine A replaces A's samples only
     store.update([make_record(samples=[70.0, 71.0, 72.0])])
     record = store.lookup(make_key())
-    assert store.tpot_samples(record, ID_A) == [70.0, 71.0, 72.0]
-    assert store.tpot_samples(record, ID_B) == [2.0, 2.1, 2.05]  # machine B's samples untouched
+    assert record.tpot_samples_ms.get(ID_A) == [70.0, 71.0, 72.0]
+    assert record.tpot_samples_ms.get(ID_B) == [2.0, 2.1, 2.05]  # machine B's samples untouched
 
 
 def test_update_after_model_change_drops_stale_records(store: BaselineStore):
@@ -382,11 +382,12 @@ def test_files_without_per_run_summaries_still_read(store: BaselineStore):
     del data["records"]["lazy-s4-w252-c32"]["tpot_runs_ms"]
     path.write_text(json.dumps(data))
     record = store.lookup(make_key())
-    assert record.tpot_runs_ms == {} and BaselineStore.tpot_runs(record, ID_A) == [2.0]
+    assert record.tpot_runs_ms == {}
 
 
 def test_every_committed_baseline_file_reads():
     """baselines/ holds only store files: a stray file of another schema would break every reader."""
     root = Path(__file__).parents[1] / "baselines"
-    records = list(BaselineStore(root).all_records())
+    store = BaselineStore(root)
+    records = [(f, r) for f in store.files() for r in store.read(f).records.values()]
     assert records and all(r.tpot_samples_ms for _, r in records)

@@ -30,7 +30,7 @@ import statistics
 import subprocess
 import sys
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
@@ -528,22 +528,6 @@ class BaselineStore:
             )
         return record
 
-    @staticmethod
-    def tpot_samples(record: BaselineRecord, fingerprint_id: str) -> list[float] | None:
-        """Stored TPOT samples for this hardware, or None: timings from other machines are never compared."""
-        samples = record.tpot_samples_ms.get(fingerprint_id)
-        return list(samples) if samples else None
-
-    @staticmethod
-    def tpot_runs(record: BaselineRecord, fingerprint_id: str) -> list[float]:
-        """Per-run TPOT summaries stored for this hardware (one per run averaged or appended)."""
-        return _runs_of(record, fingerprint_id)
-
-    def all_records(self) -> Iterator[tuple[Path, BaselineRecord]]:
-        """Every stored record (for reports: TPOT history, tables). Raises on a bad file."""
-        for path in self.files():
-            for record in self.read(path).records.values():
-                yield path, record
 
     def update(self, records: Sequence[BaselineRecord], append_for: str | None = None) -> list[Path]:
         """Merge `records` into their files and write each file atomically. Only for explicit updates.

@@ -263,8 +263,6 @@ class WorkCounts:
     def total_syncs(self) -> int:
         return sum(self.syncs.values())
 
-    def ops_per_step(self) -> dict[str, Fraction]:
-        return {name: self.per_step(n) for name, n in sorted(self.ops.items())}
 
     def summary(self) -> str:
         """One line for tables: per-step ops, bytes, syncs (and kernels/replays where counted)."""

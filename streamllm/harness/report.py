@@ -2,7 +2,7 @@
 runner's artifacts page) reads.
 
 Input: the run files `pytest bench` writes to `reports/runs/<UTC stamp>-<device>-<pid>.json`
-(schema `streamllm.bench-run/1`: options, fingerprint, one entry per (strategy, dataset) with
+(schema `streamllm.bench-run/2`, records.RUN_SCHEMA: options, fingerprint, one entry per (strategy, dataset) with
 PPL, TPOT, speedup, the checks and their verdicts, the (b) signals — work counts, the same-run
 ratio to a reference arm, the reference arm's timing — per-token NLL and prune events).
 

@@ -24,7 +24,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 from scipy import stats as _sps
 
-from .verdicts import FAIL, INCONCLUSIVE, PASS
+from .verdicts import FAIL, PASS
 
 # Bootstrap resamples are drawn in chunks of at most this many elements, so a long per-step
 # sample (thousands of steps) cannot blow up memory while short samples stay one numpy call.
@@ -87,34 +87,6 @@ def _percentiles(values: np.ndarray, confidence: float) -> tuple[float, float]:
     return float(lo), float(hi)
 
 
-def bootstrap_ratio_ci(
-    candidate: Sequence[float],
-    baseline: Sequence[float],
-    *,
-    stat: str = "median",
-    confidence: float = 0.95,
-    n_boot: int = 2000,
-    seed: SeedLike = 0,
-) -> tuple[float, float, float]:
-    """(ratio, ci_low, ci_high) of stat(candidate) / stat(baseline).
-
-    Percentile bootstrap, the two samples resampled independently (they are separate runs, not
-    paired observations). `stat="median"` is robust to the CPU's steal-time spikes;
-    `stat="mean"` is for lazy strategies, whose pruning cost a median would hide (pass per-cycle
-    means, see `measure.whole_cycles`).
-    """
-    _check_stat(stat)
-    _check_confidence(confidence)
-    if n_boot < 100:
-        raise ValueError(f"n_boot must be >= 100 for a usable percentile CI, got {n_boot}")
-    cand = _as_sample(candidate, "candidate", positive=True)
-    base = _as_sample(baseline, "baseline", positive=True)
-    rng = _rng(seed)
-    ratio = float(_stat_rows(cand, stat) / _stat_rows(base, stat))
-    boot = _bootstrap_stat(cand, stat, n_boot, rng) / _bootstrap_stat(base, stat, n_boot, rng)
-    lo, hi = _percentiles(boot, confidence)
-    return ratio, lo, hi
-
 
 def mann_whitney(candidate: Sequence[float], baseline: Sequence[float]) -> float:
     """Two-sided Mann-Whitney U p-value: do the two samples come from the same distribution?"""
@@ -130,105 +102,10 @@ def mann_whitney(candidate: Sequence[float], baseline: Sequence[float]) -> float
 # TPOT against a stored baseline
 
 
-@dataclass(frozen=True)
-class TimingVerdict:
-    verdict: str  # "pass" | "fail" | "inconclusive"
-    ratio: float  # stat(candidate) / stat(baseline)
-    ci_low: float
-    ci_high: float
-    p_value: float  # two-sided Mann-Whitney U
-    tolerance: float  # band is [1 - tolerance, 1 + tolerance]
-    message: str
-    stat: str = "median"
-    confidence: float = 0.95
-    n_candidate: int = 0
-    n_baseline: int = 0
-
-    @property
-    def passed(self) -> bool:
-        return self.verdict == PASS
-
-    def as_dict(self) -> dict:
-        return asdict(self)
-
 
 def _pct(x: float) -> str:
     return f"{100.0 * x:.3g}%"
 
-
-def compare_timing(
-    candidate: Sequence[float],
-    baseline: Sequence[float],
-    *,
-    tolerance: float = 0.10,
-    stat: str = "median",
-    confidence: float = 0.95,
-    alpha: float = 0.05,
-    seed: SeedLike = 0,
-    n_boot: int = 2000,
-    min_samples: int = 5,
-    label: str = "TPOT",
-    source: str | None = None,
-) -> TimingVerdict:
-    """Verdict on candidate timings against baseline timings (docs/semantics.md#tpot-evidence).
-
-    PASS: the CI of the ratio lies inside [1 - tolerance, 1 + tolerance].
-    FAIL: the CI lies entirely outside the band AND Mann-Whitney p < alpha. Both are required so
-    that a bootstrap artefact alone cannot fail a run (false alarms cost more than a rerun). A
-    speed-up beyond the band fails too: the stored number no longer describes the code, so it
-    must be re-recorded on purpose.
-    INCONCLUSIVE: anything else (CI straddles an edge, or outside but not confirmed, or fewer
-    than `min_samples` per side); the caller reruns with more rounds, then reports.
-    `source` (e.g. the baseline file) is named in the message.
-    """
-    if tolerance < 0:
-        raise ValueError(f"tolerance must be >= 0, got {tolerance}")
-    if not 0.0 < alpha < 1.0:
-        raise ValueError(f"alpha must be in (0, 1), got {alpha}")
-    cand = _as_sample(candidate, "candidate", positive=True)
-    base = _as_sample(baseline, "baseline", positive=True)
-    ratio, lo, hi = bootstrap_ratio_ci(cand, base, stat=stat, confidence=confidence, n_boot=n_boot, seed=seed)
-    p = mann_whitney(cand, base)
-    low_edge, high_edge = 1.0 - tolerance, 1.0 + tolerance
-    band = f"±{_pct(tolerance)}"
-    head = (
-        f"{label} {ratio:.3f}x baseline ({_pct(confidence)} CI {lo:.3f}–{hi:.3f}, p={p:.3g}, "
-        f"{stat} of {cand.size} vs {base.size} samples)"
-    )
-    if cand.size < min_samples or base.size < min_samples:
-        verdict = INCONCLUSIVE
-        why = f"too few samples for a verdict (need >= {min_samples} per side); rerun with more rounds"
-    elif low_edge <= lo and hi <= high_edge:
-        verdict, why = PASS, f"inside {band}"
-    elif hi < low_edge or lo > high_edge:
-        direction = "slower than" if lo > high_edge else "faster than"
-        if p < alpha:
-            verdict = FAIL
-            why = f"outside {band}: {direction} the band"
-            if direction == "faster than":
-                why += " (an improvement: re-record the baseline on purpose with --update-baselines)"
-        else:
-            verdict = INCONCLUSIVE
-            why = f"CI outside {band} ({direction}) but not confirmed by Mann-Whitney (p >= {alpha:g}); rerun with more rounds"
-    else:
-        verdict = INCONCLUSIVE
-        why = f"CI straddles the edge of {band}; rerun with more rounds"
-    message = f"{head} {why}"
-    if source:
-        message += f" [baseline: {source}]"
-    return TimingVerdict(
-        verdict=verdict,
-        ratio=ratio,
-        ci_low=lo,
-        ci_high=hi,
-        p_value=p,
-        tolerance=tolerance,
-        message=message,
-        stat=stat,
-        confidence=confidence,
-        n_candidate=int(cand.size),
-        n_baseline=int(base.size),
-    )
 
 
 # --------------------------------------------------------------------------------------------
