@@ -35,6 +35,7 @@ from streamllm.harness.fingerprint import fingerprint_id, hardware_fingerprint
 from streamllm.harness.history import RunHistory
 from streamllm.harness.judges import (
     HistoryInputs,
+    check_device_time,
     check_history,
     check_ppl,
     check_ratio_vs_baseline,
@@ -674,6 +675,12 @@ class Suite:
         checks.append(ratio)
         device = timing.device_samples if timing.device_ms else None
         samples = device or timing.samples
+        if graph:
+            # A graph replay is device-bound by construction (decided from the row, not from a
+            # measured busy share that can flip): its device time is checked against the GPU
+            # model's stored processes from a machine's first run; the history stays for the rest.
+            checks.append(check_device_time(device, found, key=self.device_time_key(out), updating=updating,
+                                            what=what, fallback=self.options.tpot_tolerance))
         ref = out.reference_timing
         ref_samples = (ref.device_samples if ref.device_ms else ref.samples) if ref is not None else None
         name = f"{dataset}/{case.id}"
@@ -692,6 +699,11 @@ class Suite:
         self.history_verdicts.update(absolute.details.get("record", {}))
         checks.append(absolute)
         return checks
+
+    @staticmethod
+    def device_time_key(out: CaseResult) -> str | None:
+        """Graph device time is keyed like the kernel counts: GPU model, software, config, strategy, decoder."""
+        return out.work.key.kernel_id if out.work is not None and out.work.key is not None else None
 
     def write_history(self) -> Path | None:
         """Append this run's absolute samples to the machine's run history (never edited)."""
@@ -761,6 +773,10 @@ class Suite:
             extra["work_counts"] = {out.work.key.id: out.work.to_json()}
             if out.reference_work is not None:  # keyed by the case's counter key: the pair is one recording
                 extra["reference_work_counts"] = {out.work.key.id: out.reference_work.to_json()}
+        device_key = self.device_time_key(out)
+        if compile_mode(case) in GRAPH_MODES and timing.device_ms and device_key is not None:
+            geomean = float(np.exp(np.mean(np.log(timing.device_samples))))
+            extra["device_time_ms"] = {device_key: [round(geomean, 5)]}
         if out.ratio is not None:
             rkey = ratio_key(self.fingerprint, torch.get_num_threads())
             extra["tpot_ratio"] = {rkey: [round(out.ratio.ratio, 5)]}

@@ -592,8 +592,9 @@ class BaselineStore:
 # Per-key sections of `extra` that several machines or software stacks share: work counts keyed by
 # counter key (software), TPOT ratios by device class. An update replaces this run's keys and keeps
 # the others; an append adds this run's ratio as one more run.
-KEYED_EXTRA = ("work_counts", "reference_work_counts", "tpot_ratio", "tpot_ratio_ci")
-APPENDED_EXTRA = ("tpot_ratio", "tpot_ratio_ci")  # one entry per recorded run
+# Graph rows' device time is keyed like their kernel counts (GPU model and software).
+KEYED_EXTRA = ("work_counts", "reference_work_counts", "tpot_ratio", "tpot_ratio_ci", "device_time_ms")
+APPENDED_EXTRA = ("tpot_ratio", "tpot_ratio_ci", "device_time_ms")  # one entry per recorded run
 
 
 def _merge_extra(old: dict, new: dict, append: bool) -> dict:

@@ -244,6 +244,9 @@ class WorkCounts:
     kernels: int | None = None  # CUDA kernels launched (None: not counted, e.g. on CPU)
     memcpys: int | None = None  # CUDA memcpy/memset operations
     graph_replays: int | None = None  # CUDA-graph replays (None: no graphs given)
+    # CUDA kernels by name: an accidental extra copy or a changed GEMM choice is a named kernel,
+    # where the total alone could hide a swap (None: not counted, or recorded before names were)
+    kernel_names: dict[str, int] | None = None
     key: CounterKey | None = None
     # Measured, not counted: the summed duration of the device events of the kernel pass (us over
     # `steps`). Never compared (it is a time); the suite reports it beside wall time to say
@@ -315,6 +318,14 @@ class WorkCounts:
             d, tot = delta(self.syncs.get(name, 0), other.syncs.get(name, 0))
             if d:
                 lines.append(_signed(d, tot, self.steps, f"host-device syncs ({name})"))
+        if self.kernel_names is not None and other.kernel_names is not None:
+            named = []
+            for name in sorted(set(self.kernel_names) | set(other.kernel_names)):
+                d, tot = delta(self.kernel_names.get(name, 0), other.kernel_names.get(name, 0))
+                if d:
+                    named.append((d, name, tot))
+            for d, name, tot in sorted(named, key=lambda c: (-abs(c[0]), c[1])):
+                lines.append(_signed(d, tot, self.steps, f"kernel {name}"))
         for label, mine, theirs in (("CUDA kernels", self.kernels, other.kernels),
                                     ("CUDA memcpy/memset", self.memcpys, other.memcpys),
                                     ("CUDA-graph replays", self.graph_replays, other.graph_replays)):
@@ -347,7 +358,7 @@ class WorkCounts:
 
     def without_kernels(self) -> WorkCounts:
         """The same counts with the device-event counts dropped (another GPU chooses other kernels)."""
-        return replace(self, kernels=None, memcpys=None)
+        return replace(self, kernels=None, memcpys=None, kernel_names=None)
 
     # -- JSON ------------------------------------------------------------------------------
     def to_json(self) -> dict:
@@ -361,6 +372,7 @@ class WorkCounts:
             "kernels": self.kernels,
             "memcpys": self.memcpys,
             "graph_replays": self.graph_replays,
+            "kernel_names": None if self.kernel_names is None else dict(sorted(self.kernel_names.items())),
             "key": None if self.key is None else self.key.to_json(),
             "notes": list(self.notes),
             "device_busy_us": self.device_busy_us,
@@ -415,6 +427,7 @@ class WorkCounts:
             kernels=count(obj.get("kernels"), "kernels", optional=True),
             memcpys=count(obj.get("memcpys"), "memcpys", optional=True),
             graph_replays=count(obj.get("graph_replays"), "graph_replays", optional=True),
+            kernel_names=None if obj.get("kernel_names") is None else histogram(obj["kernel_names"], "kernel_names"),
             key=key,
             notes=[str(n) for n in notes],
             device_busy_us=_optional_float(obj.get("device_busy_us")),
@@ -623,11 +636,13 @@ def _cuda_profile(enabled: bool):
     return profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA])
 
 
-def _device_events(prof: Any) -> tuple[int, int, float]:
-    """(kernels, memcpy/memset ops, their summed duration in us) among the profiler's device events."""
+def _device_events(events: Iterable[Any]) -> tuple[int, int, float, dict[str, int]]:
+    """(kernels, memcpy/memset ops, their summed duration in us, kernels by name) among the
+    profiler's device events (`prof.events()`)."""
     kernels = copies = 0
     busy = 0.0
-    for event in prof.events():
+    names: Counter[str] = Counter()
+    for event in events:
         if event.device_type != torch.autograd.DeviceType.CUDA:
             continue
         busy += float(event.time_range.elapsed_us())
@@ -635,7 +650,8 @@ def _device_events(prof: Any) -> tuple[int, int, float]:
             copies += 1
         else:
             kernels += 1
-    return kernels, copies, busy
+            names[event.name] += 1
+    return kernels, copies, busy, dict(names)
 
 
 def _eager_stance():
@@ -724,9 +740,9 @@ def count_work(
     captured = _graph_count(graphs) - graphs_before
     if captured:
         notes.append(f"{captured} CUDA graph(s) captured while counting: warm up longer")
-    n_kernels = n_copies = busy = None
+    n_kernels = n_copies = busy = names = None
     if prof is not None:
-        n_kernels, n_copies, busy = _device_events(prof)
+        n_kernels, n_copies, busy, names = _device_events(prof.events())
     return WorkCounts(
         steps=steps,
         ops=dict(mode.ops),
@@ -736,6 +752,7 @@ def count_work(
         kernels=n_kernels,
         memcpys=n_copies,
         graph_replays=None if replays is None else replays.count,
+        kernel_names=names,
         key=key,
         notes=notes,
         device_busy_us=busy,

@@ -17,6 +17,7 @@ from .history import HistoryError, Judgement, RunHistory
 from .ratio import check_ratio, ratio_ci
 from .stats import compare_ppl
 from .verdicts import (
+    DEVICE_TIME_CHECK,
     ERROR,
     FAIL,
     HISTORY_CHECK,
@@ -313,3 +314,35 @@ def check_history(history: RunHistory, case: str, samples: list[float] | None, *
         details["reference_history"] = reference.as_dict()
     details["record"] = record
     return Check("tpot", name, verdict, message, details)
+
+
+def check_device_time(samples: list[float] | None, found: Lookup, *, key: str | None, updating: bool, what: str,
+                      fallback: float) -> Check:
+    """(b) device time of a row captured in a CUDA graph, against the per-process device times
+    stored for its GPU model and software (`key`: the kernel counts' key). A graph replay is
+    device-bound by construction, so its device time reproduces across processes and machines of
+    one GPU model and is checked from a machine's first run. The statistic is the ratio's: a
+    t-interval on the log of the per-round device times against the stored geometric mean, with
+    the band from the stored processes' spread (`aa_band`)."""
+    name = DEVICE_TIME_CHECK
+    file = _relative(found.path)
+    if not samples or key is None:
+        return Check("tpot", name, NOT_APPLICABLE, f"{what}: no device time measured")
+    ci = ratio_ci(samples, [1.0] * len(samples))  # geometric mean (ms) and its CI
+    details = {"file": file, "key": key, "device_ms": ci.as_dict()}
+    if found.error is not None:
+        verdict = RECORDED if updating else ERROR
+        return Check("tpot", name, verdict, f"{what}: {found.error}", details)
+    runs = ((found.record.extra.get("device_time_ms") or {}).get(key) or []) if found.record is not None else []
+    if not runs:
+        verdict = RECORDED if updating else NOT_CHECKED
+        return Check("tpot", name, verdict, f"{what}: device time {ci.ratio:.4g} ms [{ci.low:.4g}, {ci.high:.4g}]; "
+                     f"no stored device time for this GPU model and software: {verdict} (file {file})", details)
+    stored = float(np.exp(np.mean(np.log(runs))))
+    spread = aa_band([float(r) for r in runs], fallback=fallback)
+    verdict = check_ratio(ci, stored, spread.width, label=f"{what}: device ms")
+    details.update({"stored_ms": stored, "stored_runs": runs, "band": spread.width, "band_source": spread.source})
+    message = f"{verdict.message} (band {spread.source})"
+    if updating:
+        return Check("tpot", name, RECORDED, message + "; re-recorded by --update-baselines", details)
+    return Check("tpot", name, verdict.verdict, message, details)
