@@ -12,7 +12,7 @@ Output (default `reports/latest/`):
   report.html     the same markdown converted by the `markdown` package, PNGs beside it
   summary.json    the machine-readable summary (what a dashboard would ingest)
   ppl_vs_tpot.png, nll_<dataset>.png (per-token NLL with prune events), nll_aligned_<dataset>.png
-  (mean NLL around prune events), tpot_history.png (TPOT across stored runs of this fingerprint)
+  (mean NLL around prune events), tpot_trend.png (each row of this machine's run history relative to its own baseline, with its band)
 
 The page text lives in Jinja2 templates (`streamllm/templates/report.md.j2`, `report.html.j2`);
 this module builds the view model they render: every number formatted here, every verdict taken
@@ -33,6 +33,7 @@ import numpy as np
 
 from .. import spikes as spike_metrics
 from .records import DEFAULT_REPORT_DIR, RUN_PASS, RunRecordError, run_status, validate_run
+from .trend import plot_trend
 from .verdicts import (
     FAILING,
     HISTORY_CHECK,
@@ -44,6 +45,7 @@ from .verdicts import (
     RATIO_CHECK,
     RECORDED,
     WORK_CHECK,
+    armed_summary,
 )
 
 NEEDS_ATTENTION = frozenset({INCONCLUSIVE, NOT_CHECKED, RECORDED})
@@ -284,6 +286,7 @@ def summarize(run: Run) -> dict:
         out["work_per_step"] = work_summary(r)
         out["reference_tpot_ms"] = (r.get("reference_timing") or {}).get("tpot_ms_mean")
         out["b_checks"] = {c["name"]: c["verdict"] for c in r.get("checks") or [] if c.get("kind") == "tpot"}
+        out["armed"], out["armed_why"] = r.get("armed"), r.get("armed_why")
         return out
 
     return {
@@ -296,6 +299,8 @@ def summarize(run: Run) -> dict:
         "options": run.data.get("options"),
         "commit": (run.data.get("provenance") or {}).get("commit"),
         "verdict_counts": count,
+        "armed": armed_summary(results),
+        "phases_s": run.data.get("phases_s"),
         "status": status,
         "passed": status == RUN_PASS,
         "failures": failing,
@@ -531,40 +536,6 @@ def diagnostics(run: Run) -> list[dict]:
     return out
 
 
-def plot_tpot_history(run: Run, history: list[Run], path: Path) -> Path | None:
-    """TPOT of each strategy across the stored runs of the same model, options and fingerprint."""
-    fid = run.data.get("fingerprint_id")
-
-    def config(r: Run) -> tuple:
-        o = r.data.get("options") or {}
-        return ((r.data.get("model") or {}).get("name"), o.get("dtype"), o.get("tokens"), o.get("sink"),
-                o.get("window"), o.get("min_steps"))
-
-    # Only runs whose TPOT means the same thing: same machine, model, dtype, tokens, geometry, round size.
-    same = [h for h in history if h.data.get("fingerprint_id") == fid and config(h) == config(run)]
-    if run.path not in {h.path for h in same}:
-        same.append(run)
-    series: dict[str, list[tuple[int, float]]] = {}
-    for i, h in enumerate(same):
-        for r in h.results:
-            if r.get("tpot_ms_mean"):
-                series.setdefault(f"{r['label']} / {r['dataset']}", []).append((i, r["tpot_ms_mean"]))
-    if not series:
-        return None
-    plt = _plt()
-    fig, ax = plt.subplots(figsize=(9, 5))
-    for name, points in sorted(series.items()):
-        xs, ys = zip(*points, strict=True)
-        ax.plot(xs, ys, marker="o", ms=3, lw=1, label=name)
-    ax.set_xticks(range(len(same)))
-    ax.set_xticklabels([h.created[5:16].replace("T", " ") for h in same], rotation=45, ha="right", fontsize=7)
-    ax.set_ylabel("TPOT ms (whole-cycle mean)")
-    ax.set_title(_title(run, f"TPOT history, fingerprint {fid} ({len(same)} runs)"), fontsize=9)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=6, ncol=2)
-    return _save(fig, path)
-
-
 def _save(fig, path: Path, dpi: int = 110) -> Path:
     """Lay out, write and close one figure (closed: a report draws many, pyplot keeps them all)."""
     fig.tight_layout()
@@ -609,6 +580,8 @@ def _head(run: Run, summary: dict) -> dict:
         "commit": (run.data.get("provenance") or {}).get("commit"),
         "verdict_counts": ", ".join(f"{k} {v}" for k, v in sorted(summary["verdict_counts"].items())),
         "status": summary["status"],
+        "armed": summary["armed"],
+        "phases": ", ".join(f"{k} {v:.0f} s" for k, v in (summary.get("phases_s") or {}).items()),
     }
 
 
@@ -664,7 +637,7 @@ def _escape_html_extension():
     return EscapeHtml()
 
 
-def build_report(run: Run, history: list[Run], out_dir: str | Path) -> dict:
+def build_report(run: Run, history: list[Run], out_dir: str | Path, history_dir: str | Path | None = None) -> dict:
     """Write report.md, report.html, summary.json and the PNGs into `out_dir`; returns the summary."""
     from ..results import write_json_atomic
 
@@ -680,7 +653,8 @@ def build_report(run: Run, history: list[Run], out_dir: str | Path) -> dict:
         plots.append(plot_nll_aligned(run, dataset, out / f"nll_aligned_{dataset}.png"))
         plots.append(plot_diagnostics(run, dataset, out / f"diagnostics_{dataset}.png"))
         plots += [plot_sweep(run, sweep, dataset, out / f"sweep_{sweep}_{dataset}.png") for sweep in sweeps]
-    plots.append(plot_tpot_history(run, history, out / "tpot_history.png"))
+    if history_dir is not None and run.data.get("fingerprint_id"):
+        plots.append(plot_trend(history_dir, run.data["fingerprint_id"], out / "tpot_trend.png"))
     made = [p for p in plots if p is not None]
     summary = summarize(run)
     summary["plots"] = [p.name for p in made]
@@ -701,5 +675,5 @@ def run_report(runs_dir: str | Path = f"{DEFAULT_REPORT_DIR}/runs", run_file: st
     elif history:
         run = history[-1]
     else:
-        raise ReportError(f"no bench run under {runs_dir}: run `pytest bench` first (it writes reports/runs/*.json)")
-    return Path(out_dir) / "report.md", build_report(run, history, out_dir)
+        raise ReportError(f"no bench run under {runs_dir}: run `pytest bench` first (it writes {runs_dir}/*.json)")
+    return Path(out_dir) / "report.md", build_report(run, history, out_dir, history_dir)
