@@ -20,8 +20,8 @@ from streamllm.harness.baselines import (
     average_records,
 )
 from streamllm.harness.fingerprint import fingerprint_id, hardware_fingerprint
-from streamllm.harness.stats import FAIL, compare_ppl
-from streamllm.harness.verdicts import ppl_tolerance
+from streamllm.harness.stats import compare_ppl
+from streamllm.harness.verdicts import FAIL, ppl_tolerance
 from streamllm.results import EvalResult
 
 FP_A = {"device_class": "cpu", "cpu_model": "Test CPU A", "cpu_count": 2, "gpu": None, "torch": "2.13.0+cpu",

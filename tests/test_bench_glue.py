@@ -17,8 +17,7 @@ from conftest import tiny_llama
 from streamllm.evaluate import evaluate_tokens
 from streamllm.harness.baselines import BaselineKey, BaselineRecord, BaselineStore
 from streamllm.harness.judges import Lookup, check_ppl, check_ratio_vs_baseline, lookup
-from streamllm.harness.stats import FAIL, INCONCLUSIVE, PASS
-from streamllm.harness.verdicts import ERROR, NOT_CHECKED, RECORDED
+from streamllm.harness.verdicts import ERROR, FAIL, INCONCLUSIVE, NOT_CHECKED, PASS, RECORDED
 from streamllm.measure import minor_faults, prepare_slice, time_rounds
 from streamllm.models import LoadedModel
 from streamllm.strategies import make_strategy
@@ -400,6 +399,7 @@ def _history_run(tmp_path, tiny, monkeypatch, *, load: float, reference_level: f
 
     import numpy as np
 
+    import bench.session
     import bench.suite
     from streamllm.harness.history import RunHistory
 
@@ -407,7 +407,7 @@ def _history_run(tmp_path, tiny, monkeypatch, *, load: float, reference_level: f
     rng = np.random.default_rng(0)
     case = suite.case("strict")
     measured = suite.timing(case, "synthetic")
-    reference = suite._references[("synthetic", "strict")]
+    reference = suite.measure.references[("synthetic", "strict")]
     history = RunHistory(suite.history_root, suite.fingerprint_id)
     for _ in range(3):  # three accepted runs at ~1 ms
         runs = {"synthetic/strict": (1.0 + rng.normal(0, 0.01, 16)).tolist()}
@@ -415,7 +415,7 @@ def _history_run(tmp_path, tiny, monkeypatch, *, load: float, reference_level: f
             level = reference_level * float(np.median(reference.samples))
             runs["synthetic/strict" + bench.suite.REFERENCE_SUFFIX] = (level * (1 + rng.normal(0, 0.002, 16))).tolist()
         history.append(runs, accepted=True)
-    monkeypatch.setattr(bench.suite, "_load_average", lambda: [load, load, load])
+    monkeypatch.setattr(bench.session, "_load_average", lambda: [load, load, load])
     out = bench.suite.CaseResult(case, "synthetic")
     timing = dataclasses.replace(measured, step_ms=(3.0 + rng.normal(0, 0.01, len(measured.step_ms))).tolist())
     out.reference_timing = reference
@@ -498,7 +498,7 @@ def test_each_case_reports_its_bandwidth_floor(tmp_path, tiny):
     out = run(suite, "strict", "lazy-c16")
     for cid, result in out.items():
         spec = suite.case(cid).spec
-        expected = floor_ms(analytic_step_bytes(tiny.model, mean_attended_slots(spec)), suite._bandwidth)
+        expected = floor_ms(analytic_step_bytes(tiny.model, mean_attended_slots(spec)), suite.measure.bandwidth)
         assert result.floor_ms == pytest.approx(expected)
         assert result.row()["tpot_over_floor"] > 1.0
 

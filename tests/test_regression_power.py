@@ -20,8 +20,7 @@ import torch
 from bench import injections
 from bench.suite import Suite, SuiteOptions
 from conftest import tiny_llama
-from streamllm.harness.stats import FAIL, PASS
-from streamllm.harness.verdicts import NOT_CHECKED
+from streamllm.harness.verdicts import FAIL, NOT_CHECKED, PASS
 from streamllm.models import LoadedModel
 
 

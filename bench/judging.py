@@ -1,0 +1,130 @@
+"""Judging one case: the checks of its measurements against what is stored, each a
+`streamllm.harness.verdicts.Check` made by a judge of `streamllm.harness.judges`. These functions
+gather the judges' inputs (the stored record, the run's conditions) and call them; they decide no
+verdict of their own and change none."""
+
+from __future__ import annotations
+
+import torch
+
+from streamllm.combinations import GRAPH_MODES
+from streamllm.harness.history import RunHistory
+from streamllm.harness.judges import (
+    HistoryInputs,
+    check_device_time,
+    check_history,
+    check_ppl,
+    check_ratio_vs_baseline,
+    check_work,
+    lookup,
+)
+from streamllm.harness.ratio import RatioCI
+from streamllm.harness.stats import ppl_ratio_ci
+from streamllm.harness.verdicts import AGREEMENT_CHECK, FAIL, NOT_APPLICABLE, NOT_CHECKED, PASS, Check, ratio_key
+from streamllm.measure import TimingRun
+from streamllm.results import EvalResult
+
+from .catalog import BenchCase, compile_mode
+from .findings import check_finding, findings_for
+from .measuring import Measurements
+from .run_record import REFERENCE_SUFFIX, CaseResult, device_time_key
+from .session import Session
+
+
+def judge_case(session: Session, measure: Measurements, case: BenchCase, dataset: str, evaluation: EvalResult, timing: TimingRun,
+           out: CaseResult) -> list[Check]:
+    what = f"{case.label} on {evaluation.dataset}"
+    found = lookup(session.store, session.key(case, evaluation))
+    updating = session.options.update_baselines
+    device_class = session.fingerprint["device_class"]
+    checks = [check_ppl(evaluation.ppl, found, device_class=device_class, updating=updating, what=what)]
+    agreement = timing and measure.slice_agreement(evaluation, timing)
+    if agreement is not None:
+        tol = session.slice_tolerance()
+        ok = agreement <= tol
+        checks.append(Check(
+            "ppl", AGREEMENT_CHECK, PASS if ok else FAIL,
+            f"{what}: max |NLL(timed decode) - NLL({evaluation.evaluator} evaluator)| = {agreement:.2e} over "
+            f"{len(timing.positions)} steps ({'within' if ok else 'OUTSIDE'} {tol:g})",
+            {"max_abs_diff": agreement, "tolerance": tol}))
+    checks.extend(tpot_checks(session, measure, case, dataset, evaluation, timing, out, found))
+    checks.extend(finding_checks(session, measure, case, dataset))
+    return checks
+
+
+def tpot_checks(session: Session, measure: Measurements, case: BenchCase, dataset: str, evaluation: EvalResult, timing: TimingRun,
+                out: CaseResult, found) -> list[Check]:
+    """(b) three signals, strongest first: the step's work counts (exact, any machine with this
+    software), its TPOT relative to the reference arm timed in the same process (any machine of
+    this device class), and its absolute TPOT against this machine's run history."""
+    what = f"{case.label} on {evaluation.dataset}"
+    updating = session.options.update_baselines
+    checks: list[Check] = []
+    checks.append(check_work(out.work, found, updating=updating, what=what, reference=out.reference_work))
+    busy = session.oversubscribed()
+    rerun = None
+    if not busy:
+        def rerun() -> tuple[list[float], list[float]]:
+            return measure.rerun(case, dataset)
+    graph = compile_mode(case) in GRAPH_MODES
+    ratio = check_ratio_vs_baseline(
+        timing.samples, out.reference_timing.samples if out.reference_timing else None, found,
+        key=ratio_key(session.fingerprint, torch.get_num_threads()), updating=updating, what=what,
+        tolerance=session.options.tpot_tolerance, rerun=rerun,
+        faults=(timing.faults_per_step, out.reference_timing.faults_per_step) if out.reference_timing else None,
+        not_applicable=("a CUDA-graph step is device-bound, the eager reference host-bound: their ratio "
+                        "follows the host, not the step (checked by work counts and device time)") if graph else None)
+    if ratio.details.get("ratio"):
+        out.ratio = RatioCI(**ratio.details["ratio"])
+    checks.append(ratio)
+    device = timing.device_samples if timing.device_ms else None
+    samples = device or timing.samples
+    if graph:
+        # A graph replay is device-bound by construction (decided from the row, not from a
+        # measured busy share that can flip): its device time is checked against the GPU
+        # model's stored processes from a machine's first run; the history stays for the rest.
+        checks.append(check_device_time(device, found, key=device_time_key(out), updating=updating,
+                                        what=what, fallback=session.options.tpot_tolerance))
+    ref = out.reference_timing
+    ref_samples = (ref.device_samples if ref.device_ms else ref.samples) if ref is not None else None
+    name = f"{dataset}/{case.id}"
+    history = RunHistory(session.history_root, session.fingerprint_id)
+    absolute = check_history(history, name, samples, what=what,
+                             clock="device time (CUDA events)" if device else "wall time",
+                             floor=session.options.tpot_tolerance, k=session.options.history_k,
+                             nightly=session.options.nightly,
+                             inputs=HistoryInputs(busy=busy, reference_case=name + REFERENCE_SUFFIX,
+                                                  reference_samples=ref_samples))
+    checks.append(absolute)
+    return checks
+
+
+def finding_checks(session: Session, measure: Measurements, case: BenchCase, dataset: str) -> list[Check]:
+    out: list[Check] = []
+    loaded = session.model()
+    for spec in findings_for(case.id):
+        f = spec.finding
+        name = f"(c) {f.name}"
+        why_not = spec.applies(model=loaded.name, dataset=session.text(dataset).name, sink=session.options.sink,
+                               window=session.options.window, tokens=session.options.tokens,
+                               device_type=session.options.device_type, dummy_weights=loaded.dummy_weights)
+        if why_not:
+            out.append(Check("finding", name, NOT_APPLICABLE, f"n/a: {why_not}"))
+            continue
+        ref_case = session.case(spec.reference)
+        if f.relation != "ratio_ppl" and session.options.no_timing:
+            out.append(Check("finding", name, NOT_CHECKED, f"{case.label} vs {ref_case.label}: TPOT not measured: "
+                             f"{session.options.no_timing}", {"not_measured": session.options.no_timing}))
+            continue
+        if f.relation == "ratio_ppl":
+            s_nll = measure.evaluate(case, dataset).trace.nll
+            r_nll = measure.evaluate(ref_case, dataset).trace.nll
+            est, lo, hi = ppl_ratio_ci(s_nll, r_nll)
+        else:
+            paired = measure.paired_ratio(case, ref_case, dataset)
+            est, lo, hi = paired.ratio, paired.low, paired.high
+        verdict, message = check_finding(f, est, lo, hi)
+        out.append(Check("finding", name, verdict, f"{case.label} vs {ref_case.label}: {message}",
+                         {"estimate": est, "ci_low": lo, "ci_high": hi, "low": f.low, "high": f.high,
+                          "relation": f.relation, "reference": ref_case.label, "provenance": f.provenance}))
+    return out

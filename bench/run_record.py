@@ -1,0 +1,273 @@
+"""Writing one run: a case's result, its baseline record (under --update/--append-baselines), the
+run record `streamllm report` reads, and the entries the run appends to the machine's history."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import sys
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from streamllm.combinations import GRAPH_MODES
+from streamllm.harness.baselines import BaselineRecord, make_provenance
+from streamllm.harness.counters import WorkCounts
+from streamllm.harness.fingerprint import fingerprint_id
+from streamllm.harness.history import RunHistory
+from streamllm.harness.ratio import RatioCI
+from streamllm.harness.records import RUN_SCHEMA, validate_run
+from streamllm.harness.verdicts import (
+    HISTORY_CHECK,
+    HISTORY_RAW,
+    IMPROVEMENT,
+    REGRESSION,
+    Check,
+    armed,
+    ratio_key,
+    sub_checks,
+    summarize,
+)
+from streamllm.measure import TimingRun
+from streamllm.results import EvalResult, write_json_atomic
+
+from .catalog import BenchCase, compile_mode
+from .session import Session, _load_average
+
+NOISE_NOTE = ("CPU timings from a shared 2-core VM: other processes compete for the cores (steal time), "
+              "so TPOT samples are noisy; compare only within one fingerprint")
+
+
+# History entry of a case's reference arm: "<dataset>/<case>:reference".
+# History entry of a case's reference arm: "<dataset>/<case>:reference".
+REFERENCE_SUFFIX = ":reference"
+
+
+
+@dataclass
+class CaseResult:
+    case: BenchCase
+    dataset: str
+    evaluation: EvalResult | None = None
+    timing: TimingRun | None = None
+    reference_timing: TimingRun | None = None  # the interleaved reference arm (measure.reference_slice)
+    ratio: RatioCI | None = None  # case / reference, per round, same process
+    work: WorkCounts | None = None
+    reference_work: WorkCounts | None = None  # the reference arm counted over the same steps
+    speedup: float | None = None
+    floor_ms: float | None = None  # analytic bytes a step must read / measured copy bandwidth
+
+    @property
+    def bound(self) -> str | None:
+        """On CUDA: "device" when the kernels keep the GPU busy for most of a step (summed kernel
+        time from the counting pass >= 80 % of wall TPOT), else "host" (launch/Python bound)."""
+        busy = self.work.device_busy_us if self.work is not None else None
+        if busy is None or self.timing is None or not self.work.steps:
+            return None
+        share = busy / self.work.steps / 1e3 / self.timing.mean_ms
+        return f"{'device' if share >= 0.8 else 'host'} ({share:.0%} busy)"
+    ppl_delta_vs_dense_pct: float | None = None
+    slice_nll_max_abs_diff: float | None = None
+    checks: list[Check] = field(default_factory=list)
+    seconds: float = 0.0
+    skipped: str | None = None  # reason, when the case could not run here
+
+    @property
+    def verdicts(self) -> dict[str, str]:
+        return {"a": summarize(self.checks, "ppl"), "b": summarize(self.checks, "tpot"),
+                "c": summarize(self.checks, "finding")}
+
+    def row(self) -> dict:
+        ev, tm = self.evaluation, self.timing
+        return {
+            "dataset": self.dataset,
+            "case": self.case.id,
+            "label": self.case.label,
+            "ppl": ev.ppl if ev else None,
+            "ppl_delta_vs_dense_pct": self.ppl_delta_vs_dense_pct,
+            "tpot_ms_mean": tm.mean_ms if tm else None,
+            "tpot_ms_median": tm.median_ms if tm else None,
+            "speedup": self.speedup,
+            "tpot_over_floor": self.timing.mean_ms / self.floor_ms if self.floor_ms and self.timing else None,
+            "bound": self.bound,
+            "verdicts": self.verdicts if not self.skipped else {"a": "skip", "b": "skip", "c": "skip"},
+            # (b) per sub-check, and whether the row is armed (work counts and a TPOT check live)
+            "sub": sub_checks(self.checks) if not self.skipped else None,
+            "armed": armed(self.checks)[0] if self.timing is not None else None,
+            "armed_why": armed(self.checks)[1] if self.timing is not None else None,
+            "skipped": self.skipped,
+        }
+
+    def to_json(self) -> dict:
+        ev = self.evaluation
+        out = {
+            **self.row(),
+            "transform": self.case.transform,
+            "sweeps": list(self.case.sweeps),  # the report draws one curve per sweep
+            "params": self.case.params(),
+            "seconds": self.seconds,
+            "slice_nll_max_abs_diff": self.slice_nll_max_abs_diff,
+            "evaluation": ev.summary() if ev else None,
+            "timing": self.timing.summary() if self.timing else None,
+            "reference_timing": self.reference_timing.summary() if self.reference_timing else None,
+            "ratio": self.ratio.as_dict() if self.ratio else None,
+            "work": self.work.to_json() if self.work else None,
+            "reference_work": self.reference_work.to_json() if self.reference_work else None,
+            "timing_step_ms": self.timing.step_ms if self.timing else None,
+            # text index and prune flag of each timed step: the phase A diagnostics put the step
+            # times next to the per-token NLL and KV length
+            "timing_positions": self.timing.positions if self.timing else None,
+            "timing_prune_flags": self.timing.prune_flags if self.timing else None,
+            "checks": [c.to_dict() for c in self.checks],
+        }
+        if ev is not None and ev.trace is not None:
+            out["trace"] = {"nll": ev.trace.nll, "prune_steps": ev.trace.prune_steps,
+                            "kv_length": ev.trace.kv_length, "evicted": ev.trace.evicted,
+                            "step_ms": ev.trace.step_ms}  # NaN (null) for the parallel evaluator
+        return _finite(out)
+
+
+def device_time_key(out: CaseResult) -> str | None:
+    """Graph device time is keyed like the kernel counts: GPU model, software, config, strategy, decoder."""
+    return out.work.key.kernel_id if out.work is not None and out.work.key is not None else None
+
+
+def history_entries(results: list[CaseResult]) -> tuple[dict[str, list[float]], dict[str, str]]:
+    """What a run appends to the history: each timed case's per-round TPOT (device time on CUDA) and
+    its reference arm's, with the raw verdicts its history check chose (a move both arms share is
+    recorded as not checked, which re-bases the history)."""
+    samples: dict[str, list[float]] = {}
+    verdicts: dict[str, str] = {}
+    for out in results:
+        if out.timing is None:
+            continue
+        name = f"{out.dataset}/{out.case.id}"
+        samples[name] = out.timing.device_samples if out.timing.device_ms else out.timing.samples
+        ref = out.reference_timing
+        if ref is not None:
+            samples[name + REFERENCE_SUFFIX] = ref.device_samples if ref.device_ms else ref.samples
+        for check in out.checks:
+            if check.name == HISTORY_CHECK:
+                verdicts.update(check.details.get("record", {}))
+    return samples, verdicts
+
+
+# -- records -------------------------------------------------------------------------------
+def baseline_record(session: Session, case: BenchCase, dataset: str, evaluation: EvalResult, timing: TimingRun,
+                    out: CaseResult) -> BaselineRecord:
+    """This run's record: PPL, the work counts, the same-run TPOT ratio and its CI (and the raw
+    TPOT samples for people; absolute TPOT is judged against the run history instead)."""
+    provenance = make_provenance(cwd=str(session.rootdir))
+    note = session.options.baseline_note or (NOISE_NOTE if session.options.device_type == "cpu" else
+                                          f"timed on {session.fingerprint.get('device_class')}")
+    provenance.update({"note": note, "evaluator": evaluation.evaluator,
+                       "load_average_1_5_15min": _load_average(),
+                       "timing": {"rounds": timing.rounds, "steps_per_round": timing.steps_per_round,
+                                  "warmup_rounds": timing.warmup_rounds, "sample": "per-cycle mean TPOT (ms)",
+                                  "threads": torch.get_num_threads(), "fill": timing.fill_mode}})
+    extra = {"tpot_ms_median": timing.median_ms, "spikes": evaluation.spikes}
+    if out.work is not None and out.work.key is not None:
+        extra["work_counts"] = {out.work.key.id: out.work.to_json()}
+        if out.reference_work is not None:  # keyed by the case's counter key: the pair is one recording
+            extra["reference_work_counts"] = {out.work.key.id: out.reference_work.to_json()}
+    device_key = device_time_key(out)
+    if compile_mode(case) in GRAPH_MODES and timing.device_ms and device_key is not None:
+        geomean = float(np.exp(np.mean(np.log(timing.device_samples))))
+        extra["device_time_ms"] = {device_key: [round(geomean, 5)]}
+    if out.ratio is not None:
+        rkey = ratio_key(session.fingerprint, torch.get_num_threads())
+        extra["tpot_ratio"] = {rkey: [round(out.ratio.ratio, 5)]}
+        extra["tpot_ratio_ci"] = {rkey: [[round(out.ratio.low, 5), round(out.ratio.high, 5)]]}
+    record = BaselineRecord.from_result(evaluation, fingerprint=session.fingerprint, tpot_samples_ms=timing.samples,
+                                        tpot_ms=timing.mean_ms, provenance=provenance, extra=extra)
+    return dataclasses.replace(record, key=session.key(case, evaluation))
+
+
+def extra_info(session: Session, out: CaseResult) -> dict:
+    ev, tm = out.evaluation, out.timing
+    return _finite({
+        "strategy": out.case.label,
+        "dataset": ev.dataset,
+        "tokens": ev.tokens,
+        "evaluator": ev.evaluator,
+        "ppl": ev.ppl,
+        "ppl_delta_vs_dense_pct": out.ppl_delta_vs_dense_pct,
+        "tpot_ms_mean": tm.mean_ms,
+        "tpot_ms_median": tm.median_ms,
+        "speedup_vs_dense": out.speedup,
+        "steps_per_round": tm.steps_per_round,
+        "round_unit": f"one round = {tm.steps_per_round} steady-state decode steps",
+        "prune_events": ev.prune_events,
+        "spikes": ev.spikes,
+        "verdicts": out.verdicts,
+    })
+
+
+def run_json(session: Session, results: list[CaseResult], written: list[Path], bandwidth: float | None) -> dict:
+    loaded = session.weights.loaded()
+    return _finite({
+        "schema": RUN_SCHEMA,
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "runtime_s": time.time() - session.started,
+        "phases_s": dict(session.phases.seconds),
+        "copy_bandwidth_GBps": bandwidth,
+        "command": " ".join([_program(), *sys.argv[1:]]),
+        "options": dataclasses.asdict(session.options),
+        "model": {"name": loaded.name, "revision": loaded.revision, "dummy_weights": loaded.dummy_weights,
+                  "architecture": loaded.architecture} if loaded else None,
+        "fingerprint": session.fingerprint,
+        "fingerprint_id": session.fingerprint_id,
+        "threads": torch.get_num_threads(),
+        "load_average_1_5_15min": _load_average(),  # how busy the (shared) machine was
+        "provenance": make_provenance(cwd=str(session.rootdir)),
+        "baselines_written": [str(p) for p in written],
+        "results": [r.to_json() for r in results],
+    })
+
+
+# The two writers the xdist controller shares with a serial run (bench/xdist.py merges the workers'
+# parts and writes one run record and one history run through these).
+def append_history(history_root: Path, fingerprint: dict, samples: dict[str, list[float]],
+                   raw_verdicts: dict[str, str], *, rootdir: Path) -> Path:
+    """Append one run's absolute TPOT samples to the machine's run history (never edited)."""
+    history = RunHistory(history_root, fingerprint_id(fingerprint))
+    verdicts = {c: v for c, v in raw_verdicts.items() if v in HISTORY_RAW}
+    rejected = {c: False for c, v in verdicts.items() if v in (REGRESSION, IMPROVEMENT)}
+    run = history.append(samples, accepted=True, verdicts=verdicts, case_accepted=rejected, fingerprint=fingerprint,
+                         meta={"command": " ".join([_program(), *sys.argv[1:]]),
+                               "provenance": make_provenance(cwd=str(rootdir))})
+    return history.directory / run.filename
+
+
+
+def write_run_record(report_root: Path, device_type: str, run: dict) -> Path:
+    """Validate a run record against the library's schema and write it under <report dir>/runs/."""
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    path = report_root / "runs" / f"{stamp}-{device_type}-{os.getpid()}.json"
+    return write_json_atomic(path, validate_run(run, "this run's record").to_json())
+
+
+
+def _program() -> str:
+    name = Path(sys.argv[0]).name
+    return "python -m pytest" if name == "__main__.py" else name
+
+
+
+def _finite(obj):
+    """NaN/inf are not JSON: store them as null (numpy scalars become floats)."""
+    if isinstance(obj, (float, np.floating)):
+        return float(obj) if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: _finite(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_finite(v) for v in obj]
+    if isinstance(obj, np.integer):
+        return int(obj)
+    return obj
+
