@@ -292,8 +292,6 @@ def test_tuned_entries_build_and_follow_the_mask(monkeypatch):
     mask = torch.empty(1, 1, 1, 2053, dtype=torch.float16, device="meta")
     assert ops.tuned_name("attention", ops.attention_key(q, k, None)) == "attention:32:1:2053:80:float16:nomask"
     monkeypatch.setattr(ops, "INTERPRETED", False)
-    monkeypatch.setattr(ops, "_CHOSEN", {})
-    monkeypatch.setattr(ops, "_device_name", lambda device: "NVIDIA H200")
     monkeypatch.delenv("STREAMLLM_KERNEL_TUNING", raising=False)
 
     def untimed():
@@ -303,10 +301,13 @@ def test_tuned_entries_build_and_follow_the_mask(monkeypatch):
         return ops.choose("attention", ops.attention_key(q, k, m), torch.device("cuda"), untimed,
                           attn.default_config(2053, 1), untimed, attn.AttentionConfig)
 
-    with_mask, without = pick(mask), pick(None)
-    assert with_mask == attn.AttentionConfig(**TUNED["NVIDIA H200"]["attention:32:1:2053:80:float16:mask"])
-    assert without == attn.AttentionConfig(**TUNED["NVIDIA H200"]["attention:32:1:2053:80:float16:nomask"])
-    assert with_mask != without
+    for device_name in ("NVIDIA H200", "NVIDIA H100 80GB HBM3"):
+        monkeypatch.setattr(ops, "_CHOSEN", {})
+        monkeypatch.setattr(ops, "_device_name", lambda device, name=device_name: name)
+        with_mask, without = pick(mask), pick(None)
+        assert with_mask == attn.AttentionConfig(**TUNED[device_name]["attention:32:1:2053:80:float16:mask"])
+        assert without == attn.AttentionConfig(**TUNED[device_name]["attention:32:1:2053:80:float16:nomask"])
+        assert with_mask != without
     # Timed at 2052 slots, filed under the ring's 2053: the same tiles and splits either way.
     assert all(c.layout(2052) == c.layout(2053) for c in (with_mask, without))
 
