@@ -421,3 +421,87 @@ def test_triton_graph_decoder_matches_eager_ring(attention):
                             decoder_factory=lambda m, c: TritonGraphDecoder(m, c, attention=attention))
     gap = (torch.tensor(graph.trace.nll) - torch.tensor(eager.trace.nll)).abs().max().item()
     assert gap <= 1e-4
+
+
+# -- ring attention fused with rotary, cache write and sink re-rotation ---------------------------
+RING_CASES = [
+    # (heads, kv_heads, slots, head_dim, rotary_dim, sinks, slot, config)
+    # GPT-NeoX: partial rotary (a quarter of the head), MHA; the new slot in the last, ragged tile.
+    (4, 4, 37, 16, 4, 2, 35, attn.AttentionConfig(block_s=16, target_splits=4)),
+    # Llama: full rotary, GQA 4, head_dim 32; merge kernel, pipelined loop, slot in a middle split.
+    (8, 2, 70, 32, 32, 4, 29, attn.AttentionConfig(block_s=16, target_splits=3, num_stages=2, merge="kernel")),
+    # More sinks than one tile (they span two tiles and two splits); the slot right after them.
+    (6, 2, 50, 16, 16, 20, 20, attn.AttentionConfig(block_s=16, target_splits=4, num_warps=2)),
+    # No sinks to re-rotate (no-shift ring or S=0); one split covers everything.
+    (4, 2, 40, 16, 8, 0, 3, attn.AttentionConfig(block_s=64, target_splits=1)),
+]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+@pytest.mark.parametrize(("heads", "kv_heads", "slots", "head_dim", "rot", "sinks", "slot", "cfg"), RING_CASES)
+@pytest.mark.parametrize("masked", [True, False])
+def test_ring_attention_matches_unfused(heads, kv_heads, slots, head_dim, rot, sinks, slot, cfg, dtype, masked):
+    """One launch (rotary of q and the new k, cache write at the slot, sinks re-rotated from their
+    store) gives the unfused path's output and leaves the caches as it does."""
+    from streamllm.kernels import ring_attention as ra
+
+    g = gen(heads * 1000 + slots + rot)
+    # q, k, v as a fused qkv projection makes them (GPT-NeoX): chunks of one tensor, strided.
+    qkv = randn(1, heads, 1, 3 * head_dim, dtype=dtype, g=g)
+    q = qkv[..., :head_dim]
+    k_new = randn(1, kv_heads, 1, head_dim, dtype=dtype, g=g)
+    v_new = randn(1, kv_heads, 1, head_dim, dtype=dtype, g=g)
+    angles = 37.0 * torch.rand(rot // 2, generator=g, device=DEVICE)
+    angles = torch.cat((angles, angles))
+    cos, sin = angles.cos().to(dtype).view(1, 1, rot), angles.sin().to(dtype).view(1, 1, rot)
+    k_cache = randn(1, kv_heads, slots, head_dim, dtype=dtype, g=g)
+    v_cache = randn(1, kv_heads, slots, head_dim, dtype=dtype, g=g)
+    sink = None
+    if sinks:
+        sink_angles = 5.0 * torch.rand(rot // 2, generator=g, device=DEVICE)
+        sink_angles = torch.cat((sink_angles, sink_angles))
+        sink = ra.SinkRotation(randn(1, kv_heads, sinks + 1, head_dim, dtype=dtype, g=g), sink_angles.cos(),
+                               sink_angles.sin(), sinks)
+    mask = ring_mask(slots, dtype, g, tail=slots // 4) if masked else None
+    if mask is not None:
+        mask[..., slot] = 0.0  # the ring opens the new token's slot before attending
+    slot_t = torch.tensor([slot], device=DEVICE)
+    scale = head_dim ** -0.5
+    ref_k, ref_v = k_cache.double(), v_cache.double()
+    ref_sink = None if sink is None else ra.SinkRotation(sink.store.double(), sink.cos.double(), sink.sin.double(),
+                                                          sinks)
+    ref = ra.ring_attention_reference(q.double(), k_new.double(), v_new.double(), cos.double(), sin.double(),
+                                      ref_k, ref_v, slot_t, ref_sink, None if mask is None else mask.double(), scale)
+    out = torch.full((1, 1, heads, head_dim), float("nan"), dtype=dtype, device=DEVICE)
+    untouched = k_cache.clone()
+    ra.launch_ring_attention(q, k_new, v_new, cos, sin, k_cache, v_cache, slot_t, sink, mask, scale, out, cfg)
+    tol = FP32_TOL if dtype == torch.float32 else FP16_TOL
+    assert rel_err(out, ref) < tol
+    assert rel_err(k_cache, ref_k) < tol and rel_err(v_cache, ref_v) < tol
+    # Only the slot and the sinks were written.
+    written = torch.zeros(slots, dtype=torch.bool, device=DEVICE)
+    written[:sinks] = True
+    written[slot] = True
+    assert torch.equal(k_cache[:, :, ~written], untouched[:, :, ~written])
+    assert not torch.equal(k_cache[:, :, slot], untouched[:, :, slot])
+
+
+def test_ring_attention_repeats():
+    """A second launch of the same step (a graph replay) gives the same output and caches."""
+    from streamllm.kernels import ring_attention as ra
+
+    g = gen(21)
+    q, k_new, v_new = randn(1, 4, 1, 16, g=g), randn(1, 2, 1, 16, g=g), randn(1, 2, 1, 16, g=g)
+    cos, sin = torch.ones(1, 1, 16, device=DEVICE) * 0.6, torch.ones(1, 1, 16, device=DEVICE) * 0.8
+    k_cache, v_cache = randn(1, 2, 40, 16, g=g), randn(1, 2, 40, 16, g=g)
+    sink = ra.SinkRotation(randn(1, 2, 3, 16, g=g), cos.view(-1), -sin.view(-1), 2)
+    slot = torch.tensor([17], device=DEVICE)
+    cfg = attn.AttentionConfig(block_s=16, target_splits=3)
+    outs, caches = [], []
+    for _ in range(2):
+        out = torch.full((1, 1, 4, 16), float("nan"), device=DEVICE)
+        outs.append(ra.launch_ring_attention(q, k_new, v_new, cos, sin, k_cache, v_cache, slot, sink, None, 0.25,
+                                             out, cfg))
+        caches.append(k_cache.clone())
+    torch.testing.assert_close(outs[0], outs[1], rtol=0, atol=0)
+    torch.testing.assert_close(caches[0], caches[1], rtol=0, atol=0)
