@@ -342,8 +342,10 @@ def test_decode_attention_repeats_and_resets(cfg):
 
 # -- integration: a model instance on the kernels ------------------------------------------------
 def _counting(monkeypatch) -> dict[str, int]:
-    calls = {"gemv": 0, "attention": 0}
-    launch_gemv, launch_attention = gv.launch_gemv, attn.launch_decode_attention
+    from streamllm.kernels import ring_attention as ra
+
+    calls = {"gemv": 0, "attention": 0, "ring": 0}
+    launch_gemv, launch_attention, launch_ring = gv.launch_gemv, attn.launch_decode_attention, ra.launch_ring_attention
 
     def count_gemv(*a, **kw):
         calls["gemv"] += 1
@@ -353,14 +355,22 @@ def _counting(monkeypatch) -> dict[str, int]:
         calls["attention"] += 1
         return launch_attention(*a, **kw)
 
+    def count_ring(*a, **kw):
+        calls["ring"] += 1
+        return launch_ring(*a, **kw)
+
     monkeypatch.setattr(gv, "launch_gemv", count_gemv)
     monkeypatch.setattr(attn, "launch_decode_attention", count_attention)
+    monkeypatch.setattr(ra, "launch_ring_attention", count_ring)
     return calls
 
 
-def test_ring_decode_on_kernels_equals_eager(tiny_model, monkeypatch):
+@pytest.mark.parametrize("fuse_ring", [True, False])
+def test_ring_decode_on_kernels_equals_eager(tiny_model, monkeypatch, fuse_ring):
     """The strict ring decoded with every linear, MLP and attention on the kernels (eager, fp32)
-    gives the eager ring's per-token NLL; the model is left as it was."""
+    gives the eager ring's per-token NLL; the model is left as it was. With fuse_ring, every step
+    after the S sinks are recorded runs the fused ring kernel (rotary, slot write and sink
+    re-rotation in the launch) and the first S steps the plain attention kernel."""
     from streamllm.evaluate import DecodeOptions, evaluate_tokens
     from streamllm.strategies import make_strategy
 
@@ -374,7 +384,7 @@ def test_ring_decode_on_kernels_equals_eager(tiny_model, monkeypatch):
     ref = evaluate_tokens(loaded, ids, spec, options=options)
     previous = model.config._attn_implementation
     calls = _counting(monkeypatch)
-    kernels = TritonKernels(model)
+    kernels = TritonKernels(model, fuse_ring=fuse_ring)
     with kernels:
         assert model.config._attn_implementation == ATTENTION_NAME
         got = evaluate_tokens(loaded, ids, spec, options=options)
@@ -382,7 +392,10 @@ def test_ring_decode_on_kernels_equals_eager(tiny_model, monkeypatch):
     layers = model.config.num_hidden_layers
     # Per layer: qkv (or q,k,v), dense/o_proj, the fused MLP's two GEMVs; plus the head.
     assert kernels.fused_mlps == layers
-    assert calls["attention"] == steps * layers
+    assert kernels.fused_attention == (layers if fuse_ring else 0)
+    fused_steps = steps - spec.sink if fuse_ring else 0
+    assert calls["ring"] == fused_steps * layers
+    assert calls["attention"] == (steps - fused_steps) * layers
     assert calls["gemv"] >= steps * (4 * layers + 1)
     gap = (torch.tensor(got.trace.nll) - torch.tensor(ref.trace.nll)).abs().max().item()
     assert gap <= 1e-4

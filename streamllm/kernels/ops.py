@@ -24,6 +24,7 @@ import triton
 
 from . import decode_attention as attn
 from . import gemv as gv
+from . import ring_attention as ra
 from .tuned_configs import TUNED
 
 INTERPRETED = os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
@@ -38,7 +39,8 @@ def _device_name(device: torch.device) -> str:
 
 def tuned_name(kind: str, key: tuple) -> str:
     """The TUNED entry name of a shape: "gemv:N:K:dtype:plain|gated",
-    "attention:KVH:GROUP:SLOTS:HEAD_DIM:dtype:mask|nomask"."""
+    "attention:KVH:GROUP:SLOTS:HEAD_DIM:dtype:mask|nomask" (and "ring_attention:" with the same
+    fields: the fused ring kernel, tuned apart)."""
     return ":".join(map(str, (kind, *key)))
 
 
@@ -131,6 +133,23 @@ def attention_config(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: to
                   attn.AttentionConfig)
 
 
+def ring_attention_config(q: torch.Tensor, k_cache: torch.Tensor, mask: torch.Tensor | None,
+                          make_run: Callable[[], Callable[[attn.AttentionConfig], None]]) -> attn.AttentionConfig:
+    """The fused ring kernel's config: tuned apart from plain attention (its tile loop carries the
+    rotary and write patches), same candidates. Timing it repeats one step's writes: the same
+    values into the same slots, so the cache is unchanged by the tuner."""
+    heads, kv_heads, slots, head_dim = q.shape[1], k_cache.shape[1], k_cache.shape[2], k_cache.shape[3]
+    group = heads // kv_heads
+
+    def candidates() -> list[attn.AttentionConfig]:
+        sms = torch.cuda.get_device_properties(q.device).multi_processor_count if q.device.type == "cuda" else None
+        return attn.candidate_configs(slots, group, kv_heads=kv_heads, head_dim=head_dim, sms=sms,
+                                      elem_bytes=k_cache.element_size())
+
+    return choose("ring_attention", attention_key(q, k_cache, mask), q.device, candidates,
+                  attn.default_config(slots, group), make_run, attn.AttentionConfig)
+
+
 # -- custom ops ------------------------------------------------------------------------------
 @torch.library.custom_op("streamllm::gemv", mutates_args=())
 def gemv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None, act: int = 0,
@@ -162,4 +181,30 @@ def decode_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: to
 
 @decode_attention.register_fake
 def _decode_attention_fake(q, k, v, mask, scale):
+    return q.new_empty(1, 1, q.shape[1], q.shape[3])
+
+
+@torch.library.custom_op("streamllm::ring_attention", mutates_args=("k_cache", "v_cache"))
+def ring_attention(q: torch.Tensor, k_new: torch.Tensor, v_new: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
+                   k_cache: torch.Tensor, v_cache: torch.Tensor, slot: torch.Tensor, sink_store: torch.Tensor | None,
+                   sink_cos: torch.Tensor | None, sink_sin: torch.Tensor | None, sinks: int,
+                   mask: torch.Tensor | None, scale: float) -> torch.Tensor:
+    """[1, 1, H, D] attention of one token over the ring, with its rotary, its cache write and the
+    sinks' re-rotation done in the same launch (ring_attention.launch_ring_attention); writes
+    k_cache / v_cache in place."""
+    sink = None if sink_store is None or sinks == 0 else ra.SinkRotation(sink_store, sink_cos, sink_sin, sinks)
+    out = q.new_empty(1, 1, q.shape[1], q.shape[3])
+
+    def make_run() -> Callable[[attn.AttentionConfig], None]:
+        scratch = q.new_empty(1, 1, q.shape[1], q.shape[3])
+        return lambda cfg: ra.launch_ring_attention(q, k_new, v_new, cos, sin, k_cache, v_cache, slot, sink, mask,
+                                                    scale, scratch, cfg)
+
+    cfg = ring_attention_config(q, k_cache, mask, make_run)
+    return ra.launch_ring_attention(q, k_new, v_new, cos, sin, k_cache, v_cache, slot, sink, mask, scale, out, cfg)
+
+
+@ring_attention.register_fake
+def _ring_attention_fake(q, k_new, v_new, cos, sin, k_cache, v_cache, slot, sink_store, sink_cos, sink_sin, sinks,
+                         mask, scale):
     return q.new_empty(1, 1, q.shape[1], q.shape[3])
