@@ -518,3 +518,39 @@ def test_ring_attention_repeats():
         caches.append(k_cache.clone())
     torch.testing.assert_close(outs[0], outs[1], rtol=0, atol=0)
     torch.testing.assert_close(caches[0], caches[1], rtol=0, atol=0)
+
+
+@pytest.mark.skipif(CUDA, reason="inductor's CPU code is inspected; on CUDA the graph decoder test covers the op")
+def test_ring_attention_op_compiles_in_place():
+    """Under torch.compile the op's cache mutation is done in place: the generated code calls the
+    kernel on the cache buffers themselves and copies neither (a functionalized copy of each
+    layer's buffers would cost a whole cache read and write per step)."""
+    from torch._inductor.utils import run_and_get_code
+
+    g = gen(31)
+    heads, kv_heads, slots, head_dim = 4, 2, 40, 16
+    k_cache, v_cache = randn(1, kv_heads, slots, head_dim, g=g), randn(1, kv_heads, slots, head_dim, g=g)
+    store = randn(1, kv_heads, 3, head_dim, g=g)
+    scos, ssin = torch.full((head_dim,), 0.6), torch.full((head_dim,), 0.8)
+    slot = torch.tensor([17])
+
+    def step(x: torch.Tensor) -> torch.Tensor:
+        q = (x * 2).view(1, heads, 1, head_dim)
+        k = x[: kv_heads * head_dim].view(1, kv_heads, 1, head_dim)
+        v = (x[: kv_heads * head_dim] + 1).view(1, kv_heads, 1, head_dim)
+        cos, sin = torch.full((1, 1, head_dim), 0.28), torch.full((1, 1, head_dim), 0.96)
+        return torch.ops.streamllm.ring_attention(q, k, v, cos, sin, k_cache, v_cache, slot, store, scos, ssin, 2,
+                                                  None, 0.25) * 1.0
+
+    x = randn(heads * head_dim, g=g)
+    before = (k_cache.clone(), v_cache.clone())
+    ref = step(x)
+    after = (k_cache.clone(), v_cache.clone())
+    k_cache.copy_(before[0])
+    v_cache.copy_(before[1])
+    got, codes = run_and_get_code(torch.compile(step, fullgraph=True, dynamic=False), x)
+    torch.testing.assert_close(got, ref, rtol=1e-6, atol=1e-6)
+    assert torch.equal(k_cache, after[0]) and torch.equal(v_cache, after[1])
+    code = "\n".join(codes)
+    assert "streamllm.ring_attention" in code
+    assert ".copy_(" not in code and "clone" not in code, code
