@@ -123,6 +123,51 @@ def test_split_k_counters_reset_and_repeat():
     torch.testing.assert_close(outs[0], outs[1], rtol=0, atol=0)
 
 
+# (N, K, config): stream-K with fewer programs than row blocks (each program finishes some blocks
+# whole and splits others), more programs than row blocks (every block split over 2-3 programs),
+# a ragged N, one K tile per row (every block whole), and GELU / bias epilogues on the split path.
+STREAM_K_CASES = [
+    (2560 // 40, 256, gv.GemvConfig(block_n=8, block_k=32, programs=5)),
+    (37, 256, gv.GemvConfig(block_n=8, block_k=64, programs=13)),
+    (37, 96, gv.GemvConfig(block_n=4, block_k=32, programs=7)),
+    (20, 64, gv.GemvConfig(block_n=4, block_k=64, programs=3)),
+]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+@pytest.mark.parametrize(("n", "k", "cfg"), STREAM_K_CASES)
+@pytest.mark.parametrize("act", [gv.ACT_NONE, gv.ACT_GELU])
+def test_gemv_stream_k_matches_linear(n, k, cfg, dtype, act):
+    """The dense projection's stream-K GEMV equals F.linear (+ GELU), and leaves its workspace and
+    counters at zero, so a second call (a graph replay) computes the same."""
+    g = gen(n * 7 + k + act)
+    x = randn(k, dtype=dtype, g=g)
+    w = randn(n, k, dtype=dtype, g=g, scale=k ** -0.5)
+    b = randn(n, dtype=dtype, g=g)
+    ref = torch.nn.functional.linear(x.double(), w.double(), b.double())
+    if act == gv.ACT_GELU:
+        ref = torch.nn.functional.gelu(ref)
+    outs = []
+    for _ in range(2):
+        out = torch.full((n,), float("nan"), dtype=dtype, device=DEVICE)
+        outs.append(gv.launch_gemv(x, w, b, out, cfg, act))
+        sums, count = gv._workspace(x.device, n, cfg)
+        assert count.eq(0).all() and sums.eq(0).all()
+        assert rel_err(out, ref) < (FP32_TOL if dtype == torch.float32 else FP16_TOL)
+    torch.testing.assert_close(outs[0], outs[1], rtol=1e-6, atol=1e-6)
+
+
+def test_stream_k_candidates():
+    """Stream-K in whole waves of the SMs for short matrices only; never for the gated form or a K
+    that is not whole tiles."""
+    dense = gv.candidate_configs(2560, 2560, sms=132)
+    assert {c.programs for c in dense} == {0, 132, 264, 528}
+    assert not any(c.programs for c in gv.candidate_configs(50304, 2560, sms=132))
+    assert not any(c.programs for c in gv.candidate_configs(2560, 2560, gated=True, sms=132))
+    assert not gv.GemvConfig(8, 256, programs=132).fits(2560, 2600, gated=False)
+    assert not gv.GemvConfig(8, 256, split_k=2, programs=132).fits(2560, 2560, gated=False)
+
+
 @pytest.mark.parametrize("split_k", [1, 2])
 def test_gemv_gelu_epilogue(split_k):
     n, k = 24, 128

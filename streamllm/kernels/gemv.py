@@ -20,6 +20,16 @@ MLP's input is read once and no elementwise kernel follows.
 
 Rows past N are clamped to row N-1 for the loads (always valid memory, no mask on the hot load)
 and masked only at the store.
+
+Stream-K (`GemvConfig.programs` > 0): a fixed number of programs, a small multiple of the SM count,
+share the row-blocks x K-tiles work units evenly: program p takes units [p U / P, (p + 1) U / P) in
+row-major order, so it finishes some row blocks whole and starts or ends others part-way. For a
+square 2560 x 2560 projection (the attention's dense output) the one-program-per-row-block grid
+has 320 programs of 8 rows: 2.4 waves on 132 SMs, the last one 40 % full, and a short matrix has
+too little work per program to hide it. A row block finished whole gets its epilogue at once; a
+partial one adds its float32 sum into a workspace (atomic) and bumps the block's counter by the
+tiles it covered; the program that completes the count applies the epilogue, writes the output
+and zeroes the workspace rows and the counter (graph-replayable, as split-K).
 """
 
 from __future__ import annotations
@@ -40,12 +50,15 @@ class GemvConfig:
     split_k: int = 1
     num_warps: int = 4
     num_stages: int = 1
+    programs: int = 0  # > 0: stream-K over this many programs (split_k must be 1)
 
     def fits(self, n: int, k: int, gated: bool) -> bool:
         # Splits must cover K exactly in whole tiles (no masks in the hot loop); the gated form
         # keeps two partial sets and is only written without a split.
-        if gated and self.split_k > 1:
+        if gated and (self.split_k > 1 or self.programs):
             return False
+        if self.programs:
+            return self.split_k == 1 and k % self.block_k == 0
         if self.split_k > 1 and k % (self.block_k * self.split_k) != 0:
             return False
         return self.block_k <= max(16, triton.next_power_of_2(k))
@@ -125,18 +138,63 @@ def _gemv_kernel(
             tl.atomic_xchg(count_ptr + pid_n, 0, sem="relaxed", scope="gpu")
 
 
+@triton.jit
+def _gemv_streamk_kernel(
+    x_ptr, w_ptr, b_ptr, y_ptr, sum_ptr, count_ptr,
+    N, stride_wn,
+    K_TILES: tl.constexpr, UNITS: tl.constexpr, PROGRAMS: tl.constexpr,
+    HAS_BIAS: tl.constexpr, ACT: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+):
+    pid = tl.program_id(0)
+    u = pid * UNITS // PROGRAMS
+    u_end = (pid + 1) * UNITS // PROGRAMS
+    while u < u_end:
+        rb = u // K_TILES
+        kt0 = u - rb * K_TILES
+        kt1 = tl.minimum(K_TILES, kt0 + (u_end - u))
+        rows = rb * BLOCK_N + tl.arange(0, BLOCK_N)
+        safe_rows = tl.minimum(rows, N - 1)
+        row_off = safe_rows.to(tl.int64)[:, None] * stride_wn
+        acc = tl.zeros((BLOCK_N, BLOCK_K), dtype=tl.float32)
+        for kt in range(kt0, kt1):
+            cols = kt * BLOCK_K + tl.arange(0, BLOCK_K)
+            x = tl.load(x_ptr + cols).to(tl.float32)
+            w = tl.load(w_ptr + row_off + cols[None, :], eviction_policy="evict_first")
+            acc += w.to(tl.float32) * x[None, :]
+        y = tl.sum(acc, axis=1)
+        covered = kt1 - kt0
+        if covered == K_TILES:
+            y = _epilogue(y, y, b_ptr, safe_rows, ACT, HAS_BIAS)
+            tl.store(y_ptr + rows, y.to(y_ptr.dtype.element_ty), mask=rows < N)
+        else:
+            # Workspace rows are padded to whole row blocks: no mask for the partial sums.
+            tl.atomic_add(sum_ptr + rows, y, sem="relaxed", scope="gpu")
+            # Every thread's partial add must precede the counter bump that publishes it.
+            tl.debug_barrier()
+            arrived = tl.atomic_add(count_ptr + rb, covered, sem="acq_rel", scope="gpu")
+            if arrived + covered == K_TILES:
+                total = tl.load(sum_ptr + rows, cache_modifier=".cg")
+                total = _epilogue(total, total, b_ptr, safe_rows, ACT, HAS_BIAS)
+                tl.store(y_ptr + rows, total.to(y_ptr.dtype.element_ty), mask=rows < N)
+                tl.store(sum_ptr + rows, tl.zeros((BLOCK_N,), dtype=tl.float32))
+                tl.atomic_xchg(count_ptr + rb, 0, sem="relaxed", scope="gpu")
+        u += covered
+
+
 # -- workspace: one per (device, N); split partials and self-resetting counters -------------
 _WORKSPACE: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
 
 
 def _workspace(device: torch.device, n: int, cfg: GemvConfig) -> tuple[torch.Tensor, torch.Tensor]:
     blocks = triton.cdiv(n, cfg.block_n)
-    key = (device, n, cfg.block_n, cfg.split_k)
+    stream_k = cfg.programs > 0
+    key = (device, n, cfg.block_n, cfg.split_k, stream_k)
     ws = _WORKSPACE.get(key)
     if ws is None:
-        # Allocated on first use (an uncaptured warm-up step); counters start at zero and every
-        # call leaves them at zero.
-        ws = (torch.empty(cfg.split_k * blocks * cfg.block_n, dtype=torch.float32, device=device),
+        # Allocated on first use (an uncaptured warm-up step); counters (and stream-K's sums)
+        # start at zero and every call leaves them at zero.
+        alloc = torch.zeros if stream_k else torch.empty
+        ws = (alloc(cfg.split_k * blocks * cfg.block_n, dtype=torch.float32, device=device),
               torch.zeros(blocks, dtype=torch.int32, device=device))
         _WORKSPACE[key] = ws
     return ws
@@ -150,6 +208,16 @@ def launch_gemv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None
         raise ValueError("gemv needs row-major weights (nn.Linear layout)")
     if not cfg.fits(n, k, weight2 is not None):
         raise ValueError(f"{cfg} does not fit N={n} K={k}")
+    if cfg.programs:
+        part, count = _workspace(x.device, n, cfg)
+        k_tiles = k // cfg.block_k
+        _gemv_streamk_kernel[(cfg.programs,)](
+            x, weight, bias if bias is not None else weight, out, part, count, n, weight.stride(0),
+            K_TILES=k_tiles, UNITS=triton.cdiv(n, cfg.block_n) * k_tiles, PROGRAMS=cfg.programs,
+            HAS_BIAS=bias is not None, ACT=act, BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k,
+            num_warps=cfg.num_warps, num_stages=cfg.num_stages,
+        )
+        return out
     k_split = triton.cdiv(triton.cdiv(k, cfg.split_k), cfg.block_k) * cfg.block_k
     even_k = k_split * cfg.split_k == k
     if cfg.split_k > 1:
@@ -167,8 +235,15 @@ def launch_gemv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None
     return out
 
 
-def candidate_configs(n: int, k: int, gated: bool = False) -> list[GemvConfig]:
-    """What the tuner tries: few rows per program (many programs in flight), wide K tiles."""
+# Stream-K program counts in waves of the device's SMs (H100/H200 SXM: 132) when it is not known.
+STREAM_K_WAVES = (1, 2, 4)
+FALLBACK_SMS = 132
+
+
+def candidate_configs(n: int, k: int, gated: bool = False, sms: int | None = None) -> list[GemvConfig]:
+    """What the tuner tries: few rows per program (many programs in flight), wide K tiles; and
+    stream-K over 1, 2 and 4 waves of `sms` programs where the grid would leave fewer than 8 full
+    waves (a long matrix's row blocks already balance)."""
     configs = []
     for block_n, block_k, split_k, warps, stages in (
         (4, 512, 1, 4, 1), (8, 256, 1, 4, 1), (8, 512, 1, 4, 1), (16, 256, 1, 4, 1), (16, 512, 1, 8, 1),
@@ -178,6 +253,13 @@ def candidate_configs(n: int, k: int, gated: bool = False) -> list[GemvConfig]:
         cfg = GemvConfig(block_n, block_k, split_k, warps, stages)
         if cfg.fits(n, k, gated):
             configs.append(cfg)
+    sms = sms or FALLBACK_SMS
+    if triton.cdiv(n, 8) < 8 * sms:
+        for block_n, block_k, warps in ((8, 256, 4), (8, 512, 4), (16, 256, 4)):
+            for waves in STREAM_K_WAVES:
+                cfg = GemvConfig(block_n, block_k, 1, warps, 1, programs=waves * sms)
+                if cfg.fits(n, k, gated):
+                    configs.append(cfg)
     return configs
 
 

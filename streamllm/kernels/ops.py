@@ -108,8 +108,11 @@ def gemv_config(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None
         scratch = torch.empty(n, dtype=x.dtype, device=x.device)
         return lambda cfg: gv.launch_gemv(x, weight, bias, scratch, cfg, act, weight2)
 
-    return choose("gemv", key, x.device, lambda: gv.candidate_configs(n, k, gated), gv.default_config(n, k, gated),
-                  make_run, gv.GemvConfig)
+    def candidates() -> list[gv.GemvConfig]:
+        sms = torch.cuda.get_device_properties(x.device).multi_processor_count if x.device.type == "cuda" else None
+        return gv.candidate_configs(n, k, gated, sms=sms)
+
+    return choose("gemv", key, x.device, candidates, gv.default_config(n, k, gated), make_run, gv.GemvConfig)
 
 
 def attention_config(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None,
