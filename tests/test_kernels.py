@@ -599,3 +599,56 @@ def test_ring_attention_op_compiles_in_place():
     code = "\n".join(codes)
     assert "streamllm.ring_attention" in code
     assert ".copy_(" not in code and "clone" not in code, code
+
+
+# -- LayerNorm / RMSNorm in the GEMV prologue, residuals in its epilogue --------------------------
+NORM_GEMV_CASES = [
+    # (N, K, config): plain grid, ragged K (masked tiles), split over K, stream-K
+    (24, 128, gv.GemvConfig(block_n=8, block_k=32)),
+    (20, 100, gv.GemvConfig(block_n=4, block_k=32)),
+    (37, 256, gv.GemvConfig(block_n=8, block_k=64, split_k=2)),
+    (37, 256, gv.GemvConfig(block_n=8, block_k=64, programs=7)),
+]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+@pytest.mark.parametrize(("n", "k", "cfg"), NORM_GEMV_CASES)
+@pytest.mark.parametrize("kind", [gv.NORM_LAYER, gv.NORM_RMS])
+@pytest.mark.parametrize("residuals", [0, 2])
+def test_gemv_norm_prologue_and_residual_epilogue(n, k, cfg, dtype, kind, residuals):
+    """gemv(x, norm=LayerNorm|RMSNorm, residuals) equals the model's norm module, F.linear and the
+    adds; the input is far from normalized (offset and scale), so a skipped norm cannot pass."""
+    g = gen(n + k + kind + residuals)
+    x = randn(k, dtype=dtype, g=g, scale=3.0) + 1.5
+    w = randn(n, k, dtype=dtype, g=g, scale=k ** -0.5)
+    b = randn(n, dtype=dtype, g=g)
+    norm = gv.Norm(kind, (1.0 + randn(k, g=g, scale=0.2)).to(dtype),
+                   randn(k, dtype=dtype, g=g, scale=0.1) if kind == gv.NORM_LAYER else None, eps=1e-5)
+    res = tuple(randn(n, dtype=dtype, g=g) for _ in range(residuals))
+    out = torch.full((n,), float("nan"), dtype=dtype, device=DEVICE)
+    gv.launch_gemv(x, w, b, out, cfg, norm=norm, residuals=res)
+    ref = gv.gemv_reference(x, w, b, norm=norm, residuals=res) if dtype == torch.float16 else gv.gemv_reference(
+        x.double(), w.double(), b.double(), norm=gv.Norm(kind, norm.weight.double(),
+                                                         None if norm.bias is None else norm.bias.double(), norm.eps),
+        residuals=tuple(r.double() for r in res))
+    assert rel_err(out, ref) < (FP32_TOL if dtype == torch.float32 else FP16_TOL)
+    plain = gv.gemv_reference(x.double(), w.double(), b.double())
+    assert rel_err(out, plain) > 0.05
+
+
+@pytest.mark.parametrize("act", [gv.ACT_GELU, gv.ACT_SILU_GATED])
+def test_gemv_norm_with_fused_activation(act):
+    """GPT-NeoX's up-projection (LayerNorm + GELU) and Llama's gate/up (RMSNorm + silu gate)."""
+    n, k = 30, 96
+    g = gen(40 + act)
+    x = randn(k, g=g, scale=2.0) - 0.7
+    w1, w2 = randn(n, k, g=g, scale=0.2), randn(n, k, g=g, scale=0.2)
+    kind = gv.NORM_LAYER if act == gv.ACT_GELU else gv.NORM_RMS
+    norm = gv.Norm(kind, 1.0 + randn(k, g=g, scale=0.2), randn(k, g=g, scale=0.1) if kind == gv.NORM_LAYER else None)
+    weight2 = w2 if act == gv.ACT_SILU_GATED else None
+    out = torch.full((n,), float("nan"), device=DEVICE)
+    gv.launch_gemv(x, w1, None, out, gv.default_config(n, k, gated=weight2 is not None), act, weight2, norm=norm)
+    ref = gv.gemv_reference(x.double(), w1.double(), None, act, None if weight2 is None else weight2.double(),
+                            norm=gv.Norm(kind, norm.weight.double(),
+                                         None if norm.bias is None else norm.bias.double(), norm.eps))
+    assert rel_err(out, ref) < FP32_TOL
