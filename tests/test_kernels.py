@@ -410,12 +410,13 @@ def _counting(monkeypatch) -> dict[str, int]:
     return calls
 
 
-@pytest.mark.parametrize("fuse_ring", [True, False])
-def test_ring_decode_on_kernels_equals_eager(tiny_model, monkeypatch, fuse_ring):
+@pytest.mark.parametrize("fused", [False, True], ids=["unfused", "fused"])
+def test_ring_decode_on_kernels_equals_eager(tiny_model, monkeypatch, fused):
     """The strict ring decoded with every linear, MLP and attention on the kernels (eager, fp32)
-    gives the eager ring's per-token NLL; the model is left as it was. With fuse_ring, every step
-    after the S sinks are recorded runs the fused ring kernel (rotary, slot write and sink
-    re-rotation in the launch) and the first S steps the plain attention kernel."""
+    gives the eager ring's per-token NLL; the model is left as it was. Fused: every step after the
+    S sinks are recorded runs the fused ring kernel (rotary, slot write and sink re-rotation in the
+    launch), the first S steps the plain attention kernel, and every decoder layer its norms in
+    GEMV prologues and its residual adds in GEMV epilogues."""
     from streamllm.evaluate import DecodeOptions, evaluate_tokens
     from streamllm.strategies import make_strategy
 
@@ -429,7 +430,7 @@ def test_ring_decode_on_kernels_equals_eager(tiny_model, monkeypatch, fuse_ring)
     ref = evaluate_tokens(loaded, ids, spec, options=options)
     previous = model.config._attn_implementation
     calls = _counting(monkeypatch)
-    kernels = TritonKernels(model, fuse_ring=fuse_ring)
+    kernels = TritonKernels(model, fuse_ring=fused, fuse_norm=fused)
     with kernels:
         assert model.config._attn_implementation == ATTENTION_NAME
         got = evaluate_tokens(loaded, ids, spec, options=options)
@@ -437,8 +438,8 @@ def test_ring_decode_on_kernels_equals_eager(tiny_model, monkeypatch, fuse_ring)
     layers = model.config.num_hidden_layers
     # Per layer: qkv (or q,k,v), dense/o_proj, the fused MLP's two GEMVs; plus the head.
     assert kernels.fused_mlps == layers
-    assert kernels.fused_attention == (layers if fuse_ring else 0)
-    fused_steps = steps - spec.sink if fuse_ring else 0
+    assert kernels.fused_attention == kernels.fused_layers == (layers if fused else 0)
+    fused_steps = steps - spec.sink if fused else 0
     assert calls["ring"] == fused_steps * layers
     assert calls["attention"] == (steps - fused_steps) * layers
     assert calls["gemv"] >= steps * (4 * layers + 1)

@@ -154,22 +154,33 @@ def ring_attention_config(q: torch.Tensor, k_cache: torch.Tensor, mask: torch.Te
 
 
 # -- custom ops ------------------------------------------------------------------------------
+def _flat(t: torch.Tensor) -> torch.Tensor:
+    t = t.reshape(-1)
+    return t if t.is_contiguous() else t.contiguous()
+
+
 @torch.library.custom_op("streamllm::gemv", mutates_args=())
 def gemv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None, act: int = 0,
-         weight2: torch.Tensor | None = None) -> torch.Tensor:
-    """act(x @ weight.T + bias) for one row x [..., K] (act 2: silu(x W^T) * (x W2^T))."""
-    x_flat = x.reshape(-1)
-    if not x_flat.is_contiguous():
-        x_flat = x_flat.contiguous()
+         weight2: torch.Tensor | None = None, norm_weight: torch.Tensor | None = None,
+         norm_bias: torch.Tensor | None = None, norm: int = 0, eps: float = 0.0,
+         residual: torch.Tensor | None = None, residual2: torch.Tensor | None = None) -> torch.Tensor:
+    """act(norm(x) @ weight.T + bias) + residual + residual2 for one row x [..., K] (act 2:
+    silu(x W^T) * (x W2^T); norm 1 LayerNorm(norm_weight, norm_bias, eps), 2 RMSNorm(norm_weight,
+    eps), 0 none). The config is the shape's (`gemv_config`): the prologue and the adds read a few
+    KB beside the weight."""
+    x_flat = _flat(x)
     n = weight.shape[0]
     out = torch.empty(n, dtype=x.dtype, device=x.device)
+    spec = gv.Norm(norm, norm_weight, norm_bias, eps) if norm else None
+    residuals = tuple(_flat(r) for r in (residual, residual2) if r is not None)
     cfg = gemv_config(x_flat, weight, bias, act, weight2)
-    gv.launch_gemv(x_flat, weight, bias, out, cfg, act, weight2)
+    gv.launch_gemv(x_flat, weight, bias, out, cfg, act, weight2, norm=spec, residuals=residuals)
     return out.view(*x.shape[:-1], n)
 
 
 @gemv.register_fake
-def _gemv_fake(x, weight, bias=None, act=0, weight2=None):
+def _gemv_fake(x, weight, bias=None, act=0, weight2=None, norm_weight=None, norm_bias=None, norm=0, eps=0.0,
+               residual=None, residual2=None):
     return x.new_empty(*x.shape[:-1], weight.shape[0])
 
 
