@@ -653,3 +653,29 @@ def test_gemv_norm_with_fused_activation(act):
                             norm=gv.Norm(kind, norm.weight.double(),
                                          None if norm.bias is None else norm.bias.double(), norm.eps))
     assert rel_err(out, ref) < FP32_TOL
+
+
+def test_llama_3_2_1b_shape_on_kernels(monkeypatch):
+    """dummy:llama-3.2-1b shrunk (GQA group 4, SiLU gate, RMSNorm, llama3 rope, tied head) through
+    the fused path: ring decode (sinks re-rotated after eviction) equals the eager ring."""
+    from test_models import LLAMA_1B_TINY
+
+    from streamllm.evaluate import DecodeOptions, evaluate_tokens
+    from streamllm.models import load_dummy
+    from streamllm.strategies import make_strategy
+
+    loaded = load_dummy("llama-3.2-1b", torch.float32, DEVICE, overrides=LLAMA_1B_TINY)
+    model = loaded.model
+    spec = make_strategy("strict", sink=2, window=5, cache="ring")
+    ids = torch.randint(0, 512, (2 + 5 + 2 * 6 + 2,), generator=torch.Generator().manual_seed(8))
+    options = DecodeOptions(warmup_steps=0, time_steps=False)
+    ref = evaluate_tokens(loaded, ids, spec, options=options)
+    calls = _counting(monkeypatch)
+    kernels = TritonKernels(model)
+    with kernels:
+        got = evaluate_tokens(loaded, ids, spec, options=options)
+    layers = model.config.num_hidden_layers
+    assert kernels.fused_attention == kernels.fused_layers == kernels.fused_mlps == layers
+    assert calls["ring"] == (len(ids) - 1 - spec.sink) * layers
+    gap = (torch.tensor(got.trace.nll) - torch.tensor(ref.trace.nll)).abs().max().item()
+    assert gap <= 1e-4
