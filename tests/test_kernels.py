@@ -9,6 +9,7 @@ inputs near 1e-3 (fp16 output rounding). Skipped only when triton is not importa
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import subprocess
@@ -679,3 +680,56 @@ def test_llama_3_2_1b_shape_on_kernels(monkeypatch):
     assert calls["ring"] == (len(ids) - 1 - spec.sink) * layers
     gap = (torch.tensor(got.trace.nll) - torch.tensor(ref.trace.nll)).abs().max().item()
     assert gap <= 1e-4
+
+
+@pytest.mark.parametrize("arch", ["neox", "llama"])
+def test_fused_ring_logits_within_the_plain_rings_distance(arch):
+    """The ring's equivalence check for the fused kernels: fp16 logits of the strict ring decoded
+    on the fully fused Triton path, over >= 150 tokens past the first eviction, are as close to
+    the fp32 strict reference as the same ring's fp16 logits without the kernels (transformers'
+    linears + SDPA: on a GPU, the cuBLAS ring) are (max |dlogit| and relative L2 within 1.5x of its
+    distance, argmax agreement no lower by more than one token in a hundred)."""
+    import conftest
+    from streamllm.decode import EagerDecoder, make_cache
+    from streamllm.strategies import make_strategy
+
+    loaded = conftest.tiny_neox() if arch == "neox" else conftest.tiny_llama()
+    model = loaded.model.to(DEVICE)
+    sink, window, past = 2, 16, 150
+    tokens = sink + window + 1 + past + 1
+    ids = torch.randint(0, 97, (tokens,), generator=torch.Generator().manual_seed(9)).to(DEVICE)
+    strict = make_strategy("strict", sink=sink, window=window)
+    ring = dataclasses.replace(strict, cache="ring")
+
+    def logits_of(spec, kernels: bool) -> tuple[torch.Tensor, int]:
+        cache = make_cache(spec, model)
+        decoder = EagerDecoder(model, cache)
+        out, first_eviction = [], None
+        with torch.inference_mode(), (TritonKernels(model) if kernels else contextlib.nullcontext()):
+            for t in range(tokens - 1):
+                logits, event = decoder.step(ids[t : t + 1].view(1, 1))
+                out.append(logits.float())
+                if event is not None and first_eviction is None:
+                    first_eviction = t
+        return torch.stack(out), first_eviction
+
+    ref32, _ = logits_of(strict, False)
+    model.half()
+    try:
+        plain, first = logits_of(ring, False)
+        fused, first_fused = logits_of(ring, True)
+    finally:
+        model.float()
+    assert first == first_fused and first is not None and tokens - 1 - first >= past
+
+    def distance(a: torch.Tensor) -> tuple[float, float, float]:
+        return ((a - ref32).abs().max().item(), ((a - ref32).norm() / ref32.norm()).item(),
+                (a.argmax(-1) == ref32.argmax(-1)).float().mean().item())
+
+    (plain_max, plain_rel, plain_arg), (fused_max, fused_rel, fused_arg) = distance(plain), distance(fused)
+    print(f"{arch}: {tokens - 1 - first} steps past the first eviction; vs fp32 strict: plain ring max|dlogit| "
+          f"{plain_max:.3g} rel {plain_rel:.3g} argmax {plain_arg:.4f}; fused {fused_max:.3g} rel {fused_rel:.3g} "
+          f"argmax {fused_arg:.4f}")
+    assert plain_rel > 0  # fp16 noise is there to compare against
+    assert fused_max <= 1.5 * plain_max and fused_rel <= 1.5 * plain_rel, (fused_max, plain_max, fused_rel, plain_rel)
+    assert fused_arg >= plain_arg - 0.01

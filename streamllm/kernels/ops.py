@@ -11,7 +11,8 @@ L2 is timed cold, as in decode where the other layers' weights evict it) and kee
 the process; `TUNED` (tuned_configs.py, measured per device name) is consulted first so a process need
 not re-time. Inside a CUDA-graph capture nothing is timed: an untuned shape gets the default config;
 STREAMLLM_KERNEL_TUNING=0 turns timing off altogether (tests: correctness needs no tuning).
-Under Triton's CPU interpreter the default config is used (interpreting is for correctness only).
+Under Triton's CPU interpreter the default config is used (interpreting is for correctness only;
+for the GEMV the interpreter's own default, the fewest programs).
 """
 
 from __future__ import annotations
@@ -112,7 +113,8 @@ def gemv_config(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None
         sms = torch.cuda.get_device_properties(x.device).multi_processor_count if x.device.type == "cuda" else None
         return gv.candidate_configs(n, k, gated, sms=sms)
 
-    return choose("gemv", key, x.device, candidates, gv.default_config(n, k, gated), make_run, gv.GemvConfig)
+    default = gv.interpreter_config(n, k, gated) if INTERPRETED else gv.default_config(n, k, gated)
+    return choose("gemv", key, x.device, candidates, default, make_run, gv.GemvConfig)
 
 
 def attention_config(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None,
