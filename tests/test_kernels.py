@@ -325,7 +325,8 @@ def test_tuned_entries_build_and_follow_the_mask(monkeypatch):
     from streamllm.kernels import ops
     from streamllm.kernels.tuned_configs import TUNED
 
-    types = {"gemv": (gv.GemvConfig, ("plain", "gated")), "attention": (attn.AttentionConfig, ("mask", "nomask"))}
+    types = {"gemv": (gv.GemvConfig, ("plain", "gated")), "attention": (attn.AttentionConfig, ("mask", "nomask")),
+             "ring_attention": (attn.AttentionConfig, ("mask", "nomask"))}
     for entries in TUNED.values():
         for name, fields in entries.items():
             kind, *key = name.split(":")
@@ -733,3 +734,41 @@ def test_fused_ring_logits_within_the_plain_rings_distance(arch):
     assert plain_rel > 0  # fp16 noise is there to compare against
     assert fused_max <= 1.5 * plain_max and fused_rel <= 1.5 * plain_rel, (fused_max, plain_max, fused_rel, plain_rel)
     assert fused_arg >= plain_arg - 0.01
+
+
+@pytest.mark.skipif(CUDA, reason="the CPU dry run of the bench's rows; on CUDA run scripts/kernel_bench itself")
+@pytest.mark.parametrize("model", ["dummy:pythia-2.8b", "dummy:llama-3.2-1b"])
+def test_kernel_bench_rows_on_shrunk_models(model, monkeypatch):
+    """scripts/kernel_bench's per-kernel rows (plain and fused GEMVs, attention, the fused ring
+    kernel) built for each model's architecture at test size: every Triton call agrees with its
+    float32 reference, every torch reference runs, and the emitted TUNED entries build. Only the
+    timing is faked (graph_time needs CUDA): an H100 call should not be the first run of a row."""
+    from types import SimpleNamespace
+
+    from transformers import AutoConfig
+
+    from scripts import kernel_bench as kb
+
+    monkeypatch.setattr(kb, "graph_time", lambda calls, **kw: [call() for call in calls] and 1e-3)
+    monkeypatch.setattr(kb, "L2_SPAN", 1)  # two copies of each weight / cache
+    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda device: SimpleNamespace(multi_processor_count=4))
+    raw = kb.model_config(model).to_dict()
+    raw.update(hidden_size=64, intermediate_size=128, num_attention_heads=4, vocab_size=96)
+    if raw["model_type"] == "llama":
+        raw.update(num_key_value_heads=2, head_dim=16)
+    config = AutoConfig.for_model(**raw)
+    gemvs, attention = kb.model_shapes(config, sink=2, window=21)
+    assert attention.slots == 24 and attention.sinks == 2
+    assert sum(s.fused for s in gemvs) >= 3
+    rows = kb.bench_gemv(DEVICE, 1e9, False, gemvs, model)
+    rows += kb.bench_attention(DEVICE, 1e9, False, attention, model)
+    rows += kb.bench_ring_attention(DEVICE, 1e9, False, attention, model)
+    assert len(rows) == len(gemvs) + 4
+    for row in rows:
+        assert row["model"] == model and row["rel_err"] < 5e-3, row["kernel"]
+        assert row["triton_s"] > 0 and row["cublas_s"] > 0
+    assert {r["tuned_key"].split(":")[0] for r in rows if "tuned_key" in r} == {"gemv", "attention", "ring_attention"}
+    assert not any("tuned_key" in r for r in rows if r.get("fused"))
+    tuned = kb.emit_tuned({"device": "cpu", "kernels": rows})["cpu"]
+    for name, fields in tuned.items():
+        (gv.GemvConfig if name.startswith("gemv:") else attn.AttentionConfig)(**fields)
