@@ -337,15 +337,16 @@ class TritonKernels:
 
 class TritonGraphDecoder(GraphDecoder):
     """GraphDecoder whose traced and captured step runs the Triton kernels (--compile cudagraphs-triton),
-    mask-free once the ring is full unless `attention` says otherwise; `fuse_ring` as TritonKernels."""
+    mask-free once the ring is full unless `attention` says otherwise; `fuse_ring` / `fuse_norm` as
+    TritonKernels."""
 
-    def __init__(self, model: torch.nn.Module, cache, fuse_ring: bool = True, **kwargs):
+    def __init__(self, model: torch.nn.Module, cache, fuse_ring: bool = True, fuse_norm: bool = True, **kwargs):
         # Once every slot of the ring holds a token its mask is all zeros: pass none, and the
         # kernel runs its mask-free variant (H200, Pythia-2.8b, per layer: 11.2 us vs 13.2 with the
         # mask, reports/gpu-kernels.md). attention=None keeps the mask in every step.
         kwargs.setdefault("attention", "sdpa-maskfree")
         super().__init__(model, cache, **kwargs)
-        self.kernels = TritonKernels(model, fuse_ring=fuse_ring)
+        self.kernels = TritonKernels(model, fuse_ring=fuse_ring, fuse_norm=fuse_norm)
 
     @contextmanager
     def _tracing(self) -> Iterator[None]:
