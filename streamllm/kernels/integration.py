@@ -185,15 +185,16 @@ def _attention_forward(module: torch.nn.Module, project: Callable, heads: int, h
                 residual: torch.Tensor | None = None, **kwargs) -> tuple[torch.Tensor, None]:
         cache = _step_cache(kwargs)
         fused = (fuse_ring and not args and isinstance(cache, RingStreamingCache) and cache.fusable
-                 and _one_row(hidden_states))
-        mask_ok, mask = _kernel_mask(kwargs.get("attention_mask"), cache.num_slots) if fused else (False, None)
-        if not mask_ok:
+                 and _one_row(hidden_states) and _kernel_mask(kwargs.get("attention_mask"), cache.num_slots)[0])
+        if not fused:
             x = hidden_states if norm is None else norm(hidden_states)
             out, weights = own_forward(module, x, *args, **kwargs)
             return (out if residual is None else out + residual), weights
         cos, sin = kwargs["position_embeddings"]
         q, k, v = project(hidden_states, _norm_spec(norm))
+        # The step's state first (layer 0 opens the new slot in the mask), then the mask is read.
         step = cache.fused_step(layer_idx)
+        _, mask = _kernel_mask(kwargs.get("attention_mask"), cache.num_slots)
         out = torch.ops.streamllm.ring_attention(q, k, v, cos, sin, step.keys, step.values, step.slot,
                                                  step.sink_store, step.sink_cos, step.sink_sin, step.sinks, mask,
                                                  scale)
