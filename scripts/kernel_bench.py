@@ -407,7 +407,7 @@ def bench_ring_attention(device: torch.device, bandwidth: float, tune_all: bool,
         name = (f"ring attention +rotary +write +{shape.sinks} sinks {slots}x{kv_heads}x{head_dim}"
                 f"{f' gqa{group}' if group > 1 else ''}{' +mask' if masked else ''}")
         row = {"model": model, "kernel": name, "bytes": nbytes, "copies": copies, "rel_err": rel_err(y, ref32),
-               "tuner_choice": repr(chosen), "configs": {}}
+               "tuner_choice": repr(chosen), "configs": {}, "reference": "unfused torch ops + SDPA"}
         candidates = [chosen]
         if tune_all:
             candidates = attn.candidate_configs(slots, group, kv_heads=kv_heads, head_dim=head_dim, sms=sms,
@@ -455,7 +455,8 @@ def print_attention_sweep(report: dict, top: int = 8) -> None:
             continue
         bad = [c for c, v in r["configs"].items() if "s" not in v or not v["rel_err"] < 5e-3]
         print(f"\n{r['kernel']}: top {min(top, len(sweep))} of {len(sweep)} correct configs "
-              f"({len(bad)} failed or wrong), {r['bytes'] / 1e6:.1f} MB, {r.get('cublas_s', 0) * 1e6:.1f} us SDPA")
+              f"({len(bad)} failed or wrong), {r['bytes'] / 1e6:.1f} MB, {r.get('cublas_s', 0) * 1e6:.1f} us "
+              f"{r.get('reference', 'SDPA')}")
         print(f"{'us':>6s} {'%copy':>6s} {'GB/s':>6s} {'block_s':>7s} {'splits':>6s} {'progs':>5s} {'tiles':>5s} "
               f"{'warps':>5s} {'stages':>6s} {'merge':>6s} {'rel err':>8s}")
         for x in sweep[:top]:

@@ -772,3 +772,7 @@ def test_kernel_bench_rows_on_shrunk_models(model, monkeypatch):
     tuned = kb.emit_tuned({"device": "cpu", "kernels": rows})["cpu"]
     for name, fields in tuned.items():
         (gv.GemvConfig if name.startswith("gemv:") else attn.AttentionConfig)(**fields)
+    # The tables print from these rows (the call's last lines are what comes back from a device).
+    kb.print_tables({"device": "cpu", "torch": torch.__version__, "triton": "interpreter", "copy_bandwidth_Bps": 1e9,
+                     "kernels": rows})
+    kb.print_attention_sweep({"kernels": rows})
