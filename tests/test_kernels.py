@@ -776,3 +776,29 @@ def test_kernel_bench_rows_on_shrunk_models(model, monkeypatch):
     kb.print_tables({"device": "cpu", "torch": torch.__version__, "triton": "interpreter", "copy_bandwidth_Bps": 1e9,
                      "kernels": rows})
     kb.print_attention_sweep({"kernels": rows})
+
+
+def test_compiled_ring_decode_on_fused_kernels_equals_eager(tiny_model, monkeypatch):
+    """The fused path traced by dynamo (fullgraph, as GraphDecoder compiles the step for
+    --compile cudagraphs-triton; here without the CUDA graph) and run by inductor equals the eager
+    ring: the overrides trace without a break, the ops' fake shapes and the in-place cache writes
+    hold, across the sinks-recorded switch and eviction."""
+    from streamllm.decode import CompiledDecoder
+    from streamllm.evaluate import DecodeOptions, evaluate_tokens
+    from streamllm.strategies import make_strategy
+
+    if CUDA:
+        pytest.skip("on CUDA the graph decoder test covers the compiled path")
+    spec = make_strategy("strict", sink=2, window=5, cache="ring")
+    ids = torch.randint(0, 97, (2 + 5 + 2 * 4 + 1,), generator=torch.Generator().manual_seed(3))
+    options = DecodeOptions(warmup_steps=0, time_steps=False)
+    ref = evaluate_tokens(tiny_model, ids, spec, options=options)
+    calls = _counting(monkeypatch)
+    kernels = TritonKernels(tiny_model.model)
+    with kernels:
+        got = evaluate_tokens(tiny_model, ids, spec, options=options, decoder_factory=CompiledDecoder)
+    layers = tiny_model.model.config.num_hidden_layers
+    assert kernels.fused_attention == kernels.fused_layers == layers
+    assert calls["ring"] == (len(ids) - 1 - spec.sink) * layers
+    gap = (torch.tensor(got.trace.nll) - torch.tensor(ref.trace.nll)).abs().max().item()
+    assert gap <= 1e-4
