@@ -431,6 +431,63 @@ def bench_ring_attention(device: torch.device, bandwidth: float, tune_all: bool,
     return rows
 
 
+RAMP_MULTIPLES = (1, 2, 4, 8)
+
+
+def attention_ramp(device: torch.device, bandwidth: float, shape: AttentionShape, model: str) -> dict:
+    """Is attention short of copy bandwidth because 21 MB a layer is too little to hide a kernel's
+    fixed cost (launch, ramp-up, tail, merge)? Plain and fused ring attention, mask-free, each
+    with the config picked for the ring's slot count, timed at 1, 2, 4 and 8 times the window;
+    a least-squares line time = fixed + bytes / rate says how much of each call is fixed and
+    what rate the stream itself reaches."""
+    g = torch.Generator(device=device).manual_seed(3)
+    heads, kv_heads, head_dim, rot = shape.heads, shape.kv_heads, shape.head_dim, shape.rotary_dim
+    window = shape.slots - shape.sinks - 1
+    q = torch.randn(1, heads, 1, head_dim, generator=g, device=device).half()
+    k_new = torch.randn(1, kv_heads, 1, head_dim, generator=g, device=device).half()
+    v_new = torch.randn(1, kv_heads, 1, head_dim, generator=g, device=device).half()
+    cos = torch.ones(1, 1, rot, dtype=torch.float16, device=device)
+    sin = torch.zeros(1, 1, rot, dtype=torch.float16, device=device)
+    sink = ra.SinkRotation(torch.randn(1, kv_heads, shape.sinks + 1, head_dim, generator=g, device=device).half(),
+                           torch.ones(rot, device=device), torch.zeros(rot, device=device), shape.sinks)
+    scale = head_dim ** -0.5
+    probe = torch.empty(1, kv_heads, shape.slots, head_dim, dtype=torch.float16, device="meta")
+    configs = {"attention": ops._CHOSEN.get(("attention", *ops.attention_key(q, probe, None))),
+               "ring_attention": ops._CHOSEN.get(("ring_attention", *ops.attention_key(q, probe, None)))}
+    out = torch.empty(1, 1, heads, head_dim, dtype=torch.float16, device=device)
+    result = {"model": model, "configs": {k: repr(v) for k, v in configs.items()}, "points": []}
+    for multiple in RAMP_MULTIPLES:
+        slots = shape.sinks + multiple * window + 1
+        kv_bytes = 2 * kv_heads * slots * head_dim * 2
+        copies = max(2, math.ceil(L2_SPAN / kv_bytes))
+        ks = [torch.randn(1, kv_heads, slots, head_dim, generator=g, device=device).half() for _ in range(copies)]
+        vs = [torch.randn(1, kv_heads, slots, head_dim, generator=g, device=device).half() for _ in range(copies)]
+        slot = torch.tensor([slots // 2], device=device)
+        point = {"slots": slots, "bytes": kv_bytes}
+        for kind, cfg in configs.items():
+            cfg = cfg or attn.default_config(slots, heads // kv_heads)
+            if kind == "attention":
+                calls = [partial(attn.launch_decode_attention, q, ks[i], vs[i], None, scale, out, cfg)
+                         for i in range(copies)]
+            else:
+                calls = [partial(ra.launch_ring_attention, q, k_new, v_new, cos, sin, ks[i], vs[i], slot, sink, None,
+                                 scale, out, cfg) for i in range(copies)]
+            point[f"{kind}_s"] = graph_time(calls)
+        result["points"].append(point)
+        del ks, vs
+    for kind in configs:
+        x = np.array([p["bytes"] for p in result["points"]], dtype=float)
+        y = np.array([p[f"{kind}_s"] for p in result["points"]], dtype=float)
+        slope, fixed = np.polyfit(x, y, 1)
+        result[kind] = {"fixed_us": fixed * 1e6, "stream_GBps": 1 / slope / 1e9 if slope > 0 else float("inf"),
+                        "stream_pct_copy": 100 / slope / bandwidth if slope > 0 else float("inf")}
+        line = "  ".join(f"{p['slots']} slots {p[f'{kind}_s'] * 1e6:.1f} us "
+                         f"({100 * p['bytes'] / p[f'{kind}_s'] / bandwidth:.0f} %)" for p in result["points"])
+        print(f"ramp {model} {kind}: fixed {result[kind]['fixed_us']:.1f} us, stream "
+              f"{result[kind]['stream_pct_copy']:.0f} % of copy; {line}", flush=True)
+    return result
+
+
 def attention_sweep_rows(row: dict, candidates: list, kv_heads: int, slots: int, nbytes: float,
                          bandwidth: float) -> list[dict]:
     """Every correct timed attention config, fastest first, with its layout and % of copy bandwidth."""
@@ -662,6 +719,8 @@ def main(argv: list[str] | None = None) -> int:
         save()
         if attention.sinks:
             report["kernels"] += bench_ring_attention(device, bw, "ring" in args.sweep, attention, model)
+            save()
+            report.setdefault("ramp", []).append(attention_ramp(device, bw, attention, model))
             save()
         if args.emit_tuned:
             report["tuned"] = emit_tuned(report)

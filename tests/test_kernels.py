@@ -772,6 +772,9 @@ def test_kernel_bench_rows_on_shrunk_models(model, monkeypatch):
     tuned = kb.emit_tuned({"device": "cpu", "kernels": rows})["cpu"]
     for name, fields in tuned.items():
         (gv.GemvConfig if name.startswith("gemv:") else attn.AttentionConfig)(**fields)
+    ramp = kb.attention_ramp(DEVICE, 1e9, attention, model)
+    assert [p["slots"] for p in ramp["points"]] == [2 + m * 21 + 1 for m in kb.RAMP_MULTIPLES]
+    assert {"attention", "ring_attention"} <= set(ramp) and all("ring_attention_s" in p for p in ramp["points"])
     # The tables print from these rows (the call's last lines are what comes back from a device).
     kb.print_tables({"device": "cpu", "torch": torch.__version__, "triton": "interpreter", "copy_bandwidth_Bps": 1e9,
                      "kernels": rows})
