@@ -128,7 +128,7 @@ def test_split_k_counters_reset_and_repeat():
 # whole and splits others), more programs than row blocks (every block split over 2-3 programs),
 # a ragged N, one K tile per row (every block whole), and GELU / bias epilogues on the split path.
 STREAM_K_CASES = [
-    (2560 // 40, 256, gv.GemvConfig(block_n=8, block_k=32, programs=5)),
+    (64, 256, gv.GemvConfig(block_n=8, block_k=32, programs=5)),
     (37, 256, gv.GemvConfig(block_n=8, block_k=64, programs=13)),
     (37, 96, gv.GemvConfig(block_n=4, block_k=32, programs=7)),
     (20, 64, gv.GemvConfig(block_n=4, block_k=64, programs=3)),
