@@ -191,7 +191,9 @@ def decoder_factory(compile_mode: str = "none", device: torch.device | str = "cp
     if compile_mode == "default":
         return CompiledDecoder
     if compile_mode == "cudagraphs-triton":
-        from .kernels.integration import TritonGraphDecoder  # lazy: no triton import for other modes
+        # Imported here only because triton is optional: the other modes must work without it.
+        # (kernels.integration imports this module at its top; there is no cycle to dodge.)
+        from .kernels.integration import TritonGraphDecoder
 
         return TritonGraphDecoder
     options = GRAPH_OPTIONS[compile_mode]

@@ -222,15 +222,19 @@ def is_gguf(name: str) -> bool:
 
 
 def load_dummy(config_name: str, dtype: torch.dtype, device: torch.device, attn_implementation: str = "sdpa",
-               seed: int = 0, placement: Placement | None = None) -> LoadedModel:
-    """Real architecture with random weights (what vLLM calls load_format=dummy): for timing only."""
+               seed: int = 0, placement: Placement | None = None, overrides: dict | None = None) -> LoadedModel:
+    """Real architecture with random weights (what vLLM calls load_format=dummy): for timing only.
+
+    `overrides` replace config fields (tests: the same architecture shrunk, e.g. fewer layers and
+    a narrower hidden size); the revision then names them, so a shrunk model never passes for the
+    shipped one."""
     from transformers import AutoConfig, AutoModelForCausalLM
 
     available = shipped_configs()
     if config_name not in available:
         raise ModelUnavailableError(f"no shipped config {config_name!r}; choose one of: {', '.join(available)}")
     path = CONFIG_DIR / f"{config_name}.json"
-    config_dict = json.loads(path.read_text())
+    config_dict = {**json.loads(path.read_text()), **(overrides or {})}
     config = AutoConfig.for_model(**config_dict)
     config._attn_implementation = attn_implementation
     torch.manual_seed(seed)
@@ -243,6 +247,8 @@ def load_dummy(config_name: str, dtype: torch.dtype, device: torch.device, attn_
             if p.ndim >= 2:
                 p.normal_(0.0, 0.02)
     revision = "config-" + hashlib.sha256(path.read_bytes()).hexdigest()[:12]
+    if overrides:
+        revision += "+" + hashlib.sha256(json.dumps(overrides, sort_keys=True).encode()).hexdigest()[:8]
     return _finish(model, None, f"dummy:{config_name}", revision, dtype, device, dummy=True, placement=placement)
 
 

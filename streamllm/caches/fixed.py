@@ -224,13 +224,18 @@ class FixedCache(Cache):
                 f"{type(self).__name__} takes one token of batch 1 per step (got K/V {tuple(key_states.shape)}); "
                 "feed text token by token"
             )
+        self.prepare(layer_idx)
+        self._write(layer_idx, key_states, value_states)
+        layer = self.layers[layer_idx]
+        return layer.keys, layer.values
+
+    def prepare(self, layer_idx: int) -> None:
+        """The step's shared device state (slot, mask, angles), computed before layer 0's write.
+        A fused kernel that writes the layer itself calls this instead of `write`."""
         if layer_idx == 0:
             self._begin_step()
             for copies in self._copies:  # none on one device
                 copies.sync()
-        self._write(layer_idx, key_states, value_states)
-        layer = self.layers[layer_idx]
-        return layer.keys, layer.values
 
     # -- subclass hooks (device-only: they run inside captured graphs) ---------------------
     def _begin_step(self) -> None:

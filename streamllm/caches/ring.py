@@ -22,6 +22,8 @@ Softmax attention does not depend on slot order, so the ring's order is harmless
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 
 from ..combinations import check_cache
@@ -29,6 +31,21 @@ from ..rope import RopeSpec, apply_rotation
 from ..strategies import PositionMode, StrategySpec
 from .events import EvictionEvent
 from .fixed import FixedCache, check_one_token, normal_
+
+
+@dataclass(frozen=True)
+class RingLayerStep:
+    """What a fused attention kernel needs to do one layer's ring write itself
+    (streamllm.kernels.ring_attention): the layer's buffers, the step's slot (1-element long
+    tensor) and, when the sinks are re-rotated, their raw store and the step's float32 cos/sin."""
+
+    keys: torch.Tensor
+    values: torch.Tensor
+    slot: torch.Tensor
+    sink_store: torch.Tensor | None = None
+    sink_cos: torch.Tensor | None = None
+    sink_sin: torch.Tensor | None = None
+    sinks: int = 0
 
 
 class RingStreamingCache(FixedCache):
@@ -108,6 +125,26 @@ class RingStreamingCache(FixedCache):
         else:
             keys.index_copy_(2, slot, key_states)
         self.layers[layer_idx].values.index_copy_(2, slot, value_states)
+
+    @property
+    def fusable(self) -> bool:
+        """Host flag: this step's writes can be done by a fused kernel (`fused_step`): one device
+        (no per-device copies) and no raw sink key left to record (the first S tokens keep the
+        unfused write, which stores them)."""
+        return not self._copies and (not self.rotate_sinks or self.sinks_recorded)
+
+    def fused_step(self, layer_idx: int) -> RingLayerStep:
+        """Layer `layer_idx`'s step for a kernel that rotates, writes and re-rotates itself; the
+        caller writes exactly what `_write` would: the new K/V at `slot`, and the first `sinks`
+        slots as the store's keys rotated by (sink_cos, sink_sin)."""
+        if not self.fusable:
+            raise RuntimeError("the ring's step is not fusable now (sinks still being recorded, or a spread model)")
+        self.prepare(layer_idx)
+        layer = self.layers[layer_idx]
+        if not self.rotate_sinks:
+            return RingLayerStep(layer.keys, layer.values, self._slot)
+        return RingLayerStep(layer.keys, layer.values, self._slot, self.sink_store[layer_idx], self.cos, self.sin,
+                             self.sink)
 
     def advance_device(self) -> None:
         self.t.add_(1)

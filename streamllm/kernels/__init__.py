@@ -1,9 +1,12 @@
 """Triton kernels for the batch-1 decode step (issue #13): GEMV, split-KV decode attention.
 
-- `gemv`: y = act(W x + b) for one token, split over K where the matrix is short, bias / GELU /
-  Llama's silu(gate) * up fused;
+- `gemv`: y = act(W norm(x) + b) + residuals for one token, split over K or stream-K where the
+  matrix is short, LayerNorm / RMSNorm prologue, bias / GELU / Llama's silu(gate) * up / residual
+  adds fused;
 - `decode_attention`: flash-decoding over the fixed cache buffers (sinks + ring), GQA, additive mask;
-- `ops`: both as torch custom ops with a per-shape config tuner;
+- `ring_attention`: decode attention with the ring's step fused in (the new token's rotary, its
+  cache write, the sinks' re-rotation);
+- `ops`: the kernels as torch custom ops with a per-shape config tuner;
 - `integration`: `TritonKernels(model)`, a context manager that routes a model *instance*'s batch-1
   linears, MLPs and attention through the kernels while a decode step is traced and captured, and
   `TritonGraphDecoder`, GraphDecoder with it.

@@ -75,15 +75,9 @@ class AttentionConfig:
 
 
 @triton.jit
-def _attend_tile(q, m, l_sum, acc, k_base, v_base, mask_ptr, s0, S, qk_scale,
-                 stride_ks, stride_vs, stride_ms, d, d_ok,
-                 BLOCK_S: tl.constexpr, HAS_MASK: tl.constexpr, PRECISION: tl.constexpr):
-    """One BLOCK_S tile of the online softmax (base 2): the running (max, sum, output) updated."""
-    s = s0 + tl.arange(0, BLOCK_S)
-    s_ok = s < S
-    kv_mask = s_ok[:, None] & d_ok[None, :]
-    k = tl.load(k_base + s[:, None] * stride_ks + d[None, :], mask=kv_mask, other=0.0)
-    v = tl.load(v_base + s[:, None] * stride_vs + d[None, :], mask=kv_mask, other=0.0)
+def _online_softmax(q, m, l_sum, acc, k, v, s, s_ok, mask_ptr, qk_scale, stride_ms,
+                    HAS_MASK: tl.constexpr, PRECISION: tl.constexpr):
+    """The running (max, sum, output) updated with one loaded K/V tile of slots `s`."""
     scores = tl.dot(q, tl.trans(k), input_precision=PRECISION) * qk_scale  # [G, BLOCK_S], base 2
     if HAS_MASK:
         bias = tl.maximum(tl.load(mask_ptr + s * stride_ms, mask=s_ok, other=0.0).to(tl.float32), -1.0e30)
@@ -95,6 +89,19 @@ def _attend_tile(q, m, l_sum, acc, k_base, v_base, mask_ptr, s0, S, qk_scale,
     l_sum = l_sum * alpha + tl.sum(p, axis=1)
     acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=PRECISION)
     return m_new, l_sum, acc
+
+
+@triton.jit
+def _attend_tile(q, m, l_sum, acc, k_base, v_base, mask_ptr, s0, S, qk_scale,
+                 stride_ks, stride_vs, stride_ms, d, d_ok,
+                 BLOCK_S: tl.constexpr, HAS_MASK: tl.constexpr, PRECISION: tl.constexpr):
+    """One BLOCK_S tile of the online softmax (base 2): the running (max, sum, output) updated."""
+    s = s0 + tl.arange(0, BLOCK_S)
+    s_ok = s < S
+    kv_mask = s_ok[:, None] & d_ok[None, :]
+    k = tl.load(k_base + s[:, None] * stride_ks + d[None, :], mask=kv_mask, other=0.0)
+    v = tl.load(v_base + s[:, None] * stride_vs + d[None, :], mask=kv_mask, other=0.0)
+    return _online_softmax(q, m, l_sum, acc, k, v, s, s_ok, mask_ptr, qk_scale, stride_ms, HAS_MASK, PRECISION)
 
 
 @triton.jit
@@ -178,6 +185,16 @@ def _decode_attention_kernel(
             m, l_sum, acc = _attend_tile(q, m, l_sum, acc, k_base, v_base, mask_ptr, s0, S, qk_scale,
                                          stride_ks, stride_vs, stride_ms, d, d_ok, BLOCK_S, HAS_MASK, PRECISION)
 
+    _finish_split(acc, m, l_sum, part_o_ptr, part_ml_ptr, out_ptr, count_ptr, kvh, split, stride_oh, g, g_ok, d,
+                  GROUP, BLOCK_GC, D, BLOCK_D, SPLITS, BLOCK_SPLITS, MERGE_LAST, MERGE_CHUNK)
+
+
+@triton.jit
+def _finish_split(acc, m, l_sum, part_o_ptr, part_ml_ptr, out_ptr, count_ptr, kvh, split, stride_oh, g, g_ok, d,
+                  GROUP: tl.constexpr, BLOCK_GC: tl.constexpr, D: tl.constexpr, BLOCK_D: tl.constexpr,
+                  SPLITS: tl.constexpr, BLOCK_SPLITS: tl.constexpr, MERGE_LAST: tl.constexpr,
+                  MERGE_CHUNK: tl.constexpr):
+    """A split's partials out; with MERGE_LAST, the last split of the KV head merges them."""
     # Partials of the GROUP real rows only: [KVH, BLOCK_SPLITS, BLOCK_GC, BLOCK_D] and
     # [KVH, BLOCK_SPLITS, 2, BLOCK_GC] (BLOCK_GC = GROUP rounded to a power of 2).
     o_base = part_o_ptr + (kvh * BLOCK_SPLITS + split) * (BLOCK_GC * BLOCK_D)
@@ -226,6 +243,41 @@ def _workspace(device: torch.device, kv_heads: int, block_splits: int, block_g: 
     return ws
 
 
+@dataclass(frozen=True)
+class LaunchPlan:
+    """Block sizes and split layout of one attention launch (shared by the fused ring kernel)."""
+
+    group: int
+    block_gc: int  # GROUP rounded to a power of 2: the partials' rows
+    block_g: int  # ... and at least 16, the smallest tl.dot tile
+    block_d: int
+    tiles: int
+    splits: int
+    block_splits: int
+
+    @classmethod
+    def of(cls, heads: int, kv_heads: int, slots: int, head_dim: int, cfg: AttentionConfig) -> LaunchPlan:
+        group = heads // kv_heads
+        block_gc = triton.next_power_of_2(group)
+        tiles, splits = cfg.layout(slots)
+        return cls(group, block_gc, max(16, block_gc), max(16, triton.next_power_of_2(head_dim)), tiles, splits,
+                   triton.next_power_of_2(splits))
+
+    def workspace(self, device: torch.device, kv_heads: int):
+        return _workspace(device, kv_heads, self.block_splits, self.block_gc, self.block_d)
+
+    def merge_chunk(self, num_warps: int) -> int:
+        return _merge_chunk(self.block_splits, self.block_gc, self.block_d, num_warps)
+
+    def merge_kernel(self, part_o: torch.Tensor, part_ml: torch.Tensor, out: torch.Tensor, kv_heads: int,
+                     head_dim: int) -> None:
+        """merge="kernel": the split partials combined by a second launch on the same stream."""
+        _merge_kernel[(kv_heads,)](part_o, part_ml, out, out.stride(2),
+                                   GROUP=self.group, BLOCK_GC=self.block_gc, D=head_dim, BLOCK_D=self.block_d,
+                                   SPLITS=self.splits, BLOCK_SPLITS=self.block_splits,
+                                   CHUNK=self.merge_chunk(MERGE_KERNEL_WARPS), num_warps=MERGE_KERNEL_WARPS)
+
+
 def launch_decode_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None,
                             scale: float, out: torch.Tensor, cfg: AttentionConfig) -> torch.Tensor:
     """out [1, 1, H, D] = softmax(q k^T * scale + mask) v for q [1, H, 1, D], k/v [1, KVH, S, D]."""
@@ -236,34 +288,24 @@ def launch_decode_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, m
     for t in (q, k, v):
         if t.stride(-1) != 1:
             raise ValueError("the head dimension must be contiguous")
-    group = heads // kv_heads
-    block_gc = triton.next_power_of_2(group)
-    block_g = max(16, block_gc)
-    block_d = max(16, triton.next_power_of_2(head_dim))
-    tiles, splits = cfg.layout(slots)
-    block_splits = triton.next_power_of_2(splits)
-    part_o, part_ml, count = _workspace(q.device, kv_heads, block_splits, block_gc, block_d)
+    plan = LaunchPlan.of(heads, kv_heads, slots, head_dim, cfg)
+    part_o, part_ml, count = plan.workspace(q.device, kv_heads)
     stride_ms = 0
     if mask is not None:
         stride_ms = mask.stride(-1)
     merge_last = cfg.merge == "last"
-    _decode_attention_kernel[(kv_heads, splits)](
+    _decode_attention_kernel[(kv_heads, plan.splits)](
         q, k, v, mask if mask is not None else q, out, part_o, part_ml, count,
         q.stride(1), k.stride(1), k.stride(2), v.stride(1), v.stride(2), stride_ms, out.stride(2),
         slots, scale * LOG2E,
-        GROUP=group, BLOCK_G=block_g, BLOCK_GC=block_gc, D=head_dim, BLOCK_D=block_d,
-        BLOCK_S=cfg.block_s, TILES=tiles, SPLITS=splits, BLOCK_SPLITS=block_splits,
+        GROUP=plan.group, BLOCK_G=plan.block_g, BLOCK_GC=plan.block_gc, D=head_dim, BLOCK_D=plan.block_d,
+        BLOCK_S=cfg.block_s, TILES=plan.tiles, SPLITS=plan.splits, BLOCK_SPLITS=plan.block_splits,
         HAS_MASK=mask is not None, PRECISION="ieee" if q.dtype == torch.float32 else "tf32",
-        LOOP_STAGES=cfg.num_stages or 0, MERGE_LAST=merge_last,
-        MERGE_CHUNK=_merge_chunk(block_splits, block_gc, block_d, cfg.num_warps),
+        LOOP_STAGES=cfg.num_stages or 0, MERGE_LAST=merge_last, MERGE_CHUNK=plan.merge_chunk(cfg.num_warps),
         num_warps=cfg.num_warps,
     )
     if not merge_last:
-        _merge_kernel[(kv_heads,)](part_o, part_ml, out, out.stride(2),
-                                   GROUP=group, BLOCK_GC=block_gc, D=head_dim, BLOCK_D=block_d,
-                                   SPLITS=splits, BLOCK_SPLITS=block_splits,
-                                   CHUNK=_merge_chunk(block_splits, block_gc, block_d, MERGE_KERNEL_WARPS),
-                                   num_warps=MERGE_KERNEL_WARPS)
+        plan.merge_kernel(part_o, part_ml, out, kv_heads, head_dim)
     return out
 
 

@@ -11,7 +11,8 @@ L2 is timed cold, as in decode where the other layers' weights evict it) and kee
 the process; `TUNED` (tuned_configs.py, measured per device name) is consulted first so a process need
 not re-time. Inside a CUDA-graph capture nothing is timed: an untuned shape gets the default config;
 STREAMLLM_KERNEL_TUNING=0 turns timing off altogether (tests: correctness needs no tuning).
-Under Triton's CPU interpreter the default config is used (interpreting is for correctness only).
+Under Triton's CPU interpreter the default config is used (interpreting is for correctness only;
+for the GEMV the interpreter's own default, the fewest programs).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ import triton
 
 from . import decode_attention as attn
 from . import gemv as gv
+from . import ring_attention as ra
 from .tuned_configs import TUNED
 
 INTERPRETED = os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
@@ -38,7 +40,8 @@ def _device_name(device: torch.device) -> str:
 
 def tuned_name(kind: str, key: tuple) -> str:
     """The TUNED entry name of a shape: "gemv:N:K:dtype:plain|gated",
-    "attention:KVH:GROUP:SLOTS:HEAD_DIM:dtype:mask|nomask"."""
+    "attention:KVH:GROUP:SLOTS:HEAD_DIM:dtype:mask|nomask" (and "ring_attention:" with the same
+    fields: the fused ring kernel, tuned apart)."""
     return ":".join(map(str, (kind, *key)))
 
 
@@ -106,8 +109,12 @@ def gemv_config(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None
         scratch = torch.empty(n, dtype=x.dtype, device=x.device)
         return lambda cfg: gv.launch_gemv(x, weight, bias, scratch, cfg, act, weight2)
 
-    return choose("gemv", key, x.device, lambda: gv.candidate_configs(n, k, gated), gv.default_config(n, k, gated),
-                  make_run, gv.GemvConfig)
+    def candidates() -> list[gv.GemvConfig]:
+        sms = torch.cuda.get_device_properties(x.device).multi_processor_count if x.device.type == "cuda" else None
+        return gv.candidate_configs(n, k, gated, sms=sms)
+
+    default = gv.interpreter_config(n, k, gated) if INTERPRETED else gv.default_config(n, k, gated)
+    return choose("gemv", key, x.device, candidates, default, make_run, gv.GemvConfig)
 
 
 def attention_config(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None,
@@ -131,23 +138,51 @@ def attention_config(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: to
                   attn.AttentionConfig)
 
 
+def ring_attention_config(q: torch.Tensor, k_cache: torch.Tensor, mask: torch.Tensor | None,
+                          make_run: Callable[[], Callable[[attn.AttentionConfig], None]]) -> attn.AttentionConfig:
+    """The fused ring kernel's config: tuned apart from plain attention (its tile loop carries the
+    rotary and write patches), same candidates. Timing it repeats one step's writes: the same
+    values into the same slots, so the cache is unchanged by the tuner."""
+    heads, kv_heads, slots, head_dim = q.shape[1], k_cache.shape[1], k_cache.shape[2], k_cache.shape[3]
+    group = heads // kv_heads
+
+    def candidates() -> list[attn.AttentionConfig]:
+        sms = torch.cuda.get_device_properties(q.device).multi_processor_count if q.device.type == "cuda" else None
+        return attn.candidate_configs(slots, group, kv_heads=kv_heads, head_dim=head_dim, sms=sms,
+                                      elem_bytes=k_cache.element_size())
+
+    return choose("ring_attention", attention_key(q, k_cache, mask), q.device, candidates,
+                  attn.default_config(slots, group), make_run, attn.AttentionConfig)
+
+
 # -- custom ops ------------------------------------------------------------------------------
+def _flat(t: torch.Tensor) -> torch.Tensor:
+    t = t.reshape(-1)
+    return t if t.is_contiguous() else t.contiguous()
+
+
 @torch.library.custom_op("streamllm::gemv", mutates_args=())
 def gemv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None, act: int = 0,
-         weight2: torch.Tensor | None = None) -> torch.Tensor:
-    """act(x @ weight.T + bias) for one row x [..., K] (act 2: silu(x W^T) * (x W2^T))."""
-    x_flat = x.reshape(-1)
-    if not x_flat.is_contiguous():
-        x_flat = x_flat.contiguous()
+         weight2: torch.Tensor | None = None, norm_weight: torch.Tensor | None = None,
+         norm_bias: torch.Tensor | None = None, norm: int = 0, eps: float = 0.0,
+         residual: torch.Tensor | None = None, residual2: torch.Tensor | None = None) -> torch.Tensor:
+    """act(norm(x) @ weight.T + bias) + residual + residual2 for one row x [..., K] (act 2:
+    silu(x W^T) * (x W2^T); norm 1 LayerNorm(norm_weight, norm_bias, eps), 2 RMSNorm(norm_weight,
+    eps), 0 none). The config is the shape's (`gemv_config`): the prologue and the adds read a few
+    KB beside the weight."""
+    x_flat = _flat(x)
     n = weight.shape[0]
     out = torch.empty(n, dtype=x.dtype, device=x.device)
+    spec = gv.Norm(norm, norm_weight, norm_bias, eps) if norm else None
+    residuals = tuple(_flat(r) for r in (residual, residual2) if r is not None)
     cfg = gemv_config(x_flat, weight, bias, act, weight2)
-    gv.launch_gemv(x_flat, weight, bias, out, cfg, act, weight2)
+    gv.launch_gemv(x_flat, weight, bias, out, cfg, act, weight2, norm=spec, residuals=residuals)
     return out.view(*x.shape[:-1], n)
 
 
 @gemv.register_fake
-def _gemv_fake(x, weight, bias=None, act=0, weight2=None):
+def _gemv_fake(x, weight, bias=None, act=0, weight2=None, norm_weight=None, norm_bias=None, norm=0, eps=0.0,
+               residual=None, residual2=None):
     return x.new_empty(*x.shape[:-1], weight.shape[0])
 
 
@@ -162,4 +197,30 @@ def decode_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: to
 
 @decode_attention.register_fake
 def _decode_attention_fake(q, k, v, mask, scale):
+    return q.new_empty(1, 1, q.shape[1], q.shape[3])
+
+
+@torch.library.custom_op("streamllm::ring_attention", mutates_args=("k_cache", "v_cache"))
+def ring_attention(q: torch.Tensor, k_new: torch.Tensor, v_new: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
+                   k_cache: torch.Tensor, v_cache: torch.Tensor, slot: torch.Tensor, sink_store: torch.Tensor | None,
+                   sink_cos: torch.Tensor | None, sink_sin: torch.Tensor | None, sinks: int,
+                   mask: torch.Tensor | None, scale: float) -> torch.Tensor:
+    """[1, 1, H, D] attention of one token over the ring, with its rotary, its cache write and the
+    sinks' re-rotation done in the same launch (ring_attention.launch_ring_attention); writes
+    k_cache / v_cache in place."""
+    sink = None if sink_store is None or sinks == 0 else ra.SinkRotation(sink_store, sink_cos, sink_sin, sinks)
+    out = q.new_empty(1, 1, q.shape[1], q.shape[3])
+
+    def make_run() -> Callable[[attn.AttentionConfig], None]:
+        scratch = q.new_empty(1, 1, q.shape[1], q.shape[3])
+        return lambda cfg: ra.launch_ring_attention(q, k_new, v_new, cos, sin, k_cache, v_cache, slot, sink, mask,
+                                                    scale, scratch, cfg)
+
+    cfg = ring_attention_config(q, k_cache, mask, make_run)
+    return ra.launch_ring_attention(q, k_new, v_new, cos, sin, k_cache, v_cache, slot, sink, mask, scale, out, cfg)
+
+
+@ring_attention.register_fake
+def _ring_attention_fake(q, k_new, v_new, cos, sin, k_cache, v_cache, slot, sink_store, sink_cos, sink_sin, sinks,
+                         mask, scale):
     return q.new_empty(1, 1, q.shape[1], q.shape[3])
