@@ -10,7 +10,7 @@ import math
 
 import numpy as np
 
-from streamllm.decode import decoder_factory
+from streamllm.decoders import decoder_factory
 from streamllm.evaluate import build_result
 from streamllm.floor import analytic_step_bytes, floor_ms, mean_attended_slots
 from streamllm.harness.counters import WorkCounts, count_work, counter_key

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from .combinations import CACHE_KINDS, COMPILE_MODES, decode_mode_for
 from .data import DatasetError, load_text, synthetic_ids, tokenize
-from .decode import decoder_factory
+from .decoders import decoder_factory
 from .evaluate import DecodeOptions, evaluate_tokens, speedup
 from .measure import time_steady_state
 from .models import ModelOptionError, ModelUnavailableError, is_dummy, load_model, parse_dtype, resolve_device

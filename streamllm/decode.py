@@ -20,7 +20,6 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, nullcontext
-from functools import partial
 
 import torch
 
@@ -29,7 +28,7 @@ from .combinations import check_compile
 from .compat import attention_implementation, cache_kwargs, incompatibility_guard, register_attention, sdpa_attention
 from .gemv import INDUCTOR_OPTIONS, reduction_linears
 
-__all__ = ["AnyCache", "CompiledDecoder", "EagerDecoder", "GraphDecoder", "decoder_factory", "make_cache"]
+__all__ = ["AnyCache", "CompiledDecoder", "EagerDecoder", "GraphDecoder", "make_cache"]
 
 
 class EagerDecoder:
@@ -180,21 +179,3 @@ GRAPH_OPTIONS: dict[str, dict[str, object]] = {
     "cudagraphs-uncompiled": {"compiled": False},
     "cudagraphs-autotune": {"compile_mode": "max-autotune-no-cudagraphs"},
 }
-
-
-def decoder_factory(compile_mode: str = "none", device: torch.device | str = "cpu",
-                    cache_kind: str = "dynamic") -> DecoderFactory:
-    """The decoder for a --compile mode, after refusing combinations that cannot work."""
-    check_compile(compile_mode, cache_kind, torch.device(device).type)
-    if compile_mode == "none":
-        return EagerDecoder
-    if compile_mode == "default":
-        return CompiledDecoder
-    if compile_mode == "cudagraphs-triton":
-        # Imported here only because triton is optional: the other modes must work without it.
-        # (kernels.integration imports this module at its top; there is no cycle to dodge.)
-        from .kernels.integration import TritonGraphDecoder
-
-        return TritonGraphDecoder
-    options = GRAPH_OPTIONS[compile_mode]
-    return partial(GraphDecoder, **options) if options else GraphDecoder

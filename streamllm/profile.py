@@ -29,7 +29,7 @@ from transformers import StaticCache
 
 from .combinations import decode_mode_for
 from .compat import cache_kwargs
-from .decode import decoder_factory
+from .decoders import decoder_factory
 from .floor import analytic_step_bytes, floor_ms, mean_attended_slots
 from .measure import DecodeSlice, TimingRun, prepare_slice, steps_per_round, time_rounds
 from .models import LoadedModel, load_model

@@ -21,7 +21,8 @@ import torch
 from bench.catalog import BenchCase, build_catalog, compile_mode, select, unavailable_reason
 from conftest import tiny_neox
 from streamllm.combinations import GRAPH_MODES, problem
-from streamllm.decode import GRAPH_OPTIONS, GraphDecoder, decoder_factory
+from streamllm.decode import GRAPH_OPTIONS, GraphDecoder
+from streamllm.decoders import decoder_factory
 from streamllm.profile import (
     WeightSets,
     hf_static_slice,

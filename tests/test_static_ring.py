@@ -17,7 +17,8 @@ import torch
 from streamllm.caches import RingStreamingCache, StaticStreamingCache, UnsupportedCacheError
 from streamllm.cli import main
 from streamllm.combinations import check_compile, decode_mode_for, problem
-from streamllm.decode import CompiledDecoder, GraphDecoder, decoder_factory, make_cache
+from streamllm.decode import CompiledDecoder, GraphDecoder, make_cache
+from streamllm.decoders import decoder_factory
 from streamllm.evaluate import DecodeOptions, evaluate_tokens
 from streamllm.strategies import StrategyError, make_strategy
 from streamllm.transforms import (
