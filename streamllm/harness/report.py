@@ -1,12 +1,12 @@
 """`streamllm report`: render the bench suite's run JSON into a report a person (or the nightly
 runner's artifacts page) reads.
 
-Input: the run files `pytest bench` writes to `reports/runs/<UTC stamp>-<device>-<pid>.json`
+Input: the run files `pytest bench` writes to `out/runs/<UTC stamp>-<device>-<pid>.json`
 (schema `streamllm.bench-run/2`, records.RUN_SCHEMA: options, fingerprint, one entry per (strategy, dataset) with
 PPL, TPOT, speedup, the checks and their verdicts, the (b) signals — work counts, the same-run
 ratio to a reference arm, the reference arm's timing — per-token NLL and prune events).
 
-Output (default `reports/latest/`):
+Output (default `out/report/`):
   report.md       verdict table per dataset, the (b) evidence per case, every non-passing check's
                   message, findings, spike diagnostics, plots
   report.html     the same markdown converted by the `markdown` package, PNGs beside it
