@@ -164,9 +164,7 @@ FINDINGS: list[FindingSpec] = [
             numbers="int8/strict TPOT 2.6x book, 2.6x wiki (234 vs 89 ms, 1 thread): eager INT8 dequantizes "
                     "per call")),
         case="int8", reference="strict", models=(EMBEDDED_MODEL,), devices=("cpu",), real_weights=False),
-    # Not encoded: "lazy c32 is faster per token than strict" (0.88-0.92x measured here). The two are
-    # timed minutes apart, not interleaved, and on this shared VM the load swings TPOT by more than
-    # that (strict 89 ms at load 4, 160 ms at load 9), so the finding failed on noise (2026-11-22).
+    # Not encoded: "lazy c32 is faster per token than strict" (docs/findings.md says why).
     # -- measured here by the sweeps (PPL; CUDA fp32 = CPU fp32 numerics) ---------------------
     FindingSpec(
         Finding("more sinks (16) barely change PPL", "ratio_ppl", 0.95, 1.01, SWEPT_HERE.format(

@@ -238,7 +238,7 @@ class Measurements:
     def paired_ratio(self, case: BenchCase, other: BenchCase, dataset: str) -> RatioCI:
         """TPOT(case) / TPOT(other), the two timed step for step in fresh slices (measure.time_interleaved):
         a TPOT finding compares two strategies, and timings taken minutes apart on a shared machine
-        differ by more than the finding's band (seen: strict 1.6x slower under a neighbour's load)."""
+        differ by more than the finding's band."""
         steps = steps_per_round(math.lcm(case.cycle, other.cycle), self.session.options.min_steps)
         rounds = max(4, self.session.options.rounds * self.session.options.min_steps // steps)
         warmup = max(1, self.session.options.warmup_rounds)  # fresh slices: first calls pay one-time costs

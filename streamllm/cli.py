@@ -100,7 +100,7 @@ def build_parser() -> argparse.ArgumentParser:
                          "(inductor + one captured CUDA graph; static/ring cache on CUDA), cudagraphs-gemv "
                          "(the same with batch-1 linears as inductor reductions), cudagraphs-triton (Triton "
                          "GEMV + split-KV attention, mask-free once the ring is full; streamllm.kernels), or the graph variants cudagraphs-uncompiled, "
-                         "-maskfree, -matmul, -autotune (reports/gpu-h100.md) (default: none)")
+                         "-maskfree, -matmul, -autotune (default: none)")
     ev.add_argument("--evaluator", choices=("parallel", "token"), default="parallel",
                     help="parallel: exact chunked PPL, TPOT per --timing (strategies it cannot honour, "
                          "e.g. refresh, use the token loop); token: the decode loop (PPL and TPOT) (default: parallel)")

@@ -16,8 +16,7 @@ import shutil
 from .strategies import CACHE_KINDS, RING_STRATEGIES, StrategyError, StrategySpec, cache_problem  # noqa: F401  (re-exported)
 
 # How the decode step runs (`--compile`); the graph modes are captured by hand in one CUDA graph.
-# The last four are the H100 exploration's variants of that graph (reports/gpu-h100.md), kept as
-# modes so the suite's `--sweep gpu` can keep measuring them: SDPA without a mask once the ring
+# The last four are the H100 exploration's variants of that graph, kept as modes so the suite's `--sweep gpu` can keep measuring them: SDPA without a mask once the ring
 # is full (flash-eligible), transformers' matmul attention, the eager forward captured without
 # inductor, and inductor's max-autotune (no CUDA graphs of its own). Their options: decode.GRAPH_OPTIONS.
 COMPILE_MODES = ("none", "default", "cudagraphs", "cudagraphs-gemv", "cudagraphs-triton",

@@ -1,16 +1,16 @@
 """Batch-1 linears as reductions, so inductor writes the matrix-vector kernels (gpt-fast's trick).
 
 At batch 1 every decode matmul is a matrix-vector product that only has to stream its weights
-once. cuBLAS picks split-K GEMM kernels for these shapes that reach ~77 % of copy bandwidth on the
-H100 (reports/gpu-h100.md); written as `(x * W).sum(-1)` the product becomes one Triton reduction
+once. cuBLAS picks split-K GEMM kernels for these shapes that stay well below copy bandwidth;
+written as `(x * W).sum(-1)` the product becomes one Triton reduction
 per linear, which inductor's coordinate-descent tuning is meant to push toward bandwidth and into which
 the bias and the next elementwise op fuse. transformers' forwards call `nn.Linear` modules, so the
 swap is a per-instance `forward` override for the duration of tracing: nothing is copied, the
 weights stay where they are, and the eager model is untouched outside the context.
 
-Measured on the H100 (reports/gpu-h100.md): slower than cuBLAS for Pythia-2.8b (3.76 vs 3.26 ms
-per token) and tuned differently from one process to the next; kept as an option and a suite case
-so the negative result stays measured, not as the default.
+On the H100 it is slower than cuBLAS for Pythia-2.8b and tunes differently from one process to
+the next (docs/findings.md); kept as an option and a suite case so the negative result stays
+measured, not as the default.
 
 Plain floating-point weights and torchao's per-row INT8 weights (IntxUnpackedToInt8Tensor, what
 `IntxWeightOnlyConfig(weight_dtype=torch.int8, version=2)` makes) are rewritten; the INT8 form

@@ -657,8 +657,7 @@ def _device_events(events: Iterable[Any]) -> tuple[int, int, float, dict[str, in
 def _eager_stance():
     """torch.compile'd functions run as plain Python inside (torch >= 2.6). Without this, dynamo
     meets their frames while the dispatch mode is active, skips them, and marks their code as
-    skipped for good: a CompiledDecoder counted once would decode eagerly ever after (seen on
-    torch 2.11: 43 kernels per step before counting, 124 after)."""
+    skipped for good: a CompiledDecoder counted once would decode eagerly ever after."""
     set_stance = getattr(torch.compiler, "set_stance", None)
     return set_stance("force_eager") if set_stance is not None else nullcontext()
 

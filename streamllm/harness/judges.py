@@ -208,9 +208,8 @@ def check_ratio_vs_baseline(
     ci = ratio_ci(samples, reference)
     if updating and rerun is not None and _half_width(ci.low, ci.high) > RECORDING_HALF_WIDTH * tolerance:
         # A recording is the centre of every later check's band, so a noisy one moves the centre
-        # (seen on the H200: eager dense, the first case of the recording process, read 3.97
-        # [3.25, 4.84] where three later processes read 3.44-3.48 within +-3 %). It is re-timed
-        # once with more rounds and recorded from all its rounds.
+        # (a process's first case pays one-time costs). It is re-timed once with more rounds and
+        # recorded from all its rounds.
         more, more_ref = rerun()
         if more and more_ref:
             ci = ratio_ci([*samples, *more], [*reference, *more_ref])

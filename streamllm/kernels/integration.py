@@ -343,8 +343,7 @@ class TritonGraphDecoder(GraphDecoder):
 
     def __init__(self, model: torch.nn.Module, cache, fuse_ring: bool = True, fuse_norm: bool = True, **kwargs):
         # Once every slot of the ring holds a token its mask is all zeros: pass none, and the
-        # kernel runs its mask-free variant (H200, Pythia-2.8b, per layer: 11.2 us vs 13.2 with the
-        # mask, reports/gpu-kernels.md). attention=None keeps the mask in every step.
+        # kernel runs its faster mask-free variant. attention=None keeps the mask in every step.
         kwargs.setdefault("attention", "sdpa-maskfree")
         super().__init__(model, cache, **kwargs)
         self.kernels = TritonKernels(model, fuse_ring=fuse_ring, fuse_norm=fuse_norm)
