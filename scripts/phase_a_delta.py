@@ -14,6 +14,11 @@ streamllm.measure.time_steady_state (real decode steps at steady state, one thre
     python scripts/phase_a_delta.py --out out/phase_a            # tables to stdout + out/phase_a/*.json
     python scripts/phase_a_delta.py --out out/phase_a --no-timing
     python scripts/phase_a_delta.py --out out/phase_a --per-token book=/tmp/book-pt.json,wiki=/tmp/wiki-pt.json
+    python3 -m scripts.phase_a_delta --model dummy:pythia-2.8b --device cuda --dtype float16 --window 2044 \
+        --timing-only --out $OUT                                 # step times only (dummy weights: no PPL)
+
+(`python -m scripts.phase_a_delta` from the repository root, or PYTHONPATH=., so that the
+checkout's streamllm is the one imported.)
 
 Per-token traces are cached under --out (<dataset>-<tokens>.json) and reused when present.
 """
@@ -30,7 +35,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from streamllm.data import load_text, tokenize
+from streamllm.data import load_text, synthetic_ids, tokenize
 from streamllm.measure import time_steady_state
 from streamllm.models import load_model
 from streamllm.parallel import evaluate_parallel
@@ -102,7 +107,7 @@ def spike_table(dataset: str, got: dict[str, dict], tokens: int, periods: list[i
 
 
 def ci(c: tuple[float, float] | None, k: float = 1.0) -> str:
-    return "" if c is None else f" ({c[0] * k:.3g}..{c[1] * k:.3g})"
+    return "" if c is None else f" ({c[0] * k:.2f}..{c[1] * k:.2f})"
 
 
 def _f(x: float | None) -> str:
@@ -163,18 +168,24 @@ def main() -> int:
     parser.add_argument("--out", default="out/phase_a")
     parser.add_argument("--per-token", default="", help="dataset=FILE,... from `streamllm eval --per-token`")
     parser.add_argument("--no-timing", action="store_true")
+    parser.add_argument("--timing-only", action="store_true", help="step times only (dummy weights: no PPL)")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--dtype", default="float32")
     parser.add_argument("--timed-steps", type=int, default=512)
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args()
-    torch.set_num_threads(args.threads)
+    if args.device == "cpu":
+        torch.set_num_threads(args.threads)
     periods = [int(p) for p in args.periods.split(",")]
     chosen = specs(args.sink, args.window, periods)
-    loaded = load_model(args.model, dtype="float32", device="cpu")
+    loaded = load_model(args.model, dtype=args.dtype, device=args.device)
+    dummy = loaded.tokenizer is None  # dummy weights: PPL is meaningless, step times only
     report: dict = {"args": vars(args), "spikes": [], "phase_a": [], "timing": [],
                     "machine": {"cpus": os.cpu_count(), "load_average": os.getloadavg()}}
     lengths = [args.tokens] + [int(t) for t in args.also_tokens.split(",") if t and int(t) < args.tokens]
-    print(f"## ΔNLL spikes (S={args.sink} W={args.window}, {args.model}, parallel evaluator)\n")
-    for dataset in args.datasets.split(","):
+    if not (args.timing_only or dummy):
+        print(f"## ΔNLL spikes (S={args.sink} W={args.window}, {args.model}, parallel evaluator)\n")
+    for dataset in [] if args.timing_only or dummy else args.datasets.split(","):
         got = traces(args, loaded, dataset, chosen)
         for tokens in lengths:
             text, rows = spike_table(dataset, got, tokens, periods)
@@ -184,13 +195,19 @@ def main() -> int:
             print(text + "\n")
             report["phase_a"] += rows
     if not args.no_timing:
-        ids = tokenize(loaded.tokenizer, load_text(args.datasets.split(",")[0]), args.tokens)
-        print(f"## Step time split ({args.threads} thread(s), {os.cpu_count()} CPUs, load {os.getloadavg()})\n")
+        if dummy:
+            ids = synthetic_ids(loaded.model.config.vocab_size, args.tokens)
+        else:
+            ids = tokenize(loaded.tokenizer, load_text(args.datasets.split(",")[0]), args.tokens)
+        where = (torch.cuda.get_device_name(loaded.device) if loaded.device.type == "cuda"
+                 else f"{args.threads} thread(s), {os.cpu_count()} CPUs, load {os.getloadavg()}")
+        print(f"## Step time split ({args.model}, {args.dtype}, S={args.sink} W={args.window}, {where})\n")
         text, rows = timing_table(loaded, ids, args.sink, args.window, periods, args.timed_steps)
         print(text + "\n")
         report["timing"] = rows
     report["machine"]["load_average_end"] = os.getloadavg()
-    out = Path(args.out) / "phase_a.json"
+    out = Path(args.out) / ("phase_a_timing.json" if args.timing_only or dummy else "phase_a.json")
+    out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=1, default=lambda o: asdict(o) if hasattr(o, "__dataclass_fields__")
                               else str(o)))
     print(f"(written {out})", file=sys.stderr)

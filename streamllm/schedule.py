@@ -1,5 +1,5 @@
 """Did eviction engage? The text positions a cache must hold, derived from the strategy's
-parameters alone, checked against what a cache says it holds (docs/semantics.md#eviction-engaged).
+parameters alone, checked against what a cache says it holds (docs/findings.md#eviction-engaged).
 
 A run whose text never exceeds the cache, or a strategy that silently stopped evicting, passes
 every PPL check against a baseline recorded in the same state. So the expected contents here are

@@ -102,7 +102,7 @@ def aligned_mean(nll: np.ndarray, event_steps: list[int], before: int = 32, afte
 # ΔNLL_t = NLL_strategy,t - NLL_dense,t removes the text and leaves what the lost context costs.
 # Its level just before an event is the steady cost of the context already gone; the spike is
 # what the event adds on top. Strict evicts every step: there is no "before", the level is the
-# number (docs/semantics.md#spikes-on-δnll).
+# number (docs/findings.md#spikes).
 
 DELTA_LOOKBACK = 8  # steps up to and including e that set the pre-event level
 DELTA_HORIZON = 8  # steps after e whose mean ΔNLL is the event's cost; 8 fits lazy c16's gaps

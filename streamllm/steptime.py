@@ -1,4 +1,4 @@
-"""Per-step decode time split into the prune steps and the others (docs/semantics.md#step-time-split).
+"""Per-step decode time split into the prune steps and the others (docs/findings.md#step-time).
 
 TPOT (`measure.tpot_ms`) is the mean over whole eviction cycles: right for throughput, but a
 serving system with a latency SLO feels the prune step itself. Lazy eviction with period R pays
