@@ -424,6 +424,21 @@ TRACE_FINDINGS: list[TraceFindingSpec] = [
           (128, 4096, "excess +0.107 book (CI −0.019..+0.238), +0.060 wiki (−0.053..+0.165) at 4096 tokens; "
                       "raw-NLL peak mean 8.3 / 7.8"),
       )],
+    # The saw-tooth: the prune step's own cost and its amortised share of TPOT, from the case's
+    # own timed steps (TimingRun.step_ms, .prune_flags, .cycle). On CPU the dynamic cache's prune
+    # (slice + re-rotate W keys per layer) is small beside a 135M-parameter forward.
+    TraceFindingSpec(
+        Finding("lazy c32's prune step costs 0.8-1.5x a normal step (CPU)", "prune_multiple", 0.8, 1.5,
+                STEPTIME_HERE.format(numbers="prune/normal 1.07x (CI 1.03-1.12) over 32 cycles; c16 1.05x "
+                                     "(0.98-1.12), c128 1.08x (0.96-1.24); normal step 140-205 ms at load 3.5-6.5")),
+        case="lazy-c32", reference="lazy-c32", models=(EMBEDDED_MODEL,), geometry=_DELTA_GEOMETRY,
+        devices=("cpu",), real_weights=False),
+    TraceFindingSpec(
+        Finding("lazy c32's prune amortises to at most 2 % of TPOT (CPU)", "prune_share", None, 0.02,
+                STEPTIME_HERE.format(numbers="prune share 0.2 % (CI 0.10-0.38 %) of TPOT; c16 0.3 % (-0.13-0.76 %), "
+                                     "c128 0.1 % (-0.03-0.19 %)")),
+        case="lazy-c32", reference="lazy-c32", models=(EMBEDDED_MODEL,), geometry=_DELTA_GEOMETRY,
+        devices=("cpu",), real_weights=False),
 ]
 
 
