@@ -24,6 +24,7 @@ from streamllm.schedule import (
     TextTooShortError,
     eviction_engaged,
     eviction_steps,
+    expected_length,
     expected_positions,
     first_eviction_step,
     probe_engagement,
@@ -97,6 +98,11 @@ def test_every_cache_holds_the_schedule_past_the_first_eviction(tiny, ids, spec)
     assert engaged.first_eviction == first and engaged.events_in_text >= 3
     # and the check is not vacuous: the holdings really shrank at the first eviction
     assert len(held[first]) < len(held[first - 1]) + 1
+
+
+@pytest.mark.parametrize("spec", SPECS + [make_strategy("dense")], ids=lambda s: s.label())
+def test_expected_length_is_the_holdings_length(spec):
+    assert [expected_length(spec, t) for t in range(STEPS)] == [len(expected_positions(spec, t)) for t in range(STEPS)]
 
 
 def test_dense_holds_everything(tiny, ids):
