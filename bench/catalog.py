@@ -122,6 +122,7 @@ def build_catalog(sink: int = DEFAULT_SINK, window: int = DEFAULT_WINDOW,
         BenchCase("no-shift", make_strategy("no-shift", sink=sink, window=window), default=False,
                   note="absolute-position ablation"),
         *sweep_cases(sink, window),
+        *mean_size_cases(sink, window),
         *gpu_cases(sink, window),
         *(context_cases(context_positions, sink) if context_positions else []),
     ]
@@ -156,6 +157,15 @@ def sweep_cases(sink: int, window: int) -> list[BenchCase]:
         out.append(BenchCase(f"lazy-c{r}-static", spec, default=False, sweep_only=True,
                              sweeps=("b2", "gpu") if r == 32 else ("b2",)))
     return out
+
+
+def mean_size_cases(sink: int, window: int, periods: tuple[int, ...] = (16, 32, 128)) -> list[BenchCase]:
+    """Strict at lazy cR's mean cache size (W + R/2): the reference of the phase A finding on ΔNLL
+    (bench/findings.py TRACE_FINDINGS): lazy's cycle vs holding as many tokens on average without
+    hard eviction. Selected by id only; a finding evaluates its reference whether selected or not."""
+    return [BenchCase(f"strict-w{window + r // 2}", make_strategy("strict", sink=sink, window=window + r // 2),
+                      default=False, sweep_only=True, note=f"strict at lazy c{r}'s mean cache size W+R/2")
+            for r in periods]
 
 
 def gpu_cases(sink: int, window: int) -> list[BenchCase]:

@@ -18,18 +18,40 @@ Two families:
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
+
+import numpy as np
 
 from streamllm.harness.stats import _pct
 from streamllm.harness.verdicts import FAIL, INCONCLUSIVE, PASS
+from streamllm.spikes import cycle_excess, delta_nll, summarize_delta
+from streamllm.steptime import split_step_times
 
-RELATIONS = {"ratio_ppl": "PPL_s/PPL_ref", "ratio_tpot": "TPOT_s/TPOT_ref"}
+RELATIONS = {
+    "ratio_ppl": "PPL_s/PPL_ref",
+    "ratio_tpot": "TPOT_s/TPOT_ref",
+    # measured on one run's arrays (TraceFindingSpec, measure_trace_finding)
+    "dnll_cycle_excess": "ΔNLL_s − ΔNLL_ref per token over s's whole eviction cycles (nats)",
+    "dnll_event_excess": "ΔNLL in the 8 steps after an eviction − the 8 before (nats per token)",
+    "prune_multiple": "prune step / normal step (mean ms)",
+    "prune_share": "prune's amortised extra cost / TPOT",
+}
+# What a CI below / above the band means, per relation (for the failure message).
+SIDES = {
+    "ratio_ppl": ("lower PPL", "higher PPL"),
+    "ratio_tpot": ("faster", "slower"),
+    "dnll_cycle_excess": ("cheaper eviction", "costlier eviction"),
+    "dnll_event_excess": ("a dip after events", "a spike after events"),
+    "prune_multiple": ("a cheaper prune step", "a costlier prune step"),
+    "prune_share": ("a smaller prune share", "a larger prune share"),
+}
 
 
 @dataclass(frozen=True)
 class Finding:
     name: str
-    relation: str  # "ratio_ppl" (PPL_s/PPL_ref) or "ratio_tpot" (TPOT_s/TPOT_ref)
+    relation: str  # a key of RELATIONS: "ratio_ppl", "ratio_tpot", or a one-run relation (TRACE_FINDINGS)
     low: float | None  # band on the ratio; None = unbounded
     high: float | None
     provenance: str  # where the band comes from (a log section of docs/findings.md, or measured here, with date)
@@ -66,10 +88,7 @@ def check_finding(
         elif ci_high < lo_edge or ci_low > hi_edge:
             verdict = FAIL
             below = ci_high < lo_edge
-            if finding.relation == "ratio_ppl":
-                side = "lower PPL" if below else "higher PPL"
-            else:
-                side = "faster" if below else "slower"
+            side = SIDES[finding.relation][0 if below else 1]
             why = (
                 f"{'below' if below else 'above'} the band ({side} than the finding says): "
                 "the finding changed; if intended, re-record it on purpose"
@@ -268,3 +287,159 @@ FINDINGS: list[FindingSpec] = [
 
 def findings_for(case_id: str) -> list[FindingSpec]:
     return [spec for spec in FINDINGS if spec.case == case_id]
+
+
+# -- findings measured on one run's arrays (issue 24: the log's phase A and saw-tooth claims) --
+# Not ratios of two cases' PPL or TPOT but numbers taken from the per-token NLL (ΔNLL against
+# a reference on the same tokens) or the per-step times of one timed run. Kept apart from
+# FINDINGS so `findings_for` (the ratio checks) never sees a relation it cannot measure; the
+# suite checks these with `trace_findings_for` + `check_trace_finding` (docs/findings.md#spikes,
+# #step-time).
+TRACE_RELATIONS = ("dnll_cycle_excess", "dnll_event_excess", "prune_multiple", "prune_share")
+TIMING_RELATIONS = ("prune_multiple", "prune_share")
+
+
+@dataclass(frozen=True)
+class TraceFindingSpec(FindingSpec):
+    """A finding on one run's measured arrays. `reference`: the case whose NLL on the same tokens
+    is subtracted (dense for the event excess, strict at lazy's mean cache size W+R/2 for the
+    cycle excess); for the step-time relations, the case itself (its own steps)."""
+
+    min_tokens: int = 0  # the text length it needs (events enough for a CI); geometry holds no tokens
+
+    def __post_init__(self) -> None:
+        if self.finding.relation not in TRACE_RELATIONS:
+            raise ValueError(f"trace finding {self.finding.name!r}: relation must be one of {TRACE_RELATIONS}")
+
+    def applies(self, *, model: str, dataset: str, sink: int, window: int, tokens: int, device_type: str,
+                dummy_weights: bool) -> str | None:
+        why = super().applies(model=model, dataset=dataset, sink=sink, window=window, tokens=tokens,
+                              device_type=device_type, dummy_weights=dummy_weights)
+        if why is None and tokens < self.min_tokens:
+            return f"needs --tokens >= {self.min_tokens} (this run {tokens}): too few eviction events for a CI"
+        return why
+
+
+@dataclass(frozen=True)
+class TraceInputs:
+    """What the suite has measured for one case on one dataset; each relation reads its part.
+
+    nll, prune_steps: the case's EvalResult.trace (.nll, .prune_steps)
+    reference_nll:    EvalResult.trace.nll of the spec's reference case, same text and tokens
+    step_ms, prune_flags, cycle: the case's measure.TimingRun (.step_ms, .prune_flags, .cycle)
+    """
+
+    nll: Sequence[float] | None = None
+    prune_steps: Sequence[int] | None = None
+    reference_nll: Sequence[float] | None = None
+    step_ms: Sequence[float] | None = None
+    prune_flags: Sequence[bool] | None = None
+    cycle: int = 1
+
+
+def measure_trace_finding(spec: TraceFindingSpec, inputs: TraceInputs) -> tuple[float, float, float]:
+    """(estimate, CI low, CI high) of the spec's relation from the measured arrays. Raises
+    ValueError naming what is missing (e.g. no timing in a --no-timing run, too few events)."""
+    relation = spec.finding.relation
+    if relation in TIMING_RELATIONS:
+        if inputs.step_ms is None or inputs.prune_flags is None:
+            raise ValueError(f"{spec.case}: no step times (this run did not time the case)")
+        split = split_step_times(inputs.step_ms, inputs.prune_flags, inputs.cycle)
+        value, ci = ((split.prune_multiple, split.prune_multiple_ci) if relation == "prune_multiple"
+                     else (split.prune_share, split.prune_share_ci))
+        if value is None or ci is None:
+            raise ValueError(f"{spec.case}: {split.prune_steps} prune steps in {split.steps} steps: no split into "
+                             "prune and normal steps over >= 2 cycles")
+        return value, ci[0], ci[1]
+    if inputs.nll is None or inputs.reference_nll is None or inputs.prune_steps is None:
+        raise ValueError(f"{spec.case}: the ΔNLL findings need the case's NLL and events and {spec.reference}'s NLL")
+    events = list(inputs.prune_steps)
+    if relation == "dnll_cycle_excess":
+        found = cycle_excess(np.asarray(inputs.nll), np.asarray(inputs.reference_nll), events)
+        return found.estimate, found.low, found.high
+    summary = summarize_delta(delta_nll(inputs.nll, inputs.reference_nll), events)
+    if summary is None or summary.excess is None:
+        raise ValueError(f"{spec.case}: {0 if summary is None else summary.events} events with 8 steps on either "
+                         "side: too few for the event-aligned ΔNLL (use more tokens)")
+    return summary.excess.estimate, summary.excess.low, summary.excess.high
+
+
+def check_trace_finding(spec: TraceFindingSpec, inputs: TraceInputs) -> tuple[str, str, dict]:
+    """(verdict, message, data) of one trace finding: `check_finding` on `measure_trace_finding`;
+    a measurement that cannot be made is inconclusive with the reason, never a pass."""
+    f = spec.finding
+    data = {"low": f.low, "high": f.high, "relation": f.relation, "reference": spec.reference,
+            "provenance": f.provenance}
+    try:
+        est, lo, hi = measure_trace_finding(spec, inputs)
+    except ValueError as exc:
+        return INCONCLUSIVE, f"finding {f.name!r}: not measured: {exc}", data
+    verdict, message = check_finding(f, est, lo, hi)
+    return verdict, message, {"estimate": est, "ci_low": lo, "ci_high": hi, **data}
+
+
+def mean_size_strict(case_id: str, window: int) -> str:
+    """The catalog id of strict at lazy cR's mean cache size W + R/2 (bench/catalog.py mean_size_cases)."""
+    r = int(case_id.removeprefix("lazy-c"))
+    return f"strict-w{window + r // 2}"
+
+
+_W = 124  # the embedded geometry's window (_EMBEDDED_GEOMETRY)
+_DELTA_GEOMETRY = {"sink": 4, "window": _W}
+PHASE_A_HERE = ("measured here 2026-12-05, scripts/phase_a_delta.py on the embedded default (SmolLM2-135M fp32, "
+                "S=4 W=124, parallel evaluator; docs/findings.md#spikes): {numbers}")
+STEPTIME_HERE = ("measured here 2026-12-05, scripts/phase_a_delta.py on the embedded default (fp32 CPU, 1 thread, "
+                 "shared 2-core VM; docs/findings.md#step-time): {numbers}")
+
+TRACE_FINDINGS: list[TraceFindingSpec] = [
+    # Phase A re-stated: lazy's cycle against strict holding lazy's mean cache size. Dense cancels
+    # in the difference; a spike cost of hard eviction would show as a positive excess.
+    *[TraceFindingSpec(
+        Finding(f"lazy c{r}: hard eviction costs no more than strict at its mean cache size (ΔNLL)",
+                "dnll_cycle_excess", -0.02, 0.02, PHASE_A_HERE.format(numbers=numbers)),
+        case=f"lazy-c{r}", reference=mean_size_strict(f"lazy-c{r}", _W), models=(EMBEDDED_MODEL,),
+        geometry=_DELTA_GEOMETRY, min_tokens=tokens)
+      for r, tokens, numbers in (
+          (16, 1024, "lazy-c16 − strict-w132 nats/token at 1024 tokens −0.0025 book (CI −0.0093..+0.0034), "
+                     "−0.0023 wiki (−0.0090..+0.0035); at 4096 −0.0006 / −0.0043"),
+          (32, 1024, "lazy-c32 − strict-w140 at 1024 tokens +0.0016 book (CI −0.0092..+0.0144), −0.0066 wiki "
+                     "(−0.0189..+0.0033); at 4096 +0.0005 (−0.0044..+0.0062) / −0.0013 (−0.0051..+0.0022)"),
+          (128, 4096, "lazy-c128 − strict-w188 at 4096 tokens −0.0028 book (CI −0.0114..+0.0045), +0.0005 wiki "
+                      "(−0.0068..+0.0074); 1024 tokens hold only 6 events"),
+      )],
+    # The spike itself, on ΔNLL against dense: the 8 steps after an event over the 8 before. The
+    # raw-NLL metric read 6-9 nats for every lazy case (heavy-tailed NLL), strict 0.7.
+    *[TraceFindingSpec(
+        Finding(f"lazy c{r}: no ΔNLL spike after an eviction beyond 0.25 nats/token", "dnll_event_excess",
+                -0.25, 0.25, PHASE_A_HERE.format(numbers=numbers)),
+        case=f"lazy-c{r}", reference="dense", models=(EMBEDDED_MODEL,), geometry=_DELTA_GEOMETRY,
+        min_tokens=tokens)
+      for r, tokens, numbers in (
+          (16, 1024, "excess +0.045 book (CI −0.026..+0.121), −0.068 wiki (−0.164..+0.021) at 1024 tokens; "
+                     "raw-NLL peak mean 6.4 / 7.2"),
+          (32, 1024, "excess +0.103 book (CI −0.016..+0.231), −0.046 wiki (−0.183..+0.082) at 1024 tokens; "
+                     "+0.020 / −0.033 at 4096; raw-NLL peak mean 7.7 / 8.6"),
+          (128, 4096, "excess +0.107 book (CI −0.019..+0.238), +0.060 wiki (−0.053..+0.165) at 4096 tokens; "
+                      "raw-NLL peak mean 8.3 / 7.8"),
+      )],
+    # The saw-tooth: the prune step's own cost and its amortised share of TPOT, from the case's
+    # own timed steps (TimingRun.step_ms, .prune_flags, .cycle). On CPU the dynamic cache's prune
+    # (slice + re-rotate W keys per layer) is small beside a 135M-parameter forward.
+    TraceFindingSpec(
+        Finding("lazy c32's prune step costs 0.8-1.5x a normal step (CPU)", "prune_multiple", 0.8, 1.5,
+                STEPTIME_HERE.format(numbers="prune/normal 1.07x (CI 1.03-1.12) and 1.11x (1.04-1.21) in two runs of "
+                                     "32 cycles; c16 1.05x / 1.02x, c128 1.08x / 0.98x; normal step 140-205 ms at "
+                                     "load 3.5-6.5")),
+        case="lazy-c32", reference="lazy-c32", models=(EMBEDDED_MODEL,), geometry=_DELTA_GEOMETRY,
+        devices=("cpu",), real_weights=False),
+    TraceFindingSpec(
+        Finding("lazy c32's prune amortises to at most 2 % of TPOT (CPU)", "prune_share", None, 0.02,
+                STEPTIME_HERE.format(numbers="prune share 0.2 % (CI 0.10-0.38 %) and 0.3 % (0.12-0.65 %) of TPOT in "
+                                     "two runs; c16 0.3 % / 0.1 %, c128 0.1 % / -0.0 %")),
+        case="lazy-c32", reference="lazy-c32", models=(EMBEDDED_MODEL,), geometry=_DELTA_GEOMETRY,
+        devices=("cpu",), real_weights=False),
+]
+
+
+def trace_findings_for(case_id: str) -> list[TraceFindingSpec]:
+    return [spec for spec in TRACE_FINDINGS if spec.case == case_id]

@@ -7,6 +7,7 @@ quality. Quality claims use the embedded real model.
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 import torch
@@ -57,3 +58,14 @@ def tiny_model(request) -> LoadedModel:
 @pytest.fixture(scope="session")
 def token_ids() -> torch.Tensor:
     return torch.randint(0, 97, (160,), generator=torch.Generator().manual_seed(1))
+
+
+@pytest.fixture(scope="session", autouse=True)
+def tracked_history_is_never_written():
+    """The run history under history/ is tracked data: a test that runs the suite must point
+    --history-dir at a temporary folder, never append to the real one."""
+    root = Path(__file__).resolve().parents[1] / "history"
+    before = sorted(str(p) for p in root.rglob("*.json"))
+    yield
+    after = sorted(str(p) for p in root.rglob("*.json"))
+    assert after == before, f"a test wrote into the tracked history: {sorted(set(after) - set(before))}"

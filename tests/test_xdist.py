@@ -256,7 +256,7 @@ def test_controller_refuses_update_under_cpu_workers(tmp_path):
     from bench.xdist import XdistController
 
     config = types.SimpleNamespace(getoption=lambda name, default=None: {
-        "--device": "cpu", "--update-baselines": True, "--append-baselines": False, "--report-dir": str(tmp_path),
+        "--device": "cpu", "--update-baselines": True, "--append-baselines": False, "--report-dir": str(tmp_path), "--history-dir": str(tmp_path / "history"),
     }.get(name, default), rootpath=tmp_path)
     with pytest.raises(pytest.UsageError, match="record baselines without -n"):
         XdistController(config, 2, loadgroup=True)
@@ -388,7 +388,7 @@ BENCH = ["--model", "dummy:smollm2-135m", "--tokens", "160", "--window", "28", "
 
 
 def bench(tmp_path: Path, *args: str, env: dict | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "pytest", "bench", *BENCH, "--report-dir", str(tmp_path), *args],
+    return subprocess.run([sys.executable, "-m", "pytest", "bench", *BENCH, "--report-dir", str(tmp_path), "--history-dir", str(tmp_path / "history"), *args],
                           cwd=ROOT, capture_output=True, text=True, env={**os.environ, **(env or {})}, timeout=900)
 
 

@@ -32,6 +32,7 @@ from typing import Any
 import numpy as np
 
 from .. import spikes as spike_metrics
+from ..steptime import split_step_times
 from .records import DEFAULT_REPORT_DIR, RUN_PASS, RunRecordError, run_status, validate_run
 from .trend import plot_trend
 from .verdicts import (
@@ -460,6 +461,169 @@ def plot_sweep(run: Run, sweep: str, dataset: str, path: Path) -> Path | None:
     return _save(fig, path)
 
 
+# -- ΔNLL against dense and the amortisation curve (issue 24; docs/findings.md#spikes, #step-time) ----
+def _dense_nll(run: Run, dataset: str) -> np.ndarray | None:
+    for r in run.results:
+        if r["dataset"] == dataset and r.get("case") == "dense" and (r.get("trace") or {}).get("nll"):
+            return _floats(r["trace"]["nll"])
+    return None
+
+
+def delta_traces(run: Run, dataset: str) -> list[tuple[dict, np.ndarray, list[int]]]:
+    """(result, ΔNLL against dense at the same tokens, prune steps) of every evicting result on a
+    dataset; empty when the run has no dense trace there (ΔNLL needs it)."""
+    dense = _dense_nll(run, dataset)
+    if dense is None:
+        return []
+    out = []
+    for r in run.results:
+        trace = r.get("trace") or {}
+        prunes = trace.get("prune_steps") or []
+        if r["dataset"] != dataset or r.get("skipped") or r.get("case") == "dense" or not prunes:
+            continue
+        nll = _floats(trace.get("nll") or [])
+        if nll.size == dense.size:
+            out.append((r, spike_metrics.delta_nll(nll, dense), prunes))
+    return out
+
+
+def delta_diagnostics(run: Run) -> list[dict]:
+    """ΔNLL spike summary (`spikes.summarize_delta`) per evicting result: summary.json and report.md."""
+    out = []
+    for dataset in _datasets(run):
+        for r, delta, prunes in delta_traces(run, dataset):
+            found = spike_metrics.summarize_delta(delta, prunes)
+            out.append({"dataset": dataset, "case": r["case"], "label": r["label"], "prune_events": len(prunes),
+                        "delta_spikes": found.to_dict() if found else None})
+    return out
+
+
+def _interval_text(value: dict | None, spec: str = "+.3f") -> str:
+    if not value:
+        return "-"
+    return f"{value['estimate']:{spec}} ({value['low']:{spec}}..{value['high']:{spec}})"
+
+
+def _delta_view(rows: list[dict]) -> list[dict]:
+    view = []
+    for d in rows:
+        sp = d.get("delta_spikes") or {}
+        view.append({"dataset": d["dataset"], "label": d["label"], "events": sp.get("events", 0),
+                     "level": _interval_text(sp.get("level")), "excess": _interval_text(sp.get("excess")),
+                     "aligned_peak": _interval_text(sp.get("aligned_peak"))})
+    return view
+
+
+def plot_nll_delta(run: Run, dataset: str, path: Path) -> Path | None:
+    """Per-token ΔNLL against dense (the text's own difficulty removed), 32-token mean, events marked."""
+    rows = delta_traces(run, dataset)
+    if not rows:
+        return None
+    plt = _plt()
+    fig, axes = plt.subplots(len(rows), 1, figsize=(10, 1.5 + 1.3 * len(rows)), sharex=True, squeeze=False)
+    for ax, (r, delta, prunes) in zip(axes[:, 0], rows, strict=True):
+        ax.plot(np.arange(delta.size), delta, color="0.8", lw=0.5)
+        sm = _smooth(delta)
+        ax.plot(np.arange(sm.size) + (delta.size - sm.size) // 2, sm, color="C0", lw=1.2)
+        ax.axhline(0, color="k", lw=0.5)
+        if len(prunes) <= 200:
+            for p in prunes:
+                ax.axvline(p, color="C3", lw=0.5, alpha=0.6)
+        else:
+            ax.axvspan(prunes[0], prunes[-1], color="C3", alpha=0.06)
+        steady = delta[prunes[0] + 1:]
+        ax.set_ylim(*np.nanpercentile(delta, [1, 99]) * 1.2)
+        ax.set_ylabel("ΔNLL", fontsize=8)
+        ax.text(0.005, 0.95, f"{r['label']}  mean ΔNLL after 1st prune {np.nanmean(steady):+.3f}  prunes {len(prunes)}",
+                transform=ax.transAxes, fontsize=8, va="top")
+    axes[-1, 0].set_xlabel("decode step t; red: prune events (band: every step)")
+    fig.suptitle(_title(run, f"ΔNLL = NLL − NLL_dense per token, {dataset} (grey raw, blue 32-token mean)"),
+                 fontsize=9)
+    return _save(fig, path, dpi=100)
+
+
+def plot_nll_delta_aligned(run: Run, dataset: str, path: Path, before: int = 16, after: int = 32) -> Path | None:
+    """Mean ΔNLL around prune events, aligned at the event; every-step eviction (strict) as its
+    level, the number that stands for it (`spikes.summarize_delta`)."""
+    rows = delta_traces(run, dataset)
+    if not rows:
+        return None
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    x = np.arange(-before, after)
+    for i, (r, delta, prunes) in enumerate(rows):
+        color = f"C{i % 10}"
+        curve = spike_metrics.aligned_delta(delta, prunes, before=before, after=after) if _isolated(prunes) else None
+        if curve is None:
+            level = float(np.nanmean(delta[prunes[0] + 1:]))
+            ax.plot(x, np.full(x.size, level), color=color, ls="--", label=f"{r['label']} (level: every step evicts)")
+            continue
+        events = sum(1 for e in prunes if e + 1 - before >= 0 and e + 1 + after <= delta.size)
+        ax.plot(x, curve, color=color, label=f"{r['label']} ({events} events)")
+    ax.axvline(0, color="C3", lw=0.8)
+    ax.set_xlabel("steps after the prune event (0 = first prediction after eviction)")
+    ax.set_ylabel("mean ΔNLL vs dense over events")
+    ax.set_title(_title(run, f"ΔNLL around prune events, {dataset}"), fontsize=9)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    return _save(fig, path)
+
+
+def amortisation_rows(run: Run, dataset: str, sweep: str = "compress") -> list[dict]:
+    """Per point of the compress sweep with timed steps: R and its step-time split (`steptime`)."""
+    out = []
+    for r in sweep_rows(run, sweep, dataset):
+        times, flags = r.get("timing_step_ms"), r.get("timing_prune_flags")
+        if not times or not flags or len(times) != len(flags) or any(t is None for t in times):
+            continue
+        cycle = int((r.get("params") or {}).get("compress_every") or 1)
+        try:
+            split = split_step_times(times, flags, cycle)
+        except ValueError:  # fewer steps than one cycle: nothing to split
+            continue
+        out.append({"label": r["label"], "R": cycle, **split.to_dict()})
+    return out
+
+
+def plot_amortisation(run: Run, dataset: str, path: Path, sweep: str = "compress") -> Path | None:
+    """The amortisation curve: TPOT, the p99 step and the prune step's own time against R (top),
+    the prune step as a multiple of a normal step and its amortised share of TPOT (bottom)."""
+    rows = amortisation_rows(run, dataset, sweep)
+    if not rows:
+        return None
+    plt = _plt()
+    fig, (top, bottom) = plt.subplots(2, 1, figsize=(7, 6.5), sharex=True)
+    rs = np.array([row["R"] for row in rows], dtype=float)
+    top.plot(rs, [row["mean_ms"] for row in rows], marker="o", label="TPOT (whole-cycle mean)")
+    top.plot(rs, [row["p99_ms"] for row in rows], marker="^", label="p99 step")
+    top.plot(rs, [row["median_ms"] for row in rows], marker=".", ls=":", label="median step")
+    pr = [(row["R"], row["prune_ms"]) for row in rows if row["prune_ms"] is not None]
+    if pr:
+        top.plot(*zip(*pr, strict=True), marker="v", ls="--", label="prune step (mean)")
+    dense = next((r for r in run.results if r["dataset"] == dataset and r.get("case") == "dense"
+                  and r.get("tpot_ms_mean")), None)
+    if dense is not None:
+        top.axhline(dense["tpot_ms_mean"], color="0.5", lw=0.8, ls="--", label="dense TPOT")
+    top.set_ylabel("ms per step")
+    top.legend(fontsize=8)
+    split = [row for row in rows if row["prune_multiple"] is not None]
+    if split:
+        xs = [row["R"] for row in split]
+        bottom.plot(xs, [row["prune_multiple"] for row in split], marker="o", color="C3", label="prune / normal step")
+        bottom.set_ylabel("prune step / normal step", color="C3")
+        share = bottom.twinx()
+        share.plot(xs, [100 * row["prune_share"] for row in split], marker="s", color="C2", label="prune share")
+        share.set_ylabel("prune's amortised share of TPOT, %", color="C2")
+    for ax in (top, bottom):
+        ax.set_xscale("log", base=2)
+        ax.grid(alpha=0.3)
+    bottom.set_xticks(rs)
+    bottom.set_xticklabels([str(int(r)) for r in rs])
+    bottom.set_xlabel("R = compress_every (1 = strict)")
+    top.set_title(_title(run, f"amortisation of the prune, sweep {sweep}, {dataset}"), fontsize=9)
+    return _save(fig, path)
+
+
 def diagnosed(run: Run, dataset: str) -> dict | None:
     """The result phase A diagnoses on a dataset: the first one with isolated prune events
     (lazy / refresh: every-step eviction has no event to look at)."""
@@ -612,7 +776,8 @@ def render_markdown(run: Run, summary: dict, plots: list[Path]) -> str:
                 if (rows := [e for r in run.results if r["dataset"] == ds and (e := _evidence(r))])]
     return _environment().get_template("report.md.j2").render(
         head=_head(run, summary), columns=COLUMNS, datasets=tables, evidence=evidence, problems=_problems(run),
-        findings=_findings(run), diagnostics=_diagnostics_view(summary.get("diagnostics") or []), plots=plots)
+        findings=_findings(run), diagnostics=_diagnostics_view(summary.get("diagnostics") or []),
+        delta_spikes=_delta_view(summary.get("delta_spikes") or []), plots=plots)
 
 
 def render_html(markdown_text: str) -> str:
@@ -651,6 +816,10 @@ def build_report(run: Run, history: list[Run], out_dir: str | Path, history_dir:
     for dataset in _datasets(run):
         plots.append(plot_nll(run, dataset, out / f"nll_{dataset}.png"))
         plots.append(plot_nll_aligned(run, dataset, out / f"nll_aligned_{dataset}.png"))
+        plots.append(plot_nll_delta(run, dataset, out / f"nll_delta_{dataset}.png"))
+        plots.append(plot_nll_delta_aligned(run, dataset, out / f"nll_delta_aligned_{dataset}.png"))
+        if "compress" in sweeps:
+            plots.append(plot_amortisation(run, dataset, out / f"amortisation_{dataset}.png"))
         plots.append(plot_diagnostics(run, dataset, out / f"diagnostics_{dataset}.png"))
         plots += [plot_sweep(run, sweep, dataset, out / f"sweep_{sweep}_{dataset}.png") for sweep in sweeps]
     if history_dir is not None and run.data.get("fingerprint_id"):
@@ -659,6 +828,7 @@ def build_report(run: Run, history: list[Run], out_dir: str | Path, history_dir:
     summary = summarize(run)
     summary["plots"] = [p.name for p in made]
     summary["diagnostics"] = diagnostics(run)
+    summary["delta_spikes"] = delta_diagnostics(run)
     text = render_markdown(run, summary, made)
     (out / "report.md").write_text(text, encoding="utf-8")
     (out / "report.html").write_text(render_html(text), encoding="utf-8")
