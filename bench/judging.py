@@ -20,12 +20,30 @@ from streamllm.harness.judges import (
 )
 from streamllm.harness.ratio import RatioCI
 from streamllm.harness.stats import ppl_ratio_ci
-from streamllm.harness.verdicts import AGREEMENT_CHECK, FAIL, NOT_APPLICABLE, NOT_CHECKED, PASS, Check, ratio_key
+from streamllm.harness.verdicts import (
+    AGREEMENT_CHECK,
+    ERROR,
+    EVICTION_CHECK,
+    FAIL,
+    NOT_APPLICABLE,
+    NOT_CHECKED,
+    PASS,
+    Check,
+    ratio_key,
+)
 from streamllm.measure import TimingRun
 from streamllm.results import EvalResult
+from streamllm.schedule import EvictionCheckError, TextTooShortError, probe_engagement, trace_engaged
 
 from .catalog import BenchCase, compile_mode
-from .findings import check_finding, findings_for
+from .findings import (
+    TIMING_RELATIONS,
+    TraceInputs,
+    check_finding,
+    check_trace_finding,
+    findings_for,
+    trace_findings_for,
+)
 from .measuring import Measurements
 from .run_record import REFERENCE_SUFFIX, CaseResult, device_time_key
 from .session import Session
@@ -37,7 +55,8 @@ def judge_case(session: Session, measure: Measurements, case: BenchCase, dataset
     found = lookup(session.store, session.key(case, evaluation))
     updating = session.options.update_baselines
     device_class = session.fingerprint["device_class"]
-    checks = [check_ppl(evaluation.ppl, found, device_class=device_class, updating=updating, what=what)]
+    checks = [check_ppl(evaluation.ppl, found, device_class=device_class, updating=updating, what=what),
+              eviction_check(session, case, dataset, evaluation)]
     agreement = timing and measure.slice_agreement(evaluation, timing)
     if agreement is not None:
         tol = session.slice_tolerance()
@@ -127,4 +146,58 @@ def finding_checks(session: Session, measure: Measurements, case: BenchCase, dat
         out.append(Check("finding", name, verdict, f"{case.label} vs {ref_case.label}: {message}",
                          {"estimate": est, "ci_low": lo, "ci_high": hi, "low": f.low, "high": f.high,
                           "relation": f.relation, "reference": ref_case.label, "provenance": f.provenance}))
+    out.extend(trace_finding_checks(session, measure, case, dataset))
     return out
+
+
+def trace_finding_checks(session: Session, measure: Measurements, case: BenchCase, dataset: str) -> list[Check]:
+    """Findings measured on one run's arrays: ΔNLL against a reference at the same tokens, and the
+    prune step apart from the mean (bench/findings.py TRACE_FINDINGS)."""
+    out: list[Check] = []
+    loaded = session.model()
+    for spec in trace_findings_for(case.id):
+        name = f"(c) {spec.finding.name}"
+        why_not = spec.applies(model=loaded.name, dataset=session.text(dataset).name, sink=session.options.sink,
+                               window=session.options.window, tokens=session.options.tokens,
+                               device_type=session.options.device_type, dummy_weights=loaded.dummy_weights)
+        if why_not:
+            out.append(Check("finding", name, NOT_APPLICABLE, f"n/a: {why_not}"))
+            continue
+        if spec.finding.relation in TIMING_RELATIONS:
+            if session.options.no_timing:
+                out.append(Check("finding", name, NOT_CHECKED, f"{case.label}: step times not measured: "
+                                 f"{session.options.no_timing}", {"not_measured": session.options.no_timing}))
+                continue
+            t = measure.timing(case, dataset)
+            inputs = TraceInputs(step_ms=t.step_ms, prune_flags=t.prune_flags, cycle=t.cycle)
+        else:
+            trace = measure.evaluate(case, dataset).trace
+            reference = measure.evaluate(session.case(spec.reference), dataset).trace
+            inputs = TraceInputs(nll=trace.nll, prune_steps=trace.prune_steps, reference_nll=reference.nll)
+        verdict, message, data = check_trace_finding(spec, inputs)
+        out.append(Check("finding", name, verdict, message, data))
+    return out
+
+
+def eviction_check(session: Session, case: BenchCase, dataset: str, evaluation: EvalResult) -> Check:
+    """(a) the case's eviction engaged, checked from outside the cache: the evaluation's prune events
+    and attended lengths, and a probe of the case's own cache kind just past its first eviction,
+    against the schedule computed from S, W, R, B alone (streamllm.schedule). A text too short to
+    evict is an error naming both, never a pass."""
+    what = f"{case.label} on {evaluation.dataset}"
+    if case.spec.capacity is None:
+        return Check("ppl", EVICTION_CHECK, NOT_APPLICABLE, f"{what}: dense keeps every token")
+    ids = session.text(dataset).ids
+    try:
+        with session.phases.phase("eviction check"):
+            if evaluation.trace is not None:
+                trace_engaged(case.spec, int(ids.numel()), evaluation.trace.prune_steps, evaluation.trace.kv_length)
+            probe = probe_engagement(session.model(case.transform), ids, case.spec)
+    except TextTooShortError as exc:
+        return Check("ppl", EVICTION_CHECK, ERROR, f"{what}: {exc}")
+    except EvictionCheckError as exc:
+        return Check("ppl", EVICTION_CHECK, FAIL, f"{what}: {exc}")
+    return Check("ppl", EVICTION_CHECK, PASS,
+                 f"{what}: evicts as scheduled (first eviction at step {probe.first_eviction}, {probe.events_in_text} events "
+                 f"in the text; the {case.spec.cache} cache's holdings match at steps {list(probe.steps_checked)})",
+                 probe.to_dict())

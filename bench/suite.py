@@ -19,7 +19,7 @@ from streamllm.measure import TimingRun, speedup
 from streamllm.results import EvalResult
 
 from .catalog import BenchCase
-from .judging import finding_checks, judge_case
+from .judging import eviction_check, finding_checks, judge_case
 from .measuring import Measurements
 from .run_record import (
     REFERENCE_SUFFIX,  # noqa: F401  (re-exported: tests build history entries with it)
@@ -112,6 +112,7 @@ class Suite(Session):
         found = lookup(self.store, self.key(case, evaluation))
         out.checks = [
             check_ppl(evaluation.ppl, found, device_class=self.fingerprint["device_class"], updating=False, what=what),
+            eviction_check(self, case, dataset, evaluation),
             Check("tpot", "(b) TPOT", NOT_CHECKED, f"{what}: TPOT not measured: {self.options.no_timing}",
                   {"not_measured": self.options.no_timing}),
             *finding_checks(self, self.measure, case, dataset),

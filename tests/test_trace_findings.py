@@ -20,7 +20,7 @@ from bench.findings import (
     measure_trace_finding,
     trace_findings_for,
 )
-from streamllm.harness.records import FAIL, INCONCLUSIVE, PASS
+from streamllm.harness.verdicts import FAIL, INCONCLUSIVE, PASS
 
 N = 2048
 

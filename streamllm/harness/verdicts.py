@@ -56,6 +56,7 @@ HISTORY_CHECK = "(b) TPOT vs run history"
 DEVICE_TIME_CHECK = "(b) device time vs baseline"
 PPL_CHECK = "(a) PPL vs baseline"
 AGREEMENT_CHECK = "(a) timed decode agrees with the evaluator"
+EVICTION_CHECK = "(a) eviction engaged, per the independent schedule"
 
 # -- every tolerance, band and confidence level ----------------------------------------------------
 # PPL is deterministic on one device class (only float noise); across classes kernels differ.
