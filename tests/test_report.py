@@ -137,8 +137,10 @@ def test_failing_checks_show_as_fail(rendered):
     assert "- **FAIL** (book) lazy vs strict: finding 'lazy is free'" in text
     assert "- **SKIPPED** strict-s4-w12-ring+compile-cudagraphs on book" in text
     # verdict cells: loud where a check of that kind failed, by the checks' verdict fields
-    assert _row(text, "strict-s4-w12")[6:] == ["pass", "**fail**", "pass 1/1"]
-    assert _row(text, "lazy-s4-w12-c32")[6:] == ["pass", "**fail**", "**fail 0/1**"]
+    # (b) split into work / ratio / absolute: loud in the sub-check that failed, not in its neighbours
+    # (rows written before the split carry one (b) word, shown in each column)
+    assert _row(text, "strict-s4-w12")[6:] == ["pass", "**fail**", "fail", "fail", "-", "pass 1/1"]
+    assert _row(text, "lazy-s4-w12-c32")[6:] == ["pass", "fail", "*fail*", "**fail**", "-", "**fail 0/1**"]
     assert _row(text, "dense")[6:] == ["pass", "pass", "-"]
     failures = "\n".join(summary["failures"])
     assert WORK_CHECK in failures and HISTORY_CHECK in failures and RATIO_CHECK not in failures

@@ -36,6 +36,7 @@ from ..steptime import split_step_times
 from .records import DEFAULT_REPORT_DIR, RUN_PASS, RunRecordError, run_status, validate_run
 from .trend import plot_trend
 from .verdicts import (
+    DEVICE_TIME_CHECK,
     FAILING,
     HISTORY_CHECK,
     INCONCLUSIVE,
@@ -52,7 +53,7 @@ from .verdicts import (
 NEEDS_ATTENTION = frozenset({INCONCLUSIVE, NOT_CHECKED, RECORDED})
 
 COLUMNS = ("strategy", "PPL", "ΔPPL % vs dense", "TPOT ms (cycle mean)", "TPOT ms (median)", "speedup",
-           "a: PPL", "b: TPOT", "c: findings")
+           "a: PPL", "b: work", "b: ratio", "b: absolute", "armed", "c: findings")
 EVENTS_SHOWN = 12  # per-event spike rows in report.md (all of them go to summary.json)
 
 
@@ -143,7 +144,10 @@ class CaseRow:
     tpot_median: str
     speedup: str
     a: Verdict
-    b: Verdict
+    work: Verdict
+    ratio: Verdict
+    absolute: Verdict
+    armed: str
     c: Verdict
 
 
@@ -192,16 +196,25 @@ class DatasetTable:
 def _case_row(r: dict) -> CaseRow:
     if r.get("skipped"):
         skip = Verdict("skip")
-        return CaseRow(r["label"], "-", "-", "-", "-", "-", skip, skip, skip)
+        return CaseRow(r["label"], "-", "-", "-", "-", "-", skip, skip, skip, skip, "-", skip)
     texts = r.get("verdicts") or {}
     checks = r.get("checks") or []
 
     def cell(key: str, kind: str) -> Verdict:
         return Verdict.of_checks(str(texts.get(key, "-")), (c for c in checks if c.get("kind") == kind))
 
+    sub = r.get("sub") or {}
+
+    def sub_cell(key: str, *names: str) -> Verdict:
+        mine = [c for c in checks if c.get("name") in names]
+        return Verdict.of_checks(str(sub.get(key, texts.get("b", "-"))), mine)
+
+    arm = r.get("armed")
     return CaseRow(r["label"], _fmt(r.get("ppl"), ".4f"), _fmt(r.get("ppl_delta_vs_dense_pct"), "+.2f"),
                    _fmt(r.get("tpot_ms_mean"), ".2f"), _fmt(r.get("tpot_ms_median"), ".2f"),
-                   _fmt(r.get("speedup"), ".2f"), cell("a", "ppl"), cell("b", "tpot"), cell("c", "finding"))
+                   _fmt(r.get("speedup"), ".2f"), cell("a", "ppl"), sub_cell("work", WORK_CHECK),
+                   sub_cell("ratio", RATIO_CHECK), sub_cell("absolute", HISTORY_CHECK, DEVICE_TIME_CHECK),
+                   "-" if arm is None else "yes" if arm else "**NO**", cell("c", "finding"))
 
 
 def work_summary(r: dict) -> str | None:
