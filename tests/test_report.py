@@ -141,7 +141,7 @@ def test_failing_checks_show_as_fail(rendered):
     # (rows written before the split carry one (b) word, shown in each column)
     assert _row(text, "strict-s4-w12")[6:] == ["pass", "**fail**", "fail", "fail", "-", "pass 1/1"]
     assert _row(text, "lazy-s4-w12-c32")[6:] == ["pass", "fail", "*fail*", "**fail**", "-", "**fail 0/1**"]
-    assert _row(text, "dense")[6:] == ["pass", "pass", "-"]
+    assert _row(text, "dense")[6:] == ["pass", "pass", "pass", "pass", "-", "-"]
     failures = "\n".join(summary["failures"])
     assert WORK_CHECK in failures and HISTORY_CHECK in failures and RATIO_CHECK not in failures
 
