@@ -1,0 +1,78 @@
+"""The run records a report reads: one validated file (`read_run`), or every readable one in a
+folder, oldest first (`load_runs`); and the small helpers every part of the report shares."""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .records import RunRecordError, validate_run
+from .verdicts import (
+    FAILING,
+)
+
+
+class ReportError(ValueError):
+    """No run to report, or a run file that is not a bench run; the message names the file."""
+
+
+@dataclass
+class Run:
+    path: Path
+    data: dict
+
+    @property
+    def created(self) -> str:
+        return self.data.get("created", "")
+
+    @property
+    def results(self) -> list[dict]:
+        return self.data.get("results", [])
+
+
+def read_run(path: str | Path) -> Run:
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ReportError(f"run file {path}: cannot be read as JSON ({exc})") from None
+    try:
+        return Run(path, validate_run(data, f"run file {path}").to_json())
+    except RunRecordError as exc:
+        raise ReportError(str(exc)) from None
+
+
+def load_runs(runs_dir: str | Path) -> list[Run]:
+    """Every readable run under `runs_dir`, oldest first (unreadable files are skipped: history
+    is best effort, the run being reported is read strictly)."""
+    runs = []
+    for p in sorted(Path(runs_dir).glob("*.json")):
+        try:
+            runs.append(read_run(p))
+        except ReportError:
+            continue
+    return sorted(runs, key=lambda r: r.created)
+
+
+def _fmt(value: Any, spec: str) -> str:
+    if value is None or (isinstance(value, float) and not math.isfinite(value)):
+        return "-"
+    return format(value, spec)
+
+
+def failed(check: dict) -> bool:
+    """Whether a check fails its test: the record's own `failed` flag where it carries one, else
+    its verdict field."""
+    return bool(check["failed"]) if "failed" in check else check.get("verdict") in FAILING
+
+
+def _check(r: dict, name: str) -> dict | None:
+    return next((c for c in r.get("checks") or [] if c.get("name") == name), None)
+
+
+def _datasets(run: Run) -> list[str]:
+    return sorted({r["dataset"] for r in run.results})
+
