@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from .baselines import BaselineError, BaselineRecord, BaselineStore
-from .counters import CounterError, CounterKey, CountVerdict, WorkCounts, compare_across_software, compare_counts
+from .workcounts import CounterError, CounterKey, CountVerdict, WorkCounts, compare_across_software, compare_counts
 from .history import HistoryError, Judgement, RunHistory
 from .ratio import check_ratio, ratio_ci
 from .stats import compare_ppl
