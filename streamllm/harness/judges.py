@@ -12,7 +12,6 @@ from pathlib import Path
 import numpy as np
 
 from .baselines import BaselineError, BaselineRecord, BaselineStore
-from .workcounts import CounterError, CounterKey, CountVerdict, WorkCounts, compare_across_software, compare_counts
 from .history import HistoryError, Judgement, RunHistory
 from .ratio import check_ratio, ratio_ci
 from .stats import compare_ppl
@@ -38,6 +37,7 @@ from .verdicts import (
     allocator_churn,
     ppl_tolerance,
 )
+from .workcounts import CounterError, CounterKey, CountVerdict, WorkCounts, compare_across_software, compare_counts
 
 
 def _relative(path: Path) -> str:
