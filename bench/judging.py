@@ -118,15 +118,20 @@ def tpot_checks(session: Session, measure: Measurements, case: BenchCase, datase
     return checks
 
 
+def _why_not(session: Session, spec, dataset: str) -> str | None:
+    """Why a finding does not apply to this run (model, text, geometry, device, weights), or None."""
+    loaded = session.model()
+    return spec.applies(model=loaded.name, dataset=session.text(dataset).name, sink=session.options.sink,
+                        window=session.options.window, tokens=session.options.tokens,
+                        device_type=session.options.device_type, dummy_weights=loaded.dummy_weights)
+
+
 def finding_checks(session: Session, measure: Measurements, case: BenchCase, dataset: str) -> list[Check]:
     out: list[Check] = []
-    loaded = session.model()
     for spec in findings_for(case.id):
         f = spec.finding
         name = f"(c) {f.name}"
-        why_not = spec.applies(model=loaded.name, dataset=session.text(dataset).name, sink=session.options.sink,
-                               window=session.options.window, tokens=session.options.tokens,
-                               device_type=session.options.device_type, dummy_weights=loaded.dummy_weights)
+        why_not = _why_not(session, spec, dataset)
         if why_not:
             out.append(Check("finding", name, NOT_APPLICABLE, f"n/a: {why_not}"))
             continue
@@ -154,12 +159,9 @@ def trace_finding_checks(session: Session, measure: Measurements, case: BenchCas
     """Findings measured on one run's arrays: ΔNLL against a reference at the same tokens, and the
     prune step apart from the mean (bench/findings.py TRACE_FINDINGS)."""
     out: list[Check] = []
-    loaded = session.model()
     for spec in trace_findings_for(case.id):
         name = f"(c) {spec.finding.name}"
-        why_not = spec.applies(model=loaded.name, dataset=session.text(dataset).name, sink=session.options.sink,
-                               window=session.options.window, tokens=session.options.tokens,
-                               device_type=session.options.device_type, dummy_weights=loaded.dummy_weights)
+        why_not = _why_not(session, spec, dataset)
         if why_not:
             out.append(Check("finding", name, NOT_APPLICABLE, f"n/a: {why_not}"))
             continue
