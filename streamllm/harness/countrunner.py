@@ -26,6 +26,7 @@ import importlib
 import importlib.util
 import json
 import math
+import os
 import statistics
 import subprocess
 import sys
@@ -355,6 +356,79 @@ def tpot_ms(step_ms: list[float], cycle: int) -> float:
     return statistics.median(sum(r) / len(r) for r in rows)
 
 
+# -- the timing comparison --------------------------------------------------------------------
+@dataclass(frozen=True)
+class TimingVerdict:
+    """Commit vs good over alternated process pairs: per pair the ratio of their per-process medians."""
+
+    verdict: str  # "slower" | "not slower" | "inconclusive"
+    ratios: list[float]
+    median: float
+    low: float  # a distribution-free interval for the median ratio (order statistics)
+    high: float
+    coverage: float
+    threshold: float
+
+    def text(self) -> str:
+        return (f"{self.verdict}: commit/good step time x{self.median:.3f} (median of {len(self.ratios)} process pairs; "
+                f"{self.coverage:.0%} interval x{self.low:.3f}..x{self.high:.3f}; a call needs the interval above x1 "
+                f"with the median >= x{1 + self.threshold:.2f}, or wholly below x{1 + self.threshold:.2f})")
+
+
+def median_interval(values: list[float], coverage: float = 0.9) -> tuple[float, float, float]:
+    """(low, high, achieved coverage) of the order-statistic interval for the median: the
+    narrowest [x_(k), x_(n+1-k)] whose binomial coverage is >= `coverage` (the widest, [min, max],
+    when n is too small to reach it)."""
+    xs = sorted(values)
+    n = len(xs)
+    best = (xs[0], xs[-1], 1 - 2 * 0.5 ** n)
+    for k in range(1, n // 2 + 1):
+        tail = sum(math.comb(n, i) for i in range(k)) / 2 ** n
+        if 1 - 2 * tail >= coverage:
+            best = (xs[k - 1], xs[n - k], 1 - 2 * tail)
+    return best
+
+
+def timing_verdict(ratios: list[float], threshold: float = 0.05) -> TimingVerdict:
+    """slower: the interval is above 1 and the median ratio is at least 1 + threshold;
+    not slower: the whole interval is below 1 + threshold; else inconclusive (noise forbids a call)."""
+    low, high, cov = median_interval(ratios)
+    med = statistics.median(ratios)
+    if low > 1.0 and med >= 1.0 + threshold:
+        verdict = "slower"
+    elif high < 1.0 + threshold:
+        verdict = "not slower"
+    else:
+        verdict = "inconclusive"
+    return TimingVerdict(verdict, list(ratios), med, low, high, cov, threshold)
+
+
+def time_pairs(good_tree: str, commit_tree: str, script: str, base_args: list[str], pairs: int,
+               python: str = sys.executable, scratch: str = ".") -> tuple[list[float], list[dict[str, Any]]]:
+    """Alternate processes good, commit, good, commit, ...; each times the cases once (--mode time).
+    Returns the per-pair ratios (commit / good, of the first case's per-process median) and the
+    records. A process that fails raises CannotCount."""
+    ratios, runs = [], []
+    for i in range(pairs):
+        tpot = {}
+        for side, tree in (("good", good_tree), ("commit", commit_tree)):
+            out = str(Path(scratch) / f"time-{side}-{i}.json")
+            env = {**_clean_env(), "PYTHONPATH": tree, "OMP_NUM_THREADS": "1"}
+            proc = subprocess.run([python, script, *base_args, "--mode", "time", "--out", out], cwd=tree, env=env,
+                                  capture_output=True, text=True)
+            record = json.loads(Path(out).read_text()) if Path(out).is_file() else {}
+            if proc.returncode != 0 or record.get("status") != "ok":
+                raise CannotCount(f"{side} timing process failed: {record.get('error') or proc.stderr[-300:]}")
+            tpot[side] = record["results"][0]["tpot_ms"]
+            runs.append({"side": side, "pair": i, "tpot_ms": tpot[side]})
+        ratios.append(tpot["commit"] / tpot["good"])
+    return ratios, runs
+
+
+def _clean_env() -> dict[str, str]:
+    return {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+
+
 # -- script mode -------------------------------------------------------------------------------
 def load_counters(path: str) -> ModuleType:
     """HEAD's counters.py from a file, under a private name that no commit's package shadows."""
@@ -368,7 +442,27 @@ def load_counters(path: str) -> ModuleType:
     return module
 
 
+def run_timing_step(args: argparse.Namespace) -> int:
+    """git bisect run's step for --timing: this commit against the good tree, alternated processes."""
+    base = ["--counters", args.counters, "--cases", args.cases, "--time-steps", str(args.time_steps)]
+    scratch = str(Path(args.out).parent)
+    record: dict[str, Any] = {"mode": "timing"}
+    try:
+        ratios, runs = time_pairs(args.good_tree, os.getcwd(), str(Path(__file__).resolve()), base, args.pairs,
+                                  sys.executable, scratch)
+    except CannotCount as exc:
+        record.update(status="skip", error=str(exc))
+        _write(args.out, record)
+        return EXIT_SKIP
+    verdict = timing_verdict(ratios, args.threshold)
+    record.update(status="ok", verdict=verdict.verdict, text=verdict.text(), ratios=ratios, runs=runs)
+    _write(args.out, record)
+    return {"slower": EXIT_DIFFERENT, "not slower": EXIT_SAME}.get(verdict.verdict, EXIT_SKIP)
+
+
 def run_script(args: argparse.Namespace) -> int:
+    if args.mode == "timing-step":
+        return run_timing_step(args)
     counters = load_counters(args.counters)
     cases = [CountCase.from_json(c) for c in json.loads(Path(args.cases).read_text())]
     record: dict[str, Any] = {"python": sys.executable, "torch": torch.__version__, "results": []}
@@ -451,8 +545,13 @@ def script_parser() -> argparse.ArgumentParser:
     p.add_argument("--counters", required=True, help="path of the counters.py to count with")
     p.add_argument("--cases", required=True, help="JSON file: a list of CountCase objects")
     p.add_argument("--out", required=True, help="JSON record to write; {commit} becomes the checked-out commit")
-    p.add_argument("--mode", choices=("count", "time"), default="count")
+    p.add_argument("--mode", choices=("count", "time", "timing-step"), default="count",
+                   help="count: work counts; time: wall ms of plain steps; timing-step: this commit vs --good-tree "
+                        "in alternated processes (exit 1 slower, 0 not slower, 125 inconclusive)")
     p.add_argument("--time-steps", type=int, default=32)
+    p.add_argument("--good-tree", default=None, help="timing-step: checkout of the good commit")
+    p.add_argument("--pairs", type=int, default=6, help="timing-step: process pairs (good, commit)")
+    p.add_argument("--threshold", type=float, default=0.05, help="timing-step: slowdown that counts (0.05 = 5%%)")
     p.add_argument("--against", default=None, help="a record of this script: exit 1 if the counts differ")
     p.add_argument("--threads", type=int, default=1)
     return p
