@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from .. import cli as product_cli
-from . import bisect, workcount
+from . import bisect, drift, workcount
 from .baselines import BaselineError
 from .counters import CounterError
 from .records import DEFAULT_REPORT_DIR
@@ -17,7 +17,7 @@ from .report import ReportError
 from .report import run_report as render_report
 
 USER_ERRORS = (*product_cli.USER_ERRORS, ReportError, BaselineError, CounterError, workcount.CaseError,
-               workcount.CountError, bisect.BisectError)
+               workcount.CountError, bisect.BisectError, drift.DriftError)
 
 
 def add_report_parser(sub: argparse._SubParsersAction) -> None:
@@ -111,18 +111,54 @@ def run_bisect(args: argparse.Namespace) -> int:
     return 0 if result.first_bad or result.no_change else 1
 
 
+def add_drift_parser(sub: argparse._SubParsersAction) -> None:
+    dri = sub.add_parser("drift", help="count the default cases under several transformers releases (one venv each, "
+                                       "sharing this environment's torch) and table where the step's work changes")
+    dri.add_argument("--transformers", required=True, help="comma list of releases, e.g. 5.17.0,5.20.0,5.25.0")
+    workcount.add_case_options(dri, several=True)
+    dri.add_argument("--markdown", default=None, help="write the table (and the changes and breaks) to this file")
+    dri.add_argument("--json", dest="json_out", default=None, help="write every release's counts record here")
+    dri.add_argument("--venvs", default=str(drift.DEFAULT_VENVS), help=f"venv cache (default {drift.DEFAULT_VENVS})")
+    dri.add_argument("--allow-untested", action="store_true",
+                     help=f"allow releases below the lowest tested one ({drift.compat.LOWEST_TESTED})")
+
+
+def run_drift(args: argparse.Namespace) -> int:
+    """`streamllm drift`: prints the markdown table; exit 0 (changes and breaks are results, not errors)."""
+    releases = drift.parse_releases(args.transformers, args.allow_untested)
+    cases = workcount.cases_from_args(args)
+    for flag, path in (("--markdown", args.markdown), ("--json", args.json_out)):
+        if path is not None and Path(path).is_dir():
+            raise product_cli.UsageError(f"{flag} {path} is a directory; pass a file path")
+    plan = drift.DriftPlan(releases, cases, venvs=Path(args.venvs).expanduser(), allow_untested=args.allow_untested)
+    result = drift.run_drift(plan, say=lambda line: print(line, flush=True))
+    command = "streamllm drift --transformers " + ",".join(releases) + " --cases " + ",".join(c.label for c in cases)
+    text = drift.markdown(result, command)
+    print(text)
+    if args.markdown:
+        Path(args.markdown).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.markdown).write_text(text)
+        print(f"wrote {args.markdown}")
+    if args.json_out:
+        workcount.write_record(args.json_out, {"releases": {r.release: r.record for r in result.runs},
+                                               "results": []})
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = product_cli.build_parser()
     sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
     add_report_parser(sub)
     add_count_parser(sub)
     add_bisect_parser(sub)
+    add_drift_parser(sub)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     commands = {"strategies": product_cli.run_strategies, "eval": product_cli.run_eval, "report": run_report,
-                "count": run_count, "bisect": run_bisect}
+                "count": run_count, "bisect": run_bisect,
+                "drift": run_drift}
     return product_cli.dispatch(build_parser(), commands, USER_ERRORS, argv)
 
 
