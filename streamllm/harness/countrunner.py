@@ -7,6 +7,9 @@ One file serves three callers, so that a count means the same thing in each:
   inside a scratch checkout of each commit, where `import streamllm` is *that commit's* library;
 - `streamllm drift` runs it as a script under one venv per transformers release.
 
+As a script it runs from a copy beside counters.py (never from harness/, whose bisect.py would
+shadow the standard library's on sys.path).
+
 So it touches the library only through names that have existed since the static/ring caches
 landed (fea9cf9): `strategies.make_strategy`, `models.load_model`, `data.load_text/tokenize/
 synthetic_ids`, `decode.make_cache` + `decode.EagerDecoder` (the foundation's `cache.build_cache`

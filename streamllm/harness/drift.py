@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -145,7 +146,13 @@ def count_release(python: Path, cases: list[CountCase], scratch: Path, release: 
     cases_json = scratch / "cases.json"
     cases_json.write_text(json.dumps([c.to_json() for c in cases]))
     out = scratch / f"transformers-{release}.json"
-    proc = subprocess.run([str(python), str(HERE / "countrunner.py"), "--counters", str(HERE / "counters.py"),
+    # Run from a copy: as a script its directory leads sys.path, and harness/ holds a bisect.py
+    # that would shadow the standard library's (imported by random, itself imported by torch).
+    tools = scratch / "tools"
+    tools.mkdir(exist_ok=True)
+    for name in ("countrunner.py", "counters.py"):
+        shutil.copy2(HERE / name, tools / name)
+    proc = subprocess.run([str(python), str(tools / "countrunner.py"), "--counters", str(tools / "counters.py"),
                            "--cases", str(cases_json), "--out", str(out)], cwd=CHECKOUT, env=_env(CHECKOUT),
                           capture_output=True, text=True)
     if out.is_file():
