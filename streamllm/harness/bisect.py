@@ -185,7 +185,7 @@ def run_bisect(plan: BisectPlan, say: Callable[[str], None] = print) -> BisectRe
     try:
         result = (_bisect_timing if plan.timing else _bisect_counts)(plan, scratch, good, bad, say)
     finally:
-        subprocess.run(["git", "-C", str(scratch.repo), "bisect", "reset", "--quiet"], capture_output=True)
+        subprocess.run(["git", "-C", str(scratch.repo), "bisect", "reset"], capture_output=True)
         if not plan.keep:
             scratch.remove()
     result.seconds = time.perf_counter() - started

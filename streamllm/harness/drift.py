@@ -228,8 +228,11 @@ def markdown(result: DriftResult, command: str | None = None) -> str:
     if result.changes:
         lines.append("Changes from the release above:")
         lines.append("")
-        for (release, label), diff in result.changes.items():
-            lines.append(f"- transformers {release}, {label}: " + "; ".join(diff))
+        for run in result.runs:
+            for label in result.labels:
+                diff = result.changes.get((run.release, label))
+                if diff:
+                    lines.append(f"- transformers {run.release}, {label}: " + "; ".join(diff))
     else:
         lines.append("No release changed any case's ops, bytes or syncs.")
     lines.append("")
