@@ -185,7 +185,7 @@ def history(tmp_path: Path) -> dict[str, str]:
     _git(repo, "init", "-q")
     _git(repo, "config", "user.email", "test@example.com")
     _git(repo, "config", "user.name", "test")
-    decode = PACKAGE["streamllm/decode.py"]
+    decode = textwrap.dedent(PACKAGE["streamllm/decode.py"]).lstrip()
     shas = {"c0": _commit(repo, "c0 the package", PACKAGE)}
     shas["c1"] = _commit(repo, "c1 notes", {"NOTES.md": "one\n"})
     shas["c2"] = _commit(repo, "c2 notes", {"NOTES.md": "two\n"})
