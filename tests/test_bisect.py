@@ -274,3 +274,18 @@ def test_the_runner_script_counts_a_commit_and_compares(history, tmp_path):
     assert run(history["c6"], "c6.json", "--against", str(tmp_path / "good.json")) == 1
     assert json.loads((tmp_path / "c6.json").read_text())["results"][0]["diff"][0] == "+1 aten.clone per step"
     assert run(history["c3"], "c3.json", "--against", str(tmp_path / "good.json")) == 125
+
+
+@pytest.mark.slow
+def test_fast_fill_counts_what_real_decode_steps_reach():
+    """The runner jumps to steady state (a chunked forward, random K/V); the counted steps must do
+    exactly the work they do after the cache was filled by real decode steps. One model load for all."""
+    base = CountCase(sink=4, window=28, tokens=96)
+    fast = [named_case(name, base).check() for name in ("strict", "lazy-c4", "static", "ring")]
+    slow = [CountCase(**{**c.to_json(), "fill": "steps", "name": c.label + "-steps"}).check() for c in fast]
+    record = workcount.count_in_process(fast + slow, threads=1)
+    by_label = {e["label"]: e for e in record["results"]}
+    for case in fast:
+        quick, real = by_label[case.label], by_label[case.label + "-steps"]
+        assert quick["filled_by"] in ("chunked", "random") and real["filled_by"] == "steps"
+        assert workcount.counts_of(quick, "fast").diff(workcount.counts_of(real, "steps")) == [], case.label

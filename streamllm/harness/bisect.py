@@ -258,9 +258,13 @@ def _tested(plan: BisectPlan, scratch: Scratch, good: str, bad: str) -> list[Tes
                 continue
             record = _commit_record(scratch, commit) or {}
             verdict = parts[2]
-            detail = _record_error(record) if verdict == "skip" else (
-                record.get("text") or ("; ".join(workcount.diff_text(
-                    [d for d in _diffs_vs_good(scratch, record) if d.lines])) or "same counts as good"))
+            if verdict == "skip":
+                detail = _record_error(record)
+            elif record.get("text"):  # a timing step's verdict
+                detail = record["text"]
+            else:
+                change = workcount.headline(_diffs_vs_good(scratch, record))
+                detail = "same counts as good" if change == "no change" else change
             out.append(Tested(commit, subject(plan.repo, commit), verdict, detail, record.get("seconds")))
     return out
 
