@@ -287,10 +287,10 @@ def _bisect_timing(plan: BisectPlan, scratch: Scratch, good: str, bad: str, say:
         raise BisectError(f"cannot time --good {plan.good} against --bad {plan.bad}: {_record_error(record)}")
     say(f"bad {bad[:10]} vs good {good[:10]} ({time.perf_counter() - t0:.0f} s): {record['text']}")
     if record["verdict"] != "slower":
-        return BisectResult(good, bad, None, None, [], [record["text"]],
-                            f"--bad is {record['verdict']} than --good: nothing to bisect"
-                            + (" (more --pairs may make a call)" if record["verdict"] == "inconclusive" else ""),
-                            no_change=True)
+        why = ("--bad is not slower than --good by the threshold: nothing to bisect" if record["verdict"] == "not slower"
+               else "--bad against --good is inconclusive: no call, nothing bisected (more --pairs, a quieter "
+                    "machine or a larger --threshold may make one)")
+        return BisectResult(good, bad, None, None, [], [record["text"]], why, no_change=True)
     out = _git_bisect(scratch, good, bad, scratch.runner("--out", str(scratch.records / "{commit}.json"), *step), say)
     first, candidates = parse_bisect_output(out)
     tested = _tested(plan, scratch, good, bad)
