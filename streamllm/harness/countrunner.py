@@ -407,7 +407,7 @@ def timing_verdict(ratios: list[float], threshold: float = 0.05) -> TimingVerdic
 
 
 def time_pairs(good_tree: str, commit_tree: str, script: str, base_args: list[str], pairs: int,
-               python: str = sys.executable, scratch: str = ".") -> tuple[list[float], list[dict[str, Any]]]:
+               python: str = sys.executable, prefix: str = "./time") -> tuple[list[float], list[dict[str, Any]]]:
     """Alternate processes good, commit, good, commit, ...; each times the cases once (--mode time).
     Returns the per-pair ratios (commit / good, of the first case's per-process median) and the
     records. A process that fails raises CannotCount."""
@@ -415,7 +415,7 @@ def time_pairs(good_tree: str, commit_tree: str, script: str, base_args: list[st
     for i in range(pairs):
         tpot = {}
         for side, tree in (("good", good_tree), ("commit", commit_tree)):
-            out = str(Path(scratch) / f"time-{side}-{i}.json")
+            out = f"{prefix}-{side}-{i}.json"
             env = {**_clean_env(), "PYTHONPATH": tree, "OMP_NUM_THREADS": "1"}
             proc = subprocess.run([python, script, *base_args, "--mode", "time", "--out", out], cwd=tree, env=env,
                                   capture_output=True, text=True)
@@ -448,11 +448,11 @@ def load_counters(path: str) -> ModuleType:
 def run_timing_step(args: argparse.Namespace) -> int:
     """git bisect run's step for --timing: this commit against the good tree, alternated processes."""
     base = ["--counters", args.counters, "--cases", args.cases, "--time-steps", str(args.time_steps)]
-    scratch = str(Path(args.out).parent)
+    prefix = str(Path(args.out).with_suffix("")) + "-time"  # beside this commit's record, one file per process
     record: dict[str, Any] = {"mode": "timing"}
     try:
         ratios, runs = time_pairs(args.good_tree, os.getcwd(), str(Path(__file__).resolve()), base, args.pairs,
-                                  sys.executable, scratch)
+                                  sys.executable, prefix)
     except CannotCount as exc:
         record.update(status="skip", error=str(exc))
         _write(args.out, record)
