@@ -137,9 +137,11 @@ PACKAGE = {
             return torch.arange(num_tokens) % vocab_size
         ''',
     "streamllm/decode.py": '''
+        import time
         import torch
 
         EXTRA = 0
+        SLEEP = 0.0
 
         class Cache:
             def __init__(self, spec):
@@ -157,6 +159,8 @@ PACKAGE = {
             def __init__(self, model, cache):
                 self.model, self.cache = model, cache
             def step(self, token):
+                if SLEEP:
+                    time.sleep(SLEEP)
                 hidden = self.model.emb(token)
                 return self.model.out(hidden)[0, -1], self.cache.end_step(hidden)
         ''',
@@ -289,3 +293,29 @@ def test_fast_fill_counts_what_real_decode_steps_reach():
         quick, real = by_label[case.label], by_label[case.label + "-steps"]
         assert quick["filled_by"] in ("chunked", "random") and real["filled_by"] == "steps"
         assert workcount.counts_of(quick, "fast").diff(workcount.counts_of(real, "steps")) == [], case.label
+
+
+@needs_git
+@pytest.mark.slow
+def test_timing_bisect_finds_a_step_slower_without_more_work(tmp_path):
+    """A commit that sleeps 4x longer per step (no op added): the counts bisect sees no change, the
+    timing bisect alternates processes and names it."""
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    _git(repo, "init", "-q")
+    _git(repo, "config", "user.email", "test@example.com")
+    _git(repo, "config", "user.name", "test")
+    decode = textwrap.dedent(PACKAGE["streamllm/decode.py"]).lstrip()
+    good = _commit(repo, "t0 the package", {**PACKAGE, "streamllm/decode.py": decode.replace("SLEEP = 0.0", "SLEEP = 0.005")})
+    _commit(repo, "t1 notes", {"NOTES.md": "one\n"})
+    slow = _commit(repo, "t2 decode: wait longer", {"streamllm/decode.py": decode.replace("SLEEP = 0.0", "SLEEP = 0.02")})
+    bad = _commit(repo, "t3 notes", {"NOTES.md": "three\n"})
+    counts = bisect.run_bisect(bisect.BisectPlan(repo=repo, good=good, bad=bad, cases=[TINY], workdir=tmp_path),
+                               say=lambda _: None)
+    assert counts.no_change
+    plan = bisect.BisectPlan(repo=repo, good=good, bad=bad, cases=[TINY], timing=True, pairs=3, threshold=0.5,
+                             time_steps=8, workdir=tmp_path)
+    result = bisect.run_bisect(plan, say=lambda _: None)
+    assert result.first_bad == slow, bisect.report(result)
+    assert result.headline.startswith("slower: commit/good step time x")
+    assert all(t.verdict in ("good", "bad") for t in result.tested)  # a 4x step is never inconclusive
