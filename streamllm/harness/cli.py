@@ -117,7 +117,8 @@ def add_drift_parser(sub: argparse._SubParsersAction) -> None:
     dri.add_argument("--transformers", required=True, help="comma list of releases, e.g. 5.17.0,5.20.0,5.25.0")
     workcount.add_case_options(dri, several=True)
     dri.add_argument("--markdown", default=None, help="write the table (and the changes and breaks) to this file")
-    dri.add_argument("--json", dest="json_out", default=None, help="write every release's counts record here")
+    dri.add_argument("--json", dest="json_out", default=None,
+                     help="write {'releases': {release: counts record}} here (each record is what count --json writes)")
     dri.add_argument("--venvs", default=str(drift.DEFAULT_VENVS), help=f"venv cache (default {drift.DEFAULT_VENVS})")
     dri.add_argument("--allow-untested", action="store_true",
                      help=f"allow releases below the lowest tested one ({drift.compat.LOWEST_TESTED})")
@@ -140,8 +141,8 @@ def run_drift(args: argparse.Namespace) -> int:
         Path(args.markdown).write_text(text)
         print(f"wrote {args.markdown}")
     if args.json_out:
-        workcount.write_record(args.json_out, {"releases": {r.release: r.record for r in result.runs},
-                                               "results": []})
+        # one count record per release: `streamllm count --against` reads any of them saved on its own
+        workcount.write_record(args.json_out, {"releases": {r.release: r.record for r in result.runs}})
     return 0
 
 
