@@ -201,7 +201,9 @@ class Library:
         try:
             decode = importlib.import_module("streamllm.decode")
             api = "decode.make_cache + decode.EagerDecoder"
-        except ModuleNotFoundError:
+        except ModuleNotFoundError as exc:
+            if exc.name != "streamllm.decode":  # decode exists but needs something missing: say that
+                raise CannotCount(f"import streamllm.decode failed: {_one_line(exc)}") from exc
             try:
                 legacy = importlib.import_module("streamllm.cache")
             except Exception as exc:  # noqa: BLE001
