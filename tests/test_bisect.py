@@ -274,6 +274,9 @@ def test_the_runner_script_counts_a_commit_and_compares(history, tmp_path):
     assert run(history["c0"], "good.json") == 0
     good = json.loads((tmp_path / "good.json").read_text())
     assert good["library"] == str((repo / "streamllm").resolve())  # the commit's package, not this checkout's
+    # the tiny package has no compat module: none may be borrowed from an editable install of another checkout
+    assert good["compat"] is None
+    assert good["api"] == "decode.make_cache + decode.EagerDecoder"
     assert run(history["c1"], "c1.json", "--against", str(tmp_path / "good.json")) == 0
     assert run(history["c6"], "c6.json", "--against", str(tmp_path / "good.json")) == 1
     assert json.loads((tmp_path / "c6.json").read_text())["results"][0]["diff"][0] == "+1 aten.clone per step"

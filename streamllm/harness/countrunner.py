@@ -192,31 +192,31 @@ class Library:
         # is decided by sys.path, and a missing module means "cannot count", not a crash.
         try:
             package = importlib.import_module("streamllm")
-            strategies = importlib.import_module("streamllm.strategies")
-            models = importlib.import_module("streamllm.models")
-            data = importlib.import_module("streamllm.data")
+            root = Path(package.__file__).resolve().parent
+            strategies = _own_module("streamllm.strategies", root)
+            models = _own_module("streamllm.models", root)
+            data = _own_module("streamllm.data", root)
         except Exception as exc:  # noqa: BLE001 - any failure to import is a commit we cannot count
             raise CannotCount(f"import streamllm failed: {_one_line(exc)}") from exc
         decode = legacy = None
         try:
-            decode = importlib.import_module("streamllm.decode")
+            decode = _own_module("streamllm.decode", root)
             api = "decode.make_cache + decode.EagerDecoder"
         except ModuleNotFoundError as exc:
             if exc.name != "streamllm.decode":  # decode exists but needs something missing: say that
                 raise CannotCount(f"import streamllm.decode failed: {_one_line(exc)}") from exc
             try:
-                legacy = importlib.import_module("streamllm.cache")
+                legacy = _own_module("streamllm.cache", root)
             except Exception as exc:  # noqa: BLE001
                 raise CannotCount(f"neither streamllm.decode nor streamllm.cache imports: {_one_line(exc)}") from exc
             api = "cache.build_cache + model forward"
         except Exception as exc:  # noqa: BLE001
             raise CannotCount(f"import streamllm.decode failed: {_one_line(exc)}") from exc
         try:
-            compat = importlib.import_module("streamllm.compat")
+            compat = _own_module("streamllm.compat", root)
         except ModuleNotFoundError:  # before the compat seam: the cache went in as past_key_values
             compat = None
-        root = str(Path(package.__file__).resolve().parent)
-        return cls(root, strategies, models, data, decode, legacy, compat, api)
+        return cls(str(root), strategies, models, data, decode, legacy, compat, api)
 
     def cache_kwargs(self, model: torch.nn.Module, cache: Any) -> dict[str, Any]:
         if self.compat is not None and hasattr(self.compat, "cache_kwargs"):
@@ -240,6 +240,25 @@ class Library:
             return logits[0, -1], cache.end_step()
 
         return cache, step
+
+
+def _own_module(name: str, root: Path) -> ModuleType:
+    """`name` from the package at `root` only. A module this commit lacks must not be found
+    elsewhere: an editable install's finder sits after the path finder on sys.meta_path and
+    would hand over another checkout's file for it."""
+    module = importlib.import_module(name)
+    where = getattr(module, "__file__", None)
+    if where is None or root not in Path(where).resolve().parents:
+        sys.modules.pop(name, None)
+        raise ModuleNotFoundError(f"No module named {name!r} in {root} (found {where})", name=name)
+    return module
+
+
+def drop_editable_finders() -> None:
+    """Script mode: remove editable-install finders (setuptools' __editable__ hooks), so that only
+    sys.path (the commit's checkout on PYTHONPATH) decides what `import streamllm.x` finds."""
+    # setuptools installs the finder class itself, not an instance: read the object's own module
+    sys.meta_path[:] = [f for f in sys.meta_path if not str(getattr(f, "__module__", "")).startswith("__editable__")]
 
 
 @dataclass
@@ -477,6 +496,7 @@ def run_script(args: argparse.Namespace) -> int:
     try:
         library = Library.load()
         record["library"], record["api"] = library.root, library.api
+        record["compat"] = None if library.compat is None else library.compat.__file__
         record["transformers"] = importlib.import_module("transformers").__version__
     except CannotCount as exc:
         record.update(status="skip", error=str(exc))
@@ -564,6 +584,7 @@ def script_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = script_parser().parse_args(argv)
+    drop_editable_finders()
     if "{commit}" in args.out:
         args.out = args.out.replace("{commit}", _head_commit())
     try:
