@@ -81,6 +81,7 @@ class BisectResult:
     seconds: float = 0.0
     scratch: Path | None = None
     no_change: bool = False
+    timing: bool = False
 
 
 def git(repo: Path, *args: str, check: bool = True) -> str:
@@ -190,6 +191,7 @@ def run_bisect(plan: BisectPlan, say: Callable[[str], None] = print) -> BisectRe
             scratch.remove()
     result.seconds = time.perf_counter() - started
     result.scratch = scratch.root if plan.keep else None
+    result.timing = plan.timing
     return result
 
 
@@ -258,10 +260,10 @@ def _tested(plan: BisectPlan, scratch: Scratch, good: str, bad: str) -> list[Tes
                 continue
             record = _commit_record(scratch, commit) or {}
             verdict = parts[2]
-            if verdict == "skip":
-                detail = _record_error(record)
-            elif record.get("text"):  # a timing step's verdict
+            if record.get("text"):  # a timing step's verdict (an inconclusive one is a skip)
                 detail = record["text"]
+            elif verdict == "skip":
+                detail = _record_error(record)
             else:
                 change = workcount.headline(_diffs_vs_good(scratch, record))
                 detail = "same counts as good" if change == "no change" else change
@@ -321,6 +323,7 @@ def report(result: BisectResult) -> list[str]:
             lines.append(f"  {t.verdict:<4} {t.commit[:10]} {t.subject[:70]}{secs}: {t.detail[:200]}")
         skipped = [t for t in result.tested if t.verdict == "skip"]
         if skipped:
-            lines.append(f"skipped (could not be counted): {', '.join(t.commit[:10] for t in skipped)}")
+            why = "inconclusive or could not be timed" if result.timing else "could not be counted"
+            lines.append(f"skipped ({why}): {', '.join(t.commit[:10] for t in skipped)}")
     lines.append(f"wall time {result.seconds:.0f} s" + (f"; scratch kept at {result.scratch}" if result.scratch else ""))
     return lines
