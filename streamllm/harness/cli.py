@@ -120,6 +120,9 @@ def add_drift_parser(sub: argparse._SubParsersAction) -> None:
     dri.add_argument("--json", dest="json_out", default=None,
                      help="write {'releases': {release: counts record}} here (each record is what count --json writes)")
     dri.add_argument("--venvs", default=str(drift.DEFAULT_VENVS), help=f"venv cache (default {drift.DEFAULT_VENVS})")
+    dri.add_argument("--checkout", default=None,
+                     help="count this checkout's streamllm instead of the running one (e.g. `git worktree add /tmp/old "
+                          "REV`: which release broke an old commit)")
     dri.add_argument("--allow-untested", action="store_true",
                      help=f"allow releases below the lowest tested one ({drift.compat.LOWEST_TESTED})")
 
@@ -131,9 +134,12 @@ def run_drift(args: argparse.Namespace) -> int:
     for flag, path in (("--markdown", args.markdown), ("--json", args.json_out)):
         if path is not None and Path(path).is_dir():
             raise product_cli.UsageError(f"{flag} {path} is a directory; pass a file path")
-    plan = drift.DriftPlan(releases, cases, venvs=Path(args.venvs).expanduser(), allow_untested=args.allow_untested)
+    checkout = drift.check_checkout(Path(args.checkout)) if args.checkout else drift.CHECKOUT
+    plan = drift.DriftPlan(releases, cases, venvs=Path(args.venvs).expanduser(), allow_untested=args.allow_untested,
+                           checkout=checkout)
     result = drift.run_drift(plan, say=lambda line: print(line, flush=True))
-    command = "streamllm drift --transformers " + ",".join(releases) + " --cases " + ",".join(c.label for c in cases)
+    command = ("streamllm drift --transformers " + ",".join(releases) + " --cases " + ",".join(c.label for c in cases)
+               + (f" --checkout {args.checkout}" if args.checkout else ""))
     text = drift.markdown(result, command)
     print(text)
     if args.markdown:

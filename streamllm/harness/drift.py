@@ -48,6 +48,7 @@ class DriftPlan:
     venvs: Path = DEFAULT_VENVS
     base_python: str = sys.executable
     allow_untested: bool = False
+    checkout: Path = CHECKOUT  # whose streamllm is counted: this one, or e.g. a worktree of an older commit
 
 
 @dataclass
@@ -141,8 +142,16 @@ def ensure_venv(release: str, venvs: Path, base_python: str = sys.executable,
     return python, True
 
 
-def count_release(python: Path, cases: list[CountCase], scratch: Path, release: str) -> dict[str, Any]:
-    """countrunner under `python` (this checkout's library on PYTHONPATH); its record."""
+def check_checkout(path: Path) -> Path:
+    if not (path / "streamllm" / "__init__.py").is_file():
+        raise DriftError(f"--checkout {path} holds no streamllm package; pass a checkout's root, e.g. one made by "
+                         "`git worktree add /tmp/old REV`")
+    return path.resolve()
+
+
+def count_release(python: Path, cases: list[CountCase], scratch: Path, release: str,
+                  checkout: Path = CHECKOUT) -> dict[str, Any]:
+    """countrunner under `python` (`checkout`'s library on PYTHONPATH); its record."""
     cases_json = scratch / "cases.json"
     cases_json.write_text(json.dumps([c.to_json() for c in cases]))
     out = scratch / f"transformers-{release}.json"
@@ -153,7 +162,7 @@ def count_release(python: Path, cases: list[CountCase], scratch: Path, release: 
     for name in ("countrunner.py", "counters.py"):
         shutil.copy2(HERE / name, tools / name)
     proc = subprocess.run([str(python), str(tools / "countrunner.py"), "--counters", str(tools / "counters.py"),
-                           "--cases", str(cases_json), "--out", str(out)], cwd=CHECKOUT, env=_env(CHECKOUT),
+                           "--cases", str(cases_json), "--out", str(out)], cwd=checkout, env=_env(checkout),
                           capture_output=True, text=True)
     if out.is_file():
         return json.loads(out.read_text())
@@ -169,7 +178,7 @@ def run_drift(plan: DriftPlan, say: Callable[[str], None] = print) -> DriftResul
             t0 = time.perf_counter()
             python, built = ensure_venv(release, plan.venvs, plan.base_python, say)
             t1 = time.perf_counter()
-            record = count_release(python, plan.cases, Path(tmp), release)
+            record = count_release(python, plan.cases, Path(tmp), release, plan.checkout)
             run = ReleaseRun(release, record, t1 - t0, time.perf_counter() - t1, built)
             runs.append(run)
             ok = sum(1 for e in record.get("results", []) if e.get("status") == "ok")
