@@ -201,7 +201,8 @@ def _bisect_counts(plan: BisectPlan, scratch: Scratch, good: str, bad: str, say:
     code, good_record = scratch.run_at(good, good_json)
     if code != 0 or good_record.get("status") != "ok":
         raise BisectError(f"the case cannot be counted at --good {plan.good} ({_record_error(good_record)}); "
-                          "pick a --good where it runs (`streamllm count` at that commit shows the error)")
+                          "pick a --good where it runs, or run the commits under the transformers they were written "
+                          "for: --python ~/.cache/streamllm/drift/transformers-X/bin/python (built by streamllm drift)")
     say(f"good {good[:10]} counted in {time.perf_counter() - t0:.1f} s: "
         + "; ".join(f"{r['label']} {workcount.counts_of(r, r['label']).summary()}" for r in good_record["results"]))
     t0 = time.perf_counter()
