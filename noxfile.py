@@ -1,4 +1,4 @@
-"""nox sessions: tests, compat, bench (CPU main job), sweeps, gpu (nightly), lint, update-baselines.
+"""nox sessions: tests, compat, bench (CPU main job), sweeps, gpu (nightly), lint, update-baselines, drift (opt-in).
 
 Installs into a fresh virtualenv are slow here (torch alone is GBs), so every session can run in
 the current environment instead:
@@ -174,3 +174,21 @@ def arm(session: nox.Session) -> None:
         session.run("python", "-m", "pytest", "bench", "--append-baselines", "--report-dir", "out/arm",
                     *session.posargs)
     session.log("armed: review `git diff baselines/ history/`, then commit them")
+
+
+@nox.session
+def drift(session: nox.Session) -> None:
+    """Opt-in (not in the default sessions): the default cases' decode-step work under several
+    transformers releases, one venv each over this environment's torch (cached under
+    ~/.cache/streamllm/drift), tabled as markdown:
+
+        nox -s drift --no-venv -- --transformers 5.17.0,5.20.0,5.25.0 --markdown out/drift.md
+
+    Without arguments: the lowest tested release and the one installed here, table in out/drift.md."""
+    install(session)
+    args = list(session.posargs)
+    if not any(a.startswith("--transformers") for a in args):
+        installed = session.run("python", "-c", "from importlib.metadata import version; print(version('transformers'))",
+                                silent=True).strip().splitlines()[-1]
+        args += ["--transformers", f"{lowest_supported_transformers()},{installed}", "--markdown", "out/drift.md"]
+    session.run("python", "-m", "streamllm.harness.cli", "drift", *args)

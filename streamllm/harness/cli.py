@@ -4,16 +4,20 @@ harness's own, each next to what it calls (report: streamllm.harness.report)."""
 from __future__ import annotations
 
 import argparse
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 
 from .. import cli as product_cli
+from . import bisect, drift, workcount
 from .baselines import BaselineError
+from .counters import CounterError
 from .records import DEFAULT_REPORT_DIR
 from .report import ReportError
 from .report import run_report as render_report
 
-USER_ERRORS = (*product_cli.USER_ERRORS, ReportError, BaselineError)
+USER_ERRORS = (*product_cli.USER_ERRORS, ReportError, BaselineError, CounterError, workcount.CaseError,
+               workcount.CountError, bisect.BisectError, drift.DriftError)
 
 
 def add_report_parser(sub: argparse._SubParsersAction) -> None:
@@ -45,15 +49,123 @@ def run_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def add_count_parser(sub: argparse._SubParsersAction) -> None:
+    cnt = sub.add_parser("count", help="count the work of a few steady-state decode steps of a case (no PPL, no timing)")
+    workcount.add_case_options(cnt)
+    cnt.add_argument("--json", dest="json_out", default=None, help="write the counts here (a record --against reads)")
+    cnt.add_argument("--against", default=None,
+                     help="a counts JSON to compare with: prints the per-step difference, exit 1 if any case differs")
+    cnt.add_argument("--brief", action="store_true", help="one summary line per case, no op histogram")
+
+
+def run_count(args: argparse.Namespace) -> int:
+    """`streamllm count`: histogram, bytes and syncs per step; with --against, the difference."""
+    cases = workcount.cases_from_args(args)
+    theirs = workcount.load_record(args.against) if args.against else None  # a bad file fails before counting
+    if args.json_out and Path(args.json_out).is_dir():
+        raise product_cli.UsageError(f"--json {args.json_out} is a directory; pass a file path")
+    record = workcount.count_in_process(cases)
+    print("\n".join(workcount.describe(record, full=not args.brief)))
+    if args.json_out:
+        workcount.write_record(args.json_out, record)
+        print(f"wrote {args.json_out}")
+    if theirs is None:
+        return 0
+    diffs = workcount.compare_records(record, theirs, args.against)
+    print(f"against {args.against}:")
+    print("\n".join("  " + line for line in workcount.diff_text(diffs)))
+    return 1 if any(d.lines for d in diffs) else 0
+
+
+def add_bisect_parser(sub: argparse._SubParsersAction) -> None:
+    bis = sub.add_parser("bisect", help="git bisect run on a case's work counts (or --timing): the first commit "
+                                        "whose decode step changed, with the counter difference")
+    bis.add_argument("--good", required=True, help="a commit whose step is right (its counts are the reference)")
+    bis.add_argument("--bad", default="HEAD", help="a later commit whose step changed (default HEAD)")
+    workcount.add_case_options(bis)
+    bis.add_argument("--repo", default=".", help="the git checkout to bisect (default: the current directory); "
+                                                 "it is cloned to a scratch directory and never changed")
+    bis.add_argument("--python", default=sys.executable,
+                     help="interpreter that runs each commit (e.g. a drift venv's, for another transformers)")
+    bis.add_argument("--timing", action="store_true",
+                     help="bisect on step time: alternated good/commit processes, inconclusive commits skipped")
+    bis.add_argument("--pairs", type=int, default=6, help="--timing: good/commit process pairs per commit (default 6)")
+    bis.add_argument("--threshold", type=float, default=0.05, help="--timing: the slowdown that counts (default 0.05)")
+    bis.add_argument("--time-steps", type=int, default=32, help="--timing: timed steps per process (default 32)")
+    bis.add_argument("--keep", action="store_true", help="keep the scratch clone and every commit's record")
+    bis.add_argument("--workdir", default=None, help="where the scratch clone goes (default: the system temp dir)")
+
+
+def run_bisect(args: argparse.Namespace) -> int:
+    """`streamllm bisect`: prints the first bad commit, its subject and the difference; exit 0 when found."""
+    if args.pairs < 3:
+        raise product_cli.UsageError(f"--pairs must be >= 3 (got {args.pairs}): fewer pairs can never make a call")
+    if args.workdir is not None and not Path(args.workdir).is_dir():
+        raise product_cli.UsageError(f"--workdir {args.workdir} is not a directory; create it or leave --workdir out")
+    plan = bisect.BisectPlan(repo=Path(args.repo), good=args.good, bad=args.bad, cases=workcount.cases_from_args(args),
+                             python=args.python, timing=args.timing, pairs=args.pairs, threshold=args.threshold,
+                             time_steps=args.time_steps, keep=args.keep,
+                             workdir=Path(args.workdir) if args.workdir else None)
+    result = bisect.run_bisect(plan, say=lambda line: print(line, flush=True))
+    print("\n".join(bisect.report(result)))
+    return 0 if result.first_bad or result.no_change else 1
+
+
+def add_drift_parser(sub: argparse._SubParsersAction) -> None:
+    dri = sub.add_parser("drift", help="count the default cases under several transformers releases (one venv each, "
+                                       "sharing this environment's torch) and table where the step's work changes")
+    dri.add_argument("--transformers", required=True, help="comma list of releases, e.g. 5.17.0,5.20.0,5.25.0")
+    workcount.add_case_options(dri, several=True)
+    dri.add_argument("--markdown", default=None, help="write the table (and the changes and breaks) to this file")
+    dri.add_argument("--json", dest="json_out", default=None,
+                     help="write {'releases': {release: counts record}} here (each record is what count --json writes)")
+    dri.add_argument("--venvs", default=str(drift.DEFAULT_VENVS), help=f"venv cache (default {drift.DEFAULT_VENVS})")
+    dri.add_argument("--checkout", default=None,
+                     help="count this checkout's streamllm instead of the running one (e.g. `git worktree add /tmp/old "
+                          "REV`: which release broke an old commit)")
+    dri.add_argument("--allow-untested", action="store_true",
+                     help=f"allow releases below the lowest tested one ({drift.compat.LOWEST_TESTED})")
+
+
+def run_drift(args: argparse.Namespace) -> int:
+    """`streamllm drift`: prints the markdown table; exit 0 (changes and breaks are results, not errors)."""
+    releases = drift.parse_releases(args.transformers, args.allow_untested)
+    cases = workcount.cases_from_args(args)
+    for flag, path in (("--markdown", args.markdown), ("--json", args.json_out)):
+        if path is not None and Path(path).is_dir():
+            raise product_cli.UsageError(f"{flag} {path} is a directory; pass a file path")
+    checkout = drift.check_checkout(Path(args.checkout)) if args.checkout else drift.CHECKOUT
+    plan = drift.DriftPlan(releases, cases, venvs=Path(args.venvs).expanduser(), allow_untested=args.allow_untested,
+                           checkout=checkout)
+    result = drift.run_drift(plan, say=lambda line: print(line, flush=True))
+    command = ("streamllm drift --transformers " + ",".join(releases) + " --cases " + ",".join(c.label for c in cases)
+               + (f" --checkout {args.checkout}" if args.checkout else ""))
+    text = drift.markdown(result, command)
+    print(text)
+    if args.markdown:
+        Path(args.markdown).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.markdown).write_text(text)
+        print(f"wrote {args.markdown}")
+    if args.json_out:
+        # one count record per release: `streamllm count --against` reads any of them saved on its own
+        workcount.write_record(args.json_out, {"releases": {r.release: r.record for r in result.runs}})
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = product_cli.build_parser()
     sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
     add_report_parser(sub)
+    add_count_parser(sub)
+    add_bisect_parser(sub)
+    add_drift_parser(sub)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    commands = {"strategies": product_cli.run_strategies, "eval": product_cli.run_eval, "report": run_report}
+    commands = {"strategies": product_cli.run_strategies, "eval": product_cli.run_eval, "report": run_report,
+                "count": run_count, "bisect": run_bisect,
+                "drift": run_drift}
     return product_cli.dispatch(build_parser(), commands, USER_ERRORS, argv)
 
 
