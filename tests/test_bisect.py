@@ -14,7 +14,7 @@ import pytest
 
 from streamllm.harness import bisect, workcount
 from streamllm.harness.cli import main
-from streamllm.harness.countrunner import CountCase, median_interval, named_case, timing_verdict
+from streamllm.harness.countrunner import CountCase, copy_tools, median_interval, named_case, timing_verdict
 
 needs_git = pytest.mark.skipif(shutil.which("git") is None, reason="needs the git executable")
 
@@ -257,11 +257,8 @@ def test_bisect_refuses_an_uncountable_good(history, tmp_path):
 def test_the_runner_script_counts_a_commit_and_compares(history, tmp_path):
     """Script mode as git bisect runs it: exit 0 for the same counts, 1 for different, 125 if broken."""
     repo = Path(history["repo"])
-    here = Path(bisect.__file__).parent
     tools = tmp_path / "tools"
-    tools.mkdir()
-    for name in ("countrunner.py", "counters.py"):
-        shutil.copy2(here / name, tools / name)
+    copy_tools(tools)  # the runner and the counting modules, as bisect and drift copy them
     cases = tmp_path / "cases.json"
     cases.write_text(json.dumps([TINY.to_json()]))
 

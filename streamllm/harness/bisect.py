@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from . import countrunner, workcount
-from .countrunner import CountCase
+from .countrunner import CountCase, copy_tools
 
 HERE = Path(__file__).resolve().parent
 
@@ -115,8 +115,7 @@ class Scratch:
         self.records.mkdir()
         self.tools.mkdir()
         git(plan.repo, "clone", "--quiet", "--shared", "--no-checkout", str(plan.repo.resolve()), str(self.repo))
-        shutil.copy2(HERE / "countrunner.py", self.tools / "countrunner.py")
-        shutil.copy2(HERE / "counters.py", self.tools / "counters.py")
+        copy_tools(self.tools)
         self.cases = self.root / "cases.json"
         self.cases.write_text(json.dumps([c.to_json() for c in plan.cases]))
         self.plan = plan

@@ -454,16 +454,36 @@ def _clean_env() -> dict[str, str]:
 
 
 # -- script mode -------------------------------------------------------------------------------
+# The harness modules counting needs, copied together beside this runner (counters imports the
+# count records of workcounts, which use the verdict words): what `copy_tools` writes.
+COUNTING_MODULES = ("counters.py", "workcounts.py", "verdicts.py")
+
+
+def copy_tools(dest: Path) -> Path:
+    """This runner and HEAD's counting modules copied into `dest` (a package folder for them); returns
+    the runner's path. Run from a copy: as a script its folder leads sys.path, and harness/ holds a
+    bisect.py that would shadow the standard library's."""
+    here = Path(__file__).resolve().parent
+    dest.mkdir(parents=True, exist_ok=True)
+    for name in ("countrunner.py", *COUNTING_MODULES):
+        (dest / name).write_bytes((here / name).read_bytes())
+    (dest / "__init__.py").write_text("")
+    return dest / "countrunner.py"
+
+
 def load_counters(path: str) -> ModuleType:
-    """HEAD's counters.py from a file, under a private name that no commit's package shadows."""
-    name = "_streamllm_head_counters"
-    spec = importlib.util.spec_from_file_location(name, path)
+    """HEAD's counters.py, with the modules copied beside it, as a private package that no commit's
+    `streamllm` shadows."""
+    directory = Path(path).resolve().parent
+    package = "_streamllm_head_counting"
+    spec = importlib.util.spec_from_file_location(package, directory / "__init__.py",
+                                                  submodule_search_locations=[str(directory)])
     if spec is None or spec.loader is None:
         raise SystemExit(f"cannot load counters from {path}")
     module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module  # dataclasses resolve their module through sys.modules
+    sys.modules[package] = module  # dataclasses resolve their module through sys.modules
     spec.loader.exec_module(module)
-    return module
+    return importlib.import_module(f"{package}.counters")
 
 
 def run_timing_step(args: argparse.Namespace) -> int:

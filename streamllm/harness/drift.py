@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -29,8 +28,8 @@ from typing import Any
 from packaging.version import InvalidVersion, Version
 
 from .. import compat
-from . import counters, workcount
-from .countrunner import CountCase
+from . import workcount, workcounts
+from .countrunner import CountCase, copy_tools
 
 HERE = Path(__file__).resolve().parent
 CHECKOUT = HERE.parent.parent  # the directory holding this streamllm package
@@ -155,12 +154,8 @@ def count_release(python: Path, cases: list[CountCase], scratch: Path, release: 
     cases_json = scratch / "cases.json"
     cases_json.write_text(json.dumps([c.to_json() for c in cases]))
     out = scratch / f"transformers-{release}.json"
-    # Run from a copy: as a script its directory leads sys.path, and harness/ holds a bisect.py
-    # that would shadow the standard library's (imported by random, itself imported by torch).
     tools = scratch / "tools"
-    tools.mkdir(exist_ok=True)
-    for name in ("countrunner.py", "counters.py"):
-        shutil.copy2(HERE / name, tools / name)
+    copy_tools(tools)
     proc = subprocess.run([str(python), str(tools / "countrunner.py"), "--counters", str(tools / "counters.py"),
                            "--cases", str(cases_json), "--out", str(out)], cwd=checkout, env=_env(checkout),
                           capture_output=True, text=True)
@@ -216,13 +211,13 @@ def _cell(run: ReleaseRun, label: str, result: DriftResult) -> str:
         return "**fails**"
     work = workcount.counts_of(entry, label)
     text = (f"{_per_step(work, work.total_ops)} ops, "
-            f"{counters.format_bytes(float(work.per_step(work.bytes_read + work.bytes_written)))}, "
+            f"{workcounts.format_bytes(float(work.per_step(work.bytes_read + work.bytes_written)))}, "
             f"{_per_step(work, work.total_syncs)} syncs")
     return f"**changed** {text}" if (run.release, label) in result.changes else text
 
 
-def _per_step(work: counters.WorkCounts, total: int) -> str:
-    return counters._frac_text(work.per_step(total))
+def _per_step(work: workcounts.WorkCounts, total: int) -> str:
+    return workcounts._frac_text(work.per_step(total))
 
 
 def markdown(result: DriftResult, command: str | None = None) -> str:

@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-from . import counters
+from . import counters, workcounts
 from .countrunner import DEFAULT_CASES, CaseError, CountCase, Library, count_prepared, parse_cases, prepare
 
 
@@ -59,7 +59,7 @@ def count_in_process(cases: list[CountCase], threads: int | None = 1) -> dict[st
         torch.set_num_threads(threads)
     started = time.perf_counter()
     library = Library.load()
-    record: dict[str, Any] = {"torch": torch.__version__, "transformers": counters._version("transformers"),
+    record: dict[str, Any] = {"torch": torch.__version__, "transformers": workcounts._version("transformers"),
                               "library": library.root, "api": library.api, "results": []}
     models: dict = {}
     for case in cases:
@@ -97,8 +97,8 @@ def histogram_text(work: counters.WorkCounts, indent: str = "  ") -> list[str]:
     """The per-step op histogram (largest first), then bytes and syncs."""
     per = sorted(work.ops_per_step().items(), key=lambda kv: (-kv[1], kv[0]))
     width = max((len(n) for n, _ in per), default=0)
-    lines = [f"{indent}{name:<{width}}  {counters._frac_text(n)}" for name, n in per]
-    syncs = ", ".join(f"{n} {counters._frac_text(work.per_step(c))}" for n, c in sorted(work.syncs.items())) or "none"
+    lines = [f"{indent}{name:<{width}}  {workcounts._frac_text(n)}" for name, n in per]
+    syncs = ", ".join(f"{n} {workcounts._frac_text(work.per_step(c))}" for n, c in sorted(work.syncs.items())) or "none"
     lines.append(f"{indent}bytes read {counters.format_bytes(float(work.per_step(work.bytes_read)))}, written "
                  f"{counters.format_bytes(float(work.per_step(work.bytes_written)))} per step; syncs per step: {syncs}")
     return lines
