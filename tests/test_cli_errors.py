@@ -68,7 +68,7 @@ CASES = [
     # models
     ("model-dir-missing", ["eval", "--model", "{tmp}/no/such/dir"], "--model embedded"),
     ("model-file-not-a-model", ["eval", "--model", "{tmp}/weights.bin"], "--model embedded"),
-    ("model-dummy-unknown", ["eval", "--model", "dummy:nope"], "choose one of: pythia-2.8b"),
+    ("model-dummy-unknown", ["eval", "--model", "dummy:nope"], "choose one of: llama-3.2-1b, pythia-2.8b"),
     ("model-hub-id-offline", ["eval", "--model", "no-such-org/no-such-model"], "huggingface-cli download"),
     ("gguf-missing", ["eval", "--model", "{tmp}/missing.gguf"], "--model embedded"),
     ("gguf-corrupt", ["eval", "--model", "{tmp}/corrupt.gguf"], "GGUF magic"),
