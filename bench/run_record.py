@@ -19,7 +19,7 @@ from streamllm.combinations import GRAPH_MODES
 from streamllm.harness.baselines import BaselineRecord, make_provenance
 from streamllm.harness.counters import WorkCounts
 from streamllm.harness.fingerprint import fingerprint_id
-from streamllm.harness.history import RunHistory
+from streamllm.harness.history import REFERENCE_SUFFIX, RunHistory
 from streamllm.harness.ratio import RatioCI
 from streamllm.harness.records import RUN_SCHEMA, validate_run
 from streamllm.harness.verdicts import (
@@ -43,9 +43,6 @@ NOISE_NOTE = ("CPU timings from a shared 2-core VM: other processes compete for 
               "so TPOT samples are noisy; compare only within one fingerprint")
 
 
-# History entry of a case's reference arm: "<dataset>/<case>:reference".
-# History entry of a case's reference arm: "<dataset>/<case>:reference".
-REFERENCE_SUFFIX = ":reference"
 
 
 

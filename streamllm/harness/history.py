@@ -48,6 +48,8 @@ from .verdicts import HISTORY_ALPHA, HISTORY_RAW, IMPROVEMENT, NOT_CHECKED, PASS
 SCHEMA = "streamllm.history/1"
 
 RAW_VERDICTS = HISTORY_RAW
+# History entry of a case's reference arm: "<dataset>/<case>:reference".
+REFERENCE_SUFFIX = ":reference"
 DEFAULT_ALPHA = HISTORY_ALPHA
 
 _NAME = re.compile(r"^(\d{4,})-(\d{8}T\d{6}(?:\d{6})?Z)\.json$")

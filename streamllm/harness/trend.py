@@ -13,10 +13,8 @@ import statistics
 from dataclasses import dataclass
 from pathlib import Path
 
-from .history import Run, RunHistory
+from .history import REFERENCE_SUFFIX, Run, RunHistory
 from .verdicts import FALLBACK_BAND, IMPROVEMENT, MIN_AA_RUNS, REGRESSION, aa_band
-
-REFERENCE_SUFFIX = ":reference"  # the reference arms' entries: not rows of their own
 
 
 @dataclass(frozen=True)
