@@ -18,6 +18,7 @@ from streamllm.harness.judges import (
     check_work,
     lookup,
 )
+from streamllm.harness.numerics import check_holdings, check_own_path, own_path_tolerance
 from streamllm.harness.ratio import RatioCI
 from streamllm.harness.stats import ppl_ratio_ci
 from streamllm.harness.verdicts import (
@@ -33,7 +34,7 @@ from streamllm.harness.verdicts import (
 )
 from streamllm.measure import TimingRun
 from streamllm.results import EvalResult
-from streamllm.schedule import EvictionCheckError, TextTooShortError, probe_engagement, trace_engaged
+from streamllm.schedule import EvictionCheckError, TextTooShortError, eviction_steps, trace_engaged
 
 from .catalog import BenchCase, compile_mode
 from .findings import (
@@ -56,7 +57,10 @@ def judge_case(session: Session, measure: Measurements, case: BenchCase, dataset
     updating = session.options.update_baselines
     device_class = session.fingerprint["device_class"]
     checks = [check_ppl(evaluation.ppl, found, device_class=device_class, updating=updating, what=what),
-              eviction_check(session, case, dataset, evaluation)]
+              eviction_check(session, case, dataset, evaluation, out)]
+    own = own_path_check(session, case, evaluation, out)
+    if own is not None:
+        checks.append(own)
     agreement = timing and measure.slice_agreement(evaluation, timing)
     if agreement is not None:
         tol = session.slice_tolerance()
@@ -181,25 +185,50 @@ def trace_finding_checks(session: Session, measure: Measurements, case: BenchCas
     return out
 
 
-def eviction_check(session: Session, case: BenchCase, dataset: str, evaluation: EvalResult) -> Check:
+def eviction_check(session: Session, case: BenchCase, dataset: str, evaluation: EvalResult, out: CaseResult) -> Check:
     """(a) the case's eviction engaged, checked from outside the cache: the evaluation's prune events
-    and attended lengths, and a probe of the case's own cache kind just past its first eviction,
-    against the schedule computed from S, W, R, B alone (streamllm.schedule). A text too short to
-    evict is an error naming both, never a pass."""
+    and attended lengths against the schedule computed from S, W, R, B alone (streamllm.schedule),
+    and the tokens the case's own cache holds, read from its tensors (streamllm.ownpath): across
+    the first evictions for a static or ring row, at the end of its timed slice for a dynamic one.
+    A text too short to evict is an error naming both, never a pass."""
     what = f"{case.label} on {evaluation.dataset}"
     if case.spec.capacity is None:
         return Check("ppl", EVICTION_CHECK, NOT_APPLICABLE, f"{what}: dense keeps every token")
     ids = session.text(dataset).ids
     try:
-        with session.phases.phase("eviction check"):
-            if evaluation.trace is not None:
-                trace_engaged(case.spec, int(ids.numel()), evaluation.trace.prune_steps, evaluation.trace.kv_length)
-            probe = probe_engagement(session.model(case.transform), ids, case.spec)
+        if evaluation.trace is not None:
+            trace_engaged(case.spec, int(ids.numel()), evaluation.trace.prune_steps, evaluation.trace.kv_length)
     except TextTooShortError as exc:
         return Check("ppl", EVICTION_CHECK, ERROR, f"{what}: {exc}")
     except EvictionCheckError as exc:
         return Check("ppl", EVICTION_CHECK, FAIL, f"{what}: {exc}")
+    if out.own_path is not None:
+        holdings, source = list(out.own_path.holdings), f"its {case.spec.cache} cache's tensors"
+        failed = check_holdings(out.own_path, what)
+        if failed is not None:
+            return failed
+    elif out.holding is not None:
+        holdings, source = [out.holding], f"its {case.spec.cache} cache's tensors at the end of its slice"
+        if not out.holding.matches:
+            return Check("ppl", EVICTION_CHECK, FAIL,
+                         f"{what}: after step {out.holding.step} {source} hold other tokens than the schedule's: "
+                         f"{out.holding.difference()}", {"step": out.holding.step})
+    else:
+        return Check("ppl", EVICTION_CHECK, NOT_CHECKED,
+                     f"{what}: the prune events match the schedule, but no slice of the row's own cache was "
+                     "decoded to read its tensors (the text is too short, or the case was not measured)")
+    steps = [h.step for h in holdings]
     return Check("ppl", EVICTION_CHECK, PASS,
-                 f"{what}: evicts as scheduled (first eviction at step {probe.first_eviction}, {probe.events_in_text} events "
-                 f"in the text; the {case.spec.cache} cache's holdings match at steps {list(probe.steps_checked)})",
-                 probe.to_dict())
+                 f"{what}: evicts as scheduled ({len(eviction_steps(case.spec, int(ids.numel()) - 1))} events in the "
+                 f"text; {source} hold the schedule's tokens after steps {steps})",
+                 {"steps_checked": steps, "source": source})
+
+
+def own_path_check(session: Session, case: BenchCase, evaluation: EvalResult, out: CaseResult) -> Check | None:
+    """(a) a static or ring row's own decode across its first evictions vs the reference evaluator."""
+    if out.own_path is None or out.calibration is None or evaluation.trace is None:
+        return None
+    tolerance, gap = own_path_tolerance(out.calibration, evaluation.trace.nll, session.options.dtype,
+                                        cap=session.slice_tolerance())
+    return check_own_path(out.own_path, evaluation.trace.nll, tolerance=tolerance, calibration_gap=gap,
+                          reference=f"the {evaluation.evaluator} evaluator", what=f"{case.label} on {evaluation.dataset}")

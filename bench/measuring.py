@@ -24,6 +24,7 @@ from streamllm.measure import (
     steps_per_round,
     time_interleaved,
 )
+from streamllm.ownpath import Holding, OwnPath, expected_tokens, held_tokens, layer0_values, own_path, reference_kv
 from streamllm.parallel import evaluate_parallel, supports_parallel
 from streamllm.results import EvalResult, TokenTrace
 
@@ -41,6 +42,7 @@ class Measurements:
         self._slices: dict[tuple[str, str], DecodeSlice] = {}  # kept until a rerun is decided
         self._reference_slices: dict[tuple[str, str], DecodeSlice] = {}
         self.bandwidth: float | None = None  # GB/s, measure.copy_bandwidth_GBps, once per process
+        self._calibrations: dict[tuple, OwnPath] = {}
 
     @property
     def phases(self) -> PhaseClock:
@@ -185,6 +187,50 @@ class Measurements:
         self._timings[key].rerun_samples.extend(more.samples)
         self.references[key].rerun_samples.extend(ref.samples)
         return more.samples, ref.samples
+
+    # -- the row's own numerics and holdings (streamllm.ownpath) --------------------------------
+    def own_path(self, case: BenchCase, dataset: str) -> OwnPath | None:
+        """A static or ring row's own path across its first evictions: its timed slice's cache
+        refilled with the text's first tokens and decoded by the same decoder (compiled step and
+        captured graphs included, so nothing recompiles). None for the other rows: a dynamic
+        cache's timed slice starts from real K/V, so its timed steps are its own path already."""
+        if case.spec.capacity is None or case.spec.cache == "dynamic":
+            return None
+        slice_ = self._slices.get((dataset, case.id))
+        loaded = self.session.model(case.transform)
+        with self.phases.phase("own path + probe"):
+            if slice_ is None:  # not timed (--no-timing): a cache and decoder of its own
+                factory = decoder_factory(compile_mode(case), loaded.device, case.spec.cache)
+                return own_path(loaded, self.session.text(dataset).ids, case.spec, decoder_factory=factory)
+            return own_path(loaded, self.session.text(dataset).ids, case.spec, cache=slice_.cache,
+                            decoder=slice_.decoder)
+
+    def calibration(self, case: BenchCase, dataset: str) -> OwnPath:
+        """The same slice through the eager dynamic cache on the same weights: a second correct path,
+        whose distance to the reference sets the own-path tolerance."""
+        spec = dataclasses.replace(case.spec, cache="dynamic")
+        key = (dataset, case.transform, spec)
+        if key not in self._calibrations:
+            with self.phases.phase("own path + probe"):
+                self._calibrations[key] = own_path(self.session.model(case.transform), self.session.text(dataset).ids,
+                                                   spec)
+        return self._calibrations[key]
+
+    def holding(self, case: BenchCase, dataset: str) -> Holding | None:
+        """The tokens a dynamic-cache row's timed (or token-loop) slice holds after its last step,
+        read from its tensors, with the schedule's. Taken before counting feeds it more steps."""
+        if case.spec.capacity is None or case.spec.cache != "dynamic":
+            return None
+        slice_ = self._slices.get((dataset, case.id))
+        if slice_ is None or slice_.cursor < 1:  # not timed: the eager path of its spec and weights
+            return self.calibration(case, dataset).holdings[-1]
+        with self.phases.phase("own path + probe"):
+            loaded = self.session.model(case.transform)
+            ids = self.session.text(dataset).ids.to(loaded.device)
+            step = slice_.cursor - 1
+            reference = layer0_values(reference_kv(loaded, ids, step + 1))
+            return Holding(step, held_tokens(slice_.cache, reference, ids, step),
+                           expected_tokens(case.spec, slice_.cache, ids, step))
 
     @_in_phase("counting")
     def count(self, case: BenchCase, dataset: str) -> tuple[WorkCounts | None, WorkCounts | None]:

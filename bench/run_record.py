@@ -34,6 +34,7 @@ from streamllm.harness.verdicts import (
     summarize,
 )
 from streamllm.measure import TimingRun
+from streamllm.ownpath import Holding, OwnPath
 from streamllm.results import EvalResult, write_json_atomic
 
 from .catalog import BenchCase, compile_mode
@@ -70,6 +71,9 @@ class CaseResult:
         return f"{'device' if share >= 0.8 else 'host'} ({share:.0%} busy)"
     ppl_delta_vs_dense_pct: float | None = None
     slice_nll_max_abs_diff: float | None = None
+    own_path: OwnPath | None = None  # static/ring rows: their own decode across the first evictions
+    calibration: OwnPath | None = None  # the same slice through the eager dynamic cache
+    holding: Holding | None = None  # dynamic rows: what the timed slice's tensors hold at its end
     checks: list[Check] = field(default_factory=list)
     seconds: float = 0.0
     skipped: str | None = None  # reason, when the case could not run here

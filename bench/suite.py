@@ -70,6 +70,11 @@ class Suite(Session):
         out.reference_timing = self.measure.references.get((dataset, case.id))
         if out.reference_timing is not None:
             out.ratio = ratio_ci(timing.samples, out.reference_timing.samples)
+        # the row's own numerics and holdings, read before counting feeds its slice more steps
+        out.holding = self.measure.holding(case, dataset)
+        out.own_path = self.measure.own_path(case, dataset)
+        if out.own_path is not None:
+            out.calibration = self.measure.calibration(case, dataset)
         evaluation = out.evaluation = self.evaluate(case, dataset)
         out.slice_nll_max_abs_diff = self.measure.slice_agreement(evaluation, timing)
         if case.id != "dense":
@@ -112,7 +117,7 @@ class Suite(Session):
         found = lookup(self.store, self.key(case, evaluation))
         out.checks = [
             check_ppl(evaluation.ppl, found, device_class=self.fingerprint["device_class"], updating=False, what=what),
-            eviction_check(self, case, dataset, evaluation),
+            eviction_check(self, case, dataset, evaluation, out),
             Check("tpot", "(b) TPOT", NOT_CHECKED, f"{what}: TPOT not measured: {self.options.no_timing}",
                   {"not_measured": self.options.no_timing}),
             *finding_checks(self, self.measure, case, dataset),

@@ -19,14 +19,9 @@ derivations, one of them the one every evaluation uses.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-import torch
-
-from .caches import FixedCache, RingStreamingCache, StreamingCache, make_cache
-from .measure import prepare_slice
-from .models import LoadedModel
 from .strategies import StrategySpec
 
 
@@ -131,7 +126,7 @@ def probe_steps(spec: StrategySpec, tokens: int, count: int = 3) -> list[int]:
     return [t for t in wanted if t <= tokens - 2]
 
 
-def _too_short(spec: StrategySpec, tokens: int, first: int) -> TextTooShortError:
+def too_short_error(spec: StrategySpec, tokens: int, first: int) -> TextTooShortError:
     s, w, r, b = _geometry(spec)
     extra = f" + B {b}" if b else ""
     return TextTooShortError(
@@ -148,7 +143,7 @@ def eviction_engaged(spec: StrategySpec, tokens: int, held: Mapping[int, Sequenc
     lies past the first eviction. Dense passes when it holds every token (it never evicts)."""
     first = first_eviction_step(spec)
     if first is not None and tokens - 2 < first:
-        raise _too_short(spec, tokens, first)
+        raise too_short_error(spec, tokens, first)
     for step in sorted(held):
         if step > tokens - 2:
             raise ValueError(f"{spec.label()}: step {step} is past the text's last decode step {tokens - 2}")
@@ -170,7 +165,7 @@ def trace_engaged(spec: StrategySpec, tokens: int, prune_steps: Sequence[int],
     event must fall inside the text."""
     first = first_eviction_step(spec)
     if first is not None and tokens - 2 < first:
-        raise _too_short(spec, tokens, first)
+        raise too_short_error(spec, tokens, first)
     want = eviction_steps(spec, tokens - 1)
     got = list(prune_steps)
     if got != want:
@@ -202,55 +197,3 @@ def _first_difference(got: Sequence[int], want: Sequence[int]) -> str:
         if a != b:
             return f" (first difference at entry {i}: {a} vs {b}){why}"
     return f" ({len(got)} vs {len(want)} entries){why}" if why else ""
-
-
-def held_entries(cache: object) -> int | None:
-    """Entries the cache's tensors hold, read from the tensors rather than its `slots` list:
-    the dynamic cache's key length, the static cache's unmasked slots. None for the ring, whose
-    evicted entry stays in its slot until the next write overwrites it."""
-    if isinstance(cache, StreamingCache):
-        layer = cache.layers[0]
-        return int(layer.keys.shape[-2]) if layer.is_initialized else 0
-    if isinstance(cache, RingStreamingCache):
-        return None
-    if isinstance(cache, FixedCache):
-        return int((cache.attention_mask == 0).sum())
-    return None
-
-
-def probe_engagement(loaded: LoadedModel, ids: torch.Tensor, spec: StrategySpec, *,
-                     decoder_factory: Callable | None = None, cache_factory: Callable = make_cache) -> Engagement:
-    """Run `spec`'s cache on the text just past its first eviction and check what it holds.
-
-    The cache is brought to one token short of its first eviction as the timed slices fill it
-    with real tokens (one chunked forward for the dynamic cache, untimed decode steps for the
-    preallocated ones: their random-K/V jump to steady state sets its own holdings, so it would
-    not test the eviction), then decoded through `probe_steps`; after each, its `slots` must be
-    the schedule's, and its tensors must hold as many entries (`held_entries`). Costs R + 2
-    decode steps (plus S+W+R-1 for a preallocated cache's fill). The text length is the one the
-    case is evaluated on: a text too short to evict raises TextTooShortError before anything runs."""
-    tokens = int(ids.numel())
-    first = first_eviction_step(spec)
-    if first is None:
-        return eviction_engaged(spec, tokens, {})
-    if tokens - 2 < first:
-        raise _too_short(spec, tokens, first)
-    probes = probe_steps(spec, tokens)
-    slice_ = prepare_slice(loaded, ids, spec, timed_steps=probes[-1] - first + 1, decoder_factory=decoder_factory,
-                           cache_factory=cache_factory, real_fill=True)
-    if slice_.cursor != first:
-        raise EvictionCheckError(f"{spec.label()}: the cache was filled to {slice_.cursor} tokens, one short of "
-                                 f"the first eviction is {first}: its capacity is not the strategy's S+W+B+R-1")
-    held: dict[int, list[int]] = {}
-    with torch.inference_mode():
-        while slice_.cursor <= probes[-1]:
-            slice_.step()
-            step = slice_.cursor - 1
-            if step in probes:
-                held[step] = list(slice_.cache.slots)
-                eviction_engaged(spec, tokens, {step: held[step]})  # at once: a cache that never evicts may overflow next
-                entries = held_entries(slice_.cache)
-                if entries is not None and entries != len(held[step]):
-                    raise EvictionCheckError(f"{spec.label()}: after step {step} the cache's tensors hold {entries} "
-                                             f"entries but its slots list {len(held[step])}")
-    return eviction_engaged(spec, tokens, held)

@@ -11,7 +11,6 @@ import pytest
 import torch
 
 import streamllm.caches.dynamic as dynamic_module
-import streamllm.caches.fixed as fixed_module
 import streamllm.parallel as parallel_module
 from conftest import tiny_llama
 from streamllm.caches import make_cache
@@ -27,8 +26,6 @@ from streamllm.schedule import (
     expected_length,
     expected_positions,
     first_eviction_step,
-    probe_engagement,
-    probe_steps,
     trace_engaged,
 )
 from streamllm.strategies import make_strategy
@@ -113,13 +110,6 @@ def test_dense_holds_everything(tiny, ids):
         eviction_engaged(dense, 20, {5: [0, 1, 2]})
 
 
-@pytest.mark.parametrize("spec", SPECS[:2] + SPECS[-1:], ids=lambda s: s.label())
-def test_probe_engagement_runs_the_cache(tiny, ids, spec):
-    engaged = probe_engagement(tiny, ids, spec)
-    assert engaged.steps_checked == tuple(probe_steps(spec, ids.numel()))
-    assert min(engaged.steps_checked) == first_eviction_step(spec)
-
-
 @pytest.mark.parametrize("spec", SPECS, ids=lambda s: s.label())
 def test_text_too_short_to_evict_is_an_error_naming_both(tiny, ids, spec):
     first = first_eviction_step(spec)
@@ -130,33 +120,16 @@ def test_text_too_short_to_evict_is_an_error_naming_both(tiny, ids, spec):
     assert spec.label() in message and f"{short} tokens" in message
     assert f"S+W = {spec.sink + spec.effective_window}" in message
     with pytest.raises(TextTooShortError):
-        probe_engagement(tiny, ids[:short], spec)
-    with pytest.raises(TextTooShortError):
         trace_engaged(spec, short, [])
     assert eviction_engaged(spec, short + 1, {first: expected_positions(spec, first)}).events_in_text == 1
 
 
-@pytest.mark.parametrize("kind,module", [("dynamic", dynamic_module), ("static", fixed_module)])
-def test_a_cache_that_never_evicts_is_caught(tiny, ids, monkeypatch, kind, module):
-    spec = dataclasses.replace(SPECS[1], cache=kind)
-    monkeypatch.setattr(module, "plan_eviction", lambda *args, **kwargs: None)
-    if kind == "static":  # its buffer has S+W+R slots: the step after the missed eviction would overflow it
-        with pytest.raises(EvictionCheckError, match="did not run"):
-            probe_engagement(tiny, ids, spec)
-        return
+def test_a_cache_that_never_evicts_is_caught(tiny, ids, monkeypatch):
+    spec = SPECS[1]
+    monkeypatch.setattr(dynamic_module, "plan_eviction", lambda *args, **kwargs: None)
     held = decode_holdings(tiny, ids, spec)
     with pytest.raises(EvictionCheckError, match="did not run"):
         eviction_engaged(spec, ids.numel(), {t: h for t, h in held.items() if t >= first_eviction_step(spec)})
-    with pytest.raises(EvictionCheckError):
-        probe_engagement(tiny, ids, spec)
-
-
-def test_slots_that_lie_about_the_tensors_are_caught(tiny, ids, monkeypatch):
-    """A cache whose bookkeeping evicts but whose tensors keep everything: read from the tensors."""
-    spec = SPECS[1]
-    monkeypatch.setattr(dynamic_module.StreamingCache, "_apply", lambda self, keep, length: None)
-    with pytest.raises(EvictionCheckError, match="tensors hold"):
-        probe_engagement(tiny, ids, spec)
 
 
 def test_wrong_refresh_choice_is_caught(tiny, ids, monkeypatch):

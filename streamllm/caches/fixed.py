@@ -263,6 +263,34 @@ class FixedCache(Cache):
 
     def prime_random(self, seen: int, generator: torch.Generator | None = None) -> None:
         """Timing only: jump to steady state after `seen` tokens with random K/V (no forward)."""
+        self._randomize(self._valid_slots(seen), generator)
+        self._jump(seen, generator)
+
+    def _valid_slots(self, seen: int) -> int:
+        """Slots that hold a token after `seen` tokens have been fed (a prefix of the buffer)."""
+        raise NotImplementedError
+
+    def prime_prefix(self, keys: list[torch.Tensor], values: list[torch.Tensor]) -> None:
+        """The state after feeding the text's first n tokens, from another cache's K/V of them
+        (`[1, kv_heads, n, head_dim]` per layer, keys rotated at their positions 0..n-1).
+
+        Only before the first eviction, where every strategy holds token k in slot k at position
+        k: there a chunked forward through transformers' own cache computes exactly what n
+        decode steps would write, and the cache's own write path takes over from step n on. It
+        refills a cache that was already used (a timed slice's), so its compiled decoder and
+        captured graphs serve the refilled state too."""
+        n = int(keys[0].shape[-2])
+        if n > self.spec.sink + self.spec.effective_window + max(1, self.spec.compress_every) - 1:
+            raise ValueError(f"{self.spec.label()}: prime_prefix takes at most the tokens before the first eviction "
+                             f"(got {n})")
+        for mine, theirs in zip((*self.keys, *self.values), (*keys, *values), strict=True):
+            mine.zero_()
+            mine[:, :, :n].copy_(theirs)
+        self._jump(n, None, valid=n)
+
+    def _jump(self, seen: int, generator: torch.Generator | None, valid: int | None = None) -> None:
+        """Set the mask, counters and host mirror to the state after `seen` tokens (K/V already
+        written); `valid`: slots holding a token, when not the steady state's `_valid_slots`."""
         raise NotImplementedError
 
     def _randomize(self, slots: int, generator: torch.Generator | None) -> None:

@@ -50,6 +50,9 @@ class RingLayerStep:
 
 class RingStreamingCache(FixedCache):
     kind = "ring"
+    # An evicted entry stays in its slot until the next token's write lands on it (O(1) eviction),
+    # so after step t the tensors hold C_t + [t], not C_{t+1}: a probe of the tensors must know.
+    evicts_on_write = True
 
     def __init__(self, spec: StrategySpec, model: torch.nn.Module):
         check_cache(spec, "ring")
@@ -170,15 +173,20 @@ class RingStreamingCache(FixedCache):
         # Token t = seen fills the last free slot when t >= S + W (slots = S + W + 1).
         return self._full
 
-    def prime_random(self, seen: int, generator: torch.Generator | None = None) -> None:
-        """Timing only: the state after `seen` tokens, every valid slot holding random K/V."""
-        valid = min(seen, self.used_slots)
-        self._randomize(valid, generator)
+    def _valid_slots(self, seen: int) -> int:
+        return min(seen, self.used_slots)
+
+    def _jump(self, seen: int, generator: torch.Generator | None, valid: int | None = None) -> None:
+        valid = self._valid_slots(seen) if valid is None else valid
         self.attention_mask.fill_(self.masked_value)
         self.attention_mask[..., :valid].fill_(0.0)
         if self.rotate_sinks:
-            for store in self.sink_store:
-                normal_(store, generator)
+            for store, keys in zip(self.sink_store, self.keys, strict=True):
+                if generator is not None or seen > self.sink + self.window:
+                    normal_(store, generator)  # timing only: random sinks
+                else:  # prime_prefix: slots [0, S) hold the sinks as rotated at i (offset 0 so far)
+                    store.zero_()
+                    store[:, :, : min(seen, self.sink)].copy_(keys[:, :, : min(seen, self.sink)])
         self.seen = seen
         self.sinks_recorded = seen >= self.sink
         self._full = seen >= self.sink + self.window

@@ -95,10 +95,12 @@ class StaticStreamingCache(FixedCache):
             self._shift_tables[(delta, device)] = table
         return table
 
-    def prime_random(self, seen: int, generator: torch.Generator | None = None) -> None:
-        """Timing only: the state after `seen` tokens, K/V random, right after an eviction."""
-        length = min(seen, self.spec.sink + self.spec.effective_window)
-        self._randomize(length, generator)
+    def _valid_slots(self, seen: int) -> int:
+        # right after an eviction once seen > S + W: the first S + W slots hold sinks + window
+        return min(seen, self.spec.sink + self.spec.effective_window)
+
+    def _jump(self, seen: int, generator: torch.Generator | None, valid: int | None = None) -> None:
+        length = self._valid_slots(seen) if valid is None else valid
         self.attention_mask.fill_(self.masked_value)
         self.attention_mask[..., :length].fill_(0.0)
         self.seen = seen

@@ -57,6 +57,7 @@ DEVICE_TIME_CHECK = "(b) device time vs baseline"
 PPL_CHECK = "(a) PPL vs baseline"
 AGREEMENT_CHECK = "(a) timed decode agrees with the evaluator"
 EVICTION_CHECK = "(a) eviction engaged, per the independent schedule"
+OWN_PATH_CHECK = "(a) own path across the first evictions agrees with the reference"
 
 # -- every tolerance, band and confidence level ----------------------------------------------------
 # PPL is deterministic on one device class (only float noise); across classes kernels differ.
@@ -66,6 +67,11 @@ PPL_TOLERANCE_CROSS_DEVICE_CLASS = 0.01
 # half precision and GPU kernels (TF32, fused attention) differ more between chunked and 1-token.
 SLICE_TOLERANCE_FP32_CPU = 2e-3
 SLICE_TOLERANCE_OTHER = 5e-2
+# A row's own path (its cache, decoder and kernels across the first evictions) vs the parallel
+# reference: at most OWN_PATH_FACTOR x the largest |Δ NLL| between two correct paths measured in
+# the same run (the eager dynamic cache vs the same reference), never below OWN_PATH_FACTOR unit
+# roundoffs of the dtype (two bit-identical correct paths would otherwise leave no room at all).
+OWN_PATH_FACTOR = 4.0
 # TPOT bands come from the A/A spread: the per-process values recorded for a row (same-run ratios,
 # graph device times, history medians) have a standard deviation s (in log space); the band is
 # max(BAND_FLOOR, BAND_SDS * s). Four SDs keep a machine behaving as recorded inside the band in
