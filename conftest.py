@@ -250,6 +250,7 @@ def pytest_terminal_summary(terminalreporter, config: pytest.Config) -> None:
     for line in format_table(rows):
         tr.write_line(line)
     tr.write_line(suite.time_line())
+    tr.write_line(suite.rows_line())
     unarmed = suite.nightly_unarmed()
     if unarmed:
         tr.write_line(unarmed, red=True, bold=True)

@@ -179,3 +179,8 @@ class Suite(Session):
         """Where this process's wall time went; the warm-up steps (compile, graph capture) inside timing."""
         warm = sum((r.timing.warmup_ms / 1e3 + r.timing.fill_s) for r in self.results if r.timing is not None)
         return self.phases.line(time.time() - self.started, {"of which fill + warm-up/compile": warm})
+
+    def rows_line(self) -> str:
+        """Each row's wall time (measuring and judging), so a slow row is named."""
+        parts = [f"{r.case.id}/{r.dataset} {r.seconds:.0f} s" for r in self.results if not r.skipped]
+        return f"rows: {', '.join(parts)}"

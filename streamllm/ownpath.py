@@ -30,7 +30,7 @@ from .compat import cache_kwargs
 from .decode import EagerDecoder
 from .measure import DecodeSlice
 from .models import LoadedModel
-from .schedule import TextTooShortError, too_short_error, eviction_steps, expected_positions, first_eviction_step
+from .schedule import TextTooShortError, eviction_steps, expected_positions, first_eviction_step, too_short_error
 from .strategies import StrategySpec
 
 # A slot matches a text token when their layer-0 values agree to this relative L2 error: the same

@@ -1,0 +1,203 @@
+"""The GPU arming plan as resumable, time-boxed steps: run the next steps that fit in the seconds
+left, bring everything back under --out, and resume from what came back.
+
+    python scripts/device_plan.py --seconds 540 --out "$OUT" [--state .device_state] [--only STEP,...]
+    python scripts/device_plan.py --list
+
+Each step is one subprocess (a pytest bench process of the nightly dummy-Pythia line, or one
+kernel_bench part) with its own time box; a step starts only when its estimate fits in the time
+left, and is stopped (SIGTERM, then SIGKILL) at its box, so the call always returns inside its
+limit. Baseline files are written atomically by the suite, so a stopped step leaves the old files
+or the new ones, never half of one. A step is *done* only when it exited within its box: a
+stopped or failed step is run again by the next call. After every step the state (state.json:
+steps done, seconds, exit codes), the step's log and the recorded baselines/ and history/ are
+written under --out, at most 8 files (logs and records go into two tarballs), which the device
+tool brings back; `--restore DIR` unpacks a returned --out into the checkout before the next
+call (baselines/, history/, the state).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tarfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+NIGHTLY = ["--device", "cuda", "--model", "dummy:pythia-2.8b", "--dtype", "float16", "--tokens", "4096",
+           "--window", "2044", "--strategies", "all", "-p", "no:cacheprovider"]
+BENCH = [sys.executable, "-m", "pytest", "bench", *NIGHTLY]
+
+
+@dataclass(frozen=True)
+class Step:
+    name: str
+    command: list[str]
+    estimate_s: int  # what it took (or is budgeted to take) on a warm H100: starts only if it fits
+    box_s: int  # stopped past this
+    needs: tuple[str, ...] = ()  # steps that must be done first
+
+
+def plan(report_dir: str) -> list[Step]:
+    out = ["--report-dir", report_dir]
+    inject = [sys.executable, "scripts/inject_regression.py", "extra-op", "--strategy", "strict", "--cache", "ring",
+              "--", *NIGHTLY, "--nightly", *out]
+    return [
+        Step("record-1", [*BENCH, "--update-baselines", *out], 240, 420),
+        Step("record-2", [*BENCH, "--append-baselines", *out], 150, 300, ("record-1",)),
+        Step("record-3", [*BENCH, "--append-baselines", *out], 150, 300, ("record-2",)),
+        Step("check-1", [*BENCH, "--nightly", *out], 150, 300, ("record-3",)),
+        Step("check-2", [*BENCH, "--nightly", *out], 150, 300, ("check-1",)),
+        Step("planted-extra-kernel", inject, 150, 300, ("record-3",)),
+        Step("kernels-pythia", [sys.executable, "-m", "scripts.kernel_bench", "--out", f"{report_dir}/kernels-pythia",
+                                "--models", "dummy:pythia-2.8b", "--equiv-tokens", "150",
+                                "--e2e", "ring-cudagraphs-triton,noevict-ring-cudagraphs-triton,ring-cudagraphs"],
+             240, 420),
+    ]
+
+
+@dataclass
+class State:
+    done: dict[str, dict] = field(default_factory=dict)  # step -> {seconds, exit}
+    tries: list[dict] = field(default_factory=list)  # every attempt, done or not
+
+    @classmethod
+    def load(cls, path: Path) -> State:
+        if not path.exists():
+            return cls()
+        try:
+            raw = json.loads(path.read_text())
+            return cls(done=dict(raw["done"]), tries=list(raw["tries"]))
+        except (ValueError, KeyError, TypeError) as exc:
+            raise SystemExit(f"device_plan: error: {path} is not a plan state ({exc}); move it away to start over") from None
+
+    def save(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps({"done": self.done, "tries": self.tries}, indent=1))
+        os.replace(tmp, path)
+
+
+def run_step(step: Step, box_s: float, log: Path) -> tuple[int | None, float]:
+    """(exit code or None when stopped at its box, seconds)."""
+    started = time.monotonic()
+    with log.open("w") as handle:
+        proc = subprocess.Popen(step.command, cwd=ROOT, stdout=handle, stderr=subprocess.STDOUT,
+                                env={**os.environ, "PYTHONUNBUFFERED": "1"}, start_new_session=True)
+        try:
+            code: int | None = proc.wait(timeout=box_s)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGTERM)
+            try:
+                proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+            code = None
+    return code, time.monotonic() - started
+
+
+def summary_lines(log: Path) -> list[str]:
+    keep = ("armed ", "time: ", "rows: ", " passed", " failed", "INJECTED", "FAIL:", "ERROR:")
+    lines = log.read_text(errors="replace").splitlines() if log.exists() else []
+    return [line[:300] for line in lines if any(k in line for k in keep)][-12:]
+
+
+def pack(out: Path, state: State, state_path: Path, logs: Path, report_dir: Path) -> None:
+    """Everything under --out in <= 8 files: state.json, summary.txt, logs.tar.gz, records.tar.gz."""
+    out.mkdir(parents=True, exist_ok=True)
+    shutil.copy(state_path, out / "state.json")
+    with tarfile.open(out / "logs.tar.gz", "w:gz") as tar:
+        tar.add(logs, arcname="logs")
+    with tarfile.open(out / "records.tar.gz", "w:gz") as tar:
+        for name in ("baselines", "history"):
+            tar.add(ROOT / name, arcname=name)
+        if report_dir.exists():
+            tar.add(report_dir, arcname="report")
+    lines = []
+    for attempt in state.tries:
+        lines.append(f"{attempt['step']:<22} exit {attempt['exit']!s:<5} {attempt['seconds']:6.0f} s  "
+                     f"{'done' if attempt['done'] else 'NOT DONE'}")
+        lines += [f"    {line}" for line in attempt.get("summary", [])]
+    (out / "summary.txt").write_text("\n".join(lines) + "\n")
+
+
+def restore(returned: Path, state_path: Path) -> None:
+    """Unpack a returned --out into the checkout: baselines/, history/ and the plan state."""
+    records = returned / "records.tar.gz"
+    if not records.exists():
+        raise SystemExit(f"device_plan: error: {records} not found; pass the folder the device call brought back")
+    with tarfile.open(records) as tar:
+        members = [m for m in tar.getmembers() if m.name.split("/")[0] in ("baselines", "history")]
+        tar.extractall(ROOT, members=members, filter="data")
+    state_path.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copy(returned / "state.json", state_path)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--seconds", type=float, default=540, help="time this call may spend on steps")
+    parser.add_argument("--out", default=os.environ.get("OUT", "out/device-plan"))
+    parser.add_argument("--state", default=".device_state/state.json")
+    parser.add_argument("--only", default="", help="comma list of steps to consider (default: all, in order)")
+    parser.add_argument("--list", action="store_true")
+    parser.add_argument("--restore", metavar="DIR", help="unpack a returned --out into the checkout, then exit")
+    parser.add_argument("--report-dir", default="out/device-plan-runs")
+    args = parser.parse_args(argv)
+    state_path = ROOT / args.state
+    if args.restore:
+        restore(Path(args.restore), state_path)
+        print(f"restored baselines/, history/ and {state_path} from {args.restore}")
+        return 0
+    steps = plan(args.report_dir)
+    names = [s.name for s in steps]
+    only = [s for s in args.only.split(",") if s]
+    if unknown := [s for s in only if s not in names]:
+        print(f"device_plan: error: unknown step {unknown[0]!r}; steps: {', '.join(names)}", file=sys.stderr)
+        return 2
+    state = State.load(state_path)
+    if args.list:
+        for s in steps:
+            print(f"{s.name:<22} ~{s.estimate_s:>4} s (box {s.box_s} s) {'done' if s.name in state.done else 'to do'}")
+        return 0
+    deadline = time.monotonic() + args.seconds
+    logs = ROOT / args.report_dir / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    for step in steps:
+        if step.name in state.done or (only and step.name not in only):
+            continue
+        if any(n not in state.done for n in step.needs):
+            continue
+        left = deadline - time.monotonic()
+        if step.estimate_s > left:
+            print(f"{step.name}: ~{step.estimate_s} s does not fit in the {left:.0f} s left: next call")
+            continue
+        print(f"{step.name}: running (box {min(step.box_s, left):.0f} s)", flush=True)
+        log = logs / f"{step.name}-{len(state.tries)}.log"
+        code, seconds = run_step(step, min(step.box_s, left), log)
+        # pytest exit 1 = a check failed: the step ran to its end (the planted regression must fail)
+        finished = code is not None and code in (0, 1)
+        if finished:
+            state.done[step.name] = {"seconds": round(seconds, 1), "exit": code}
+        state.tries.append({"step": step.name, "exit": code, "seconds": round(seconds, 1), "done": finished,
+                            "summary": summary_lines(log)})
+        state.save(state_path)
+        pack(Path(args.out), state, state_path, logs, ROOT / args.report_dir)
+        print(f"{step.name}: exit {code} in {seconds:.0f} s ({'done' if finished else 'NOT done: rerun next call'})",
+              flush=True)
+    state.save(state_path)
+    pack(Path(args.out), state, state_path, logs, ROOT / args.report_dir)
+    summary = Path(args.out) / "summary.txt"
+    print(summary.read_text() if summary.exists() else "no step ran")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

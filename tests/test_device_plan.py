@@ -1,0 +1,73 @@
+"""scripts/device_plan.py dry-run on CPU: a step stopped at its time box is not done and is the only
+one the next call runs; what a call did comes back under --out in at most 8 files."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture
+def device_plan():
+    spec = importlib.util.spec_from_file_location("device_plan", ROOT / "scripts" / "device_plan.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["device_plan"] = module  # dataclasses look their module up while the file executes
+    spec.loader.exec_module(module)
+    yield module
+    sys.modules.pop("device_plan", None)
+
+
+def fake_plan(device_plan, marker: Path, slow: bool):
+    """Three steps; each appends its name to `marker` when it runs; `slow`: the second overruns its box."""
+    def step(name: str, seconds: float, box: int, needs=()):
+        code = f"import time; open({str(marker)!r}, 'a').write('{name}\\n'); time.sleep({seconds})"
+        return device_plan.Step(name, [sys.executable, "-c", code], 1, box, needs)
+
+    return lambda report_dir: [step("a", 0, 30), step("b", 30 if slow else 0, 2, ("a",)), step("c", 0, 30, ("b",))]
+
+
+def test_a_step_stopped_mid_way_is_the_only_one_rerun(device_plan, tmp_path, monkeypatch):
+    marker, out, state = tmp_path / "ran.txt", tmp_path / "out", tmp_path / "state" / "state.json"
+    monkeypatch.setattr(device_plan, "pack", lambda out, *rest: Path(out).mkdir(parents=True, exist_ok=True))
+    args = ["--seconds", "60", "--out", str(out), "--state", str(state), "--report-dir", str(tmp_path / "runs")]
+
+    monkeypatch.setattr(device_plan, "plan", fake_plan(device_plan, marker, slow=True))
+    assert device_plan.main(args) == 0
+    first = json.loads(state.read_text())
+    assert set(first["done"]) == {"a"}  # b was stopped at its box; c needs b
+    assert [t["step"] for t in first["tries"]] == ["a", "b"] and first["tries"][1]["exit"] is None
+
+    monkeypatch.setattr(device_plan, "plan", fake_plan(device_plan, marker, slow=False))
+    assert device_plan.main(args) == 0
+    assert marker.read_text().split() == ["a", "b", "b", "c"]  # a ran once; the resume re-ran only b, then c
+    assert set(json.loads(state.read_text())["done"]) == {"a", "b", "c"}
+
+
+def test_what_comes_back_fits_the_device_tool(device_plan, tmp_path, monkeypatch):
+    marker, out, state = tmp_path / "ran.txt", tmp_path / "out", tmp_path / "state.json"
+    monkeypatch.setattr(device_plan, "plan", fake_plan(device_plan, marker, slow=False))
+    assert device_plan.main(["--seconds", "60", "--out", str(out), "--state", str(state),
+                             "--report-dir", str(tmp_path / "runs")]) == 0
+    files = sorted(p.name for p in out.iterdir())
+    assert files == ["logs.tar.gz", "records.tar.gz", "state.json", "summary.txt"] and len(files) <= 8
+    assert "done" in (out / "summary.txt").read_text()
+
+
+def test_a_step_that_does_not_fit_waits_for_the_next_call(device_plan, tmp_path, monkeypatch):
+    marker, state = tmp_path / "ran.txt", tmp_path / "state.json"
+    monkeypatch.setattr(device_plan, "pack", lambda out, *rest: None)
+    monkeypatch.setattr(device_plan, "plan", lambda report_dir: [device_plan.Step("big", [sys.executable, "-c", "0"], 900, 900)])
+    assert device_plan.main(["--seconds", "60", "--out", str(tmp_path), "--state", str(state),
+                             "--report-dir", str(tmp_path / "runs")]) == 0
+    assert json.loads(state.read_text())["done"] == {}
+
+
+def test_unknown_step_is_a_one_line_error(device_plan, capsys):
+    assert device_plan.main(["--only", "nope", "--list"]) == 2
+    assert "unknown step 'nope'" in capsys.readouterr().err
