@@ -60,7 +60,7 @@ def test_what_comes_back_fits_the_device_tool(device_plan, tmp_path, monkeypatch
 
 
 def test_a_step_that_does_not_fit_waits_for_the_next_call(device_plan, tmp_path, monkeypatch):
-    marker, state = tmp_path / "ran.txt", tmp_path / "state.json"
+    state = tmp_path / "state.json"
     monkeypatch.setattr(device_plan, "pack", lambda out, *rest: None)
     monkeypatch.setattr(device_plan, "plan", lambda report_dir: [device_plan.Step("big", [sys.executable, "-c", "0"], 900, 900)])
     assert device_plan.main(["--seconds", "60", "--out", str(tmp_path), "--state", str(state),
