@@ -194,10 +194,10 @@ def eviction_check(session: Session, case: BenchCase, dataset: str, evaluation: 
     what = f"{case.label} on {evaluation.dataset}"
     if case.spec.capacity is None:
         return Check("ppl", EVICTION_CHECK, NOT_APPLICABLE, f"{what}: dense keeps every token")
-    ids = session.text(dataset).ids
+    tokens = evaluation.tokens  # the text the evaluation scored (dummy weights: the token loop's timed part)
     try:
         if evaluation.trace is not None:
-            trace_engaged(case.spec, int(ids.numel()), evaluation.trace.prune_steps, evaluation.trace.kv_length)
+            trace_engaged(case.spec, tokens, evaluation.trace.prune_steps, evaluation.trace.kv_length)
     except TextTooShortError as exc:
         return Check("ppl", EVICTION_CHECK, ERROR, f"{what}: {exc}")
     except EvictionCheckError as exc:
@@ -219,7 +219,7 @@ def eviction_check(session: Session, case: BenchCase, dataset: str, evaluation: 
                      "decoded to read its tensors (the text is too short, or the case was not measured)")
     steps = [h.step for h in holdings]
     return Check("ppl", EVICTION_CHECK, PASS,
-                 f"{what}: evicts as scheduled ({len(eviction_steps(case.spec, int(ids.numel()) - 1))} events in the "
+                 f"{what}: evicts as scheduled ({len(eviction_steps(case.spec, tokens - 1))} events in the "
                  f"text; {source} hold the schedule's tokens after steps {steps})",
                  {"steps_checked": steps, "source": source})
 

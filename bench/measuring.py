@@ -153,8 +153,10 @@ class Measurements:
             raise ValueError(f"{case.label}: {text.ids.numel()} tokens leave no whole round of {steps} steps after "
                              f"filling {fill}: raise --tokens")
         run = self._time(case, dataset, slice_, steps, cycle, rounds, benchmark)
-        if slice_.remaining:
-            slice_.run(slice_.remaining)  # the text's tail: scored, not a whole round, not a sample
+        if slice_.remaining and not self.session.options.dummy:
+            # the text's tail: scored, not a whole round, not a sample. Dummy weights have no PPL
+            # worth the tail's steps: their evaluation ends with the timed rounds.
+            slice_.run(slice_.remaining)
         positions, prunes, evicted = slice_.positions, slice_.pruned, slice_.evicted
         nan = float("nan")
         trace = TokenTrace(
@@ -165,7 +167,7 @@ class Measurements:
             prune_steps=[t for t, p in zip(positions, prunes, strict=True) if p],
             evicted=[e for e, p in zip(evicted, prunes, strict=True) if p],
         )
-        result = build_result(loaded, case.spec, trace, text.ids.numel(), text.name, text.sha256, "token",
+        result = build_result(loaded, case.spec, trace, len(trace.nll) + 1, text.name, text.sha256, "token",
                               self.session.options.warmup_rounds * steps)
         self._evals[key] = result
         self._timings[(dataset, case.id)] = run
