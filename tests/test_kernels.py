@@ -805,3 +805,46 @@ def test_compiled_ring_decode_on_fused_kernels_equals_eager(tiny_model, monkeypa
     assert calls["ring"] == (len(ids) - 1 - spec.sink) * layers
     gap = (torch.tensor(got.trace.nll) - torch.tensor(ref.trace.nll)).abs().max().item()
     assert gap <= 1e-4
+
+
+class _SinkSignSlip:
+    """Mixin for a ring cache whose fused step hands the kernel the sinks' rotation with the wrong sign."""
+
+    def fused_step(self, layer_idx):
+        step = super().fused_step(layer_idx)
+        return dataclasses.replace(step, sink_sin=-step.sink_sin) if step.sink_sin is not None else step
+
+
+def test_fused_ring_kernel_own_path(tiny_model):
+    """The own-path check through the fused ring kernel (rotary + slot write + sink re-rotation in the
+    attention launch): the correct kernel agrees with the parallel reference within the own-path
+    tolerance, and a sign slip in the sinks' rotation handed to the kernel fails it."""
+    from streamllm.caches import RingStreamingCache
+    from streamllm.decode import EagerDecoder
+    from streamllm.harness.numerics import check_own_path, own_path_tolerance
+    from streamllm.harness.verdicts import FAIL, PASS, SLICE_TOLERANCE_FP32_CPU
+    from streamllm.ownpath import own_path
+    from streamllm.parallel import evaluate_parallel
+    from streamllm.strategies import make_strategy
+
+    loaded = tiny_model
+    if CUDA:
+        loaded = dataclasses.replace(loaded, model=loaded.model.to(DEVICE), device=DEVICE)
+    spec = make_strategy("strict", sink=2, window=8, cache="ring")
+    dynamic = dataclasses.replace(spec, cache="dynamic")
+    ids = torch.randint(0, 97, (40,), generator=torch.Generator().manual_seed(5))
+    reference = evaluate_parallel(loaded, ids, dynamic).trace.nll
+    tolerance, gap = own_path_tolerance(own_path(loaded, ids, dynamic), reference, "float32",
+                                        cap=SLICE_TOLERANCE_FP32_CPU)
+    slipped = type("SignSlip", (_SinkSignSlip, RingStreamingCache), {})(spec, loaded.model)
+    kernels = TritonKernels(loaded.model)
+    with kernels:
+        good = own_path(loaded, ids, spec)
+        bad = own_path(loaded, ids, spec, cache=slipped, decoder=EagerDecoder(loaded.model, slipped))
+    assert kernels.fused_attention == loaded.model.config.num_hidden_layers  # the fused kernel ran
+    judged = [check_own_path(own, reference, tolerance=tolerance, calibration_gap=gap, reference="parallel",
+                             what="fused ring") for own in (good, bad)]
+    print(f"fused ring own path: good {judged[0].details['max_abs_diff']:.2e}, "
+          f"sign slip {judged[1].details['max_abs_diff']:.2e}, tolerance {tolerance:.2e}")
+    assert judged[0].verdict == PASS, judged[0].message
+    assert judged[1].verdict == FAIL and judged[1].details["first_bad_step"] > spec.sink + spec.window

@@ -7,25 +7,21 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import numpy as np
-import torch
 
 from streamllm.ownpath import OwnPath
 
-from .verdicts import EVICTION_CHECK, FAIL, OWN_PATH_CHECK, OWN_PATH_FACTOR, PASS, Check
-
-_ROUNDOFF = {"float32": float(torch.finfo(torch.float32).eps), "float16": float(torch.finfo(torch.float16).eps),
-             "bfloat16": float(torch.finfo(torch.bfloat16).eps)}
+from .verdicts import EVICTION_CHECK, FAIL, OWN_PATH_CHECK, OWN_PATH_FACTOR, OWN_PATH_NOISE_FLOOR, PASS, Check
 
 
 def own_path_tolerance(calibration: OwnPath, reference_nll: Sequence[float], dtype: str,
                        cap: float) -> tuple[float, float]:
     """(tolerance, the correct-path gap it comes from): OWN_PATH_FACTOR x max |Δ NLL| of the
-    calibration path (eager dynamic cache) against the reference, floored at OWN_PATH_FACTOR unit
-    roundoffs of `dtype` and capped at `cap` (the timed slice's fixed tolerance), so a broken
+    calibration path (eager dynamic cache) against the reference, the gap floored at the dtype's
+    kernel noise (OWN_PATH_NOISE_FLOOR) and the tolerance capped at `cap` (the timed slice's fixed tolerance), so a broken
     calibration path cannot widen the tolerance past what the dynamic rows are held to."""
     gap = float(np.max(np.abs(np.asarray(calibration.nll) - np.asarray(reference_nll)[list(calibration.steps)])))
-    roundoff = _ROUNDOFF.get(dtype.replace("fp", "float"), _ROUNDOFF["float32"])
-    return min(cap, OWN_PATH_FACTOR * max(gap, roundoff)), gap
+    floor = OWN_PATH_NOISE_FLOOR.get(dtype.replace("fp", "float"), OWN_PATH_NOISE_FLOOR["float32"])
+    return min(cap, OWN_PATH_FACTOR * max(gap, floor)), gap
 
 
 def check_own_path(own: OwnPath, reference_nll: Sequence[float], *, tolerance: float, calibration_gap: float,

@@ -72,6 +72,11 @@ SLICE_TOLERANCE_OTHER = 5e-2
 # the same run (the eager dynamic cache vs the same reference), never below OWN_PATH_FACTOR unit
 # roundoffs of the dtype (two bit-identical correct paths would otherwise leave no room at all).
 OWN_PATH_FACTOR = 4.0
+# The smallest correct-path gap the factor applies to, per dtype: a kernel path that only reorders
+# reductions (split-K GEMV, split-KV attention, Triton vs cuBLAS) moves an fp32 NLL by ~1e-5 on the
+# tiny test models; in half precision one unit roundoff. A wrong sink angle by one position moves
+# the embedded model's NLL by ~8e-3 (tests/test_ownpath.py), far above every floor.
+OWN_PATH_NOISE_FLOOR = {"float32": 2.5e-5, "float16": 2.0**-10, "bfloat16": 2.0**-7}
 # TPOT bands come from the A/A spread: the per-process values recorded for a row (same-run ratios,
 # graph device times, history medians) have a standard deviation s (in log space); the band is
 # max(BAND_FLOOR, BAND_SDS * s). Four SDs keep a machine behaving as recorded inside the band in
