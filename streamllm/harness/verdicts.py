@@ -66,13 +66,28 @@ PPL_TOLERANCE_CROSS_DEVICE_CLASS = 0.01
 # half precision and GPU kernels (TF32, fused attention) differ more between chunked and 1-token.
 SLICE_TOLERANCE_FP32_CPU = 2e-3
 SLICE_TOLERANCE_OTHER = 5e-2
-# TPOT bands come from the A/A spread: the per-process values recorded for a row (same-run ratios,
-# graph device times, history medians) have a standard deviation s (in log space); the band is
-# max(BAND_FLOOR, BAND_SDS * s). Four SDs keep a machine behaving as recorded inside the band in
-# all but ~1 of 10^4 checks; the floor keeps a lucky near-identical recording from making a band
-# narrower than the per-process CI can resolve.
+# The absolute history's band and the trend plot: max(BAND_FLOOR, expm1(BAND_SDS * s)) of the
+# per-process values' spread s in log space (the history takes s robustly, 1.4826 x MAD). It is
+# an effect-size threshold beside Mann-Whitney's p (HISTORY_ALPHA), not a stated false-alarm
+# rate; the floor keeps a lucky near-identical history from making a band narrower than a
+# process resolves.
 BAND_FLOOR = 0.03
 BAND_SDS = 4.0
+MAD_TO_SD = 1.4826  # MAD x this estimates a normal SD
+# Same-run ratios and graph device times: a prediction interval with a stated false-alarm rate
+# (streamllm.harness.bands, docs/bands.md). A nightly run of m rows false-alarms at most
+# FALSE_ALARM_PER_RUN (Sidak: each row gets 1 - (1 - FALSE_ALARM_PER_RUN)^(1/m)).
+FALSE_ALARM_PER_RUN = 0.02
+# Below this half-width (log space) a band is not narrowed further: ratios are stored to 5-6
+# significant digits and a recording session sees one day's drift, so a 1 % band would promise
+# more than the stored values can tell (it only lowers the false-alarm rate).
+PREDICTION_FLOOR = 0.01
+MIN_PRIOR_ROWS = 3  # rows with a spread before a key's pooled (moderated) variance is estimated
+PRIOR_DF_MAX = 1e4  # the rows agree on one variance: d0 is capped (t and normal differ by < 1e-3)
+# A check that would pass a slowdown of this factor cannot fail in practice: NOT_CHECKED, not armed.
+MUST_CATCH = 3.0
+MDE_POWER = 0.90  # MDE90: the smallest slowdown failed this often (inconclusive counts as a miss)
+GUARD_SLOWDOWN = 0.05  # a row "guards 5 %" when its MDE90 is at most this
 MIN_AA_RUNS = 3  # fewer recorded processes: no spread to learn from
 FALLBACK_BAND = 0.10  # the band of a row whose A/A spread is not recorded yet (named in the table)
 RATIO_CONFIDENCE = 0.95  # the per-process ratio's t-interval (streamllm.harness.ratio)
@@ -207,12 +222,14 @@ class Band:
     width: float
     runs: int  # recorded processes it was derived from
     sd: float | None  # their SD in log space (None: fewer than MIN_AA_RUNS)
+    robust: bool = False  # sd from the MAD (robust_band), not the sample SD
 
     @property
     def source(self) -> str:
         if self.sd is None:
             return f"±{self.width:.0%} fallback: {self.runs} recorded process(es), A/A needs {MIN_AA_RUNS}"
-        return f"±{self.width:.1%} from the A/A spread of {self.runs} processes (SD {self.sd:.2%})"
+        how = "median/MAD" if self.robust else "A/A spread"
+        return f"±{self.width:.1%} from the {how} of {self.runs} processes (SD {self.sd:.2%})"
 
 
 def aa_band(values: Sequence[float], fallback: float = FALLBACK_BAND) -> Band:
@@ -224,11 +241,26 @@ def aa_band(values: Sequence[float], fallback: float = FALLBACK_BAND) -> Band:
     return Band(max(BAND_FLOOR, math.expm1(BAND_SDS * sd)), int(xs.size), sd)
 
 
+def robust_band(values: Sequence[float], fallback: float = FALLBACK_BAND) -> Band:
+    """max(BAND_FLOOR, expm1(BAND_SDS x 1.4826 x MAD)) of the log of per-process values: one
+    disturbed run (a host 2x slower for an hour) does not widen it; `fallback` below MIN_AA_RUNS."""
+    xs = np.asarray([float(v) for v in values if v and v > 0 and math.isfinite(v)], dtype=float)
+    if xs.size < MIN_AA_RUNS:
+        return Band(fallback, int(xs.size), None)
+    logs = np.log(xs)
+    sd = MAD_TO_SD * float(np.median(np.abs(logs - np.median(logs))))
+    return Band(max(BAND_FLOOR, math.expm1(BAND_SDS * sd)), int(xs.size), sd, robust=True)
+
+
 def ratio_key(fingerprint: dict, threads: int) -> str:
-    """What a stored TPOT ratio is comparable across: the device class (CPU, or the GPU model) and,
-    on CPU, the thread count; not the CPU model or the machine."""
+    """What a stored TPOT ratio is comparable across: on CPU the CPU model and the thread count
+    (ratios move by a few per cent between CPU models: the size of a band), on a GPU its model;
+    not the machine. Ratios stored under the older `cpu-t<threads>` key are read through
+    `streamllm.harness.bands.stored_runs`."""
     device_class = str(fingerprint.get("device_class", "unknown"))
-    return f"{device_class}-t{threads}" if device_class == "cpu" else device_class
+    if device_class != "cpu":
+        return device_class
+    return f"cpu:{fingerprint.get('cpu_model') or 'unknown'}-t{threads}"
 
 
 def allocator_churn(faults: tuple[float | None, float | None] | None) -> str | None:
