@@ -24,7 +24,6 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 from scipy import optimize, special
-from scipy import stats as sps
 
 from .ratio import MIN_PAIRS, RatioCI, RatioVerdict
 from .verdicts import (
@@ -144,9 +143,11 @@ class PredictionBand:
         return out
 
 
-def prediction_band(values: Sequence[float], prior: Prior | None, rows: int) -> PredictionBand | None:
+def prediction_band(values: Sequence[float], prior: Prior | None, rows: int,
+                    alpha: float | None = None) -> PredictionBand | None:
     """The band of a row from its stored per-process values, its key's prior and the run's row
-    count. None where nothing tells the spread (one value and no prior): the caller's fallback."""
+    count (`alpha`: a per-row level instead of Šidák's, for calibration). None where nothing tells
+    the spread (fewer than 3 values and no prior): the caller's fallback."""
     logs = np.log([float(v) for v in values if v and v > 0 and math.isfinite(v)])
     n = int(logs.size)
     if n == 0:
@@ -159,8 +160,8 @@ def prediction_band(values: Sequence[float], prior: Prior | None, rows: int) -> 
         nu, s_tilde_sq = float(n - 1), s2
     else:
         return None
-    alpha = sidak_alpha(rows)
-    t_crit = float(sps.t.ppf(1 - alpha / 2, nu))
+    alpha = sidak_alpha(rows) if alpha is None else float(alpha)
+    t_crit = float(special.stdtrit(nu, 1 - alpha / 2))  # = scipy.stats.t.ppf, without its overhead
     s_tilde = math.sqrt(s_tilde_sq)
     half = t_crit * s_tilde * math.sqrt(1 + 1 / n)
     return PredictionBand(float(math.exp(logs.mean())), max(half, PREDICTION_FLOOR), s_tilde, nu, n, alpha,
@@ -214,7 +215,7 @@ def mde90(band: PredictionBand, ci_half: float = 0.0, power: float = MDE_POWER) 
     c = band.t_crit if not band.floored and edge == band.log_half else edge / scale
 
     def miss(ncp: float) -> float:
-        return float(sps.nct.sf(c, band.nu, ncp)) - power
+        return 1.0 - float(special.nctdtr(band.nu, ncp, c)) - power  # = scipy.stats.nct.sf(c, nu, ncp)
 
     hi = c + 10.0
     while miss(hi) < 0:
