@@ -18,6 +18,7 @@ from streamllm.harness.bands import (
     guards,
     mde90,
     prediction_band,
+    row_mde90,
     sidak_alpha,
     store_records,
     stored_runs,
@@ -109,6 +110,16 @@ def test_mde90_is_the_power_of_the_band_it_summarizes():
     # the plug-in of s̃ for σ makes it approximate: within 4 points of MDE_POWER
     assert abs(rate - MDE_POWER) < 0.04, rate
     assert guards(0.049) and not guards(0.051)
+
+
+def test_row_mde90_grows_with_the_rows_spread_and_is_none_without_a_stated_rate():
+    prior = Prior(1e-4, 5.0, 17)
+    quiet = row_mde90([1.0, 1.002, 0.998, 1.001, 0.999, 1.0, 1.0], prior, 17)
+    noisy = row_mde90([1.0, 1.03, 0.97, 1.02, 0.98, 1.01, 0.99], prior, 17)
+    assert 0 < quiet < noisy
+    assert row_mde90([1.0, 1.01, 0.99], None, 17) > row_mde90([1.0, 1.01, 0.99], prior, 17)  # pooling helps
+    assert row_mde90([1.0], None, 17) is None  # the fallback band states no rate
+    assert row_mde90([0.3, 1.0, 3.3], None, 17) is None  # a band that cannot fail has no MDE
 
 
 # -- the full rule, simulated ------------------------------------------------------------------------

@@ -224,6 +224,15 @@ def mde90(band: PredictionBand, ci_half: float = 0.0, power: float = MDE_POWER) 
     return math.expm1(ncp * scale)
 
 
+def row_mde90(values: Sequence[float], prior: Prior | None, rows: int, ci_half: float = 0.0) -> float | None:
+    """A row's MDE90 from its stored per-process values (what the report and table show); None
+    where the row has no band with a stated rate (the fallback) or its band cannot fail."""
+    band = prediction_band(values, prior, rows)
+    if band is None or not band.can_fail:
+        return None
+    return mde90(band, ci_half)
+
+
 def guards(mde: float) -> bool:
     """Whether a row's MDE90 is within GUARD_SLOWDOWN (the table marks it)."""
     return mde <= GUARD_SLOWDOWN

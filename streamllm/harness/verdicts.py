@@ -8,9 +8,10 @@ because the stores the judges read — history, counters, stats — use these wo
 
 (a) PPL against the stored baseline: |Δ ln PPL| within the device-class pair's tolerance.
 (b) The decode step's cost: its work counts (exact, keyed by software), its TPOT relative to a
-    reference arm timed step for step in the same process (keyed by device class), and its
-    absolute TPOT against this machine's run history (or, for a row captured in a CUDA graph, the
-    device time stored for its GPU model).
+    reference arm timed step for step in the same process (keyed by CPU model and threads, or GPU
+    model), and its absolute TPOT against this machine's run history of the same library versions
+    (or, for a row captured in a CUDA graph, the device time stored for its GPU model). Ratio and
+    device-time bands have a stated false-alarm rate (streamllm.harness.bands, docs/bands.md).
 (c) Findings: a relation to a reference strategy measured in the same run (bench/findings.py).
 
 A check with no stored baseline is NOT_CHECKED, never a pass; a row is *armed* only when its
