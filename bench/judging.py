@@ -8,6 +8,7 @@ from __future__ import annotations
 import torch
 
 from streamllm.combinations import GRAPH_MODES
+from streamllm.harness.bands import device_time_group, store_group, store_records
 from streamllm.harness.history import RunHistory
 from streamllm.harness.judges import (
     HistoryInputs,
@@ -90,9 +91,13 @@ def tpot_checks(session: Session, measure: Measurements, case: BenchCase, datase
         def rerun() -> tuple[list[float], list[float]]:
             return measure.rerun(case, dataset)
     graph = compile_mode(case) in GRAPH_MODES
+    key = ratio_key(session.fingerprint, torch.get_num_threads())
+    # A row's band pools the variance of every row stored under its key and is corrected for
+    # as many rows (docs/bands.md): read from the store, so every process agrees on it.
+    group = store_group(session.store, "tpot_ratio", key)
     ratio = check_ratio_vs_baseline(
         timing.samples, out.reference_timing.samples if out.reference_timing else None, found,
-        key=ratio_key(session.fingerprint, torch.get_num_threads()), updating=updating, what=what,
+        key=key, updating=updating, what=what, prior=group.prior, rows=group.rows,
         tolerance=session.options.tpot_tolerance, rerun=rerun,
         faults=(timing.faults_per_step, out.reference_timing.faults_per_step) if out.reference_timing else None,
         not_applicable=("a CUDA-graph step is device-bound, the eager reference host-bound: their ratio "
@@ -106,8 +111,11 @@ def tpot_checks(session: Session, measure: Measurements, case: BenchCase, datase
         # A graph replay is device-bound by construction (decided from the row, not from a
         # measured busy share that can flip): its device time is checked against the GPU
         # model's stored processes from a machine's first run; the history stays for the rest.
-        checks.append(check_device_time(device, found, key=device_time_key(out), updating=updating,
-                                        what=what, fallback=session.options.tpot_tolerance))
+        dkey = device_time_key(out)
+        dgroup = device_time_group(store_records(session.store), out.work.key.fields) if dkey else None
+        checks.append(check_device_time(device, found, key=dkey, updating=updating,
+                                        what=what, fallback=session.options.tpot_tolerance,
+                                        prior=dgroup.prior if dgroup else None, rows=dgroup.rows if dgroup else None))
     ref = out.reference_timing
     ref_samples = (ref.device_samples if ref.device_ms else ref.samples) if ref is not None else None
     name = f"{dataset}/{case.id}"
@@ -115,7 +123,7 @@ def tpot_checks(session: Session, measure: Measurements, case: BenchCase, datase
     absolute = check_history(history, name, samples, what=what,
                              clock="device time (CUDA events)" if device else "wall time",
                              floor=session.options.tpot_tolerance, k=session.options.history_k,
-                             nightly=session.options.nightly,
+                             nightly=session.options.nightly, versions=session.fingerprint,
                              inputs=HistoryInputs(busy=busy, reference_case=name + REFERENCE_SUFFIX,
                                                   reference_samples=ref_samples))
     checks.append(absolute)

@@ -80,7 +80,8 @@ def test_device_time_is_checked_from_a_machines_first_run(tmp_path):
     found = lookup(store, key)
     same = (3.36 * (1 + rng.normal(0, 0.002, 16))).tolist()
     ok = check_device_time(same, found, key=KEY, updating=False, what="ring-cudagraphs", fallback=0.10)
-    assert ok.verdict == PASS and ok.name == DEVICE_TIME_CHECK and ok.details["band"] == 0.03
+    assert ok.verdict == PASS and ok.name == DEVICE_TIME_CHECK and ok.details["band"] < 0.03, ok.message
+    assert "prediction interval of 4 processes" in ok.message
     slow = [x * 1.05 for x in same]  # a step 5 % slower on the device
     assert check_device_time(slow, found, key=KEY, updating=False, what="x", fallback=0.10).verdict == FAIL
     other = check_device_time(same, found, key="cuda-kernels-other-gpu", updating=False, what="x", fallback=0.10)

@@ -65,7 +65,8 @@ def synthetic_run(path: Path) -> Path:
     a pipe); lazy-c32 is inconclusive on its ratio and a regression against history; a finding
     fails; one case is skipped. Four strategies share one TPOT and nearly one PPL: a cluster."""
     ratio_ok = _check("tpot", RATIO_CHECK, "pass", "strict: TPOT / reference 0.950 inside ±10%",
-                      ratio={"ratio": 0.95, "low": 0.93, "high": 0.97}, stored_ratio=0.96, band=0.10)
+                      ratio={"ratio": 0.95, "low": 0.93, "high": 0.97}, stored_ratio=0.96, band=0.10,
+                      mde90=0.045, guards_5pct=True)
     history_ok = _check("tpot", HISTORY_CHECK, "pass", "strict (host): pass", ratio=1.01, p_value=0.4, band=0.1)
     results = [
         _result("dense", "dense", 18.0, 40.0, verdicts={"a": "pass", "b": "pass", "c": "-"},
@@ -152,7 +153,8 @@ def test_b_evidence_per_case(rendered):
     evidence = text[text.index("## TPOT evidence (b)"):text.index("## Checks that did not pass")]
     strict = _row(evidence, "strict-s4-w12")
     work = WorkCounts.from_json(_work(ops=10)).summary()
-    assert strict == ["strict-s4-w12", work, "**fail**", "0.950 [0.930, 0.970]", "0.960 (±10%)", "pass", "40.00",
+    assert strict == ["strict-s4-w12", work, "**fail**", "0.950 [0.930, 0.970]", "0.960 (±10%; MDE90 4.5%, guards 5 %)", "pass",
+                      "40.00",
                       "1.010, p=0.4", "pass"]
     lazy = _row(evidence, "lazy-s4-w12-c32")
     assert lazy[3:] == ["1.090 [1.070, 1.110]", "1.000 (±10%)", "*inconclusive*", "35.00", "1.250, p=0.001",

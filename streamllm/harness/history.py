@@ -52,6 +52,11 @@ RAW_VERDICTS = HISTORY_RAW
 REFERENCE_SUFFIX = ":reference"
 DEFAULT_ALPHA = HISTORY_ALPHA
 
+# The library versions a run's absolute TPOT depends on beyond the fingerprint id (which holds
+# torch but not transformers: an upgrade moved CPU decode 2x). Runs are compared only within one
+# version set; a run that did not store them is a version set of its own.
+VERSION_FIELDS = ("torch", "transformers")
+
 _NAME = re.compile(r"^(\d{4,})-(\d{8}T\d{6}(?:\d{6})?Z)\.json$")
 _STAMP = "%Y%m%dT%H%M%SZ"
 
@@ -163,6 +168,12 @@ class Run:
                 raise _fail(source, f"{name} must be an object")
         return cls(obj["fingerprint_id"], number, obj["timestamp"], accepted, cases,
                    obj.get("fingerprint", {}), obj.get("meta", {}))
+
+
+def version_set(fingerprint: Mapping[str, Any] | None) -> tuple | None:
+    """(torch, transformers) of a run's fingerprint; None when it did not store them all."""
+    values = tuple((fingerprint or {}).get(f) for f in VERSION_FIELDS)
+    return None if any(v is None for v in values) else tuple(str(v) for v in values)
 
 
 @dataclass(frozen=True)
@@ -315,19 +326,26 @@ class RunHistory:
             self._runs = sorted((self._read(p) for p in paths), key=lambda r: (r.number, r.timestamp))
         return list(self._runs)
 
-    def baseline(self, case: str, k: int = 5, *, min_runs: int = 3) -> Baseline:
+    def baseline(self, case: str, k: int = 5, *, min_runs: int = 3,
+                 versions: Mapping[str, Any] | None = None) -> Baseline:
         """Pooled samples of the last `k` runs in which `case` was accepted; `reason` says why not
-        when fewer than `min_runs` such runs exist."""
+        when fewer than `min_runs` such runs exist. `versions` (a fingerprint, or any mapping with
+        VERSION_FIELDS): only runs of the same library versions count (None: every run)."""
         if k < 1 or not 1 <= min_runs <= k:
             raise ValueError(f"need k >= 1 and 1 <= min_runs <= k (got k={k}, min_runs={min_runs})")
-        runs = [r for r in self.runs() if r.case_accepted(case)][-k:]
+        wanted = version_set(versions) if versions is not None else None
+        same = [r for r in self.runs() if versions is None or (wanted is not None and version_set(r.fingerprint) == wanted)]
+        runs = [r for r in same if r.case_accepted(case)][-k:]
         samples = tuple(s for r in runs for s in r.cases[case].samples)
         medians = tuple(statistics.median(r.cases[case].samples) for r in runs)
         numbers = tuple(r.number for r in runs)
         reason = None
         if len(runs) < min_runs:
             total = sum(case in r.cases for r in self.runs())
-            reason = (f"{len(runs)} accepted run(s) with {case!r} under {self.directory} "
+            scope = "" if versions is None else (
+                f" of {', '.join(f'{f} {v}' for f, v in zip(VERSION_FIELDS, wanted or ('?',) * len(VERSION_FIELDS), strict=True))}"
+                f" ({sum(case in r.cases for r in same)} such run(s))")
+            reason = (f"{len(runs)} accepted run(s) with {case!r}{scope} under {self.directory} "
                       f"({total} run(s) in all), need {min_runs}: it is checked after {min_runs - len(runs)} "
                       "more accepted run(s)")
         return Baseline(case, samples, numbers, medians, reason)
@@ -346,9 +364,11 @@ class RunHistory:
         min_runs: int = 3,
         nightly: bool = False,
         alpha: float = DEFAULT_ALPHA,
+        versions: Mapping[str, Any] | None = None,
     ) -> Judgement:
-        """`samples` (this run's per-round TPOT of `case`) against the history's baseline."""
-        base = self.baseline(case, k, min_runs=min_runs)
+        """`samples` (this run's per-round TPOT of `case`) against the history's baseline (of the
+        runs with the same library `versions`, when given)."""
+        base = self.baseline(case, k, min_runs=min_runs, versions=versions)
         if not base.ok:
             return _not_checked(case, band, base.reason, len(samples), len(base.samples), base.runs)
         judgement = judge(samples, base.samples, band, alpha=alpha, case=case, baseline_runs=base.runs)

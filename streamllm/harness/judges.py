@@ -5,15 +5,17 @@ bands and confidence levels they use are `verdicts.py`'s."""
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
+from .bands import Prior, band_verdict, guards, mde90, prediction_band, stored_runs
 from .baselines import BaselineError, BaselineRecord, BaselineStore
 from .history import HistoryError, Judgement, RunHistory
-from .ratio import check_ratio, ratio_ci
+from .ratio import RatioCI, RatioVerdict, check_ratio, ratio_ci
 from .stats import compare_ppl
 from .verdicts import (
     DEVICE_TIME_CHECK,
@@ -22,6 +24,7 @@ from .verdicts import (
     HISTORY_CHECK,
     IMPROVEMENT,
     INCONCLUSIVE,
+    MUST_CATCH,
     NOT_APPLICABLE,
     NOT_CHECKED,
     PASS,
@@ -36,6 +39,7 @@ from .verdicts import (
     aa_band,
     allocator_churn,
     ppl_tolerance,
+    robust_band,
 )
 from .workcounts import CounterError, CounterKey, CountVerdict, WorkCounts, compare_across_software, compare_counts
 
@@ -191,10 +195,18 @@ def check_ratio_vs_baseline(
     rerun: Callable[[], tuple[list[float], list[float]]] | None = None,
     not_applicable: str | None = None,
     faults: tuple[float | None, float | None] | None = None,
+    prior: Prior | None = None,
+    rows: int | None = None,
 ) -> Check:
     """(b) same-run relative TPOT: per-round case / reference ratios (interleaved in this process)
-    against the ratio stored for this device class. Band: ±tolerance, widened to the prediction
-    interval of the stored per-run ratios where they moved more than that between processes.
+    against the per-process ratios stored for this key (CPU model and threads, or GPU model).
+
+    Band: the prediction interval of `streamllm.harness.bands` (docs/bands.md): the row's variance
+    moderated by `prior` (its key's rows; None: unpooled), Šidák-corrected for `rows` rows a run
+    (None: 1). FAIL needs the estimate outside it and the CI excluding the stored mean; an
+    INCONCLUSIVE is rerun once with more rounds. A band a MUST_CATCH-fold slowdown passes is NOT
+    CHECKED. Rows without a spread to learn from (one stored process and no prior) keep the named
+    ±`tolerance` fallback, widened by a noisy recording's CI (no stated false-alarm rate).
     `faults`: minor page faults per step of the case and the reference arm; a slower ratio with the
     case arm faulting far more (`allocator_churn`) is INCONCLUSIVE, not FAIL."""
     name = RATIO_CHECK
@@ -219,43 +231,93 @@ def check_ratio_vs_baseline(
             return Check("tpot", name, RECORDED, f"{what}: {found.error}; re-recorded by --update-baselines", details)
         return Check("tpot", name, ERROR, f"{what}: {found.error}", details)
     stored_all = (found.record.extra.get("tpot_ratio") or {}) if found.record is not None else {}
-    runs = stored_all.get(key)
+    got = stored_runs(found.record, "tpot_ratio", key)
+    runs = got.values
+    legacy = f"; {got.note}" if got.note else ""
+    if got.note:
+        details["legacy_key"] = got.note
     if not runs:
         why = "no stored ratio" if not stored_all else f"no stored ratio for {key} (stored: {', '.join(sorted(stored_all))})"
         verdict = RECORDED if updating else NOT_CHECKED
         return Check("tpot", name, verdict, f"{what}: ratio {ci.ratio:.3f} [{ci.low:.3f}, {ci.high:.3f}]; {why}: "
-                     f"{RECORDED if updating else NOT_CHECKED} (file {file})", details)
-    stored = float(np.exp(np.mean(np.log(runs))))
-    spread = aa_band([float(r) for r in runs], fallback=tolerance)
-    band = spread.width
-    # Without an A/A spread the stored ratio is one estimate: where its recording run's CI was wider
-    # than the band (a noisy recording, e.g. eager dense on a GPU), the band takes that on too.
-    cis = ((found.record.extra.get("tpot_ratio_ci") or {}).get(key) or []) if found.record is not None else []
-    recorded = [_half_width(lo, hi) for lo, hi in cis if lo > 0]
-    if recorded and spread.sd is None:
-        band = max(band, (1.0 + tolerance) * (1.0 + min(recorded)) - 1.0)
-    verdict = check_ratio(ci, stored, band, label=f"{what}: TPOT / reference")
+                     f"{RECORDED if updating else NOT_CHECKED}{legacy} (file {file})", details)
+    band = prediction_band(runs, prior, rows or 1)
+    label = f"{what}: TPOT / reference"
+    if band is None:
+        return _ratio_fallback((samples, reference), runs, found, key=key, updating=updating, what=what,
+                               tolerance=tolerance, rerun=rerun, faults=faults, details=details, legacy=legacy)
+    mde = mde90(band, _ci_half(found, key))
+    details.update({"stored_ratio": band.centre, "stored_runs": runs, "band": band.width, "band_source": band.source,
+                    "band_runs": band.n, "band_sd": band.s_tilde, "prediction": band.as_dict(), "mde90": mde,
+                    "guards_5pct": guards(mde)})
+    power = f"; MDE90 {mde:.1%}" + (" (guards 5 %)" if guards(mde) else "")
+    if not band.can_fail:
+        verdict = RECORDED if updating else NOT_CHECKED
+        return Check("tpot", name, verdict, f"{what}: ratio {ci.ratio:.3f}; band {band.source}: even a {MUST_CATCH:g}x "
+                     f"slowdown would pass, so this check cannot fail: {verdict}{legacy}", details)
+    verdict = band_verdict(ci, band, label=label)
     attempts = [verdict.as_dict()]
     if verdict.verdict == INCONCLUSIVE and rerun is not None and not updating:
         more, more_ref = rerun()  # one rerun with more rounds, then report
         if more and more_ref:
             ci = ratio_ci([*samples, *more], [*reference, *more_ref])
-            verdict = check_ratio(ci, stored, band, label=f"{what}: TPOT / reference")
+            verdict = band_verdict(ci, band, label=label)
             attempts.append(verdict.as_dict())
-    details.update({"ratio": ci.as_dict(), "stored_ratio": stored, "stored_runs": runs, "band": band,
-                    "band_source": spread.source, "band_runs": spread.runs, "band_sd": spread.sd,
-                    "attempts": attempts, "page_faults_per_step": list(faults) if faults else None})
-    message = verdict.message + f" (band {spread.source})" + (" (after one rerun)" if len(attempts) > 1 else "")
+    details.update({"ratio": ci.as_dict(), "attempts": attempts,
+                    "page_faults_per_step": list(faults) if faults else None})
+    message = (verdict.message + f" (band {band.source}{power})" + (" (after one rerun)" if len(attempts) > 1 else "")
+               + legacy)
+    return _ratio_final(verdict, message, details, faults=faults, updating=updating)
+
+
+def _ci_half(found: Lookup, key: str) -> float:
+    """The median recorded process's CI half-width (ln): how well one process resolves the row."""
+    cis = stored_runs(found.record, "tpot_ratio_ci", key).values if found.record is not None else []
+    halves = [0.5 * math.log(hi / lo) for lo, hi in cis if lo > 0 and hi > lo]
+    return float(np.median(halves)) if halves else 0.0
+
+
+def _ratio_final(verdict: RatioVerdict, message: str, details: dict, *, faults, updating: bool) -> Check:
     churn = allocator_churn(faults)
     final = verdict.verdict
-    if churn and final == FAIL and verdict.ratio > stored and not updating:
+    if churn and final == FAIL and verdict.ratio > verdict.stored and not updating:
         final = INCONCLUSIVE
         message += f"; NOT FAILED: {churn}"
     if updating:
         # The recording is the centre of later bands: one made while the heap grew says so.
         warn = f"; recorded while {churn}" if churn else ""
-        return Check("tpot", name, RECORDED, message + "; re-recorded by --update-baselines" + warn, details)
-    return Check("tpot", name, final, message, details)
+        return Check("tpot", RATIO_CHECK, RECORDED, message + "; re-recorded by --update-baselines" + warn, details)
+    return Check("tpot", RATIO_CHECK, final, message, details)
+
+
+def _ratio_fallback(arms: tuple[list[float], list[float]], runs: list[float], found: Lookup, *, key: str,
+                    updating: bool, what: str, tolerance: float, rerun, faults, details: dict, legacy: str) -> Check:
+    """A row with no spread to learn from: the named ±tolerance band around its one stored value."""
+    samples, reference = arms
+    ci = RatioCI(**details["ratio"])
+    stored = float(np.exp(np.mean(np.log(runs))))
+    spread = aa_band([float(r) for r in runs], fallback=tolerance)
+    band = spread.width
+    # The stored ratio is one estimate: where its recording run's CI was wider than the band (a
+    # noisy recording, e.g. eager dense on a GPU), the band takes that on too.
+    cis = stored_runs(found.record, "tpot_ratio_ci", key).values
+    recorded = [_half_width(lo, hi) for lo, hi in cis if lo > 0]
+    if recorded:
+        band = max(band, (1.0 + tolerance) * (1.0 + min(recorded)) - 1.0)
+    label = f"{what}: TPOT / reference"
+    verdict = check_ratio(ci, stored, band, label=label)
+    attempts = [verdict.as_dict()]
+    if verdict.verdict == INCONCLUSIVE and rerun is not None and not updating:
+        more, more_ref = rerun()
+        if more and more_ref:
+            ci = ratio_ci([*samples, *more], [*reference, *more_ref])
+            verdict = check_ratio(ci, stored, band, label=label)
+            attempts.append(verdict.as_dict())
+    details.update({"ratio": ci.as_dict(), "stored_ratio": stored, "stored_runs": runs, "band": band,
+                    "band_source": spread.source + "; no stated false-alarm rate", "band_runs": spread.runs,
+                    "band_sd": spread.sd, "attempts": attempts, "page_faults_per_step": list(faults) if faults else None})
+    message = verdict.message + f" (band {spread.source}; no stated false-alarm rate)" + legacy
+    return _ratio_final(verdict, message, details, faults=faults, updating=updating)
 
 
 @dataclass
@@ -269,9 +331,15 @@ class HistoryInputs:
 
 
 def check_history(history: RunHistory, case: str, samples: list[float] | None, *, what: str, clock: str,
-                  floor: float, k: int, nightly: bool, inputs: HistoryInputs | None = None) -> Check:
+                  floor: float, k: int, nightly: bool, inputs: HistoryInputs | None = None,
+                  versions: Mapping[str, Any] | None = None) -> Check:
     """(b) absolute TPOT against this machine's run history (last K accepted runs): a regression
     needs Mann-Whitney p < HISTORY_ALPHA and a median ratio beyond the band (streamllm.harness.history).
+
+    `versions` (this run's fingerprint): only runs of the same library versions (history
+    VERSION_FIELDS) make the baseline. The band is robust (`robust_band`: median/MAD of the runs'
+    medians), so one disturbed run does not widen it; a band a MUST_CATCH-fold slowdown stays
+    inside is NOT_CHECKED (the check could not fail).
 
     A fail is INCONCLUSIVE when the CPU is oversubscribed (time-slicing moves absolute TPOT by more
     than the band) or when the reference arm moved alike or has no history to tell the machine from
@@ -282,12 +350,18 @@ def check_history(history: RunHistory, case: str, samples: list[float] | None, *
     if not samples:
         return Check("tpot", name, NOT_APPLICABLE, f"{what}: not timed")
     try:
-        base = history.baseline(case, k)
+        base = history.baseline(case, k, versions=versions)
     except HistoryError as exc:
         return Check("tpot", name, ERROR, f"{what}: {exc}")
-    spread = aa_band(base.run_medians if base.ok else [], fallback=floor)
+    spread = robust_band(base.run_medians if base.ok else [], fallback=floor)
     band = spread.width
-    judgement = history.check(case, samples, band=band, k=k, nightly=nightly)
+    if base.ok and 1.0 + band >= MUST_CATCH:
+        return Check("tpot", name, NOT_CHECKED,
+                     f"{what} ({clock}): history band {spread.source}: even a {MUST_CATCH:g}x slowdown would pass, "
+                     "so this check cannot fail: not checked (its runs disagree too much: re-base on a quiet machine)",
+                     {"band_runs": len(base.runs), "band": band, "band_source": spread.source, "clock": clock,
+                      "history": _relative(history.directory), "record": {case: NOT_CHECKED}, "raw": NOT_CHECKED})
+    judgement = history.check(case, samples, band=band, k=k, nightly=nightly, versions=versions)
     verdict = {REGRESSION: FAIL, IMPROVEMENT: FAIL, PASS: PASS, UNCONFIRMED: INCONCLUSIVE}.get(
         judgement.verdict, NOT_CHECKED)
     record = {case: judgement.raw}
@@ -296,7 +370,8 @@ def check_history(history: RunHistory, case: str, samples: list[float] | None, *
     message = f"{what} ({clock}): {judgement.message}"
     reference: Judgement | None = None
     if inputs.reference_case and inputs.reference_samples:
-        reference = history.check(inputs.reference_case, list(inputs.reference_samples), band=band, k=k)
+        reference = history.check(inputs.reference_case, list(inputs.reference_samples), band=band, k=k,
+                                  versions=versions)
         record[inputs.reference_case] = reference.raw
     if verdict == FAIL and inputs.busy:
         verdict = INCONCLUSIVE
@@ -316,13 +391,14 @@ def check_history(history: RunHistory, case: str, samples: list[float] | None, *
 
 
 def check_device_time(samples: list[float] | None, found: Lookup, *, key: str | None, updating: bool, what: str,
-                      fallback: float) -> Check:
+                      fallback: float, prior: Prior | None = None, rows: int | None = None) -> Check:
     """(b) device time of a row captured in a CUDA graph, against the per-process device times
     stored for its GPU model and software (`key`: the kernel counts' key). A graph replay is
     device-bound by construction, so its device time reproduces across processes and machines of
     one GPU model and is checked from a machine's first run. The statistic is the ratio's: a
-    t-interval on the log of the per-round device times against the stored geometric mean, with
-    the band from the stored processes' spread (`aa_band`)."""
+    t-interval on the log of the per-round device times against the stored geometric mean, judged
+    by the same prediction band (`prior`: this key's graph rows; `rows`: rows a run judges); rows
+    with no spread to learn from keep the named ±`fallback` band."""
     name = DEVICE_TIME_CHECK
     file = _relative(found.path)
     if not samples or key is None:
@@ -332,16 +408,29 @@ def check_device_time(samples: list[float] | None, found: Lookup, *, key: str | 
     if found.error is not None:
         verdict = RECORDED if updating else ERROR
         return Check("tpot", name, verdict, f"{what}: {found.error}", details)
-    runs = ((found.record.extra.get("device_time_ms") or {}).get(key) or []) if found.record is not None else []
+    runs = stored_runs(found.record, "device_time_ms", key).values if found.record is not None else []
     if not runs:
         verdict = RECORDED if updating else NOT_CHECKED
         return Check("tpot", name, verdict, f"{what}: device time {ci.ratio:.4g} ms [{ci.low:.4g}, {ci.high:.4g}]; "
                      f"no stored device time for this GPU model and software: {verdict} (file {file})", details)
-    stored = float(np.exp(np.mean(np.log(runs))))
-    spread = aa_band([float(r) for r in runs], fallback=fallback)
-    verdict = check_ratio(ci, stored, spread.width, label=f"{what}: device ms")
-    details.update({"stored_ms": stored, "stored_runs": runs, "band": spread.width, "band_source": spread.source})
-    message = f"{verdict.message} (band {spread.source})"
+    band = prediction_band(runs, prior, rows or 1)
+    if band is None:
+        stored = float(np.exp(np.mean(np.log(runs))))
+        spread = aa_band([float(r) for r in runs], fallback=fallback)
+        verdict = check_ratio(ci, stored, spread.width, label=f"{what}: device ms")
+        source = spread.source + "; no stated false-alarm rate"
+        details.update({"stored_ms": stored, "stored_runs": runs, "band": spread.width, "band_source": source})
+    else:
+        mde = mde90(band)
+        source = band.source + f"; MDE90 {mde:.1%}" + (" (guards 5 %)" if guards(mde) else "")
+        details.update({"stored_ms": band.centre, "stored_runs": runs, "band": band.width, "band_source": source,
+                        "prediction": band.as_dict(), "mde90": mde, "guards_5pct": guards(mde)})
+        if not band.can_fail:
+            verdict_word = RECORDED if updating else NOT_CHECKED
+            return Check("tpot", name, verdict_word, f"{what}: device time {ci.ratio:.4g} ms; band {source}: even a "
+                         f"{MUST_CATCH:g}x slowdown would pass, so this check cannot fail: {verdict_word}", details)
+        verdict = band_verdict(ci, band, label=f"{what}: device ms")
+    message = f"{verdict.message} (band {source})"
     if updating:
         return Check("tpot", name, RECORDED, message + "; re-recorded by --update-baselines", details)
     return Check("tpot", name, verdict.verdict, message, details)

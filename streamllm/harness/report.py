@@ -204,6 +204,10 @@ def _evidence(r: dict) -> Evidence | None:
     stored = details.get("stored_ratio")
     band = details.get("band")
     stored_text = f"{stored:.3f} (±{band:.0%})" if stored is not None and band is not None else "-"
+    if stored_text != "-" and details.get("mde90") is not None:
+        # the band's power (docs/bands.md): the smallest slowdown caught 90 % of the time
+        stored_text = stored_text[:-1] + f"; MDE90 {details['mde90']:.1%}" + (
+            ", guards 5 %)" if details.get("guards_5pct") else ")")
     ref = r.get("reference_timing") or {}
     hist = (history or {}).get("details") or {}
     hist_text = "-"

@@ -8,9 +8,10 @@ because the stores the judges read — history, counters, stats — use these wo
 
 (a) PPL against the stored baseline: |Δ ln PPL| within the device-class pair's tolerance.
 (b) The decode step's cost: its work counts (exact, keyed by software), its TPOT relative to a
-    reference arm timed step for step in the same process (keyed by device class), and its
-    absolute TPOT against this machine's run history (or, for a row captured in a CUDA graph, the
-    device time stored for its GPU model).
+    reference arm timed step for step in the same process (keyed by CPU model and threads, or GPU
+    model), and its absolute TPOT against this machine's run history of the same library versions
+    (or, for a row captured in a CUDA graph, the device time stored for its GPU model). Ratio and
+    device-time bands have a stated false-alarm rate (streamllm.harness.bands, docs/bands.md).
 (c) Findings: a relation to a reference strategy measured in the same run (bench/findings.py).
 
 A check with no stored baseline is NOT_CHECKED, never a pass; a row is *armed* only when its
@@ -69,21 +70,35 @@ SLICE_TOLERANCE_FP32_CPU = 2e-3
 SLICE_TOLERANCE_OTHER = 5e-2
 # A row's own path (its cache, decoder and kernels across the first evictions) vs the parallel
 # reference: at most OWN_PATH_FACTOR x the largest |Δ NLL| between two correct paths measured in
-# the same run (the eager dynamic cache vs the same reference), never below OWN_PATH_FACTOR unit
-# roundoffs of the dtype (two bit-identical correct paths would otherwise leave no room at all).
+# the same run (the eager dynamic cache vs the same reference), that gap floored per dtype below.
 OWN_PATH_FACTOR = 4.0
 # The smallest correct-path gap the factor applies to, per dtype: a kernel path that only reorders
 # reductions (split-K GEMV, split-KV attention, Triton vs cuBLAS) moves an fp32 NLL by ~1e-5 on the
 # tiny test models; in half precision one unit roundoff. A wrong sink angle by one position moves
 # the embedded model's NLL by ~8e-3 (tests/test_ownpath.py), far above every floor.
 OWN_PATH_NOISE_FLOOR = {"float32": 2.5e-5, "float16": 2.0**-10, "bfloat16": 2.0**-7}
-# TPOT bands come from the A/A spread: the per-process values recorded for a row (same-run ratios,
-# graph device times, history medians) have a standard deviation s (in log space); the band is
-# max(BAND_FLOOR, BAND_SDS * s). Four SDs keep a machine behaving as recorded inside the band in
-# all but ~1 of 10^4 checks; the floor keeps a lucky near-identical recording from making a band
-# narrower than the per-process CI can resolve.
+# The absolute history's band and the trend plot: max(BAND_FLOOR, expm1(BAND_SDS * s)) of the
+# per-process values' spread s in log space (the history takes s robustly, 1.4826 x MAD). It is
+# an effect-size threshold beside Mann-Whitney's p (HISTORY_ALPHA), not a stated false-alarm
+# rate; the floor keeps a lucky near-identical history from making a band narrower than a
+# process resolves.
 BAND_FLOOR = 0.03
 BAND_SDS = 4.0
+MAD_TO_SD = 1.4826  # MAD x this estimates a normal SD
+# Same-run ratios and graph device times: a prediction interval with a stated false-alarm rate
+# (streamllm.harness.bands, docs/bands.md). A nightly run of m rows false-alarms at most
+# FALSE_ALARM_PER_RUN (Sidak: each row gets 1 - (1 - FALSE_ALARM_PER_RUN)^(1/m)).
+FALSE_ALARM_PER_RUN = 0.02
+# Below this half-width (log space) a band is not narrowed further: ratios are stored to 5-6
+# significant digits and a recording session sees one day's drift, so a 1 % band would promise
+# more than the stored values can tell (it only lowers the false-alarm rate).
+PREDICTION_FLOOR = 0.01
+MIN_PRIOR_ROWS = 3  # rows with a spread before a key's pooled (moderated) variance is estimated
+PRIOR_DF_MAX = 1e4  # the rows agree on one variance: d0 is capped (t and normal differ by < 1e-3)
+# A check that would pass a slowdown of this factor cannot fail in practice: NOT_CHECKED, not armed.
+MUST_CATCH = 3.0
+MDE_POWER = 0.90  # MDE90: the smallest slowdown failed this often (inconclusive counts as a miss)
+GUARD_SLOWDOWN = 0.05  # a row "guards 5 %" when its MDE90 is at most this
 MIN_AA_RUNS = 3  # fewer recorded processes: no spread to learn from
 FALLBACK_BAND = 0.10  # the band of a row whose A/A spread is not recorded yet (named in the table)
 RATIO_CONFIDENCE = 0.95  # the per-process ratio's t-interval (streamllm.harness.ratio)
@@ -218,12 +233,14 @@ class Band:
     width: float
     runs: int  # recorded processes it was derived from
     sd: float | None  # their SD in log space (None: fewer than MIN_AA_RUNS)
+    robust: bool = False  # sd from the MAD (robust_band), not the sample SD
 
     @property
     def source(self) -> str:
         if self.sd is None:
             return f"±{self.width:.0%} fallback: {self.runs} recorded process(es), A/A needs {MIN_AA_RUNS}"
-        return f"±{self.width:.1%} from the A/A spread of {self.runs} processes (SD {self.sd:.2%})"
+        how = "median/MAD" if self.robust else "A/A spread"
+        return f"±{self.width:.1%} from the {how} of {self.runs} processes (SD {self.sd:.2%})"
 
 
 def aa_band(values: Sequence[float], fallback: float = FALLBACK_BAND) -> Band:
@@ -235,11 +252,26 @@ def aa_band(values: Sequence[float], fallback: float = FALLBACK_BAND) -> Band:
     return Band(max(BAND_FLOOR, math.expm1(BAND_SDS * sd)), int(xs.size), sd)
 
 
+def robust_band(values: Sequence[float], fallback: float = FALLBACK_BAND) -> Band:
+    """max(BAND_FLOOR, expm1(BAND_SDS x 1.4826 x MAD)) of the log of per-process values: one
+    disturbed run (a host 2x slower for an hour) does not widen it; `fallback` below MIN_AA_RUNS."""
+    xs = np.asarray([float(v) for v in values if v and v > 0 and math.isfinite(v)], dtype=float)
+    if xs.size < MIN_AA_RUNS:
+        return Band(fallback, int(xs.size), None)
+    logs = np.log(xs)
+    sd = MAD_TO_SD * float(np.median(np.abs(logs - np.median(logs))))
+    return Band(max(BAND_FLOOR, math.expm1(BAND_SDS * sd)), int(xs.size), sd, robust=True)
+
+
 def ratio_key(fingerprint: dict, threads: int) -> str:
-    """What a stored TPOT ratio is comparable across: the device class (CPU, or the GPU model) and,
-    on CPU, the thread count; not the CPU model or the machine."""
+    """What a stored TPOT ratio is comparable across: on CPU the CPU model and the thread count
+    (ratios move by a few per cent between CPU models: the size of a band), on a GPU its model;
+    not the machine. Ratios stored under the older `cpu-t<threads>` key are read through
+    `streamllm.harness.bands.stored_runs`."""
     device_class = str(fingerprint.get("device_class", "unknown"))
-    return f"{device_class}-t{threads}" if device_class == "cpu" else device_class
+    if device_class != "cpu":
+        return device_class
+    return f"cpu:{fingerprint.get('cpu_model') or 'unknown'}-t{threads}"
 
 
 def allocator_churn(faults: tuple[float | None, float | None] | None) -> str | None:

@@ -1,0 +1,353 @@
+"""Bands with a stated false-alarm rate for per-process TPOT values (docs/bands.md).
+
+The same-run TPOT ratio of a row and a graph row's device time are stored once per recorded
+process. A new process is judged against a *prediction interval* for one more process:
+
+- the row's variance of ln(value) is moderated across the rows stored under the same key (CPU
+  model / GPU model): s̃² = (d₀ s₀² + (n−1) s²) / (d₀ + n − 1), with s₀², d₀ fitted to the rows'
+  sample variances by Smyth's (2004) method of moments (`fit_prior`);
+- the interval is ln(stored mean) ± t_{ν, 1−α/2} · s̃ · √(1 + 1/n), ν = d₀ + n − 1, never narrower
+  than PREDICTION_FLOOR;
+- α is Šidák's per-row level for a nightly run of m rows: 1 − (1 − FALSE_ALARM_PER_RUN)^(1/m);
+- FAIL needs the estimate outside the interval AND the process's own CI excluding the stored
+  mean (`band_verdict`); a band through which a MUST_CATCH-fold slowdown passes is not a check.
+
+Everything here is a pure function of stored values; `key_rows` reads the store.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass
+
+import numpy as np
+from scipy import optimize, special
+
+from .ratio import MIN_PAIRS, RatioCI, RatioVerdict
+from .verdicts import (
+    FAIL,
+    FALSE_ALARM_PER_RUN,
+    GUARD_SLOWDOWN,
+    INCONCLUSIVE,
+    MDE_POWER,
+    MIN_PRIOR_ROWS,
+    MUST_CATCH,
+    PASS,
+    PREDICTION_FLOOR,
+    PRIOR_DF_MAX,
+)
+
+
+# -- the pooled variance ---------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Prior:
+    """s₀² and d₀ of one key's rows: the variance a row is shrunk toward, and how many degrees of
+    freedom that is worth."""
+
+    s0_sq: float
+    d0: float
+    rows: int  # rows with a spread it was fitted to
+
+    @property
+    def source(self) -> str:
+        return f"pooled over {self.rows} rows: s0 {math.sqrt(self.s0_sq):.2%}, d0 {self.d0:.3g}"
+
+
+def _trigamma_inverse(y: float) -> float:
+    """x with trigamma(x) = y (y > 0); trigamma falls monotonically from ∞ to 0."""
+    f = lambda lx: float(special.polygamma(1, math.exp(lx))) - y  # noqa: E731 - a one-line root target
+    return math.exp(optimize.brentq(f, -30.0, 30.0, xtol=1e-12))
+
+
+def fit_prior(variances: Sequence[tuple[float, int]]) -> Prior | None:
+    """Smyth (2004) §6 method of moments on log sample variances: (s², df) per row. None below
+    MIN_PRIOR_ROWS usable rows (df ≥ 1, s² > 0: a zero variance is rounding, not information)."""
+    used = [(float(s2), int(df)) for s2, df in variances if df >= 1 and s2 > 0 and math.isfinite(s2)]
+    if len(used) < MIN_PRIOR_ROWS:
+        return None
+    s2 = np.array([u[0] for u in used])
+    df = np.array([u[1] for u in used], dtype=float)
+    # e_g = ln s²_g − ψ(d_g/2) + ln(d_g/2) has mean ln s₀² + ψ(d₀/2) − ln(d₀/2)... and variance
+    # ψ'(d_g/2) + ψ'(d₀/2): the excess over the sampling part estimates ψ'(d₀/2).
+    e = np.log(s2) - special.digamma(df / 2) + np.log(df / 2)
+    e_mean = float(e.mean())
+    excess = float(e.var(ddof=1) - np.mean(special.polygamma(1, df / 2)))
+    # excess <= 0: the rows' variances differ no more than sampling does: one shared variance.
+    d0 = PRIOR_DF_MAX if excess <= 0 else min(PRIOR_DF_MAX, 2.0 * _trigamma_inverse(excess))
+    s0_sq = math.exp(e_mean + float(special.digamma(d0 / 2)) - math.log(d0 / 2))
+    return Prior(s0_sq, d0, len(used))
+
+
+def prior_from_rows(rows: Sequence[Sequence[float]]) -> Prior | None:
+    """The prior of a key from each row's stored per-process values (positive, not logged)."""
+    stats = []
+    for values in rows:
+        logs = np.log([float(v) for v in values if v and v > 0 and math.isfinite(v)])
+        if logs.size >= 2:
+            stats.append((float(logs.var(ddof=1)), int(logs.size - 1)))
+    return fit_prior(stats)
+
+
+def sidak_alpha(rows: int, family: float = FALSE_ALARM_PER_RUN) -> float:
+    """Per-row two-sided level so that `rows` independent rows false-alarm at most `family`."""
+    return 1.0 - (1.0 - family) ** (1.0 / max(1, int(rows)))
+
+
+# -- the band --------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class PredictionBand:
+    """A prediction interval for one more process's value, in log space around the stored mean."""
+
+    centre: float  # geometric mean of the stored values
+    log_half: float  # half-width in ln: max(t · s̃ · √(1+1/n), PREDICTION_FLOOR)
+    s_tilde: float  # moderated SD of ln(value)
+    nu: float  # its degrees of freedom
+    n: int  # stored processes of this row
+    alpha: float  # per-row two-sided level
+    rows: int  # rows of the run it is Šidák-corrected for
+    t_crit: float
+    floored: bool
+    prior: Prior | None
+
+    @property
+    def low(self) -> float:
+        return self.centre * math.exp(-self.log_half)
+
+    @property
+    def high(self) -> float:
+        return self.centre * math.exp(self.log_half)
+
+    @property
+    def width(self) -> float:
+        """Relative half-width (the upper edge over the centre, minus one)."""
+        return math.expm1(self.log_half)
+
+    @property
+    def can_fail(self) -> bool:
+        """Whether a MUST_CATCH-fold slowdown lands outside it."""
+        return self.log_half < math.log(MUST_CATCH)
+
+    @property
+    def source(self) -> str:
+        pooled = self.prior.source if self.prior else "unpooled"
+        floor = f", floored at ±{PREDICTION_FLOOR:.0%}" if self.floored else ""
+        return (f"±{self.width:.1%}: {1 - self.alpha:.4%} prediction interval of {self.n} processes "
+                f"(s̃ {self.s_tilde:.2%}, ν {self.nu:.3g}, {pooled}; Šidák over {self.rows} rows for "
+                f"≤{FALSE_ALARM_PER_RUN:.0%} false alarms a run{floor})")
+
+    def as_dict(self) -> dict:
+        out = asdict(self)
+        out.update(width=self.width, low=self.low, high=self.high, can_fail=self.can_fail)
+        return out
+
+
+def prediction_band(values: Sequence[float], prior: Prior | None, rows: int,
+                    alpha: float | None = None) -> PredictionBand | None:
+    """The band of a row from its stored per-process values, its key's prior and the run's row
+    count (`alpha`: a per-row level instead of Šidák's, for calibration). None where nothing tells
+    the spread (fewer than 3 values and no prior): the caller's fallback."""
+    logs = np.log([float(v) for v in values if v and v > 0 and math.isfinite(v)])
+    n = int(logs.size)
+    if n == 0:
+        return None
+    s2 = float(logs.var(ddof=1)) if n >= 2 else 0.0
+    if prior is not None:
+        nu = prior.d0 + n - 1
+        s_tilde_sq = (prior.d0 * prior.s0_sq + (n - 1) * s2) / nu
+    elif n >= 3:  # unpooled: a plain Student prediction interval
+        nu, s_tilde_sq = float(n - 1), s2
+    else:
+        return None
+    alpha = sidak_alpha(rows) if alpha is None else float(alpha)
+    t_crit = float(special.stdtrit(nu, 1 - alpha / 2))  # = scipy.stats.t.ppf, without its overhead
+    s_tilde = math.sqrt(s_tilde_sq)
+    half = t_crit * s_tilde * math.sqrt(1 + 1 / n)
+    return PredictionBand(float(math.exp(logs.mean())), max(half, PREDICTION_FLOOR), s_tilde, nu, n, alpha,
+                          max(1, int(rows)), t_crit, half < PREDICTION_FLOOR, prior)
+
+
+def band_verdict(ci: RatioCI, band: PredictionBand, *, label: str = "TPOT ratio") -> RatioVerdict:
+    """pass / fail / inconclusive of one process's value (its CI) against a prediction band.
+
+    FAIL: the estimate lies outside the band and the CI excludes the stored mean; a CI wider than
+    the band (a loaded machine, whose noise the stored processes did not have) fails only when it
+    lies wholly beyond an edge. PASS: the estimate is inside and the CI resolves the band.
+    Otherwise INCONCLUSIVE (the caller reruns once with more rounds)."""
+    centre, lo_edge, hi_edge = band.centre, band.low, band.high
+    head = (f"{label} {ci.ratio:.3f} ({100 * ci.confidence:.3g}% CI {ci.low:.3f}–{ci.high:.3f}, {ci.pairs} pairs) "
+            f"vs stored {centre:.3f} ±{100 * band.width:.3g}% [{lo_edge:.3f}, {hi_edge:.3f}]")
+    ci_half = 0.5 * math.log(ci.high / ci.low) if ci.low > 0 and math.isfinite(ci.high) else math.inf
+    outside = abs(math.log(ci.ratio / centre)) > band.log_half
+    excludes = not ci.low <= centre <= ci.high
+    resolves = ci_half < band.log_half
+    wholly_beyond = ci.low > hi_edge or ci.high < lo_edge
+    if ci.pairs < MIN_PAIRS:
+        verdict, why = INCONCLUSIVE, f"too few pairs (need >= {MIN_PAIRS}); rerun with more rounds"
+    elif outside and excludes and (resolves or wholly_beyond):
+        side = "slower" if ci.ratio > centre else "faster"
+        verdict, why = FAIL, f"{side} than the band and the CI excludes the stored value"
+        if side == "faster":
+            why += " (an improvement: re-record on purpose)"
+    elif not outside and resolves:
+        verdict, why = PASS, "inside the band"
+    elif outside:
+        verdict, why = INCONCLUSIVE, "outside the band but the CI includes the stored value; rerun with more pairs"
+    else:
+        verdict, why = INCONCLUSIVE, "the CI is wider than the band (a loaded machine?); rerun with more pairs"
+    return RatioVerdict(verdict, f"{head}: {verdict}, {why}", ci.ratio, ci.low, ci.high, centre, band.width)
+
+
+# -- detection power -------------------------------------------------------------------------------
+def mde90(band: PredictionBand, ci_half: float = 0.0, power: float = MDE_POWER) -> float:
+    """The smallest slowdown (relative: 0.05 = 5 %) that fails with probability `power`.
+
+    The deviation of a new process from the stored mean is N(δ, σ²(1+1/n)); over s̃√(1+1/n) it is
+    noncentral t with ν degrees of freedom and noncentrality δ / (σ√(1+1/n)) (σ plugged in as s̃).
+    It fails beyond the band's edge, plus the process's CI half-width `ci_half` (ln) where that
+    CI is wider than the band (then only a CI wholly beyond the edge fails): inconclusive is a
+    miss. Where the floor sets the edge its critical value is the floor over s̃√(1+1/n)."""
+    scale = band.s_tilde * math.sqrt(1 + 1 / band.n)
+    edge = band.log_half + (ci_half if ci_half >= band.log_half else 0.0)
+    if scale <= 0:
+        return math.expm1(edge)
+    c = band.t_crit if not band.floored and edge == band.log_half else edge / scale
+
+    def miss(ncp: float) -> float:
+        return 1.0 - float(special.nctdtr(band.nu, ncp, c)) - power  # = scipy.stats.nct.sf(c, nu, ncp)
+
+    hi = c + 10.0
+    while miss(hi) < 0:
+        hi *= 2
+    ncp = optimize.brentq(miss, 0.0, hi, xtol=1e-10)
+    return math.expm1(ncp * scale)
+
+
+def row_mde90(values: Sequence[float], prior: Prior | None, rows: int, ci_half: float = 0.0) -> float | None:
+    """A row's MDE90 from its stored per-process values (what the report and table show); None
+    where the row has no band with a stated rate (the fallback) or its band cannot fail."""
+    band = prediction_band(values, prior, rows)
+    if band is None or not band.can_fail:
+        return None
+    return mde90(band, ci_half)
+
+
+def guards(mde: float) -> bool:
+    """Whether a row's MDE90 is within GUARD_SLOWDOWN (the table marks it)."""
+    return mde <= GUARD_SLOWDOWN
+
+
+# -- reading what is stored ------------------------------------------------------------------------
+_LEGACY_CPU = re.compile(r"^cpu-t(\d+)$")
+_CPU = re.compile(r"^cpu:(.*)-t(\d+)$")
+
+
+@dataclass(frozen=True)
+class StoredRuns:
+    """A row's per-process values under one key, and how older-keyed entries were read."""
+
+    values: list
+    note: str | None = None  # legacy entries attributed, or why they were not
+
+
+def legacy_cpu_model(record, legacy_key: str, count: int) -> tuple[str | None, str]:
+    """The CPU model that recorded `count` values stored under the older `cpu-t<threads>` key.
+
+    Every process that records a ratio also adds its run median(s) to `tpot_runs_ms` of its own
+    fingerprint, so only a CPU fingerprint (of that thread count) holding at least `count` run
+    medians can have recorded them. Exactly one CPU model among those: it recorded them; none or
+    several: unknown (the ratios are not used)."""
+    threads = int(_LEGACY_CPU.match(legacy_key).group(1))
+    runs = getattr(record, "tpot_runs_ms", {}) or {}
+    models = set()
+    for fid, fp in (getattr(record, "fingerprints", {}) or {}).items():
+        if fp.get("device_class") == "cpu" and int(fp.get("torch_threads") or 0) == threads \
+                and len(runs.get(fid) or []) >= count:
+            models.add(str(fp.get("cpu_model")))
+    if len(models) == 1:
+        model = models.pop()
+        return model, f"{count} value(s) stored under {legacy_key!r} read as {model!r}'s (the only CPU model with as many recorded runs)"
+    found = "no" if not models else f"{len(models)} ({', '.join(sorted(models))})"
+    return None, (f"{count} value(s) stored under {legacy_key!r} (before ratios were keyed by CPU model) not used: "
+                  f"{found} CPU model(s) could have recorded them; re-record on this CPU model (`nox -s arm`)")
+
+
+def stored_runs(record, section: str, key: str) -> StoredRuns:
+    """The values of `extra[section]` that belong to `key`: its own entry, and on CPU those under
+    the older `cpu-t<threads>` key that `legacy_cpu_model` attributes to this key's CPU model."""
+    stored = ((record.extra.get(section) or {}) if record is not None else {})
+    own = list(stored.get(key) or [])
+    cpu = _CPU.match(key)
+    legacy = f"cpu-t{cpu.group(2)}" if cpu else None
+    if not legacy or not stored.get(legacy):
+        return StoredRuns(own)
+    old = list(stored[legacy])
+    count = len((record.extra.get("tpot_ratio") or {}).get(legacy) or old)
+    model, note = legacy_cpu_model(record, legacy, count)
+    if model == cpu.group(1):
+        return StoredRuns(old + own, note)
+    if model is not None:
+        note = f"{count} value(s) stored under {legacy!r} belong to {model!r}, not this CPU model: not used"
+    return StoredRuns(own, note)
+
+
+def key_rows(records: Mapping[str, object] | Sequence[object], section: str, key: str) -> list[list[float]]:
+    """Every row's stored values under `key` (records of all baseline files): the prior's input."""
+    items = records.values() if isinstance(records, Mapping) else records
+    return [v for v in (stored_runs(r, section, key).values for r in items) if v]
+
+
+@dataclass(frozen=True)
+class KeyGroup:
+    """What a key's rows tell a row's band: the pooled prior and how many rows a run judges."""
+
+    prior: Prior | None
+    rows: int
+
+
+def key_group(records: Sequence[object], section: str, key: str) -> KeyGroup:
+    rows = key_rows(records, section, key)
+    return KeyGroup(prior_from_rows(rows), max(1, len(rows)))
+
+
+# A graph row's device time is keyed per row (its kernel counts' key); its peers are the graph
+# rows stored for the same GPU model and software.
+DEVICE_TIME_PEER_FIELDS = ("gpu", "torch", "transformers")
+
+
+def device_time_group(records: Sequence[object], fields: Mapping[str, object]) -> KeyGroup:
+    """`key_group` for device times: every stored device-time row whose kernel key (read from the
+    record's stored work counts) matches `fields` on DEVICE_TIME_PEER_FIELDS."""
+    want = tuple(fields.get(f) for f in DEVICE_TIME_PEER_FIELDS)
+    rows = []
+    for record in records:
+        kernels = {}
+        for counts in (record.extra.get("work_counts") or {}).values():
+            key = counts.get("key") if isinstance(counts, dict) else None
+            if isinstance(key, dict) and isinstance(key.get("fields"), dict) and key.get("kernel_id"):
+                kernels[key["kernel_id"]] = key["fields"]
+        for kernel_id, values in (record.extra.get("device_time_ms") or {}).items():
+            got = kernels.get(kernel_id)
+            if got is not None and tuple(got.get(f) for f in DEVICE_TIME_PEER_FIELDS) == want and values:
+                rows.append(list(values))
+    return KeyGroup(prior_from_rows(rows), max(1, len(rows)))
+
+
+def store_records(store) -> list:
+    """Every record of every readable file of a BaselineStore (a corrupt file is the row's own
+    lookup's error to report, so it is left out of the pool here)."""
+    from .baselines import BaselineError  # baselines imports the verdicts only; no cycle at import
+
+    records: list = []
+    for path in store.files():
+        try:
+            records.extend(store.read(path).records.values())
+        except BaselineError:
+            continue
+    return records
+
+
+def store_group(store, section: str, key: str) -> KeyGroup:
+    """`key_group` over the whole store."""
+    return key_group(store_records(store), section, key)
