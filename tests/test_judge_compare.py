@@ -204,3 +204,43 @@ def test_xdist_nightly_fails_like_serial(tmp_path):
     serial = run_outcome(rows, {"nightly": True, "no_timing": why})
     assert serial.exit_code == 1 and why in serial.unarmed
     assert run_outcome(rows, {"nightly": False, "no_timing": why}).exit_code == 0
+
+
+def test_xdist_controller_and_serial_suite_end_an_unarmed_nightly_alike(tmp_path):
+    """The xdist controller's end (merged parts -> finish_run) and a serial Suite's end give the
+    same --nightly line and exit status, and summary.json says FAIL for both. On CPU under -n the
+    workers time nothing, so no row is armed."""
+    import types
+
+    from bench.xdist import XdistController
+    from test_xdist import NODEIDS, make_suite, tiny_llama, worker_part
+
+    why = "-n 2 on CPU: test"
+    tiny = tiny_llama()
+    parts = [worker_part(tmp_path / "p", tiny, 0, ("dense", "window"), no_timing=why, nightly=True),
+             worker_part(tmp_path / "p", tiny, 1, ("strict", "lazy-c16"), no_timing=why, nightly=True)]
+    config = types.SimpleNamespace(getoption=lambda name, default=None: {
+        "--device": "cpu", "--update-baselines": False, "--append-baselines": False, "--report-dir": str(tmp_path / "out"),
+        "--history-dir": str(tmp_path / "history"), "--baselines-dir": str(tmp_path / "baselines"),
+    }.get(name, default), rootpath=tmp_path)
+    controller = XdistController(config, 2, loadgroup=False)
+    for part in parts:
+        (controller.parts_dir / f"{part['pinning']['slot']}-{part['worker']}.json").write_text(json.dumps(part))
+    controller.collected = list(NODEIDS)
+    session = types.SimpleNamespace(exitstatus=pytest.ExitCode.OK)
+    controller.pytest_sessionfinish(session)
+    assert controller.error is None and controller.end is not None
+    assert session.exitstatus == pytest.ExitCode.TESTS_FAILED  # pytest's exit code under -n
+    parallel_line = controller.end.outcome.unarmed
+    assert parallel_line and parallel_line in controller.end.lines
+
+    serial = make_suite(tmp_path / "serial", tiny, no_timing=why, nightly=True)
+    for case in ("dense", "window", "strict", "lazy-c16"):
+        serial.run_case(serial.case(case), "synthetic", benchmark=None)
+    end = serial.finish()
+    assert end.outcome.exit_code == 1 and end.outcome.unarmed == parallel_line  # exactly as serial
+
+    for run_file in (controller.end.run_file, end.run_file):
+        run = read_run(run_file)
+        summary = build_report(run, [run], run_file.parent / "report")
+        assert summary["status"] == "FAIL" and summary["exit_code"] == 1 and summary["nightly_unarmed"] == parallel_line
