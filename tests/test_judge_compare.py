@@ -212,8 +212,9 @@ def test_xdist_controller_and_serial_suite_end_an_unarmed_nightly_alike(tmp_path
     workers time nothing, so no row is armed."""
     import types
 
-    from bench.xdist import XdistController
     from test_xdist import NODEIDS, make_suite, tiny_llama, worker_part
+
+    from bench.xdist import XdistController
 
     why = "-n 2 on CPU: test"
     tiny = tiny_llama()
