@@ -245,3 +245,21 @@ def test_xdist_controller_and_serial_suite_end_an_unarmed_nightly_alike(tmp_path
         run = read_run(run_file)
         summary = build_report(run, [run], run_file.parent / "report")
         assert summary["status"] == "FAIL" and summary["exit_code"] == 1 and summary["nightly_unarmed"] == parallel_line
+
+
+def test_a_stored_run_is_judged_against_the_history_from_before_it_began(tmp_path):
+    """The run appended its own samples at its end: a replay that read them would judge the run
+    against itself. Three runs before the start count; the one written after does not."""
+    from datetime import datetime, timedelta, timezone
+
+    from streamllm.harness.history import RunHistory
+    from streamllm.harness.verdicts import HISTORY_CHECK
+
+    start = datetime(2026, 1, 1, tzinfo=timezone.utc)
+    history = RunHistory(tmp_path / "history", FID)
+    for day in (-3, -2, -1, 1):
+        history.append({"book/strict": [1.0, 1.01, 0.99, 1.0]}, accepted=True, now=start + timedelta(days=day))
+    raw = RawRun(conditions=conditions(started=start.isoformat()), cases=[raw_case("strict", ratio=1.0)])
+    (v,) = judge(raw, BaselineStore(store_with(tmp_path, {"strict": 1.0})), tmp_path / "history")
+    check = next(c for c in v.checks if c.name == HISTORY_CHECK)
+    assert check.details["runs"] == 3, check.message

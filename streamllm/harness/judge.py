@@ -23,7 +23,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timezone
 from pathlib import Path
 
 from .baselines import BaselineKey, BaselineStore
@@ -92,11 +92,17 @@ class _HistoryBefore(RunHistory):
         self.cutoff = cutoff
 
     def runs(self):  # noqa: ANN201 - RunHistory's list of Run
-        return [r for r in super().runs() if datetime.fromisoformat(r.timestamp) < self.cutoff]
+        return [r for r in super().runs() if _utc(r.timestamp) < self.cutoff]
+
+
+def _utc(stamp: str) -> datetime:
+    """An ISO time; one without a zone is UTC (what every writer here means)."""
+    t = datetime.fromisoformat(stamp)
+    return t if t.tzinfo is not None else t.replace(tzinfo=timezone.utc)
 
 
 def history_as_of(root: Path | str, conditions: RawConditions) -> RunHistory:
-    return _HistoryBefore(Path(root), conditions.fingerprint_id, datetime.fromisoformat(conditions.started))
+    return _HistoryBefore(Path(root), conditions.fingerprint_id, _utc(conditions.started))
 
 
 def _samples(arm: RawArm | None) -> list[float] | None:
