@@ -205,19 +205,19 @@ def pytest_xdist_auto_num_workers(config: pytest.Config) -> int | None:
     return None
 
 
+RUN_END_KEY = pytest.StashKey["object"]()
+
+
 def pytest_sessionfinish(session: pytest.Session) -> None:
     if hasattr(session.config, "workerinput"):
-        return  # an xdist worker: its part goes to the controller, which writes the one run (bench/xdist.py)
+        return  # an xdist worker: its part goes to the controller, which finishes the one run (bench/xdist.py)
     suite = session.config.stash.get(SUITE_KEY, None)
     if suite is None or not suite.results:
         return
-    if suite.options.update_baselines:
-        suite.write_baselines()
-    suite.write_history()
-    suite.write_run()
-    unarmed = suite.nightly_unarmed()
-    if unarmed:
-        session.exitstatus = pytest.ExitCode.TESTS_FAILED
+    end = suite.finish()  # bench/finish.py: the same end as the xdist controller's
+    session.config.stash[RUN_END_KEY] = end
+    if end.outcome.exit_code and session.exitstatus == pytest.ExitCode.OK:
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED  # e.g. --nightly with an unarmed row
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:
@@ -228,12 +228,10 @@ def pytest_unconfigure(config: pytest.Config) -> None:
 
 def pytest_terminal_summary(terminalreporter, config: pytest.Config) -> None:
     suite = config.stash.get(SUITE_KEY, None)
-    if suite is None or not suite.results:
+    end = config.stash.get(RUN_END_KEY, None)
+    if suite is None or end is None:
         return
     import time
-
-    from bench.table import format_table
-    from streamllm.harness.verdicts import armed_summary
 
     tr = terminalreporter
     o = suite.options
@@ -245,22 +243,7 @@ def pytest_terminal_summary(terminalreporter, config: pytest.Config) -> None:
                   f"wall {time.time() - suite.started:.0f} s")
     if o.no_timing:
         tr.write_line(f"TIMING NOT RUN: {o.no_timing}")
-    rows = [r.row() for r in suite.results]
-    tr.write_line(armed_summary(rows))
-    for line in format_table(rows):
-        tr.write_line(line)
     tr.write_line(suite.time_line())
     tr.write_line(suite.rows_line())
-    unarmed = suite.nightly_unarmed()
-    if unarmed:
-        tr.write_line(unarmed, red=True, bold=True)
-    from bench.xdist import check_notes
-
-    # the same notes the merged xdist table prints (bench/xdist.py)
-    notes = check_notes([{**r.row(), "checks": [c.to_dict() for c in r.checks]} for r in suite.results])
-    for note in notes:
-        tr.write_line(note)
-    if suite.written:
-        tr.write_line("baselines written: " + ", ".join(str(p) for p in suite.written))
-    if suite.run_file:
-        tr.write_line(f"run JSON: {suite.run_file} (render with `streamllm report`)")
+    for line in end.lines:
+        tr.write_line(line, red=line == end.outcome.unarmed, bold=line == end.outcome.unarmed)

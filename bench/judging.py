@@ -1,24 +1,12 @@
-"""Judging one case: the checks of its measurements against what is stored, each a
-`streamllm.harness.verdicts.Check` made by a judge of `streamllm.harness.judges`. These functions
-gather the judges' inputs (the stored record, the run's conditions) and call them; they decide no
-verdict of their own and change none."""
+"""Judging one case: (a) PPL and (b) go through the one judge (`streamllm.harness.judge`) from the
+case's raw record; the eviction probe, the own-path agreement and the (c) findings are still judged
+here, from the live measurements (they move into the judge once their rewrite lands)."""
 
 from __future__ import annotations
 
-import torch
-
-from streamllm.combinations import GRAPH_MODES
-from streamllm.harness.bands import device_time_group, store_group, store_records
 from streamllm.harness.history import RunHistory
-from streamllm.harness.judges import (
-    HistoryInputs,
-    check_device_time,
-    check_history,
-    check_ppl,
-    check_ratio_vs_baseline,
-    check_work,
-    lookup,
-)
+from streamllm.harness.judge import CaseVerdicts
+from streamllm.harness.judge import judge_case as judge_one
 from streamllm.harness.numerics import check_holdings, check_own_path, own_path_tolerance
 from streamllm.harness.ratio import RatioCI
 from streamllm.harness.stats import ppl_ratio_ci
@@ -30,14 +18,14 @@ from streamllm.harness.verdicts import (
     NOT_APPLICABLE,
     NOT_CHECKED,
     PASS,
+    RATIO_CHECK,
     Check,
-    ratio_key,
 )
 from streamllm.measure import TimingRun
 from streamllm.results import EvalResult
 from streamllm.schedule import EvictionCheckError, TextTooShortError, eviction_steps, trace_engaged
 
-from .catalog import BenchCase, compile_mode
+from .catalog import BenchCase
 from .findings import (
     TIMING_RELATIONS,
     TraceInputs,
@@ -47,18 +35,15 @@ from .findings import (
     trace_findings_for,
 )
 from .measuring import Measurements
-from .run_record import REFERENCE_SUFFIX, CaseResult, device_time_key
+from .run_record import CaseResult, raw_case, raw_conditions
 from .session import Session
 
 
 def judge_case(session: Session, measure: Measurements, case: BenchCase, dataset: str, evaluation: EvalResult, timing: TimingRun,
            out: CaseResult) -> list[Check]:
     what = f"{case.label} on {evaluation.dataset}"
-    found = lookup(session.store, session.key(case, evaluation))
-    updating = session.options.update_baselines
-    device_class = session.fingerprint["device_class"]
-    checks = [check_ppl(evaluation.ppl, found, device_class=device_class, updating=updating, what=what),
-              eviction_check(session, case, dataset, evaluation, out)]
+    judged = judge_measured(session, measure, case, dataset, out, evaluation, timing)
+    checks = [*judged.ppl, eviction_check(session, case, dataset, evaluation, out)]
     own = own_path_check(session, case, evaluation, out)
     if own is not None:
         checks.append(own)
@@ -71,63 +56,31 @@ def judge_case(session: Session, measure: Measurements, case: BenchCase, dataset
             f"{what}: max |NLL(timed decode) - NLL({evaluation.evaluator} evaluator)| = {agreement:.2e} over "
             f"{len(timing.positions)} steps ({'within' if ok else 'OUTSIDE'} {tol:g})",
             {"max_abs_diff": agreement, "tolerance": tol}))
-    checks.extend(tpot_checks(session, measure, case, dataset, evaluation, timing, out, found))
+    checks.extend(judged.tpot)
     checks.extend(finding_checks(session, measure, case, dataset))
     return checks
 
 
-def tpot_checks(session: Session, measure: Measurements, case: BenchCase, dataset: str, evaluation: EvalResult, timing: TimingRun,
-                out: CaseResult, found) -> list[Check]:
-    """(b) three signals, strongest first: the step's work counts (exact, any machine with this
-    software), its TPOT relative to the reference arm timed in the same process (any machine of
-    this device class), and its absolute TPOT against this machine's run history."""
-    what = f"{case.label} on {evaluation.dataset}"
-    updating = session.options.update_baselines
-    checks: list[Check] = []
-    checks.append(check_work(out.work, found, updating=updating, what=what, reference=out.reference_work))
-    busy = session.oversubscribed()
-    rerun = None
-    if not busy:
-        def rerun() -> tuple[list[float], list[float]]:
-            return measure.rerun(case, dataset)
-    graph = compile_mode(case) in GRAPH_MODES
-    key = ratio_key(session.fingerprint, torch.get_num_threads())
-    # A row's band pools the variance of every row stored under its key and is corrected for
-    # as many rows (docs/bands.md): read from the store, so every process agrees on it.
-    group = store_group(session.store, "tpot_ratio", key)
-    ratio = check_ratio_vs_baseline(
-        timing.samples, out.reference_timing.samples if out.reference_timing else None, found,
-        key=key, updating=updating, what=what, prior=group.prior, rows=group.rows,
-        tolerance=session.options.tpot_tolerance, rerun=rerun,
-        faults=(timing.faults_per_step, out.reference_timing.faults_per_step) if out.reference_timing else None,
-        not_applicable=("a CUDA-graph step is device-bound, the eager reference host-bound: their ratio "
-                        "follows the host, not the step (checked by work counts and device time)") if graph else None)
-    if ratio.details.get("ratio"):
-        out.ratio = RatioCI(**ratio.details["ratio"])
-    checks.append(ratio)
-    device = timing.device_samples if timing.device_ms else None
-    samples = device or timing.samples
-    if graph:
-        # A graph replay is device-bound by construction (decided from the row, not from a
-        # measured busy share that can flip): its device time is checked against the GPU
-        # model's stored processes from a machine's first run; the history stays for the rest.
-        dkey = device_time_key(out)
-        dgroup = device_time_group(store_records(session.store), out.work.key.fields) if dkey else None
-        checks.append(check_device_time(device, found, key=dkey, updating=updating,
-                                        what=what, fallback=session.options.tpot_tolerance,
-                                        prior=dgroup.prior if dgroup else None, rows=dgroup.rows if dgroup else None))
-    ref = out.reference_timing
-    ref_samples = (ref.device_samples if ref.device_ms else ref.samples) if ref is not None else None
-    name = f"{dataset}/{case.id}"
+def judge_measured(session: Session, measure: Measurements, case: BenchCase, dataset: str,
+                   out: CaseResult, evaluation: EvalResult, timing: TimingRun | None) -> CaseVerdicts:
+    """(a) PPL and (b) from the case's raw record through the one judge (streamllm.harness.judge):
+    the work counts (exact, any machine with this software), TPOT relative to the reference arm
+    timed in the same process (any machine of this device class), absolute TPOT against this
+    machine's run history (or device time for a graph row). Where the judge asks for more rounds,
+    this loop measures them once and judges again; `out.raw` keeps what was judged."""
+    conditions = raw_conditions(session)
+    # the history as it is now: this run appends to it only at its end (finish_run)
     history = RunHistory(session.history_root, session.fingerprint_id)
-    absolute = check_history(history, name, samples, what=what,
-                             clock="device time (CUDA events)" if device else "wall time",
-                             floor=session.options.tpot_tolerance, k=session.options.history_k,
-                             nightly=session.options.nightly, versions=session.fingerprint,
-                             inputs=HistoryInputs(busy=busy, reference_case=name + REFERENCE_SUFFIX,
-                                                  reference_samples=ref_samples))
-    checks.append(absolute)
-    return checks
+    out.raw = raw_case(session, out, evaluation, timing)
+    judged = judge_one(out.raw, conditions, session.store, history)
+    if judged.rerun is not None and not out.raw.oversubscribed:
+        measure.rerun(case, dataset)  # adds the rounds to the TimingRuns' rerun_samples
+        out.raw = raw_case(session, out, evaluation, timing)
+        judged = judge_one(out.raw, conditions, session.store, history)
+    ratio = next((c for c in judged.tpot if c.name == RATIO_CHECK), None)
+    if ratio is not None and ratio.details.get("ratio"):
+        out.ratio = RatioCI(**ratio.details["ratio"])
+    return judged
 
 
 def _why_not(session: Session, spec, dataset: str) -> str | None:

@@ -18,19 +18,18 @@ import torch
 from streamllm.combinations import GRAPH_MODES
 from streamllm.harness.baselines import BaselineRecord, make_provenance
 from streamllm.harness.counters import WorkCounts
-from streamllm.harness.fingerprint import fingerprint_id
+from streamllm.harness.fingerprint import fingerprint_id, package_version
 from streamllm.harness.history import REFERENCE_SUFFIX, RunHistory
 from streamllm.harness.ratio import RatioCI
-from streamllm.harness.records import RUN_SCHEMA, validate_run
+from streamllm.harness.records import RUN_SCHEMA, RawArm, RawCase, RawConditions, RawNll, RawRun, validate_run
+from streamllm.harness.table import bound_word, make_row
 from streamllm.harness.verdicts import (
     HISTORY_CHECK,
     HISTORY_RAW,
     IMPROVEMENT,
     REGRESSION,
     Check,
-    armed,
     ratio_key,
-    sub_checks,
     summarize,
 )
 from streamllm.measure import TimingRun
@@ -59,16 +58,6 @@ class CaseResult:
     reference_work: WorkCounts | None = None  # the reference arm counted over the same steps
     speedup: float | None = None
     floor_ms: float | None = None  # analytic bytes a step must read / measured copy bandwidth
-
-    @property
-    def bound(self) -> str | None:
-        """On CUDA: "device" when the kernels keep the GPU busy for most of a step (summed kernel
-        time from the counting pass >= 80 % of wall TPOT), else "host" (launch/Python bound)."""
-        busy = self.work.device_busy_us if self.work is not None else None
-        if busy is None or self.timing is None or not self.work.steps:
-            return None
-        share = busy / self.work.steps / 1e3 / self.timing.mean_ms
-        return f"{'device' if share >= 0.8 else 'host'} ({share:.0%} busy)"
     ppl_delta_vs_dense_pct: float | None = None
     slice_nll_max_abs_diff: float | None = None
     own_path: OwnPath | None = None  # static/ring rows: their own decode across the first evictions
@@ -77,6 +66,13 @@ class CaseResult:
     checks: list[Check] = field(default_factory=list)
     seconds: float = 0.0
     skipped: str | None = None  # reason, when the case could not run here
+    raw: RawCase | None = None  # what the judge judged (set by bench/judging.py; skipped cases: raw_case())
+
+    @property
+    def bound(self) -> str | None:
+        work = self.work
+        return bound_word(work.device_busy_us if work else None, work.steps if work else None,
+                          self.timing.mean_ms if self.timing else None)
 
     @property
     def verdicts(self) -> dict[str, str]:
@@ -85,24 +81,11 @@ class CaseResult:
 
     def row(self) -> dict:
         ev, tm = self.evaluation, self.timing
-        return {
-            "dataset": self.dataset,
-            "case": self.case.id,
-            "label": self.case.label,
-            "ppl": ev.ppl if ev else None,
-            "ppl_delta_vs_dense_pct": self.ppl_delta_vs_dense_pct,
-            "tpot_ms_mean": tm.mean_ms if tm else None,
-            "tpot_ms_median": tm.median_ms if tm else None,
-            "speedup": self.speedup,
-            "tpot_over_floor": self.timing.mean_ms / self.floor_ms if self.floor_ms and self.timing else None,
-            "bound": self.bound,
-            "verdicts": self.verdicts if not self.skipped else {"a": "skip", "b": "skip", "c": "skip"},
-            # (b) per sub-check, and whether the row is armed (work counts and a TPOT check live)
-            "sub": sub_checks(self.checks) if not self.skipped else None,
-            "armed": armed(self.checks)[0] if self.timing is not None else None,
-            "armed_why": armed(self.checks)[1] if self.timing is not None else None,
-            "skipped": self.skipped,
-        }
+        return make_row(dataset=self.dataset, case=self.case.id, label=self.case.label, checks=self.checks,
+                        skipped=self.skipped, timed=tm is not None, ppl=ev.ppl if ev else None,
+                        ppl_delta_vs_dense_pct=self.ppl_delta_vs_dense_pct, tpot_ms_mean=tm.mean_ms if tm else None,
+                        tpot_ms_median=tm.median_ms if tm else None, speedup=self.speedup, floor_ms=self.floor_ms,
+                        bound=self.bound)
 
     def to_json(self) -> dict:
         ev = self.evaluation
@@ -131,6 +114,62 @@ class CaseResult:
                             "kv_length": ev.trace.kv_length, "evicted": ev.trace.evicted,
                             "step_ms": ev.trace.step_ms}  # NaN (null) for the parallel evaluator
         return _finite(out)
+
+
+# -- the raw record: what was measured, for the judge (streamllm/harness/judge.py) -----------------
+def _arm(timing: TimingRun | None) -> RawArm | None:
+    if timing is None:
+        return None
+    return RawArm(samples_ms=timing.samples, rerun_samples_ms=list(timing.rerun_samples),
+                  device_samples_ms=timing.device_samples if timing.device_ms else [],
+                  faults_per_step=timing.faults_per_step, tpot_ms_mean=timing.mean_ms, tpot_ms_median=timing.median_ms)
+
+
+def _nll(evaluation: EvalResult | None) -> RawNll | None:
+    if evaluation is None or evaluation.trace is None or not evaluation.trace.nll:
+        return None
+    nll = np.asarray(evaluation.trace.nll, dtype=float)
+    nll = nll[np.isfinite(nll)]
+    if not nll.size:
+        return None
+    return RawNll(count=int(nll.size), mean=float(nll.mean()), max=float(nll.max()),
+                  p99=float(np.percentile(nll, 99)))
+
+
+def raw_case(session: Session, out: CaseResult, evaluation: EvalResult | None = None,
+             timing: TimingRun | None = None) -> RawCase:
+    """One case's raw measurements (no verdict): what `judge` reads, and all `streamllm compare` has.
+    `evaluation` / `timing`: the ones being judged, where the caller holds them apart from `out`."""
+    ev = evaluation or out.evaluation
+    tm = timing or out.timing
+    return RawCase(
+        case=out.case.id, dataset=out.dataset, label=out.case.label, text=ev.dataset if ev else out.dataset,
+        baseline_key=session.key(out.case, ev).to_json() if ev else {},
+        graph=compile_mode(out.case) in GRAPH_MODES, skipped=out.skipped, ppl=_finite(ev.ppl) if ev else None,
+        nll=_nll(ev), ppl_delta_vs_dense_pct=_finite(out.ppl_delta_vs_dense_pct),
+        speedup=_finite(out.speedup), floor_ms=_finite(out.floor_ms),
+        timing=_arm(tm), reference=_arm(out.reference_timing),
+        work=out.work.to_json() if out.work else None,
+        reference_work=out.reference_work.to_json() if out.reference_work else None,
+        own_path_nll_max_abs_diff=_finite(out.slice_nll_max_abs_diff),
+        own_path_tolerance=session.slice_tolerance() if out.slice_nll_max_abs_diff is not None else None,
+        oversubscribed=session.oversubscribed() if tm is not None else None,
+    )
+
+
+def raw_conditions(session: Session) -> RawConditions:
+    o = session.options
+    return RawConditions(
+        started=datetime.fromtimestamp(session.started, timezone.utc).isoformat(),
+        fingerprint=session.fingerprint, fingerprint_id=session.fingerprint_id, threads=torch.get_num_threads(),
+        versions={d: package_version(d) for d in ("streamllm", "torch", "transformers", "numpy")},
+        device_type=o.device_type, dtype=o.dtype, tpot_tolerance=o.tpot_tolerance, history_k=o.history_k,
+        nightly=o.nightly, updating=o.update_baselines, no_timing=o.no_timing)
+
+
+def raw_run(session: Session, results: list[CaseResult]) -> RawRun:
+    return RawRun(conditions=raw_conditions(session),
+                  cases=[r.raw if r.raw is not None else raw_case(session, r) for r in results])
 
 
 def device_time_key(out: CaseResult) -> str | None:
@@ -228,6 +267,7 @@ def run_json(session: Session, results: list[CaseResult], written: list[Path], b
         "provenance": make_provenance(cwd=str(session.rootdir)),
         "baselines_written": [str(p) for p in written],
         "results": [r.to_json() for r in results],
+        "raw": raw_run(session, results).to_json(),
     })
 
 

@@ -8,18 +8,20 @@ the command-line options. Nothing is module-global.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from pathlib import Path
 
 from streamllm.harness.baselines import BaselineRecord
-from streamllm.harness.judges import check_ppl, lookup
-from streamllm.harness.ratio import RatioCI, ratio_ci
-from streamllm.harness.verdicts import NOT_CHECKED, RATIO_CHECK, WORK_CHECK, Check, armed_summary
+from streamllm.harness.judge import nightly_unarmed
+from streamllm.harness.ratio import ratio_ci
+from streamllm.harness.verdicts import Check
 from streamllm.measure import TimingRun, speedup
 from streamllm.results import EvalResult
 
 from .catalog import BenchCase
-from .judging import eviction_check, finding_checks, judge_case
+from .finish import FinishPlan, RunEnd, finish_run, write_baselines
+from .judging import eviction_check, finding_checks, judge_case, judge_measured, own_path_check
 from .measuring import Measurements
 from .run_record import (
     REFERENCE_SUFFIX,  # noqa: F401  (re-exported: tests build history entries with it)
@@ -49,9 +51,6 @@ class Suite(Session):
 
     def timing(self, case: BenchCase, dataset: str, benchmark=None) -> TimingRun:
         return self.measure.timing(case, dataset, benchmark)
-
-    def paired_ratio(self, case: BenchCase, other: BenchCase, dataset: str) -> RatioCI:
-        return self.measure.paired_ratio(case, other, dataset)
 
     def checks(self, case: BenchCase, dataset: str, evaluation: EvalResult, timing: TimingRun,
                out: CaseResult) -> list[Check]:
@@ -113,15 +112,14 @@ class Suite(Session):
             out.ppl_delta_vs_dense_pct = 100.0 * (evaluation.ppl / self.evaluate(self.case("dense"), dataset).ppl - 1.0)
         else:
             out.ppl_delta_vs_dense_pct = 0.0
-        what = f"{case.label} on {evaluation.dataset}"
-        found = lookup(self.store, self.key(case, evaluation))
-        out.checks = [
-            check_ppl(evaluation.ppl, found, device_class=self.fingerprint["device_class"], updating=False, what=what),
-            eviction_check(self, case, dataset, evaluation, out),
-            Check("tpot", "(b) TPOT", NOT_CHECKED, f"{what}: TPOT not measured: {self.options.no_timing}",
-                  {"not_measured": self.options.no_timing}),
-            *finding_checks(self, self.measure, case, dataset),
-        ]
+        out.holding = self.measure.holding(case, dataset)
+        out.own_path = self.measure.own_path(case, dataset)
+        if out.own_path is not None:
+            out.calibration = self.measure.calibration(case, dataset)
+        judged = judge_measured(self, self.measure, case, dataset, out, evaluation, None)  # PPL, and (b) "not measured"
+        own = own_path_check(self, case, evaluation, out)
+        out.checks = [*judged.ppl, eviction_check(self, case, dataset, evaluation, out), *([own] if own else []),
+                      *judged.tpot, *finding_checks(self, self.measure, case, dataset)]
         out.seconds = time.perf_counter() - started
         self.results.append(out)
         return out
@@ -148,8 +146,7 @@ class Suite(Session):
 
     def write_baselines(self) -> list[Path]:
         if self.records:
-            self.written = self.store.update(
-                self.records, append_for=self.fingerprint_id if self.options.append_baselines else None)
+            self.written = write_baselines(self.store, self.records, append=self.options.append_baselines)
         return self.written
 
     def run_json(self) -> dict:
@@ -162,18 +159,24 @@ class Suite(Session):
                                          self.run_json())
         return self.run_file
 
+    def finish(self) -> RunEnd:
+        """The run's end (bench/finish.py, the same for an xdist merge): baselines under
+        --update/--append-baselines, history, run record, the table's lines and the outcome."""
+        o = self.options
+        plan = FinishPlan(store=self.store if o.update_baselines else None, append=o.append_baselines,
+                          history_root=self.history_root,
+                          report_root=self._under_root(o.report_dir) if o.report_dir is not None else None,
+                          device_type=o.device_type, rootdir=self.rootdir)
+        samples, verdicts = history_entries(self.results)
+        end = finish_run(self.run_json(), self.records, [(self.fingerprint, samples, verdicts)], plan)
+        self.written, self.run_file = end.written, end.run_file
+        return end
+
     def nightly_unarmed(self) -> str | None:
-        """Under --nightly: the line that fails the run when a row is not armed on a device class that
-        has baselines (some row's work counts or ratio were live), else None."""
-        if not self.options.nightly or self.options.update_baselines or self.options.no_timing:
-            return None
-        rows = [r.row() for r in self.results]
-        unarmed = [r for r in rows if r.get("armed") is False]
-        has_baselines = any(c.live and c.name in (WORK_CHECK, RATIO_CHECK) for r in self.results for c in r.checks)
-        if not unarmed or not has_baselines:
-            return None
-        return (f"streamllm: --nightly: {armed_summary(rows)}; a nightly run checks every row: record the missing "
-                f"baselines on this device class with `nox -s arm -- <this run's options>` (bench/README.md)")
+        """Under --nightly: the line that fails the run when it cannot check every row (the harness'
+        one rule, `judge.nightly_unarmed`, which the xdist merge and `streamllm report` also read)."""
+        rows = [{**r.row(), "checks": [c.to_dict() for c in r.checks]} for r in self.results]
+        return nightly_unarmed(rows, dataclasses.asdict(self.options))
 
     def time_line(self) -> str:
         """Where this process's wall time went; the warm-up steps (compile, graph capture) inside timing."""

@@ -45,7 +45,10 @@ from typing import Any
 
 import pytest
 
-from streamllm.harness.verdicts import ERROR, FAIL, INCONCLUSIVE, MISSING, NOT_CHECKED, RECORDED
+from streamllm.harness.table import check_notes, table_lines  # noqa: F401  (re-exported: tests read the table here)
+from streamllm.harness.verdicts import MISSING
+
+from .finish import FinishPlan, RunEnd, finish_run, merge_history  # noqa: F401  (merge_history re-exported)
 
 PART_SCHEMA = "streamllm.bench-part/1"
 WORKERINPUT_KEY = "streamllm_xdist"  # our entry in xdist's workerinput dict
@@ -384,10 +387,16 @@ def merge_parts(parts: Sequence[Mapping[str, Any]], collected: Sequence[str], cr
             by_cell.setdefault(f"{r['case']}-{r['dataset']}", {**r, "worker": p["worker"]})
     order = [cell_id(n) for n in collected] or list(by_cell)
     nodeid_of = {cell_id(n): n for n in collected}
-    results, missing = [], []
+    raw_by_cell: dict[str, dict] = {}
+    for p in runs:
+        for c in (p["run"].get("raw") or {}).get("cases") or []:
+            raw_by_cell.setdefault(f"{c['case']}-{c['dataset']}", c)
+    results, missing, raw_cases = [], [], []
     for cid in order:
         if cid in by_cell:
             results.append(by_cell.pop(cid))
+            if cid in raw_by_cell:
+                raw_cases.append(raw_by_cell.pop(cid))
             continue
         nodeid = nodeid_of.get(cid, cid)
         meta = cells.get(nodeid) or {}
@@ -400,8 +409,11 @@ def merge_parts(parts: Sequence[Mapping[str, Any]], collected: Sequence[str], cr
         results.append({"dataset": dataset, "case": case, "label": meta.get("label", case), "skipped": why,
                         "ppl": None, "ppl_delta_vs_dense_pct": None, "tpot_ms_mean": None, "tpot_ms_median": None,
                         "speedup": None, "verdicts": {"a": MISSING, "b": MISSING, "c": MISSING}, "missing": True})
+        raw_cases.append({"case": case, "dataset": dataset, "label": meta.get("label", case), "text": dataset,
+                          "baseline_key": {}, "skipped": why})
         missing.append(cid)
     results.extend(by_cell.values())  # results of cells not collected here (should not happen): kept
+    raw_cases.extend(raw_by_cell.values())
     base = dict(runs[0]["run"]) if runs else {"schema": _run_schema(), "options": {}, "fingerprint": {},
                                                "fingerprint_id": None, "model": None}
     base.update({
@@ -423,6 +435,10 @@ def merge_parts(parts: Sequence[Mapping[str, Any]], collected: Sequence[str], cr
             "benchmark": BENCHMARK_NOTE,
         },
     })
+    if base.get("raw"):
+        # one raw record: the first worker's conditions (workers of one run share options and, on
+        # like GPUs, the fingerprint), every worker's cases in collection order
+        base["raw"] = {**base["raw"], "cases": raw_cases}
     records = [record_from_json(r) for p in parts for r in p.get("records") or []]
     history = [(p["history"]["fingerprint"], p["history"]["samples"], p["history"]["verdicts"])
                for p in parts if p.get("history")]
@@ -433,49 +449,6 @@ def _run_schema() -> str:
     from streamllm.harness.records import RUN_SCHEMA
 
     return RUN_SCHEMA
-
-
-def merge_history(history: Sequence[tuple[dict, dict[str, list[float]], dict[str, str]]]
-                  ) -> list[tuple[dict, dict[str, list[float]], dict[str, str]]]:
-    """One (fingerprint, samples, verdicts) per fingerprint id: workers on like GPUs share one id,
-    so their cells become one history run of that machine."""
-    from streamllm.harness.fingerprint import fingerprint_id
-
-    grouped: dict[str, tuple[dict, dict, dict]] = {}
-    for fp, samples, verdicts in history:
-        fp_, s, v = grouped.setdefault(fingerprint_id(fp), (fp, {}, {}))
-        s.update(samples)
-        v.update(verdicts)
-    return list(grouped.values())
-
-
-def table_lines(results: Sequence[Mapping[str, Any]]) -> list[str]:
-    """The verdict table and its notes from merged result rows (the serial run prints the same)."""
-    from bench.table import format_table
-
-    lines = format_table([dict(r) for r in results])
-    lines += check_notes(results)
-    return lines
-
-
-def check_notes(results: Sequence[Mapping[str, Any]]) -> list[str]:
-    """One line per skipped/missing cell and per check that is not a pass; the checks a PPL-only run
-    did not measure are one line in all (their reason is the same for every cell)."""
-    lines: list[str] = []
-    not_measured: dict[str, int] = {}
-    for r in results:
-        if r.get("skipped"):
-            lines.append(f"{'MISSING' if r.get('missing') else 'skipped'} {r['case']} on {r['dataset']}: "
-                         f"{r['skipped'].removeprefix('MISSING: ')}")
-        for c in r.get("checks") or []:
-            reason = (c.get("details") or {}).get("not_measured")
-            if reason:
-                not_measured[reason] = not_measured.get(reason, 0) + 1
-            elif c["verdict"] in (FAIL, ERROR, NOT_CHECKED, RECORDED, INCONCLUSIVE):
-                lines.append(f"{c['verdict'].upper()}: {c['name']}: {c['message']}")
-    lines += [f"NOT CHECKED: TPOT and timing findings of {n} check(s) not measured: {why}"
-              for why, n in not_measured.items()]
-    return lines
 
 
 # -- the controller side ---------------------------------------------------------------------------
@@ -522,9 +495,7 @@ class XdistController:
         self.crashed: dict[str, str] = {}
         self.down_errors: dict[str, str] = {}
         self.merged: Merged | None = None
-        self.run_file: Path | None = None
-        self.history_files: list[Path] = []
-        self.written: list[Path] = []
+        self.end: RunEnd | None = None  # what finish_run wrote and printed
         self.error: str | None = None
 
     # xdist hooks
@@ -575,42 +546,30 @@ class XdistController:
         self.merged = merge_parts(parts, self.collected, self.crashed, command=_command(),
                                   runtime_s=time.time() - self.started, timing_refused=self.timing_refused)
         try:
-            self._write(self.merged)
+            self.end = finish_run(self.merged.run, self.merged.records, self.merged.history, self._plan())
         except Exception as exc:  # noqa: BLE001 - keep the parts for a person to look at, say why
             self.error = f"merge not written ({type(exc).__name__}: {exc}); worker parts kept in {self.parts_dir}"
+            session.exitstatus = pytest.ExitCode.TESTS_FAILED
             return
+        if self.end.outcome.exit_code and session.exitstatus == pytest.ExitCode.OK:
+            session.exitstatus = pytest.ExitCode.TESTS_FAILED  # the serial run's rule (conftest.py)
         shutil.rmtree(self.parts_dir, ignore_errors=True)
 
-    def _write(self, merged: Merged) -> None:
-        from bench.suite import append_history, write_run_record
+    def _plan(self) -> FinishPlan:
         from streamllm.harness.baselines import BaselineStore
-        from streamllm.harness.fingerprint import fingerprint_id
 
         get = self.config.getoption
-        report_dir = get("--report-dir") or None
         rootdir = self.config.rootpath
-        if merged.records and (get("--update-baselines") or get("--append-baselines")):
-            baselines = Path(get("--baselines-dir"))
-            store = BaselineStore(baselines if baselines.is_absolute() else rootdir / baselines)
-            by_fp: dict[str | None, list] = {}
-            for record in merged.records:
-                fid = next(iter(record.fingerprints), None) if get("--append-baselines") else None
-                by_fp.setdefault(fid, []).append(record)
-            for fid, records in by_fp.items():
-                self.written += store.update(records, append_for=fid)
-            merged.run["baselines_written"] = [str(p) for p in self.written]
-        if report_dir is None:
-            return
-        history_dir = Path(get("--history-dir") or "history")
-        history_root = history_dir if history_dir.is_absolute() else rootdir / history_dir
-        for fp, samples, verdicts in merge_history(merged.history):
-            path = append_history(history_root, fp, samples, verdicts, rootdir=rootdir)
-            if path is not None:
-                self.history_files.append(path)
-        device_type = "cuda" if self.cuda else "cpu"
-        merged.run.setdefault("fingerprint_id", fingerprint_id(merged.run.get("fingerprint") or {}))
-        report_root = Path(report_dir) if Path(report_dir).is_absolute() else rootdir / report_dir
-        self.run_file = write_run_record(report_root, device_type, merged.run)
+
+        def under_root(path: str) -> Path:
+            return Path(path) if Path(path).is_absolute() else rootdir / path
+
+        updating = get("--update-baselines") or get("--append-baselines")
+        report_dir = get("--report-dir") or None
+        return FinishPlan(store=BaselineStore(under_root(get("--baselines-dir"))) if updating else None,
+                          append=bool(get("--append-baselines")), history_root=under_root(get("--history-dir") or "history"),
+                          report_root=under_root(report_dir) if report_dir else None,
+                          device_type="cuda" if self.cuda else "cpu", rootdir=rootdir)
 
     def pytest_terminal_summary(self, terminalreporter, config: pytest.Config) -> None:
         tr = terminalreporter
@@ -630,14 +589,11 @@ class XdistController:
                 pin = worker.get("pinning") or {}
                 tr.write_line(f"  {worker['worker']}: {Pinning(**{**pin, 'cores': tuple(pin.get('cores', ()))}).describe() if pin else '?'}"
                               f", {worker['cells']} cells" + ("" if worker["complete"] else ", INCOMPLETE (crashed?)"))
-            for line in table_lines(run["results"]):
-                tr.write_line(line)
             if self.merged.missing:
                 tr.write_line(f"MISSING {len(self.merged.missing)} cell(s): {', '.join(self.merged.missing)}")
-        if self.written:
-            tr.write_line("baselines written: " + ", ".join(str(p) for p in self.written))
-        if self.run_file:
-            tr.write_line(f"run JSON: {self.run_file} (one record for all workers; render with `streamllm report`)")
+        if self.end is not None:  # the same lines a serial run prints (bench/finish.py)
+            for line in self.end.lines:
+                tr.write_line(line, red=line == self.end.outcome.unarmed, bold=line == self.end.outcome.unarmed)
         if self.error:
             tr.write_line(f"ERROR: {self.error}")
 

@@ -17,7 +17,6 @@ from streamllm.harness.baselines import (
     BaselineRecord,
     BaselineStore,
     append_run,
-    average_records,
 )
 from streamllm.harness.fingerprint import fingerprint_id, hardware_fingerprint
 from streamllm.harness.stats import compare_ppl
@@ -300,24 +299,6 @@ def test_edited_ppl_fails_with_message_naming_file(store: BaselineStore):
 # -- averaging and construction from a run --------------------------------------------------------
 
 
-def test_average_records():
-    runs = [make_record(ppl=17.0, samples=[80.0, 82.0]), make_record(ppl=17.5, samples=[81.0]),
-            make_record(ppl=18.0, samples=[79.0, 78.0])]
-    avg = average_records(runs)
-    assert avg.ppl == pytest.approx(17.5) and avg.mean_nll == pytest.approx(sum(math.log(p) for p in (17, 17.5, 18)) / 3)
-    assert avg.tpot_samples_ms[ID_A] == [80.0, 82.0, 81.0, 79.0, 78.0]  # pooled, in run order
-    assert avg.tpot_ms[ID_A] == pytest.approx((81.0 + 81.0 + 78.5) / 3)
-    assert avg.runs_averaged == 3 and avg.extra["ppl_runs"] == [17.0, 17.5, 18.0]
-    assert avg.tpot_runs_ms[ID_A] == [81.0, 81.0, 78.5]  # one median per run: the run-to-run spread
-    assert average_records(runs[:1]) == runs[0]
-    with pytest.raises(ValueError, match="different keys"):
-        average_records([make_record(), make_record(make_key(tokens=2048))])
-    with pytest.raises(ValueError, match="device classes"):
-        average_records([make_record(), make_record(fid=ID_B, fp=FP_B)])
-    with pytest.raises(ValueError):
-        average_records([])
-
-
 def test_record_from_result_round_trips(store: BaselineStore):
     result = EvalResult(
         strategy="lazy-s4-w252-c32", params=make_key().params, model="SmolLM2-135M-Instruct",
@@ -351,8 +332,8 @@ def test_make_provenance_fields():
 
 
 def test_append_run_pools_timing_and_keeps_the_rest(store: BaselineStore):
-    old = average_records([make_record(samples=[80.0, 82.0]), make_record(samples=[90.0, 92.0])])
-    store.update([old])
+    store.update([make_record(samples=[80.0, 82.0])])
+    store.update([make_record(samples=[90.0, 92.0])], append_for=ID_A)
     other = make_record(fid=ID_B, fp=FP_B, samples=[5.0])
     store.update([other])  # another machine's timing in the same record
     new = make_record(samples=[100.0, 102.0])

@@ -12,11 +12,11 @@ import torch
 
 from bench.catalog import build_catalog, select
 from bench.suite import Suite, SuiteOptions
-from bench.table import format_table
 from conftest import tiny_llama
 from streamllm.evaluate import evaluate_tokens
 from streamllm.harness.baselines import BaselineKey, BaselineRecord, BaselineStore
 from streamllm.harness.judges import Lookup, check_ppl, check_ratio_vs_baseline, lookup
+from streamllm.harness.table import format_table
 from streamllm.harness.verdicts import ERROR, FAIL, INCONCLUSIVE, NOT_CHECKED, PASS, RECORDED
 from streamllm.measure import minor_faults, prepare_slice, time_rounds
 from streamllm.models import LoadedModel
@@ -519,12 +519,12 @@ def test_tpot_findings_time_both_strategies_step_for_step(tmp_path):
     suite = make_suite(tmp_path, tiny_llama(hidden=256, layers=4, intermediate=1024))
     suite.options = dataclasses.replace(suite.options, rounds=16, warmup_rounds=1)  # 16 pairs of 4-step rounds
     strict, lazy = suite.case("strict"), suite.case("lazy-c16")
-    same = suite.paired_ratio(strict, strict, "synthetic")
+    same = suite.measure.paired_ratio(strict, strict, "synthetic")
     assert same.low <= 1.0 <= same.high, same
-    plain = suite.paired_ratio(lazy, strict, "synthetic")
+    plain = suite.measure.paired_ratio(lazy, strict, "synthetic")
     injection = injections.slowdown("lazy", 1.0, "dynamic")
     try:
-        slowed = suite.paired_ratio(lazy, strict, "synthetic")  # every lazy step twice as long
+        slowed = suite.measure.paired_ratio(lazy, strict, "synthetic")  # every lazy step twice as long
     finally:
         injection.undo()
     assert slowed.ratio > plain.ratio * 1.3, (slowed, plain)

@@ -25,12 +25,19 @@ from streamllm.harness.counters import (
     count_work,
     counter_key,
     op_name,
-    token_feeder,
 )
 from streamllm.strategies import make_strategy
 
 ROOT = Path(__file__).resolve().parents[1]
 IDS = torch.randint(0, 97, (300,), generator=torch.Generator().manual_seed(1))
+
+
+def token_feeder(decoder, ids: torch.Tensor, start: int):
+    """`step()` for count_work: feeds ids[start], ids[start + 1], ... through `decoder.step`."""
+    flat = ids.view(-1)
+    position = iter(range(start, flat.numel()))
+    return lambda: decoder.step(flat[next(position)].view(1, 1))
+
 
 
 def _steady(loaded, spec):
@@ -60,7 +67,7 @@ sys.path.insert(0, {tests!r})
 import torch
 torch.set_num_threads(1)
 from conftest import tiny_llama
-from streamllm.harness.counters import count_work, counter_key, token_feeder
+from streamllm.harness.counters import count_work, counter_key
 from streamllm.decode import EagerDecoder, make_cache
 from streamllm.strategies import make_strategy
 loaded = tiny_llama()
@@ -68,7 +75,8 @@ spec = make_strategy("lazy", sink=4, window=16, compress_every=4)
 cache = make_cache(spec, loaded.model)
 decoder = EagerDecoder(loaded.model, cache)
 ids = torch.randint(0, 97, (300,), generator=torch.Generator().manual_seed(1))
-step = token_feeder(decoder, ids, 0)
+position = iter(range(ids.numel()))
+step = lambda: decoder.step(ids[next(position)].view(1, 1))
 with torch.inference_mode():
     for _ in range(spec.capacity):
         step()

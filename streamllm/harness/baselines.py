@@ -211,56 +211,6 @@ def _round_ms(x: float) -> float:
     return float(f"{float(x):.6g}")
 
 
-def average_records(runs: Sequence[BaselineRecord]) -> BaselineRecord:
-    """The fixed baseline from 1-3 runs of one key: PPL and mean NLL averaged, TPOT samples
-    pooled per fingerprint (more samples, tighter CIs), summary TPOT averaged, runs counted."""
-    if not runs:
-        raise ValueError("average_records needs at least one run")
-    if len(runs) == 1:
-        return runs[0]
-    first = runs[0]
-    for run in runs[1:]:
-        if run.key != first.key:
-            raise ValueError(f"cannot average different keys: {first.key.id()} vs {run.key.id()}")
-        if run.ppl_device_class != first.ppl_device_class:
-            raise ValueError(
-                f"{first.key.id()}: runs come from different device classes "
-                f"({first.ppl_device_class!r} vs {run.ppl_device_class!r}); average per device class"
-            )
-    samples: dict[str, list[float]] = {}
-    summaries: dict[str, list[float]] = {}
-    run_medians: dict[str, list[float]] = {}
-    fingerprints: dict[str, dict] = {}
-    extra: dict = {}
-    for run in runs:
-        for fid, xs in run.tpot_samples_ms.items():
-            samples.setdefault(fid, []).extend(float(x) for x in xs)
-            run_medians.setdefault(fid, []).extend(_runs_of(run, fid))
-        for fid, v in run.tpot_ms.items():
-            summaries.setdefault(fid, []).extend([float(v)] * run.runs_averaged)  # weighted by its runs
-        fingerprints.update(run.fingerprints)
-        extra.update(run.extra)
-    n = len(runs)
-    if n > 1:
-        extra["ppl_runs"] = [r.ppl for r in runs]
-    provenance = dict(runs[-1].provenance)
-    if n > 1:
-        provenance["averaged_dates"] = [r.provenance.get("date") for r in runs]
-    return BaselineRecord(
-        key=first.key,
-        ppl=math.fsum(r.ppl for r in runs) / n,
-        mean_nll=math.fsum(r.mean_nll for r in runs) / n,
-        ppl_device_class=first.ppl_device_class,
-        tpot_samples_ms=samples,
-        tpot_ms={fid: math.fsum(v) / len(v) for fid, v in summaries.items()},
-        tpot_runs_ms=run_medians,
-        fingerprints=fingerprints,
-        runs_averaged=sum(r.runs_averaged for r in runs),
-        provenance=provenance,
-        extra=extra,
-    )
-
-
 def _runs_of(record: BaselineRecord, fid: str) -> list[float]:
     """Per-run TPOT summaries of `fid` (older files without them: the pooled median, once)."""
     runs = record.tpot_runs_ms.get(fid)
@@ -549,7 +499,7 @@ class BaselineStore:
             group = by_path.setdefault(self.path_for(record.key), {})
             if record.key.strategy in group:
                 raise ValueError(
-                    f"{record.key.id()} given twice in one update; combine runs with average_records first"
+                    f"{record.key.id()} given twice in one update; store one record per strategy (append further runs with append_for)"
                 )
             group[record.key.strategy] = record
         written = []

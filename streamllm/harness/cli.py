@@ -11,12 +11,13 @@ from pathlib import Path
 from .. import cli as product_cli
 from . import bisect, drift, workcount
 from .baselines import BaselineError
+from .compare import compare
 from .counters import CounterError
-from .records import DEFAULT_REPORT_DIR
+from .records import DEFAULT_REPORT_DIR, RunRecordError
 from .report import ReportError
 from .report import run_report as render_report
 
-USER_ERRORS = (*product_cli.USER_ERRORS, ReportError, BaselineError, CounterError, workcount.CaseError,
+USER_ERRORS = (*product_cli.USER_ERRORS, ReportError, RunRecordError, BaselineError, CounterError, workcount.CaseError,
                workcount.CountError, bisect.BisectError, drift.DriftError)
 
 
@@ -47,6 +48,24 @@ def run_report(args: argparse.Namespace) -> int:
           f"{summary['status']} ({counts})" + (f"; no result: {', '.join(summary['missing'])}" if summary["missing"] else "")
           + (f"; {summary['armed']}" if summary.get("armed") else ""))
     return 0
+
+
+def add_compare_parser(sub: argparse._SubParsersAction) -> None:
+    cmp = sub.add_parser("compare", help="judge a stored run record again (its raw measurements) and print the "
+                                         "suite's verdict table")
+    cmp.add_argument("run", help=f"a run record `pytest bench` wrote under {DEFAULT_REPORT_DIR}/runs/")
+    cmp.add_argument("--against", default="baselines",
+                     help="baselines (default: the --baselines store and the run history) or another run record")
+    cmp.add_argument("--baselines", default="baselines", help="baseline store root (default: baselines)")
+    cmp.add_argument("--history", default="history", help="run history root (default: history)")
+
+
+def run_compare(args: argparse.Namespace) -> int:
+    """`streamllm compare`: exit 0 when every re-judged row passes, 1 when one fails, 2 on bad input."""
+    result = compare(args.run, against=args.against, baselines_dir=args.baselines, history_dir=args.history)
+    for line in result.lines:
+        print(line)
+    return result.exit_code
 
 
 def add_count_parser(sub: argparse._SubParsersAction) -> None:
@@ -156,6 +175,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = product_cli.build_parser()
     sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
     add_report_parser(sub)
+    add_compare_parser(sub)
     add_count_parser(sub)
     add_bisect_parser(sub)
     add_drift_parser(sub)
@@ -164,7 +184,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     commands = {"strategies": product_cli.run_strategies, "eval": product_cli.run_eval, "report": run_report,
-                "count": run_count, "bisect": run_bisect,
+                "compare": run_compare, "count": run_count, "bisect": run_bisect,
                 "drift": run_drift}
     return product_cli.dispatch(build_parser(), commands, USER_ERRORS, argv)
 

@@ -344,17 +344,3 @@ def count_work(
         notes=notes,
         device_busy_us=busy,
     )
-
-
-def token_feeder(decoder: Any, ids: torch.Tensor, start: int) -> Callable[[], object]:
-    """`step()` for count_work: feeds ids[start], ids[start + 1], ... through `decoder.step`."""
-    flat = ids.view(-1)
-    position = iter(range(start, flat.numel()))
-
-    def step() -> object:
-        t = next(position, None)
-        if t is None:
-            raise RuntimeError(f"token_feeder ran out of text ({flat.numel()} tokens): pass more tokens")
-        return decoder.step(flat[t : t + 1].view(1, 1))
-
-    return step

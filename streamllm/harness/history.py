@@ -210,12 +210,6 @@ class Judgement:
         return out
 
 
-def acceptable(judgement: Judgement) -> bool:
-    """Whether a case's samples should enter its baseline by default: it did not move beyond its
-    band (raw verdict), confirmed or not."""
-    return judgement.raw not in (REGRESSION, IMPROVEMENT)
-
-
 # --------------------------------------------------------------------------------------------
 # Verdicts
 
@@ -420,34 +414,3 @@ class RunHistory:
             write_text_atomic(path, json.dumps(run.to_json(), indent=1) + "\n")
             self._runs = None
         return run
-
-    def record(
-        self,
-        results: Mapping[str, Sequence[float]],
-        *,
-        band: float | Mapping[str, float],
-        k: int = 5,
-        min_runs: int = 3,
-        nightly: bool = False,
-        accept: bool | None = None,
-        alpha: float = DEFAULT_ALPHA,
-        fingerprint: Mapping[str, Any] | None = None,
-        meta: Mapping[str, Any] | None = None,
-        now: datetime | None = None,
-    ) -> tuple[dict[str, Judgement], Run]:
-        """Check every case against the history, then append this run with the raw verdicts.
-
-        `band`: one band for all cases or one per case. `accept`: None = the run is accepted except
-        the cases beyond their band (`acceptable`); True/False accepts or rejects the whole run on
-        purpose (True: this run's level becomes the baseline, e.g. after an intended change).
-        """
-        judgements = {
-            case: self.check(case, samples, band=band if isinstance(band, (int, float)) else band[case],
-                             k=k, min_runs=min_runs, nightly=nightly, alpha=alpha)
-            for case, samples in results.items()
-        }
-        overrides = {c: False for c, j in judgements.items() if not acceptable(j)} if accept is None else {}
-        run = self.append(results, accepted=True if accept is None else accept,
-                          verdicts={c: j.raw for c, j in judgements.items()}, case_accepted=overrides,
-                          fingerprint=fingerprint, meta=meta, now=now)
-        return judgements, run

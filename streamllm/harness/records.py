@@ -3,9 +3,13 @@
 A run record is the JSON that `pytest bench` writes under `<report dir>/runs/` (schema
 `streamllm.bench-run/2`): the run's options, machine fingerprint and provenance, and one entry
 per (case, dataset) with its PPL, TPOT, same-run ratio, work counts and checks. The schema is
-defined once, here, as pydantic models; `read_run` validates a file on read and names the file
-and the fix when it does not match. Verdict words are defined here too, so that the suite, the
-statistics and the report agree on them.
+defined once, here, as pydantic models; `validate_run` / `load_raw` check a file on read and name
+the file and the fix when it does not match.
+
+`RawRun` is the record's *raw* part (`run["raw"]`): what was measured and under which conditions,
+and no verdict. `streamllm.harness.judge.judge` turns it into checks; `streamllm compare` re-judges
+a stored run from it alone. The judged fields beside it (`results[].checks`, `verdicts`) are what the
+run printed, kept for the report until it renders the judge's output directly.
 """
 
 from __future__ import annotations
@@ -66,6 +70,86 @@ def run_status(failing: list, missing: list) -> str:
     return RUN_FAIL if failing else RUN_INCOMPLETE if missing else RUN_PASS
 
 
+
+# -- the raw part: measurements only ---------------------------------------------------------------
+RAW_SCHEMA = "streamllm.bench-raw/1"
+
+
+class RawArm(BaseModel):
+    """One arm's timing: per-round TPOT samples (ms), the rerun's rounds apart, CUDA device time."""
+
+    model_config = ConfigDict(extra="forbid")
+    samples_ms: list[float] = Field(default_factory=list)
+    rerun_samples_ms: list[float] = Field(default_factory=list)  # rounds added after an inconclusive first look
+    device_samples_ms: list[float] = Field(default_factory=list)  # CUDA events; empty on CPU
+    faults_per_step: float | None = None  # minor page faults per measured step
+    tpot_ms_mean: float | None = None  # over whole eviction cycles (the table's TPOT columns)
+    tpot_ms_median: float | None = None
+
+
+class RawNll(BaseModel):
+    """The per-token NLL the PPL came from, summarized (the full trace stays in `results[]`)."""
+
+    model_config = ConfigDict(extra="forbid")
+    count: int
+    mean: float
+    max: float | None = None
+    p99: float | None = None
+
+
+class RawCase(BaseModel):
+    """One (case, dataset): what was measured, nothing judged."""
+
+    model_config = ConfigDict(extra="forbid")
+    case: str
+    dataset: str  # the --dataset name (history entries are keyed by it)
+    label: str
+    text: str  # the text's name as the evaluation reports it (the judges' messages name it)
+    baseline_key: dict[str, Any]  # BaselineKey fields: which stored record this case is judged against
+    graph: bool = False  # captured in a CUDA graph (its ratio is not judged; its device time is)
+    skipped: str | None = None
+    ppl: float | None = None
+    nll: RawNll | None = None
+    ppl_delta_vs_dense_pct: float | None = None
+    speedup: float | None = None  # dense TPOT / this TPOT, same run
+    floor_ms: float | None = None  # bytes a step must read / measured copy bandwidth
+    timing: RawArm | None = None
+    reference: RawArm | None = None  # the interleaved reference arm
+    work: dict[str, Any] | None = None  # WorkCounts.to_json()
+    reference_work: dict[str, Any] | None = None
+    own_path_nll_max_abs_diff: float | None = None  # timed decode vs evaluator, where both exist
+    own_path_tolerance: float | None = None
+    oversubscribed: str | None = None  # the machine's load when the case was judged (CPU), or None
+
+
+class RawConditions(BaseModel):
+    """The run's conditions every case is judged under."""
+
+    model_config = ConfigDict(extra="forbid")
+    started: str  # UTC ISO time the run began: a replay reads only history from before it
+    fingerprint: dict[str, Any]
+    fingerprint_id: str
+    threads: int
+    versions: dict[str, str | None] = Field(default_factory=dict)
+    device_type: str = "cpu"
+    dtype: str = "float32"
+    tpot_tolerance: float = 0.10
+    history_k: int = 5
+    nightly: bool = False
+    updating: bool = False  # --update/--append-baselines: checks record instead of judging
+    no_timing: str | None = None  # why TPOT was not measured, or None
+
+
+class RawRun(BaseModel):
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+    schema_: str = Field(default=RAW_SCHEMA, alias="schema")
+    conditions: RawConditions
+    cases: list[RawCase] = Field(default_factory=list)
+
+    def to_json(self) -> dict:
+        return self.model_dump(by_alias=True, mode="json")
+
+
 class RunModel(BaseModel):
     model_config = ConfigDict(extra="allow", populate_by_name=True)
     schema_: str = Field(alias="schema")
@@ -77,6 +161,7 @@ class RunModel(BaseModel):
     fingerprint: dict[str, Any] = Field(default_factory=dict)
     fingerprint_id: str | None = None
     results: list[CaseModel] = Field(default_factory=list)
+    raw: RawRun | None = None  # absent in runs written before the raw part existed
 
     def to_json(self) -> dict:
         return self.model_dump(by_alias=True, mode="json")
@@ -104,12 +189,24 @@ def validate_run(data: Any, source: str = "run record") -> RunModel:
         raise RunRecordError(f"{source}: {where}: {first['msg']} ({exc.error_count()} problem(s)); {FIX}") from None
 
 
-def read_run(path: str | os.PathLike) -> RunModel:
+def load_run(path: str | os.PathLike) -> RunModel:
+    """A stored run record, validated; RunRecordError naming the file and the fix otherwise."""
     path = Path(path)
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise RunRecordError(f"run file {path} does not exist; {FIX}") from None
+    except IsADirectoryError:
+        raise RunRecordError(f"run file {path} is a directory; {FIX}") from None
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise RunRecordError(f"run file {path}: cannot be read as JSON ({exc}); {FIX}") from None
     return validate_run(data, f"run file {path}")
+
+
+def load_raw(path: str | os.PathLike) -> RawRun:
+    """The raw part of a stored run record (what `streamllm compare` judges)."""
+    run = load_run(path)
+    if run.raw is None:
+        raise RunRecordError(f"run file {path}: written before runs kept their raw measurements (no `raw` part, "
+                             f"schema {run.schema_}); re-run `pytest bench` with this checkout to get one")
+    return run.raw

@@ -27,7 +27,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .records import DEFAULT_REPORT_DIR, RUN_PASS, run_status
+from .judge import run_outcome
+from .records import DEFAULT_REPORT_DIR, RUN_PASS
 from .report_plots import (  # noqa: F401  (re-exported: the figures are part of the report's API)
     _delta_view,
     _interval_text,
@@ -246,9 +247,11 @@ def summarize(run: Run) -> dict:
     count: dict[str, int] = {}
     for _, c in checks:
         count[c["verdict"]] = count.get(c["verdict"], 0) + 1
-    failing = [f"{r['label']} on {r['dataset']}: {c['name']}: {c['message']}" for r, c in checks if failed(c)]
-    missing = [f"{r['label']} on {r['dataset']}" for r in results if r.get("missing")]
-    status = run_status(failing, missing)
+    # the run's word is the judge's one rule (the terminal and pytest's exit code read it too)
+    outcome = run_outcome(results, run.data.get("options") or {})
+    failing = [*outcome.failing, *([outcome.unarmed] if outcome.unarmed else [])]
+    missing = list(outcome.missing)
+    status = outcome.status
 
     def result(r: dict) -> dict:
         out = {k: r.get(k) for k in ("dataset", "case", "label", "ppl", "ppl_delta_vs_dense_pct", "tpot_ms_mean",
@@ -273,6 +276,8 @@ def summarize(run: Run) -> dict:
         "phases_s": run.data.get("phases_s"),
         "status": status,
         "passed": status == RUN_PASS,
+        "exit_code": outcome.exit_code,  # what pytest exited with for this run
+        "nightly_unarmed": outcome.unarmed,
         "failures": failing,
         "missing": missing,
         "results": [result(r) for r in results],

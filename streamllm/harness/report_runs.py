@@ -9,10 +9,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from .judge import check_failed
 from .records import RunRecordError, validate_run
-from .verdicts import (
-    FAILING,
-)
 
 
 class ReportError(ValueError):
@@ -63,10 +61,7 @@ def _fmt(value: Any, spec: str) -> str:
     return format(value, spec)
 
 
-def failed(check: dict) -> bool:
-    """Whether a check fails its test: the record's own `failed` flag where it carries one, else
-    its verdict field."""
-    return bool(check["failed"]) if "failed" in check else check.get("verdict") in FAILING
+failed = check_failed  # the judge's rule: a report never re-derives whether a check failed
 
 
 def _check(r: dict, name: str) -> dict | None:

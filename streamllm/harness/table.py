@@ -1,0 +1,113 @@
+"""The verdict table: printed at the end of a bench run (serial or merged xdist, through
+`bench/finish.py`) and by `streamllm compare` for a stored run. It only reads checks; the verdicts
+come from the judge (`judge.py`). Lives in the harness because `streamllm compare` must not import
+bench/."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from .verdicts import ERROR, FAIL, INCONCLUSIVE, NOT_CHECKED, RECORDED, Check, armed, sub_checks, summarize
+
+COLUMNS = ("dataset", "strategy", "PPL", "ΔPPL %", "TPOT ms mean", "TPOT ms median", "speedup", "TPOT/floor",
+           "a: PPL", "b: work", "b: ratio", "b: abs", "armed", "c: findings")
+
+
+def _num(value, spec: str) -> str:
+    if value is None or (isinstance(value, float) and not math.isfinite(value)):
+        return "-"
+    return format(value, spec)
+
+
+def table_rows(rows: list[dict]) -> list[list[str]]:
+    """Cells from CaseResult.row() dicts (or the same dicts read back from a run JSON)."""
+    out = []
+    for r in rows:
+        v = r["verdicts"]
+        sub = r.get("sub") or {"work": v["b"], "ratio": v["b"], "absolute": v["b"]}  # runs before the split
+        arm = r.get("armed")
+        out.append([
+            r["dataset"], r["label"], _num(r["ppl"], ".4f"), _num(r["ppl_delta_vs_dense_pct"], "+.2f"),
+            _num(r["tpot_ms_mean"], ".2f"), _num(r["tpot_ms_median"], ".2f"), _num(r["speedup"], ".2f"),
+            _num(r.get("tpot_over_floor"), ".1f"), v["a"], sub["work"], sub["ratio"], sub["absolute"],
+            "-" if arm is None else "yes" if arm else "NO", v["c"],
+        ])
+    return out
+
+
+def format_table(rows: list[dict]) -> list[str]:
+    cells = table_rows(rows)
+    columns = list(COLUMNS)
+    if any(r.get("bound") for r in rows):  # CUDA: host- or device-bound, from the kernel pass
+        columns.append("bound")
+        cells = [[*c, r.get("bound") or "-"] for c, r in zip(cells, rows, strict=True)]
+    widths = [max(len(h), *(len(c[i]) for c in cells)) if cells else len(h) for i, h in enumerate(columns)]
+    numeric = {2, 3, 4, 5, 6, 7}
+
+    def line(values) -> str:
+        return "  ".join(v.rjust(w) if i in numeric else v.ljust(w) for i, (v, w) in enumerate(zip(values, widths, strict=True)))
+
+    return [line(columns), line(["-" * w for w in widths]), *(line(c) for c in cells)]
+
+
+def make_row(*, dataset: str, case: str, label: str, checks: Sequence[Check], skipped: str | None = None,
+             timed: bool, ppl: float | None = None, ppl_delta_vs_dense_pct: float | None = None,
+             tpot_ms_mean: float | None = None, tpot_ms_median: float | None = None, speedup: float | None = None,
+             floor_ms: float | None = None, bound: str | None = None) -> dict:
+    """One table row (the run record's row fields): the suite and `streamllm compare` both build it
+    here, so a row reads the same whichever printed it."""
+    return {
+        "dataset": dataset,
+        "case": case,
+        "label": label,
+        "ppl": ppl,
+        "ppl_delta_vs_dense_pct": ppl_delta_vs_dense_pct,
+        "tpot_ms_mean": tpot_ms_mean,
+        "tpot_ms_median": tpot_ms_median,
+        "speedup": speedup,
+        "tpot_over_floor": tpot_ms_mean / floor_ms if floor_ms and tpot_ms_mean else None,
+        "bound": bound,
+        "verdicts": ({"a": summarize(checks, "ppl"), "b": summarize(checks, "tpot"), "c": summarize(checks, "finding")}
+                     if not skipped else {"a": "skip", "b": "skip", "c": "skip"}),
+        # (b) per sub-check, and whether the row is armed (work counts and a TPOT check live)
+        "sub": sub_checks(checks) if not skipped else None,
+        "armed": armed(checks)[0] if timed else None,
+        "armed_why": armed(checks)[1] if timed else None,
+        "skipped": skipped,
+    }
+
+
+def bound_word(device_busy_us: float | None, steps: int | None, tpot_ms_mean: float | None) -> str | None:
+    """On CUDA: "device" when the kernels keep the GPU busy for most of a step (summed kernel time
+    from the counting pass >= 80 % of wall TPOT), else "host" (launch/Python bound)."""
+    if device_busy_us is None or not steps or not tpot_ms_mean:
+        return None
+    share = device_busy_us / steps / 1e3 / tpot_ms_mean
+    return f"{'device' if share >= 0.8 else 'host'} ({share:.0%} busy)"
+
+
+def table_lines(results: Sequence[Mapping[str, Any]]) -> list[str]:
+    """The verdict table and its notes from result rows carrying their checks as dicts."""
+    return format_table([dict(r) for r in results]) + check_notes(results)
+
+
+def check_notes(results: Sequence[Mapping[str, Any]]) -> list[str]:
+    """One line per skipped/missing cell and per check that is not a pass; the checks a PPL-only run
+    did not measure are one line in all (their reason is the same for every cell)."""
+    lines: list[str] = []
+    not_measured: dict[str, int] = {}
+    for r in results:
+        if r.get("skipped"):
+            lines.append(f"{'MISSING' if r.get('missing') else 'skipped'} {r['case']} on {r['dataset']}: "
+                         f"{r['skipped'].removeprefix('MISSING: ')}")
+        for c in r.get("checks") or []:
+            reason = (c.get("details") or {}).get("not_measured")
+            if reason:
+                not_measured[reason] = not_measured.get(reason, 0) + 1
+            elif c["verdict"] in (FAIL, ERROR, NOT_CHECKED, RECORDED, INCONCLUSIVE):
+                lines.append(f"{c['verdict'].upper()}: {c['name']}: {c['message']}")
+    lines += [f"NOT CHECKED: TPOT and timing findings of {n} check(s) not measured: {why}"
+              for why, n in not_measured.items()]
+    return lines
