@@ -18,12 +18,13 @@ from streamllm.harness.judge import judge, run_outcome
 from streamllm.harness.records import RUN_SCHEMA, RawArm, RawCase, RawConditions, RawRun, validate_run
 from streamllm.harness.report import build_report, read_run
 from streamllm.harness.table import make_row, table_lines
-from streamllm.harness.verdicts import FAIL, INCONCLUSIVE, PASS, RATIO_CHECK
+from streamllm.harness.verdicts import FAIL, INCONCLUSIVE, PASS, RATIO_CHECK, ratio_key
 
 ROOT = Path(__file__).resolve().parents[1]
-FP = {"device_class": "cpu", "cpu_model": "Test CPU", "cpu_count": 2, "torch_threads": 1}
+FP = {"device_class": "cpu", "cpu_model": "Test CPU", "cpu_count": 2, "torch_threads": 1, "torch": "2.13.0",
+      "transformers": "5.25.0"}
 FID = "cpu-test-t1"
-RKEY = "cpu-t1"  # verdicts.ratio_key(FP, 1)
+RKEY = ratio_key(FP, 1)  # same-run ratios are stored per CPU model
 
 
 def key(case: str) -> BaselineKey:
@@ -258,7 +259,8 @@ def test_a_stored_run_is_judged_against_the_history_from_before_it_began(tmp_pat
     start = datetime(2026, 1, 1, tzinfo=timezone.utc)
     history = RunHistory(tmp_path / "history", FID)
     for day in (-3, -2, -1, 1):
-        history.append({"book/strict": [1.0, 1.01, 0.99, 1.0]}, accepted=True, now=start + timedelta(days=day))
+        history.append({"book/strict": [1.0, 1.01, 0.99, 1.0]}, accepted=True, fingerprint=FP,
+                       now=start + timedelta(days=day))
     raw = RawRun(conditions=conditions(started=start.isoformat()), cases=[raw_case("strict", ratio=1.0)])
     (v,) = judge(raw, BaselineStore(store_with(tmp_path, {"strict": 1.0})), tmp_path / "history")
     check = next(c for c in v.checks if c.name == HISTORY_CHECK)
