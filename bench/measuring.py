@@ -16,6 +16,7 @@ from streamllm.floor import analytic_step_bytes, floor_ms, mean_attended_slots
 from streamllm.harness.counters import WorkCounts, count_work, counter_key
 from streamllm.harness.ratio import RatioCI, ratio_ci
 from streamllm.measure import (
+    CalibrationArm,
     DecodeSlice,
     TimingRun,
     copy_bandwidth_GBps,
@@ -43,6 +44,7 @@ class Measurements:
         self._reference_slices: dict[tuple[str, str], DecodeSlice] = {}
         self.bandwidth: float | None = None  # GB/s, measure.copy_bandwidth_GBps, once per process
         self._calibrations: dict[tuple, OwnPath] = {}
+        self._torch_only: CalibrationArm | None = None  # the run's calibration arm, timed after each case
 
     @property
     def phases(self) -> PhaseClock:
@@ -129,7 +131,15 @@ class Measurements:
         run, ref = time_interleaved(slice_, reference, steps=steps, cycle=cycle, rounds=rounds,
                                     warmup_rounds=self.session.options.warmup_rounds, benchmark=benchmark)
         self.references[key] = ref
+        if self._torch_only is None:
+            self._torch_only = CalibrationArm(loaded.device)
+        self._torch_only.measure()
         return run
+
+    @property
+    def calibration_ms(self) -> list[float]:
+        """The torch-only calibration arm's samples so far (ms; device time on CUDA)."""
+        return list(self._torch_only.samples) if self._torch_only is not None else []
 
     @_in_phase("token loop (PPL + timing)")
     def _loop(self, case: BenchCase, dataset: str, benchmark=None) -> EvalResult:

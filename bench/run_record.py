@@ -164,7 +164,13 @@ def raw_conditions(session: Session) -> RawConditions:
         fingerprint=session.fingerprint, fingerprint_id=session.fingerprint_id, threads=torch.get_num_threads(),
         versions={d: package_version(d) for d in ("streamllm", "torch", "transformers", "numpy")},
         device_type=o.device_type, dtype=o.dtype, tpot_tolerance=o.tpot_tolerance, history_k=o.history_k,
-        nightly=o.nightly, updating=o.update_baselines, no_timing=o.no_timing)
+        nightly=o.nightly, updating=o.update_baselines, no_timing=o.no_timing,
+        calibration_ms=_calibration(session))
+
+
+def _calibration(session: Session) -> list[float]:
+    measure = getattr(session, "measure", None)  # the Suite's measurements (a bare Session has none)
+    return measure.calibration_ms if measure is not None else []
 
 
 def raw_run(session: Session, results: list[CaseResult]) -> RawRun:

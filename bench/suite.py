@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 from streamllm.harness.baselines import BaselineRecord
+from streamllm.harness.history import CALIBRATION_CASE
 from streamllm.harness.judge import nightly_unarmed
 from streamllm.harness.ratio import ratio_ci
 from streamllm.harness.verdicts import Check
@@ -168,6 +169,8 @@ class Suite(Session):
                           report_root=self._under_root(o.report_dir) if o.report_dir is not None else None,
                           device_type=o.device_type, rootdir=self.rootdir)
         samples, verdicts = history_entries(self.results)
+        if samples and self.measure.calibration_ms:
+            samples[CALIBRATION_CASE] = self.measure.calibration_ms
         end = finish_run(self.run_json(), self.records, [(self.fingerprint, samples, verdicts)], plan)
         self.written, self.run_file = end.written, end.run_file
         return end

@@ -50,6 +50,8 @@ SCHEMA = "streamllm.history/1"
 RAW_VERDICTS = HISTORY_RAW
 # History entry of a case's reference arm: "<dataset>/<case>:reference".
 REFERENCE_SUFFIX = ":reference"
+# The run-level calibration arm (streamllm.measure.CalibrationArm): torch alone, no library code.
+CALIBRATION_CASE = "calibration:torch-only"
 DEFAULT_ALPHA = HISTORY_ALPHA
 
 # The library versions a run's absolute TPOT depends on beyond the fingerprint id (which holds

@@ -28,7 +28,7 @@ from pathlib import Path
 
 from .bands import device_time_group, store_group, store_records
 from .baselines import BaselineKey, BaselineStore
-from .history import REFERENCE_SUFFIX, RunHistory
+from .history import CALIBRATION_CASE, REFERENCE_SUFFIX, RunHistory
 from .judges import (
     HistoryInputs,
     check_device_time,
@@ -152,8 +152,10 @@ def judge_case(raw: RawCase, conditions: RawConditions, store: BaselineStore, hi
     out.checks.append(check_history(
         history, name, _samples(raw.timing), what=what, clock="device time (CUDA events)" if device else "wall time",
         floor=conditions.tpot_tolerance, k=conditions.history_k, nightly=conditions.nightly,
-        versions=conditions.fingerprint, inputs=HistoryInputs(busy=raw.oversubscribed, reference_case=name + REFERENCE_SUFFIX,
-                             reference_samples=_samples(raw.reference))))
+        versions=conditions.fingerprint,
+        inputs=HistoryInputs(busy=raw.oversubscribed, reference_case=name + REFERENCE_SUFFIX,
+                             reference_samples=_samples(raw.reference), calibration_case=CALIBRATION_CASE,
+                             calibration_samples=conditions.calibration_ms or None)))
     return out
 
 

@@ -328,6 +328,10 @@ class HistoryInputs:
     busy: str | None = None  # why the CPU is oversubscribed, or None
     reference_case: str | None = None  # the reference arm's history entry
     reference_samples: Sequence[float] | None = None
+    # The run's torch-only calibration arm (streamllm.measure.CalibrationArm): when both arms moved,
+    # it tells the machine (it moved too) from code both arms run (it held still).
+    calibration_case: str | None = None
+    calibration_samples: Sequence[float] | None = None
 
 
 def check_history(history: RunHistory, case: str, samples: list[float] | None, *, what: str, clock: str,
@@ -378,14 +382,35 @@ def check_history(history: RunHistory, case: str, samples: list[float] | None, *
         message += f"; NOT FAILED: the machine is oversubscribed ({inputs.busy}), rerun on a quiet machine"
         details["oversubscribed"] = inputs.busy
     elif verdict == FAIL and reference is not None and reference.raw in (judgement.raw, NOT_CHECKED):
-        verdict = INCONCLUSIVE
-        record = dict.fromkeys(record, NOT_CHECKED)
-        why = (f"its reference arm moved alike ({reference.ratio:.3g}x, p={reference.p_value:.2g})"
-               if reference.raw == judgement.raw else
-               "its reference arm has no history here yet to tell the machine from the strategy")
-        message += (f"; NOT FAILED: {why}: the machine (or code both arms run) changed, not this strategy (the "
-                    "same-run ratio checks the strategy); this run re-bases the history")
+        calibration = None
+        if inputs.calibration_case and inputs.calibration_samples:
+            calibration = history.check(inputs.calibration_case, list(inputs.calibration_samples), band=band, k=k,
+                                        versions=versions)
+            record[inputs.calibration_case] = calibration.raw
+            details["calibration_history"] = calibration.as_dict()
         details["reference_history"] = reference.as_dict()
+        if reference.raw == judgement.raw and calibration is not None and calibration.raw == PASS:
+            # Both arms moved alike while torch alone held still: code both arms run (our decode
+            # glue, the model's forward in transformers) got slower: the strategy's ratio cannot see it.
+            message += (f"; the reference arm moved too ({reference.ratio:.3g}x, p={reference.p_value:.2g}) while "
+                        f"the torch-only calibration arm held still ({calibration.ratio:.3g}x): code both arms "
+                        "run changed, not the machine")
+        else:
+            verdict = INCONCLUSIVE
+            record = dict.fromkeys(record, NOT_CHECKED)
+            if reference.raw != judgement.raw:
+                why = "its reference arm has no history here yet to tell the machine from the strategy"
+            elif calibration is None:
+                why = (f"its reference arm moved alike ({reference.ratio:.3g}x, p={reference.p_value:.2g}) and no "
+                       "calibration arm was timed")
+            elif calibration.raw == NOT_CHECKED:
+                why = (f"its reference arm moved alike ({reference.ratio:.3g}x) and the calibration arm has no "
+                       "history here yet")
+            else:
+                why = (f"its reference arm moved alike ({reference.ratio:.3g}x, p={reference.p_value:.2g}) and so "
+                       f"did the torch-only calibration arm ({calibration.ratio:.3g}x)")
+            message += (f"; NOT FAILED: {why}: the machine changed, not this strategy (the same-run ratio checks "
+                        "the strategy); this run re-bases the history")
     details["record"] = record
     return Check("tpot", name, verdict, message, details)
 
