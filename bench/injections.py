@@ -76,6 +76,38 @@ def extra_op(strategy: str, cache_kind: str = "dynamic") -> Injection:
     return injection
 
 
+def extra_copy(strategy: str, cache_kind: str = "ring") -> Injection:
+    """A preallocated cache's every layer also copies its whole key buffer into a scratch buffer each
+    step: a mutation of a static buffer, which a compiled step cannot drop as dead code (an unused
+    `torch.cat` it can), so a CUDA-graph row gains one copy kernel per layer, named by the counts."""
+    from streamllm.caches.fixed import FixedCache
+
+    if cache_kind not in ("static", "ring"):
+        raise ValueError("extra_copy patches the preallocated caches (static, ring)")
+    injection = Injection()
+    original_init, original_update = FixedCache.__init__, FixedLayer.update
+
+    def init(self, spec, model, *args, **kwargs):
+        original_init(self, spec, model, *args, **kwargs)
+        if _targets(self, strategy, cache_kind):
+            for layer in self.layers:
+                layer._streamllm_scratch = torch.empty_like(layer.keys)
+                if layer.keys.is_cuda:
+                    torch._dynamo.mark_static_address(layer._streamllm_scratch)
+
+    def update(self, key_states, value_states, *args, **kwargs):
+        out = original_update(self, key_states, value_states, *args, **kwargs)
+        scratch = getattr(self, "_streamllm_scratch", None)
+        if scratch is not None:
+            scratch.copy_(self.keys)  # the injected full-buffer copy
+        return out
+
+    FixedCache.__init__, FixedLayer.update = init, update
+    injection.undo_steps.append(lambda: setattr(FixedCache, "__init__", original_init))
+    injection.undo_steps.append(lambda: setattr(FixedLayer, "update", original_update))
+    return injection
+
+
 def slowdown(strategy: str, fraction: float, cache_kind: str = "dynamic") -> Injection:
     """Every decode step of `strategy` (on its `cache_kind` cache) takes `fraction` longer: after
     the step, a busy-wait of `fraction` x the time that very step took. Relative to each step, so

@@ -47,8 +47,9 @@ class Step:
 
 def plan(report_dir: str) -> list[Step]:
     out = ["--report-dir", report_dir]
-    inject = [sys.executable, "scripts/inject_regression.py", "extra-op", "--strategy", "strict", "--cache", "ring",
-              "--", *NIGHTLY, "--nightly", *out]
+    # the ring rows, graph rows included, each copy a whole key buffer per layer and step
+    inject = [sys.executable, "scripts/inject_regression.py", "extra-copy", "--strategy", "strict", "--cache", "ring",
+              "--", *NIGHTLY, "--strategies", "ring,ring-cudagraphs,ring-cudagraphs-triton", "--nightly", *out]
     return [
         Step("record-1", [*BENCH, "--update-baselines", *out], 240, 420),
         Step("record-2", [*BENCH, "--append-baselines", *out], 150, 300, ("record-1",)),

@@ -2,6 +2,7 @@
 
     python scripts/inject_regression.py extra-op --strategy strict -- --dataset book
     python scripts/inject_regression.py slowdown --strategy lazy --fraction 0.15 -- --dataset book
+    python scripts/inject_regression.py extra-copy --strategy strict --cache ring -- ...   # + a full-buffer copy per layer (graph rows too)
     python scripts/inject_regression.py none -- --dataset book          # A/A: nothing injected
 
 The injection (bench/injections.py) patches one strategy's cache code inside this process, then
@@ -41,7 +42,7 @@ def main(argv: list[str] | None = None) -> int:
     rest = argv[argv.index("--") + 1:] if "--" in argv else []
     own = argv[: argv.index("--")] if "--" in argv else argv
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("kind", choices=("extra-op", "slowdown", "none"))
+    parser.add_argument("kind", choices=("extra-op", "extra-copy", "slowdown", "none"))
     parser.add_argument("--strategy", default="strict",
                         help="strategy whose cache code is patched (a comma list patches each: strict,lazy,dense)")
     parser.add_argument("--cache", default="dynamic", choices=("dynamic", "static", "ring"))
@@ -66,6 +67,8 @@ def main(argv: list[str] | None = None) -> int:
     for strategy in strategies if args.kind != "none" else []:
         if args.kind == "extra-op":
             patches.append(injections.extra_op(strategy, args.cache))
+        elif args.kind == "extra-copy":
+            patches.append(injections.extra_copy(strategy, args.cache))
         else:
             print(f"{strategy} ({args.cache}): every decode step {args.fraction:.0%} slower")
             patches.append(injections.slowdown(strategy, args.fraction, args.cache))

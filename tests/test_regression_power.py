@@ -68,6 +68,27 @@ def test_an_extra_op_per_layer_fails_exactly_that_strategy_naming_the_op(tmp_pat
             assert work.verdict == PASS, work.message
 
 
+@pytest.mark.parametrize("case,cache_kind", [("static", "static"), ("ring", "ring")])
+def test_an_extra_full_buffer_copy_fails_that_cache_naming_the_copy(tmp_path, case, cache_kind):
+    """The planted regression the GPU plan runs on the graph rows (a whole key buffer copied per
+    layer and step, which no compiler may drop), caught here on the eager rows by the counts."""
+    model = tiny_llama()
+    recorder = suite(tmp_path, model, update_baselines=True)
+    for cid in ("strict", case):
+        recorder.run_case(recorder.case(cid), "synthetic", benchmark=None)
+    recorder.write_baselines()
+    injection = injections.extra_copy("strict", cache_kind)
+    try:
+        checker = suite(tmp_path, model)
+        results = {cid: checker.run_case(checker.case(cid), "synthetic", benchmark=None) for cid in ("strict", case)}
+    finally:
+        injection.undo()
+    layers = model.model.config.num_hidden_layers
+    work = check(results[case], WORK)
+    assert work.verdict == FAIL and f"+{layers} aten.copy_ per step" in work.message, work.message
+    assert check(results["strict"], WORK).verdict == PASS  # the dynamic cache is untouched
+
+
 def test_a_15_percent_slower_step_fails_its_ratio_and_only_its_ratio(tmp_path):
     # ~2 ms steps: large enough against timer and scheduler noise on a shared 2-core machine
     model = tiny_llama(hidden=256, layers=4, intermediate=1024)
