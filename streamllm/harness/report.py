@@ -12,7 +12,8 @@ Output (default `out/report/`):
   report.html     the same markdown converted by the `markdown` package, PNGs beside it
   summary.json    the machine-readable summary (what a dashboard would ingest)
   ppl_vs_tpot.png, nll_<dataset>.png (per-token NLL with prune events), nll_aligned_<dataset>.png
-  (mean NLL around prune events), tpot_trend.png (each row of this machine's run history relative to its own baseline, with its band)
+  (mean NLL around prune events), tpot_trend.png (each row of this machine's run history relative to its own baseline, on its own
+  scale, with the band the absolute check applied)
 
 The page text lives in Jinja2 templates (`streamllm/templates/report.md.j2`, `report.html.j2`);
 this module builds the view model they render: every number formatted here, every verdict taken
@@ -51,6 +52,7 @@ from .report_runs import ReportError, Run, _check, _datasets, _fmt, failed, load
 from .trend import plot_trend
 from .verdicts import (
     DEVICE_TIME_CHECK,
+    FALLBACK_BAND,
     HISTORY_CHECK,
     INCONCLUSIVE,
     MISSING,
@@ -391,7 +393,11 @@ def build_report(run: Run, history: list[Run], out_dir: str | Path, history_dir:
         plots.append(plot_diagnostics(run, dataset, out / f"diagnostics_{dataset}.png"))
         plots += [plot_sweep(run, sweep, dataset, out / f"sweep_{sweep}_{dataset}.png") for sweep in sweeps]
     if history_dir is not None and run.data.get("fingerprint_id"):
-        plots.append(plot_trend(history_dir, run.data["fingerprint_id"], out / "tpot_trend.png"))
+        # the band the absolute check applied: the run's own K and floor (its --tpot-tolerance)
+        conditions = (run.data.get("raw") or {}).get("conditions") or {}
+        plots.append(plot_trend(history_dir, run.data["fingerprint_id"], out / "tpot_trend.png",
+                                k=int(conditions.get("history_k") or 5),
+                                floor=float(conditions.get("tpot_tolerance") or FALLBACK_BAND)))
     made = [p for p in plots if p is not None]
     summary = summarize(run)
     summary["plots"] = [p.name for p in made]
