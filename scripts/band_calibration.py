@@ -27,6 +27,7 @@ sys.path.insert(0, str(ROOT))
 from streamllm.harness.band_simulation import rows_from_store, simulate_run  # noqa: E402
 from streamllm.harness.bands import (  # noqa: E402
     guards,
+    leave_one_out,
     mde90,
     prediction_band,
     prior_from_rows,
@@ -42,24 +43,6 @@ def _ci_half(record, key: str) -> float:
     cis = stored_runs(record, "tpot_ratio_ci", key).values
     halves = [0.5 * math.log(hi / lo) for lo, hi in cis if lo > 0 and hi > lo]
     return float(np.median(halves)) if halves else 0.0
-
-
-def leave_one_out(rows: list[tuple[str, list[float]]], levels: list[float]) -> dict[float, tuple[int, int]]:
-    """level -> (held-out processes inside the interval, processes)."""
-    inside = {level: 0 for level in levels}
-    total = 0
-    for i, (_, values) in enumerate(rows):
-        for j in range(len(values)):
-            held = values[j]
-            rest = values[:j] + values[j + 1:]
-            others = [v for k, (_, v) in enumerate(rows) if k != i] + [rest]
-            prior = prior_from_rows(others)
-            total += 1
-            for level in levels:
-                band = prediction_band(rest, prior, len(rows), alpha=1 - level)
-                if band is not None and band.low <= held <= band.high:
-                    inside[level] += 1
-    return {level: (inside[level], total) for level in levels}
 
 
 def main() -> None:

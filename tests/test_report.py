@@ -150,7 +150,7 @@ def test_failing_checks_show_as_fail(rendered):
 def test_b_evidence_per_case(rendered):
     out, summary = rendered
     text = (out / "report.md").read_text()
-    evidence = text[text.index("## TPOT evidence (b)"):text.index("## Checks that did not pass")]
+    evidence = text[text.index("## TPOT evidence (b)"):text.index("## TPOT bands")]
     strict = _row(evidence, "strict-s4-w12")
     work = WorkCounts.from_json(_work(ops=10)).summary()
     assert strict == ["strict-s4-w12", work, "**fail**", "0.950 [0.930, 0.970]", "0.960 (±10%; MDE90 4.5%, guards 5 %)", "pass",
@@ -174,7 +174,7 @@ def test_html_from_the_markdown_escapes_run_text(rendered):
     assert "<td><strong>fail</strong></td>" in page and "<td><em>inconclusive</em></td>" in page
     assert '<img alt="ppl_vs_tpot" src="ppl_vs_tpot.png"' in page
     # the "|" inside the message did not split a table row: every evidence row has 9 cells
-    table = page[page.index("<h3>book</h3>"):page.index("<h2>Checks that did not pass</h2>")]
+    table = page[page.index("<h3>book</h3>"):page.index("<h2>TPOT bands: false-alarm rate and power</h2>")]
     rows = re.findall(r"<tr>(.*?)</tr>", table, flags=re.S)
     assert len(rows) == 1 + 3 and all(row.count("<td>") in (0, 9) for row in rows)
 

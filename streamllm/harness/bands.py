@@ -238,6 +238,57 @@ def guards(mde: float) -> bool:
     return mde <= GUARD_SLOWDOWN
 
 
+# -- calibration -----------------------------------------------------------------------------------
+def leave_one_out(rows: Sequence[tuple[str, Sequence[float]]], levels: Sequence[float]) -> dict[float, tuple[int, int]]:
+    """Leave-one-out coverage of the prediction interval over a key's stored processes: each is
+    checked against the band rebuilt without it (its row's values and the key's pooled prior both
+    lose it), at each two-sided `level`. level -> (held-out processes inside, processes)."""
+    values = [[float(v) for v in vs] for _, vs in rows]
+    inside = dict.fromkeys(levels, 0)
+    total = 0
+    for i, row in enumerate(values):
+        for j, held in enumerate(row):
+            rest = row[:j] + row[j + 1:]
+            prior = prior_from_rows([v for k, v in enumerate(values) if k != i] + [rest])
+            total += 1
+            for level in levels:
+                band = prediction_band(rest, prior, len(values), alpha=1 - level)
+                if band is not None and band.low <= held <= band.high:
+                    inside[level] += 1
+    return {level: (inside[level], total) for level in levels}
+
+
+@dataclass(frozen=True)
+class Coverage:
+    """Leave-one-out coverage of one key's bands: what the report and docs/bands.md show."""
+
+    key: str
+    rows: int
+    processes: int
+    levels: tuple[tuple[float, int], ...]  # (nominal two-sided level, held-out processes inside)
+    judge_level: float  # the Šidák level the judge uses for this many rows
+
+    def lines(self) -> list[str]:
+        out = []
+        for level, inside in self.levels:
+            name = f"{level:.2%} (the judge's, Šidák)" if level == self.judge_level else f"{level:.0%}"
+            out.append(f"{name}: {inside / self.processes:.1%} ({inside} of {self.processes})")
+        return out
+
+
+def key_coverage(records: Sequence[object], key: str, section: str = "tpot_ratio") -> Coverage | None:
+    """Leave-one-out coverage at 90 %, 99 % and the judge's level of every stored process under
+    `key`; None with fewer than MIN_PRIOR_ROWS rows of two or more processes."""
+    rows = [(str(i), v) for i, v in enumerate(key_rows(records, section, key))]
+    if sum(len(v) >= 2 for _, v in rows) < MIN_PRIOR_ROWS:
+        return None
+    judge_level = 1 - sidak_alpha(len(rows))
+    levels = (0.90, 0.99, judge_level)
+    got = leave_one_out(rows, levels)
+    total = next(iter(got.values()))[1]
+    return Coverage(key, len(rows), total, tuple((level, got[level][0]) for level in levels), judge_level)
+
+
 # -- reading what is stored ------------------------------------------------------------------------
 _LEGACY_CPU = re.compile(r"^cpu-t(\d+)$")
 _CPU = re.compile(r"^cpu:(.*)-t(\d+)$")

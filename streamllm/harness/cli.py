@@ -28,6 +28,8 @@ def add_report_parser(sub: argparse._SubParsersAction) -> None:
     rep.add_argument("--run", default=None, help="the run file to report (default: the newest under --runs)")
     rep.add_argument("--history", default="history",
                      help="the run history the TPOT check reads, for the trend plot (default: history)")
+    rep.add_argument("--baselines", default="baselines",
+                     help="baseline store, for the bands' leave-one-out coverage (default: baselines)")
     rep.add_argument("--out", default=f"{DEFAULT_REPORT_DIR}/report",
                      help=f"output directory (default: {DEFAULT_REPORT_DIR}/report)")
 
@@ -38,7 +40,8 @@ def run_report(args: argparse.Namespace) -> int:
     if args.run is not None and not Path(args.run).is_file():
         raise product_cli.UsageError(f"run file {args.run} does not exist; {fix}")
     try:
-        path, summary = render_report(args.runs, args.run, args.out, history_dir=args.history)
+        path, summary = render_report(args.runs, args.run, args.out, history_dir=args.history,
+                                      baselines_dir=args.baselines)
     except ReportError as exc:
         if args.run is None:  # no run under --runs: the message already says to run `pytest bench`
             raise

@@ -12,7 +12,8 @@ Output (default `out/report/`):
   report.html     the same markdown converted by the `markdown` package, PNGs beside it
   summary.json    the machine-readable summary (what a dashboard would ingest)
   ppl_vs_tpot.png, nll_<dataset>.png (per-token NLL with prune events), nll_aligned_<dataset>.png
-  (mean NLL around prune events), tpot_trend.png (each row of this machine's run history relative to its own baseline, with its band)
+  (mean NLL around prune events), tpot_trend.png (each row of this machine's run history relative to its own baseline, on its own
+  scale, with the band the absolute check applied)
 
 The page text lives in Jinja2 templates (`streamllm/templates/report.md.j2`, `report.html.j2`);
 this module builds the view model they render: every number formatted here, every verdict taken
@@ -27,6 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .bands import Coverage, key_coverage, store_records
 from .judge import run_outcome
 from .records import DEFAULT_REPORT_DIR, RUN_PASS
 from .report_plots import (  # noqa: F401  (re-exported: the figures are part of the report's API)
@@ -51,9 +53,14 @@ from .report_runs import ReportError, Run, _check, _datasets, _fmt, failed, load
 from .trend import plot_trend
 from .verdicts import (
     DEVICE_TIME_CHECK,
+    FALLBACK_BAND,
+    FALSE_ALARM_PER_RUN,
+    GUARD_SLOWDOWN,
+    HISTORY_ALPHA,
     HISTORY_CHECK,
     INCONCLUSIVE,
     MISSING,
+    MUST_CATCH,
     NOT_APPLICABLE,
     NOT_CHECKED,
     PASS,
@@ -127,6 +134,21 @@ class Evidence:
     reference_tpot: str
     history: str
     history_check: CheckCell | None
+
+
+@dataclass(frozen=True)
+class BandPower:
+    """One timing check's band as the judge applied it: its false-alarm rate (per row, and per
+    nightly run after Šidák over the key's rows), its MDE90, and whether it guards 5 % (docs/bands.md)."""
+
+    label: str
+    check: str
+    band: str
+    per_row: str
+    per_run: str
+    mde90: str
+    guards: str
+    verdict: Verdict
 
 
 @dataclass(frozen=True)
@@ -218,6 +240,38 @@ def _evidence(r: dict) -> Evidence | None:
         label=r["label"], work=work_summary(r) or "-", work_check=cell(work),
         ratio=_ratio_text(r.get("ratio") or details.get("ratio")), stored_ratio=stored_text, ratio_check=cell(ratio),
         reference_tpot=_fmt(ref.get("tpot_ms_mean"), ".2f"), history=hist_text, history_check=cell(history))
+
+
+def _band_power(r: dict) -> list[BandPower]:
+    """The bands of a row's same-run ratio / device-time check and its history check, from the
+    checks' details (what the judge computed: never re-derived here)."""
+    out: list[BandPower] = []
+    for name, short in ((RATIO_CHECK, "ratio"), (DEVICE_TIME_CHECK, "device time"), (HISTORY_CHECK, "history")):
+        c = _check(r, name)
+        d = (c or {}).get("details") or {}
+        if c is None or d.get("band") is None:
+            continue
+        pred = d.get("prediction") or {}
+        if name == HISTORY_CHECK:
+            cannot = 1.0 + float(d["band"]) >= MUST_CATCH
+            out.append(BandPower(
+                r["label"], short, f"±{d['band']:.1%} median/MAD", "no stated rate",
+                f"effect size + Mann-Whitney p < {HISTORY_ALPHA:g}", "-",
+                f"{NOT_CHECKED}: {MUST_CATCH:g}x would pass" if cannot else "-", Verdict.of_check(c)))
+        elif pred:
+            alpha, rows = float(pred["alpha"]), int(pred["rows"])
+            can_fail = bool(pred.get("can_fail", True))
+            mde = d.get("mde90") if can_fail else None
+            guards = (f"{NOT_CHECKED}: {MUST_CATCH:g}x would pass" if not can_fail
+                      else "**yes**" if d.get("guards_5pct") else "no")
+            out.append(BandPower(
+                r["label"], short, f"±{float(pred['width']):.1%} prediction interval ({pred['n']} processes)",
+                f"{alpha:.3%}", f"{1 - (1 - alpha) ** rows:.1%} (Šidák, {rows} rows)", _fmt(mde, ".1%"), guards,
+                Verdict.of_check(c)))
+        else:
+            out.append(BandPower(r["label"], short, f"±{d['band']:.0%} fallback", "no stated rate",
+                                 "no stated rate", "-", "no (no stated rate)", Verdict.of_check(c)))
+    return out
 
 
 def _problems(run: Run) -> list[Problem]:
@@ -337,13 +391,35 @@ def _diagnostics_view(diag: list[dict]) -> list[dict]:
     return rows
 
 
-def render_markdown(run: Run, summary: dict, plots: list[Path]) -> str:
+def _power_tables(run: Run) -> list[DatasetTable]:
+    return [DatasetTable(ds, rows) for ds in _datasets(run)
+            if (rows := [b for r in run.results if r["dataset"] == ds and not r.get("skipped") for b in _band_power(r)])]
+
+
+def coverage(run: Run, baselines_dir: str | Path | None) -> list[Coverage]:
+    """Leave-one-out coverage of the bands of every ratio key this run was judged under, from the
+    baseline store (None or a missing store: none; docs/bands.md holds the tracked figures)."""
+    if baselines_dir is None or not Path(baselines_dir).is_dir():
+        return []
+    from .baselines import BaselineStore
+
+    keys = sorted({str(k) for r in run.results if (k := ((_check(r, RATIO_CHECK) or {}).get("details") or {}).get("key"))})
+    if not keys:
+        return []
+    records = store_records(BaselineStore(Path(baselines_dir)))
+    return [c for key in keys if (c := key_coverage(records, key)) is not None]
+
+
+def render_markdown(run: Run, summary: dict, plots: list[Path], coverages: list[Coverage] | None = None) -> str:
     datasets = _datasets(run)
     tables = [DatasetTable(ds, [_case_row(r) for r in run.results if r["dataset"] == ds]) for ds in datasets]
     evidence = [DatasetTable(ds, rows) for ds in datasets
                 if (rows := [e for r in run.results if r["dataset"] == ds and (e := _evidence(r))])]
+    power = _power_tables(run)
     return _environment().get_template("report.md.j2").render(
         head=_head(run, summary), columns=COLUMNS, datasets=tables, evidence=evidence, problems=_problems(run),
+        power=power, coverages=coverages or [], false_alarm_per_run=f"{FALSE_ALARM_PER_RUN:.0%}",
+        guard=f"{GUARD_SLOWDOWN:.0%}", has_trend=any(p.name == "tpot_trend.png" for p in plots),
         findings=_findings(run), diagnostics=_diagnostics_view(summary.get("diagnostics") or []),
         delta_spikes=_delta_view(summary.get("delta_spikes") or []), plots=plots)
 
@@ -370,7 +446,8 @@ def _escape_html_extension():
     return EscapeHtml()
 
 
-def build_report(run: Run, history: list[Run], out_dir: str | Path, history_dir: str | Path | None = None) -> dict:
+def build_report(run: Run, history: list[Run], out_dir: str | Path, history_dir: str | Path | None = None,
+                 baselines_dir: str | Path | None = None) -> dict:
     """Write report.md, report.html, summary.json and the PNGs into `out_dir`; returns the summary."""
     from ..results import write_json_atomic
 
@@ -391,13 +468,22 @@ def build_report(run: Run, history: list[Run], out_dir: str | Path, history_dir:
         plots.append(plot_diagnostics(run, dataset, out / f"diagnostics_{dataset}.png"))
         plots += [plot_sweep(run, sweep, dataset, out / f"sweep_{sweep}_{dataset}.png") for sweep in sweeps]
     if history_dir is not None and run.data.get("fingerprint_id"):
-        plots.append(plot_trend(history_dir, run.data["fingerprint_id"], out / "tpot_trend.png"))
+        # the band the absolute check applied: the run's own K and floor (its --tpot-tolerance)
+        conditions = (run.data.get("raw") or {}).get("conditions") or {}
+        plots.append(plot_trend(history_dir, run.data["fingerprint_id"], out / "tpot_trend.png",
+                                k=int(conditions.get("history_k") or 5),
+                                floor=float(conditions.get("tpot_tolerance") or FALLBACK_BAND)))
     made = [p for p in plots if p is not None]
     summary = summarize(run)
     summary["plots"] = [p.name for p in made]
     summary["diagnostics"] = diagnostics(run)
     summary["delta_spikes"] = delta_diagnostics(run)
-    text = render_markdown(run, summary, made)
+    coverages = coverage(run, baselines_dir)
+    summary["band_power"] = [{"dataset": ds.name, **b.__dict__, "verdict": b.verdict.text}
+                             for ds in _power_tables(run) for b in ds.rows]
+    summary["loo_coverage"] = [{"key": c.key, "rows": c.rows, "processes": c.processes,
+                                "levels": [{"level": lvl, "inside": n} for lvl, n in c.levels]} for c in coverages]
+    text = render_markdown(run, summary, made, coverages)
     (out / "report.md").write_text(text, encoding="utf-8")
     (out / "report.html").write_text(render_html(text), encoding="utf-8")
     write_json_atomic(out / "summary.json", summary).chmod(0o644)  # an artifact: readable like its siblings
@@ -405,7 +491,8 @@ def build_report(run: Run, history: list[Run], out_dir: str | Path, history_dir:
 
 
 def run_report(runs_dir: str | Path = f"{DEFAULT_REPORT_DIR}/runs", run_file: str | Path | None = None,
-               out_dir: str | Path = f"{DEFAULT_REPORT_DIR}/report", history_dir: str | Path = "history") -> tuple[Path, dict]:
+               out_dir: str | Path = f"{DEFAULT_REPORT_DIR}/report", history_dir: str | Path = "history",
+               baselines_dir: str | Path | None = "baselines") -> tuple[Path, dict]:
     """The newest run under `runs_dir` (or `run_file`) rendered into `out_dir`."""
     history = load_runs(runs_dir)
     if run_file is not None:
@@ -414,5 +501,5 @@ def run_report(runs_dir: str | Path = f"{DEFAULT_REPORT_DIR}/runs", run_file: st
         run = history[-1]
     else:
         raise ReportError(f"no bench run under {runs_dir}: run `pytest bench` first (it writes {runs_dir}/*.json)")
-    return Path(out_dir) / "report.md", build_report(run, history, out_dir, history_dir)
+    return Path(out_dir) / "report.md", build_report(run, history, out_dir, history_dir, baselines_dir)
 

@@ -9,10 +9,44 @@ import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from .verdicts import ERROR, FAIL, INCONCLUSIVE, NOT_CHECKED, RECORDED, Check, armed, sub_checks, summarize
+from .verdicts import (
+    DEVICE_TIME_CHECK,
+    ERROR,
+    FAIL,
+    INCONCLUSIVE,
+    NOT_CHECKED,
+    RATIO_CHECK,
+    RECORDED,
+    Check,
+    armed,
+    sub_checks,
+    summarize,
+)
 
 COLUMNS = ("dataset", "strategy", "PPL", "ΔPPL %", "TPOT ms mean", "TPOT ms median", "speedup", "TPOT/floor",
-           "a: PPL", "b: work", "b: ratio", "b: abs", "armed", "c: findings")
+           "a: PPL", "b: work", "b: ratio", "MDE90 (*≤5%)", "b: abs", "armed", "c: findings")
+NUMERIC = frozenset({2, 3, 4, 5, 6, 7, 11})  # right-aligned columns
+
+
+def mde90_of(checks: Sequence[Check | Mapping[str, Any]]) -> tuple[float | None, bool]:
+    """(MDE90, guards 5 %) of a row's band with a stated false-alarm rate: the same-run ratio
+    check's, else the graph device time's (their details, `bands.mde90`); (None, False) where
+    neither has one (the fallback band states no rate; a band that cannot fail has no MDE)."""
+    by_name = {}
+    for c in checks:
+        d = c.to_dict() if isinstance(c, Check) else c
+        by_name[d.get("name")] = d.get("details") or {}
+    for name in (RATIO_CHECK, DEVICE_TIME_CHECK):
+        details = by_name.get(name) or {}
+        mde = details.get("mde90")
+        if isinstance(mde, (int, float)) and math.isfinite(mde) and (details.get("prediction") or {}).get("can_fail", True):
+            return float(mde), bool(details.get("guards_5pct"))
+    return None, False
+
+
+def _mde_cell(r: Mapping[str, Any]) -> str:
+    mde, guards = (r.get("mde90"), bool(r.get("guards_5pct"))) if "mde90" in r else mde90_of(r.get("checks") or [])
+    return "-" if mde is None else f"{mde:.1%}" + ("*" if guards else "")
 
 
 def _num(value, spec: str) -> str:
@@ -31,7 +65,7 @@ def table_rows(rows: list[dict]) -> list[list[str]]:
         out.append([
             r["dataset"], r["label"], _num(r["ppl"], ".4f"), _num(r["ppl_delta_vs_dense_pct"], "+.2f"),
             _num(r["tpot_ms_mean"], ".2f"), _num(r["tpot_ms_median"], ".2f"), _num(r["speedup"], ".2f"),
-            _num(r.get("tpot_over_floor"), ".1f"), v["a"], sub["work"], sub["ratio"], sub["absolute"],
+            _num(r.get("tpot_over_floor"), ".1f"), v["a"], sub["work"], sub["ratio"], _mde_cell(r), sub["absolute"],
             "-" if arm is None else "yes" if arm else "NO", v["c"],
         ])
     return out
@@ -44,7 +78,7 @@ def format_table(rows: list[dict]) -> list[str]:
         columns.append("bound")
         cells = [[*c, r.get("bound") or "-"] for c, r in zip(cells, rows, strict=True)]
     widths = [max(len(h), *(len(c[i]) for c in cells)) if cells else len(h) for i, h in enumerate(columns)]
-    numeric = {2, 3, 4, 5, 6, 7}
+    numeric = NUMERIC
 
     def line(values) -> str:
         return "  ".join(v.rjust(w) if i in numeric else v.ljust(w) for i, (v, w) in enumerate(zip(values, widths, strict=True)))
@@ -58,6 +92,7 @@ def make_row(*, dataset: str, case: str, label: str, checks: Sequence[Check], sk
              floor_ms: float | None = None, bound: str | None = None) -> dict:
     """One table row (the run record's row fields): the suite and `streamllm compare` both build it
     here, so a row reads the same whichever printed it."""
+    mde, guards = mde90_of(checks) if not skipped else (None, False)
     return {
         "dataset": dataset,
         "case": case,
@@ -69,6 +104,9 @@ def make_row(*, dataset: str, case: str, label: str, checks: Sequence[Check], sk
         "speedup": speedup,
         "tpot_over_floor": tpot_ms_mean / floor_ms if floor_ms and tpot_ms_mean else None,
         "bound": bound,
+        # the power of the row's band (docs/bands.md): smallest slowdown failed 90 % of the time
+        "mde90": mde,
+        "guards_5pct": guards,
         "verdicts": ({"a": summarize(checks, "ppl"), "b": summarize(checks, "tpot"), "c": summarize(checks, "finding")}
                      if not skipped else {"a": "skip", "b": "skip", "c": "skip"}),
         # (b) per sub-check, and whether the row is armed (work counts and a TPOT check live)
