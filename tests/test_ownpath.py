@@ -175,3 +175,43 @@ def test_a_sink_angle_off_by_one_position_exceeds_the_tolerance(embedded):
     own = own_path(loaded, ids, spec, cache=cache, decoder=EagerDecoder(loaded.model, cache))
     check = judge(loaded, ids, spec, own)
     assert check.verdict == FAIL and check.details["max_abs_diff"] > 4 * check.details["tolerance"]
+
+
+# -- through the suite: the mutated row fails, the others pass ------------------------------------
+def _mutate_ring_sign(self):
+    RingStreamingCache._begin_step_unmutated(self)
+    if self.rotate_sinks:
+        self.sin.neg_()
+
+
+def _mutate_static_rotation(self, delta, device):
+    return self.rope.cos_sin(torch.tensor(0.0), torch.float32, device)
+
+
+@pytest.mark.parametrize("mutated,other", [("ring", "static"), ("static", "ring")])
+def test_a_planted_cache_bug_fails_its_row_in_the_suite_and_only_it(tmp_path, monkeypatch, mutated, other):
+    from bench.suite import Suite, SuiteOptions
+    from streamllm.harness.verdicts import EVICTION_CHECK, NOT_APPLICABLE, OWN_PATH_CHECK
+
+    if mutated == "ring":
+        monkeypatch.setattr(RingStreamingCache, "_begin_step_unmutated", RingStreamingCache._begin_step, raising=False)
+        monkeypatch.setattr(RingStreamingCache, "_begin_step", _mutate_ring_sign)
+    else:
+        monkeypatch.setattr(StaticStreamingCache, "_table", _mutate_static_rotation)
+    options = SuiteOptions(model="tiny-llama", datasets=("synthetic",), tokens=160, sink=2, window=12, rounds=2,
+                           warmup_rounds=0, min_steps=4, baselines_dir=str(tmp_path / "b"),
+                           report_dir=str(tmp_path / "r"), history_dir=str(tmp_path / "h"), count_work=False)
+    suite = Suite(options, tmp_path)
+    suite.weights.use(tiny_llama())
+    results = {cid: suite.run_case(suite.case(cid), "synthetic", benchmark=None)
+               for cid in ("dense", "strict", mutated, other)}
+
+    def verdict(cid, name):
+        return next((c for c in results[cid].checks if c.name == name), None)
+
+    bad = verdict(mutated, OWN_PATH_CHECK)
+    assert bad is not None and bad.verdict == FAIL, bad.message if bad else results[mutated].checks
+    assert "first at step" in bad.message and "max |ΔNLL|" in bad.message
+    assert verdict(other, OWN_PATH_CHECK).verdict == PASS
+    assert verdict("strict", EVICTION_CHECK).verdict == PASS and verdict("dense", EVICTION_CHECK).verdict == NOT_APPLICABLE
+    assert verdict("strict", OWN_PATH_CHECK) is None  # a dynamic row's own path is its timed decode
