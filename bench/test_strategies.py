@@ -20,7 +20,9 @@ from streamllm.harness.verdicts import INCONCLUSIVE, BaselineNotChecked, Verdict
 def test_strategy(bench_suite, bench_case, bench_dataset, benchmark):
     from bench.catalog import unavailable_reason
     from streamllm.data import DatasetError
+    from streamllm.measure import SliceTooShortError
     from streamllm.models import ModelUnavailableError
+    from streamllm.schedule import TextTooShortError
 
     reason = unavailable_reason(bench_case, bench_suite.options.device_type) or bench_suite.too_short(bench_case)
     if not reason:
@@ -31,7 +33,12 @@ def test_strategy(bench_suite, bench_case, bench_dataset, benchmark):
     if reason:
         bench_suite.skip_case(bench_case, bench_dataset, reason)
         pytest.skip(f"{bench_case.id}: {reason}")
-    result = bench_suite.run_case(bench_case, bench_dataset, benchmark)
+    try:
+        result = bench_suite.run_case(bench_case, bench_dataset, benchmark)
+    except (SliceTooShortError, TextTooShortError) as exc:
+        # one line naming the text, the need and the fix, not a traceback from inside the timing
+        bench_suite.skip_case(bench_case, bench_dataset, str(exc))
+        pytest.fail(f"{bench_case.id} on {bench_dataset}: text too short: {exc}", pytrace=False)
     for check in result.checks:
         if check.unchecked:
             warnings.warn(BaselineNotChecked(check.message), stacklevel=1)

@@ -58,6 +58,10 @@ def minor_faults() -> int | None:
     return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
 
 
+class SliceTooShortError(ValueError):
+    """The text ends before the slice's fill and timed steps: the message names both and the fix."""
+
+
 class Clock:
     """Synchronize, read perf_counter; on CUDA also CUDA events around the timed call."""
 
@@ -217,7 +221,7 @@ def prepare_slice(
     ids = ids.to(loaded.device)
     n = fill_length(spec, ids.numel(), timed_steps)
     if n + timed_steps > ids.numel() - 1:
-        raise ValueError(
+        raise SliceTooShortError(
             f"{spec.label()}: filling {n} slots and timing {timed_steps} steps needs {n + timed_steps + 1} tokens, "
             f"the text has {ids.numel()}: raise --tokens or lower --rounds"
         )
