@@ -27,6 +27,7 @@ from .parallel import evaluate_parallel, supports_parallel, with_decode_timing, 
 from .report_table import results_table
 from .results import write_json_atomic
 from .rope import UnsupportedRopeError
+from .spikes import delta_vs_dense
 from .strategies import STRATEGIES, StrategyError, StrategySpec, make_strategy
 from .transforms import MissingDependencyError, NonFiniteLogitsError, apply_int8
 
@@ -245,6 +246,10 @@ def run_eval(args: argparse.Namespace) -> int:
             result.speedup = 1.0 if math.isfinite(result.tpot_ms_cycle_mean) else None
         elif reference is not None:
             result.speedup = speedup(reference, result)
+            if result.trace is not None and reference.trace is not None and \
+                    len(result.trace.nll) == len(reference.trace.nll):
+                result.delta_spikes = delta_vs_dense(result.trace.nll, reference.trace.nll, result.trace.prune_steps,
+                                                     cycle=max(1, spec.compress_every))
         results.append(result)
         runtimes.append(time.perf_counter() - t0)
 

@@ -19,7 +19,7 @@ from .measure import Clock, tpot_ms
 from .measure import speedup as tpot_speedup
 from .models import LoadedModel
 from .results import EvalResult, TokenTrace, ppl_from_nll
-from .spikes import summarize
+from .spikes import step_shape, summarize
 from .strategies import StrategySpec
 
 CacheFactory = Callable[[StrategySpec, torch.nn.Module], AnyCache]
@@ -139,7 +139,8 @@ def build_result(
         prune_events=len(trace.prune_steps),
         max_position=max_position,
         beyond_context=beyond,
-        spikes=found.to_dict() if found else None,
+        raw_nll_spikes=found.to_dict() if found else None,
+        step_shape=step_shape(trace, warmup_steps),
         notes=notes,
         trace=trace,
     )

@@ -41,6 +41,7 @@ from .measure import TimingRun
 from .models import LoadedModel
 from .results import EvalResult, TokenTrace
 from .rope import RopeSpec, UnsupportedRopeError, apply_rotation
+from .spikes import step_shape_of
 from .strategies import PositionMode, StrategySpec, plan_eviction
 
 ATTENTION_NAME = "streamllm_parallel"
@@ -372,7 +373,7 @@ def with_decode_timing(result: EvalResult, timed: EvalResult) -> EvalResult:
         result,
         total_s=timed.total_s, warmup_s=timed.warmup_s, warmup_steps=timed.warmup_steps,
         tpot_ms_median=timed.tpot_ms_median, tpot_ms_cycle_mean=timed.tpot_ms_cycle_mean,
-        steady_from=timed.steady_from, speedup=timed.speedup,
+        steady_from=timed.steady_from, speedup=timed.speedup, step_shape=timed.step_shape,
         trace=dataclasses.replace(result.trace, step_ms=list(timed.trace.step_ms)),
         notes=[*result.notes, f"TPOT from the token loop; max |ΔNLL| parallel vs token loop = {delta:.2e}"],
     )
@@ -392,6 +393,7 @@ def with_slice_timing(result: EvalResult, timing: TimingRun | None) -> EvalResul
     agreement = f"; max |ΔNLL| slice vs parallel = {delta:.2e}" if delta is not None else ""
     return dataclasses.replace(
         result, tpot_ms_median=timing.median_ms, tpot_ms_cycle_mean=timing.mean_ms,
+        step_shape=step_shape_of(timing.step_ms, timing.prune_flags),
         notes=[*result.notes, f"TPOT from a steady-state slice: {timing.rounds} rounds x {timing.steps_per_round} "
                               f"decode steps at |C| <= {timing.kv_length_max} ({timing.fill_mode} fill){agreement}"],
     )

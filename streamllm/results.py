@@ -52,7 +52,15 @@ class EvalResult:
     max_position: int
     beyond_context: bool  # a position id reached the model's trained context
     speedup: float | None = None  # reference (dense) TPOT / this TPOT on the same text (measure.speedup)
-    spikes: dict | None = None
+    # NLL around prune events on the raw per-token NLL (streamllm.spikes.summarize). Confounded by
+    # the text's own difficulty: *not* the spike. The spike is `delta_spikes` (ΔNLL vs dense).
+    raw_nll_spikes: dict | None = None
+    # The spike: ΔNLL against dense on the same tokens (streamllm.spikes.summarize_delta): steady
+    # level after the first eviction, event-aligned excess and peak; set when dense ran beside it.
+    delta_spikes: dict | None = None
+    # Step-time shape at steady state: the prune step's mean ms and its multiple of a normal step,
+    # the p99 step (what a latency-bound user meets), from the timed decode; None when untimed.
+    step_shape: dict | None = None
     notes: list[str] = field(default_factory=list)
     trace: TokenTrace | None = None
 

@@ -391,7 +391,8 @@ def diagnostics(run: Run) -> list[dict]:
             # KV drift (the exploration log's phase A, docs/findings.md#spikes): mean attended
             # length after the first eviction
             kv_mean = float(np.nanmean(kv[prunes[0]:])) if prunes and kv.size > prunes[0] else None
-            summary = (r.get("evaluation") or {}).get("spikes")
+            evaluation = r.get("evaluation") or {}
+            summary = evaluation.get("raw_nll_spikes", evaluation.get("spikes"))  # runs before the rename: "spikes"
             if summary is None and prunes:  # a run that did not store them: the same metrics, from spikes.py
                 found = spike_metrics.summarize(_floats(trace.get("nll") or []), prunes)
                 summary = found.to_dict() if found else None
