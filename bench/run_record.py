@@ -216,7 +216,7 @@ def baseline_record(session: Session, case: BenchCase, dataset: str, evaluation:
                        "timing": {"rounds": timing.rounds, "steps_per_round": timing.steps_per_round,
                                   "warmup_rounds": timing.warmup_rounds, "sample": "per-cycle mean TPOT (ms)",
                                   "threads": torch.get_num_threads(), "fill": timing.fill_mode}})
-    extra = {"tpot_ms_median": timing.median_ms, "spikes": evaluation.spikes}
+    extra = {"tpot_ms_median": timing.median_ms, "raw_nll_spikes": evaluation.raw_nll_spikes}
     if out.work is not None and out.work.key is not None:
         extra["work_counts"] = {out.work.key.id: out.work.to_json()}
         if out.reference_work is not None:  # keyed by the case's counter key: the pair is one recording
@@ -249,7 +249,7 @@ def extra_info(session: Session, out: CaseResult) -> dict:
         "steps_per_round": tm.steps_per_round,
         "round_unit": f"one round = {tm.steps_per_round} steady-state decode steps",
         "prune_events": ev.prune_events,
-        "spikes": ev.spikes,
+        "raw_nll_spikes": ev.raw_nll_spikes,
         "verdicts": out.verdicts,
     })
 
