@@ -13,7 +13,7 @@ import statistics
 from dataclasses import dataclass
 from pathlib import Path
 
-from .history import REFERENCE_SUFFIX, Run, RunHistory
+from .history import REFERENCE_SUFFIX, Run, RunHistory, judge
 from .verdicts import FALLBACK_BAND, IMPROVEMENT, MIN_AA_RUNS, REGRESSION, aa_band
 
 
@@ -22,26 +22,32 @@ class TrendPoint:
     run: int
     ratio: float | None  # median / baseline median (None: no baseline yet)
     band: float
-    flagged: bool  # the run's raw verdict was a regression or an improvement
+    flagged: bool  # re-judged against this baseline and band: a regression or an improvement
     accepted: bool
 
 
 def trend(runs: list[Run], case: str, k: int = 5) -> list[TrendPoint]:
-    """The row's points, oldest first; a point's baseline is the last `k` accepted runs before it."""
+    """The row's points, oldest first; a point's baseline is the last `k` accepted runs before it.
+    The history stores no verdicts, so a point is flagged by judging its samples against the pooled
+    samples of that baseline with the band drawn (history.judge)."""
     points: list[TrendPoint] = []
-    accepted_medians: list[float] = []
+    accepted: list[tuple[float, ...]] = []  # samples of each accepted run, oldest first
     for run in runs:
         entry = run.cases.get(case)
         if entry is None or not entry.samples:
             continue
         median = statistics.median(entry.samples)
-        base = accepted_medians[-k:]
-        ratio = median / statistics.median(base) if len(base) >= MIN_AA_RUNS else None
-        band = aa_band(base, fallback=FALLBACK_BAND).width
-        points.append(TrendPoint(run.number, ratio, band, entry.verdict in (REGRESSION, IMPROVEMENT),
-                                 run.case_accepted(case)))
+        base = accepted[-k:]
+        medians = [statistics.median(b) for b in base]
+        band = aa_band(medians, fallback=FALLBACK_BAND).width
+        ratio, flagged = None, False
+        if len(base) >= MIN_AA_RUNS:
+            ratio = median / statistics.median(medians)
+            flagged = judge(entry.samples, [s for b in base for s in b], band, case=case).raw in (REGRESSION,
+                                                                                                IMPROVEMENT)
+        points.append(TrendPoint(run.number, ratio, band, flagged, run.case_accepted(case)))
         if run.case_accepted(case):
-            accepted_medians.append(median)
+            accepted.append(entry.samples)
     return points
 
 
