@@ -23,7 +23,8 @@ from streamllm.harness.verdicts import armed_summary
 
 from .run_record import append_history, write_run_record
 
-HistoryEntry = tuple[dict, dict[str, list[float]], dict[str, str]]  # fingerprint, samples, raw verdicts
+# fingerprint, samples, per-entry acceptance (False: kept out of its baseline); no verdicts
+HistoryEntry = tuple[dict, dict[str, list[float]], dict[str, bool]]
 
 
 @dataclass(frozen=True)
@@ -60,13 +61,13 @@ def write_baselines(store: BaselineStore, records: Sequence[BaselineRecord], *, 
 
 
 def merge_history(history: Sequence[HistoryEntry]) -> list[HistoryEntry]:
-    """One (fingerprint, samples, verdicts) per fingerprint id: workers on like GPUs share one id,
+    """One (fingerprint, samples, acceptance) per fingerprint id: workers on like GPUs share one id,
     so their cells become one history run of that machine."""
     grouped: dict[str, HistoryEntry] = {}
-    for fp, samples, verdicts in history:
-        _, s, v = grouped.setdefault(fingerprint_id(fp), (fp, {}, {}))
+    for fp, samples, accepted in history:
+        _, s, a = grouped.setdefault(fingerprint_id(fp), (fp, {}, {}))
         s.update(samples)
-        v.update(verdicts)
+        a.update(accepted)
     return list(grouped.values())
 
 
@@ -77,9 +78,9 @@ def finish_run(run: dict[str, Any], records: Sequence[BaselineRecord], history: 
     run["baselines_written"] = [str(p) for p in written]
     end = RunEnd(run_outcome(run["results"], run.get("options") or {}), [], written=written)
     if plan.report_root is not None:
-        for fp, samples, verdicts in merge_history(history):
+        for fp, samples, accepted in merge_history(history):
             if samples:
-                end.history_files.append(append_history(plan.history_root, fp, samples, verdicts,
+                end.history_files.append(append_history(plan.history_root, fp, samples, accepted,
                                                         rootdir=plan.rootdir))
         run.setdefault("fingerprint_id", fingerprint_id(run.get("fingerprint") or {}))
         end.run_file = write_run_record(plan.report_root, plan.device_type, run)

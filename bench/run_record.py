@@ -19,15 +19,12 @@ from streamllm.combinations import GRAPH_MODES
 from streamllm.harness.baselines import BaselineRecord, make_provenance
 from streamllm.harness.counters import WorkCounts
 from streamllm.harness.fingerprint import fingerprint_id, package_version
-from streamllm.harness.history import REFERENCE_SUFFIX, RunHistory
+from streamllm.harness.history import REFERENCE_SUFFIX, RunHistory, enters_baseline
 from streamllm.harness.ratio import RatioCI
 from streamllm.harness.records import RUN_SCHEMA, RawArm, RawCase, RawConditions, RawNll, RawRun, validate_run
 from streamllm.harness.table import bound_word, make_row
 from streamllm.harness.verdicts import (
     HISTORY_CHECK,
-    HISTORY_RAW,
-    IMPROVEMENT,
-    REGRESSION,
     Check,
     ratio_key,
     summarize,
@@ -183,12 +180,13 @@ def device_time_key(out: CaseResult) -> str | None:
     return out.work.key.kernel_id if out.work is not None and out.work.key is not None else None
 
 
-def history_entries(results: list[CaseResult]) -> tuple[dict[str, list[float]], dict[str, str]]:
+def history_entries(results: list[CaseResult]) -> tuple[dict[str, list[float]], dict[str, bool]]:
     """What a run appends to the history: each timed case's per-round TPOT (device time on CUDA) and
-    its reference arm's, with the raw verdicts its history check chose (a move both arms share is
-    recorded as not checked, which re-bases the history)."""
+    its reference arm's, and which entries stay out of their baseline (a move beyond the band; a move
+    both arms share is recorded as not checked, which re-bases the history). No verdict is stored:
+    the nightly rule re-judges a past run from its samples."""
     samples: dict[str, list[float]] = {}
-    verdicts: dict[str, str] = {}
+    accepted: dict[str, bool] = {}
     for out in results:
         if out.timing is None:
             continue
@@ -199,8 +197,9 @@ def history_entries(results: list[CaseResult]) -> tuple[dict[str, list[float]], 
             samples[name + REFERENCE_SUFFIX] = ref.device_samples if ref.device_ms else ref.samples
         for check in out.checks:
             if check.name == HISTORY_CHECK:
-                verdicts.update(check.details.get("record", {}))
-    return samples, verdicts
+                accepted.update({entry: False for entry, raw in check.details.get("record", {}).items()
+                                 if not enters_baseline(raw)})
+    return samples, accepted
 
 
 # -- records -------------------------------------------------------------------------------
@@ -280,12 +279,10 @@ def run_json(session: Session, results: list[CaseResult], written: list[Path], b
 # The two writers the xdist controller shares with a serial run (bench/xdist.py merges the workers'
 # parts and writes one run record and one history run through these).
 def append_history(history_root: Path, fingerprint: dict, samples: dict[str, list[float]],
-                   raw_verdicts: dict[str, str], *, rootdir: Path) -> Path:
-    """Append one run's absolute TPOT samples to the machine's run history (never edited)."""
+                   case_accepted: dict[str, bool], *, rootdir: Path) -> Path:
+    """Append one run's absolute TPOT samples and acceptance to the machine's run history (never edited)."""
     history = RunHistory(history_root, fingerprint_id(fingerprint))
-    verdicts = {c: v for c, v in raw_verdicts.items() if v in HISTORY_RAW}
-    rejected = {c: False for c, v in verdicts.items() if v in (REGRESSION, IMPROVEMENT)}
-    run = history.append(samples, accepted=True, verdicts=verdicts, case_accepted=rejected, fingerprint=fingerprint,
+    run = history.append(samples, accepted=True, case_accepted=case_accepted, fingerprint=fingerprint,
                          meta={"command": " ".join([_program(), *sys.argv[1:]]),
                                "provenance": make_provenance(cwd=str(rootdir))})
     return history.directory / run.filename

@@ -135,15 +135,16 @@ class Suite(Session):
         return history_entries(self.results)[0]
 
     @property
-    def history_verdicts(self) -> dict[str, str]:
+    def history_accepted(self) -> dict[str, bool]:
+        """The entries this run keeps out of their baseline (False); no verdicts go to the history."""
         return history_entries(self.results)[1]
 
     def write_history(self) -> Path | None:
         """Append this run's absolute samples to the machine's run history (never edited)."""
-        samples, verdicts = history_entries(self.results)
+        samples, accepted = history_entries(self.results)
         if not samples or self.options.report_dir is None:
             return None
-        return append_history(self.history_root, self.fingerprint, samples, verdicts, rootdir=self.rootdir)
+        return append_history(self.history_root, self.fingerprint, samples, accepted, rootdir=self.rootdir)
 
     def write_baselines(self) -> list[Path]:
         if self.records:
@@ -168,10 +169,10 @@ class Suite(Session):
                           history_root=self.history_root,
                           report_root=self._under_root(o.report_dir) if o.report_dir is not None else None,
                           device_type=o.device_type, rootdir=self.rootdir)
-        samples, verdicts = history_entries(self.results)
+        samples, accepted = history_entries(self.results)
         if samples and self.measure.calibration_ms:
             samples[CALIBRATION_CASE] = self.measure.calibration_ms
-        end = finish_run(self.run_json(), self.records, [(self.fingerprint, samples, verdicts)], plan)
+        end = finish_run(self.run_json(), self.records, [(self.fingerprint, samples, accepted)], plan)
         self.written, self.run_file = end.written, end.run_file
         return end
 

@@ -290,7 +290,7 @@ def part_json(suite, *, worker: str, info: WorkerInfo, cells: Mapping[str, Mappi
         "notes": list(notes),
         "run": run,
         "records": [record_to_json(r) for r in suite.records] if suite is not None else [],
-        "history": {"samples": dict(suite.history_results), "verdicts": dict(suite.history_verdicts),
+        "history": {"samples": dict(suite.history_results), "accepted": dict(suite.history_accepted),
                     "fingerprint": suite.fingerprint} if suite is not None and suite.history_results else None,
     }
 
@@ -352,7 +352,7 @@ class XdistWorker:
 class Merged:
     run: dict  # the run record (not yet validated)
     records: list  # BaselineRecord
-    history: list[tuple[dict, dict[str, list[float]], dict[str, str]]]  # (fingerprint, samples, verdicts)
+    history: list[tuple[dict, dict[str, list[float]], dict[str, bool]]]  # (fingerprint, samples, accepted)
     missing: list[str] = field(default_factory=list)  # cell ids with no result
 
 
@@ -440,7 +440,7 @@ def merge_parts(parts: Sequence[Mapping[str, Any]], collected: Sequence[str], cr
         # like GPUs, the fingerprint), every worker's cases in collection order
         base["raw"] = {**base["raw"], "cases": raw_cases}
     records = [record_from_json(r) for p in parts for r in p.get("records") or []]
-    history = [(p["history"]["fingerprint"], p["history"]["samples"], p["history"]["verdicts"])
+    history = [(p["history"]["fingerprint"], p["history"]["samples"], p["history"]["accepted"])
                for p in parts if p.get("history")]
     return Merged(base, records, history, missing)
 

@@ -21,6 +21,21 @@ from streamllm.models import LoadedModel
 TEST_THREADS = 2
 
 
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """`pytest tests` leaves out the tests marked `slow` (the embedded model, long decode loops,
+    end-to-end bench runs), so the README's command answers in a few minutes; any explicit `-m`
+    decides instead (`-m slow` runs only them, as .ci/run does after the README's command;
+    `-m "slow or not slow"` runs everything)."""
+    if config.option.markexpr:
+        return
+    here = Path(__file__).parent
+    slow = [item for item in items if item.get_closest_marker("slow") and here in item.path.parents]
+    if slow:
+        config.hook.pytest_deselected(items=slow)
+        left_out = set(map(id, slow))
+        items[:] = [item for item in items if id(item) not in left_out]
+
+
 @pytest.fixture(autouse=True)
 def torch_threads() -> Iterator[int]:
     before = torch.get_num_threads()

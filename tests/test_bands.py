@@ -123,6 +123,7 @@ def test_row_mde90_grows_with_the_rows_spread_and_is_none_without_a_stated_rate(
 
 
 # -- the full rule, simulated ------------------------------------------------------------------------
+@pytest.mark.slow  # ~10-20 s of simulated nightly runs
 def test_a_nightly_run_false_alarms_at_most_the_stated_rate():
     """17 rows with the tracked rows' own noise, stored processes and a new process from the same
     distribution, judged by check_ratio_vs_baseline with the rerun: whole runs with any FAIL."""

@@ -92,6 +92,7 @@ def test_installed_release_is_inside_the_range():
     assert version in SpecifierSet(compat.SUPPORTED_TRANSFORMERS, prereleases=True), version
 
 
+@pytest.mark.slow  # ~25-50 s of torch.compile; -m compat still runs it on the lowest transformers
 def test_compiled_static_step_traces_through_the_layer_objects():
     # torch.compile(fullgraph=True) over the FixedLayer path: a graph break here would be a bug.
     loaded = tiny_llama()

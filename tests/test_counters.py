@@ -85,6 +85,7 @@ print("COUNTS=" + json.dumps(counts.to_json()))
 """
 
 
+@pytest.mark.slow  # ~10-20 s: two child processes, each importing torch and building a model
 def test_counts_identical_in_two_processes():
     code = _CHILD.format(tests=str(ROOT / "tests"))
     procs = [

@@ -1,11 +1,13 @@
 """Run history (streamllm.harness.history) on synthetic histories: the last-K-accepted baseline, the
-p < 0.002 + band rule, the nightly two-consecutive-points rule, and the append-only store."""
+p < 0.002 + band rule, the nightly two-consecutive-points rule (the previous run re-judged from its
+samples, no stored verdict), and the append-only store."""
 
 from __future__ import annotations
 
 import json
 import threading
 from datetime import datetime, timedelta, timezone
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -20,6 +22,7 @@ from streamllm.harness.history import (
     Run,
     RunHistory,
     apply_nightly,
+    enters_baseline,
     judge,
 )
 
@@ -44,9 +47,8 @@ def record(hist: RunHistory, results: dict[str, list[float]], *, band: float, ni
     then append the run; a case that moved beyond its band does not enter its baseline unless a
     person accepts (True) or rejects (False) the whole run on purpose."""
     judgements = {case: hist.check(case, samples, band=band, nightly=nightly) for case, samples in results.items()}
-    moved = {c: False for c, j in judgements.items() if j.raw in (REGRESSION, IMPROVEMENT)} if accept is None else {}
-    run = hist.append(results, accepted=True if accept is None else accept,
-                      verdicts={c: j.raw for c, j in judgements.items()}, case_accepted=moved)
+    moved = {c: False for c, j in judgements.items() if not enters_baseline(j.raw)} if accept is None else {}
+    run = hist.append(results, accepted=True if accept is None else accept, case_accepted=moved)
     return judgements, run
 
 
@@ -135,18 +137,42 @@ def test_append_only_store(tmp_path):
     r1 = hist.append({"a": [1.0, 2.0]}, accepted=True, now=T0, meta={"commit": "abc"})
     path1 = tmp_path / FP / r1.filename
     before = path1.read_bytes()
-    r2 = hist.append({"a": [1.5]}, accepted=False, verdicts={"a": REGRESSION}, now=T0 + timedelta(seconds=1))
+    r2 = hist.append({"a": [1.5]}, accepted=True, case_accepted={"a": False}, now=T0 + timedelta(seconds=1))
     assert (r1.number, r2.number) == (1, 2)
     assert r1.filename == "0001-20250101T000000Z.json" and r2.filename.startswith("0002-")
     assert path1.read_bytes() == before  # never rewritten
     again = RunHistory(tmp_path, FP).runs()
-    assert [r.number for r in again] == [1, 2] and again[0] == r1 and again[1].cases["a"].verdict == REGRESSION
+    assert [r.number for r in again] == [1, 2] and again[0] == r1 and not again[1].case_accepted("a")
     assert Run.from_json(json.loads(path1.read_text())) == r1
+    # Samples and acceptance only: no verdict is written.
+    assert all(set(c) == {"samples_ms", "accepted"} for c in json.loads(path1.read_text())["cases"].values())
     assert not list((tmp_path / FP).glob("*.tmp"))
-    with pytest.raises(ValueError, match="raw verdict"):
-        hist.append({"a": [1.0]}, accepted=True, verdicts={"a": "meh"})
     with pytest.raises(ValueError, match="finite positive"):
         hist.append({"a": [float("nan")]}, accepted=True)
+
+
+def test_old_files_with_verdicts_load_and_the_verdict_is_ignored(tmp_path):
+    """Files written before the history stopped storing verdicts load as they are (the tracked
+    history/ is never rewritten); their verdict field, valid or not, plays no part."""
+    hist = RunHistory(tmp_path, FP)
+    run = hist.append({"a": [1.0]}, accepted=True, now=T0)
+    path = tmp_path / FP / run.filename
+    for verdict in ("regression", "not a verdict", None):
+        old = run.to_json() | {"cases": {"a": {"samples_ms": [1.0], "verdict": verdict, "accepted": None}}}
+        path.write_text(json.dumps(old))
+        assert RunHistory(tmp_path, FP).runs() == [run]
+
+
+def test_tracked_history_loads_unchanged():
+    """Every tracked history/ run (written with verdicts) loads; reading rewrites nothing."""
+    root = Path(__file__).resolve().parents[1] / "history"
+    dirs = sorted(d for d in root.iterdir() if d.is_dir())
+    assert dirs, f"no history under {root}"
+    for d in dirs:
+        before = {p: p.read_bytes() for p in d.glob("*.json")}
+        runs = RunHistory(root, d.name).runs()
+        assert runs and len(runs) == len(before)
+        assert {p: p.read_bytes() for p in d.glob("*.json")} == before
 
 
 def test_concurrent_appends_take_distinct_numbers(tmp_path):
@@ -177,7 +203,7 @@ def test_malformed_files_fail_with_the_fix(tmp_path):
         (good | {"accepted": "yes"}, "accepted must be true or false"),
         (good | {"schema": "x/1"}, "schema"),
         (good | {"cases": {"a": {"samples_ms": [-1.0]}}}, "finite positive"),
-        (good | {"cases": {"a": {"samples_ms": [1.0], "verdict": "bad"}}}, "verdict"),
+        (good | {"cases": {"a": {"samples_ms": [1.0], "accepted": "no"}}}, "accepted must be true, false or null"),
         (good | {"number": 7}, "does not match its run number"),
         (good | {"fingerprint_id": "cuda-x"}, "stored under"),
     ]:
@@ -212,3 +238,59 @@ def test_one_moved_case_does_not_reject_the_others(tmp_path):
     # A disturbed run rejected on purpose enters no baseline.
     _, run = record(hist, {"a": rounds(rng, 60.0), "b": rounds(rng, 20.0)}, band=BAND, accept=False)
     assert not run.case_accepted("b") and run.number not in hist.baseline("b").runs
+
+
+def _stored_verdict(hist: RunHistory, run: Run, case: str, verdict: str) -> None:
+    """Rewrite `run`'s file as an old-format file would hold it: with a stored verdict."""
+    path = hist.directory / run.filename
+    obj = json.loads(path.read_text())
+    obj["cases"][case]["verdict"] = verdict
+    path.write_text(json.dumps(obj))
+
+
+def test_nightly_rejudges_the_previous_samples_not_a_stored_verdict(tmp_path):
+    """The previous point is the previous run's samples judged against the baseline it had: a stored
+    "regression" on ordinary samples confirms nothing; a stored "pass" on slow samples kept out of
+    the baseline does confirm."""
+    rng = np.random.default_rng(11)
+    hist = seeded_history(tmp_path, rng)
+    calm = hist.append({"strict-book": rounds(rng, process_level(rng))}, accepted=True, now=T0 + timedelta(days=9))
+    _stored_verdict(hist, calm, "strict-book", REGRESSION)
+    hist = RunHistory(tmp_path, FP)
+    j = hist.check("strict-book", rounds(rng, 1.3 * process_level(rng)), band=BAND, nightly=True)
+    assert j.raw == REGRESSION and j.verdict == UNCONFIRMED and not j.flagged
+    assert f"run #{calm.number} got pass" in j.message
+
+    rng = np.random.default_rng(12)
+    hist = seeded_history(tmp_path / "b", rng)
+    slow = hist.append({"strict-book": rounds(rng, 1.3 * process_level(rng))}, accepted=True,
+                       case_accepted={"strict-book": False}, now=T0 + timedelta(days=9))
+    _stored_verdict(hist, slow, "strict-book", PASS)
+    hist = RunHistory(tmp_path / "b", FP)
+    prev, raw = hist.previous_verdict("strict-book", band=BAND)
+    assert prev == slow and raw == REGRESSION
+    j = hist.check("strict-book", rounds(rng, 1.3 * process_level(rng)), band=BAND, nightly=True)
+    assert j.verdict == REGRESSION and j.flagged and f"run #{slow.number} got regression too" in j.message
+
+
+def test_nightly_previous_point_uses_that_runs_baseline_and_acceptance(tmp_path):
+    """The previous run is judged against the runs before it (not the later ones), with the band
+    `band_of` gives for that baseline; a move it let into its baseline (re-based: its reference arm
+    moved alike) is no first point."""
+    rng = np.random.default_rng(13)
+    hist = seeded_history(tmp_path, rng)
+    rebased = hist.append({"strict-book": rounds(rng, 1.3 * process_level(rng))}, accepted=True,
+                          now=T0 + timedelta(days=9))
+    prev, raw = hist.previous_verdict("strict-book", band=BAND)
+    assert prev == rebased and raw == NOT_CHECKED
+    # Kept out instead: the same samples are a first point, judged with the band of that run's baseline.
+    rng = np.random.default_rng(13)
+    hist = seeded_history(tmp_path / "b", rng)
+    kept_out = hist.append({"strict-book": rounds(rng, 1.3 * process_level(rng))}, accepted=True,
+                           case_accepted={"strict-book": False}, now=T0 + timedelta(days=9))
+    seen: list[tuple[float, ...]] = []
+    prev, raw = hist.previous_verdict("strict-book", band=BAND, band_of=lambda m: seen.append(tuple(m)) or BAND)
+    assert prev == kept_out and raw == REGRESSION
+    assert seen == [hist.baseline("strict-book").run_medians]  # runs 1-5: the baseline run #6 had
+    # A band so wide the move is inside it: that run passed, so nothing to confirm.
+    assert hist.previous_verdict("strict-book", band=BAND, band_of=lambda m: 1.0)[1] == PASS

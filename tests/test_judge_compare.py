@@ -159,6 +159,32 @@ def test_compare_bad_input_is_one_line_exit_2(tmp_path, content, words):
     assert "pytest bench" in lines[0]  # the fix
 
 
+def test_an_old_run_record_with_stored_checks_and_no_raw_part_names_the_fix(tmp_path, capsys):
+    """Replaying old runs through new rules is `streamllm compare` on runs with a raw part (the
+    replay script is gone). A record written before that part (the shape of the H100/H200 records
+    once tracked under reports/*/runs/: measurements and the checks it printed, no `raw`) gets one
+    line naming the file and the fix, exit 2, never a re-judging of its stored verdicts."""
+    ratio_check = {"kind": "tpot", "name": RATIO_CHECK, "verdict": PASS, "message": "dense: 3.96x", "details": {}}
+    old = {
+        "schema": RUN_SCHEMA, "created": "2026-12-04T02:18:15+00:00", "command": "python -m pytest bench",
+        "options": {"device": "cuda", "nightly": False, "update_baselines": False},
+        "fingerprint": {"device_class": "cuda:NVIDIA H200"}, "fingerprint_id": "cuda-022fbfee90", "threads": 1,
+        "results": [{
+            "dataset": "synthetic", "case": "dense", "label": "dense", "ppl": 85699.5, "speedup": 1.0,
+            "verdicts": {"a": PASS, "b": PASS, "c": "-"}, "skipped": None,
+            "timing": {"rounds": 8, "samples_ms": [64.5, 63.9, 65.1, 64.0, 64.8, 63.7, 64.2, 64.9]},
+            "reference_timing": {"rounds": 8, "samples_ms": [16.2, 16.1, 16.4, 16.0, 16.3, 16.2, 16.1, 16.3]},
+            "checks": [ratio_check],
+        }],
+    }
+    path = tmp_path / "20261204T021815Z-cuda-456.json"
+    path.write_text(json.dumps(old))
+    assert main(["compare", str(path)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and str(path) in err[0] and "no `raw` part" in err[0], err
+    assert "re-run `pytest bench`" in err[0]  # the fix: a fresh run records its raw measurements
+
+
 # -- one finish_run: the terminal, summary.json, the report and the exit code agree -------------------
 def _finish(tmp_path: Path, *, nightly: bool, work_counted: bool) -> tuple:
     baselines = store_with(tmp_path, {"strict": 1.0})

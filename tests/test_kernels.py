@@ -52,6 +52,7 @@ def _where(request):
         pytest.skip(DELEGATED)
 
 
+@pytest.mark.slow  # ~4-9 min: the whole file again under Triton's interpreter (issue #28: `pytest tests` <= 5 min)
 @pytest.mark.skipif(RUN_HERE, reason="the kernels run in this process")
 def test_kernels_under_interpreter():
     """Every test of this file, on CPU, in a child process with Triton's interpreter on."""

@@ -141,7 +141,8 @@ def embedded():
     return loaded, tokenize(loaded.tokenizer, load_text("book"), 200)
 
 
-@pytest.mark.slow
+# Not slow: these planted bugs and their two controls take ~40 s together on 2 cores, and they are
+# the guard that a wrong cache fails its own-path check, so `pytest tests` keeps them.
 @pytest.mark.parametrize("name", list(MUTANTS))
 def test_planted_cache_bugs_fail_naming_the_step(embedded, name):
     loaded, ids = embedded
@@ -158,7 +159,6 @@ def test_planted_cache_bugs_fail_naming_the_step(embedded, name):
         assert first >= first_eviction_step(spec)  # nothing differs before the cache's own eviction code runs
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize("kind", ["static", "ring"])
 def test_the_unmutated_caches_pass_on_the_embedded_model(embedded, kind):
     loaded, ids = embedded
@@ -167,7 +167,6 @@ def test_the_unmutated_caches_pass_on_the_embedded_model(embedded, kind):
     assert judge(loaded, ids, spec, own).verdict == PASS and check_holdings(own, "row") is None
 
 
-@pytest.mark.slow
 def test_a_sink_angle_off_by_one_position_exceeds_the_tolerance(embedded):
     loaded, ids = embedded
     spec = make_strategy("strict", sink=4, window=60, cache="ring")

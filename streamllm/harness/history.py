@@ -7,9 +7,9 @@ re-keyed by hand:
 
 (numbered like pytest-benchmark's storage, written atomically under a directory lock so two
 processes never take the same number). A run holds, per case, the per-round TPOT samples (ms)
-and the verdict that run got against its own baseline, plus an `accepted` flag fixed at write
-time (per run, optionally overridden per case). The baseline of a case is the pooled samples of
-the last K runs in which that case was accepted.
+and an `accepted` flag fixed at write time (per run, optionally overridden per case); no verdict
+is stored (files written before this still load: their `verdict` field is ignored). The baseline
+of a case is the pooled samples of the last K runs in which that case was accepted.
 
 Verdicts (`judge`): a regression needs both a two-sided Mann-Whitney p < 0.002 and a median
 ratio beyond the band (ratio > 1 + band); an improvement is the mirror image in log space
@@ -21,11 +21,16 @@ NOT_CHECKED with the reason, never a pass.
 
 Nightly mode (PyTorch HUD's rule): a case is flagged only when the previous run of that case
 got the same raw verdict, i.e. two consecutive points; a single outlier run is reported as
-"unconfirmed" and never fails. Acceptance (`record`'s default): the run is accepted, except each
-case that got a raw regression/improvement, so one moved case does not keep the other cases'
-samples out of their baselines, and a step change keeps being compared with the old level until a
-person accepts the new one on purpose (`record(..., accept=True)`); `accept=False` rejects a run
-known to be disturbed.
+"unconfirmed" and never fails. The previous run's verdict is re-judged from its samples against
+the baseline that run had (the accepted runs before it, of its library versions), and counts only
+when that run kept the case out of its baseline: a run that let a moved case in had put the move
+on the machine (its reference arm moved alike), so it is no first point.
+
+Acceptance (`enters_baseline`, what a bench run appends): the run is accepted, except each case
+that got a raw regression/improvement, so one moved case does not keep the other cases' samples
+out of their baselines, and a step change keeps being compared with the old level until a person
+accepts the new one on purpose (`append(..., accepted=True)` with no per-case override);
+`accepted=False` rejects a run known to be disturbed.
 """
 
 from __future__ import annotations
@@ -35,7 +40,7 @@ import math
 import os
 import re
 import statistics
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
@@ -43,11 +48,10 @@ from typing import Any
 
 from ..results import locked_directory, write_text_atomic
 from .stats import mann_whitney
-from .verdicts import HISTORY_ALPHA, HISTORY_RAW, IMPROVEMENT, NOT_CHECKED, PASS, REGRESSION, UNCONFIRMED
+from .verdicts import HISTORY_ALPHA, IMPROVEMENT, NOT_CHECKED, PASS, REGRESSION, UNCONFIRMED
 
 SCHEMA = "streamllm.history/1"
 
-RAW_VERDICTS = HISTORY_RAW
 # History entry of a case's reference arm: "<dataset>/<case>:reference".
 REFERENCE_SUFFIX = ":reference"
 # The run-level calibration arm (streamllm.measure.CalibrationArm): torch alone, no library code.
@@ -93,7 +97,6 @@ def _samples(values: Any, where: str) -> tuple[float, ...]:
 @dataclass(frozen=True)
 class CaseRun:
     samples: tuple[float, ...]  # per-round TPOT (ms) of this case in this run
-    verdict: str | None = None  # raw verdict this run got against its baseline (nightly rule)
     accepted: bool | None = None  # None: the run's flag decides
 
 
@@ -124,7 +127,7 @@ class Run:
             "number": self.number,
             "timestamp": self.timestamp,
             "accepted": self.accepted,
-            "cases": {name: {"samples_ms": list(c.samples), "verdict": c.verdict, "accepted": c.accepted}
+            "cases": {name: {"samples_ms": list(c.samples), "accepted": c.accepted}
                       for name, c in self.cases.items()},
             "fingerprint": self.fingerprint,
             "meta": self.meta,
@@ -149,20 +152,17 @@ class Run:
             raise _fail(source, f"timestamp {obj.get('timestamp')!r} is not ISO 8601") from None
         raw_cases = obj.get("cases")
         if not isinstance(raw_cases, dict):
-            raise _fail(source, "cases must be an object of case id -> {samples_ms, verdict}")
+            raise _fail(source, "cases must be an object of case id -> {samples_ms, accepted}")
         cases = {}
         for name, c in raw_cases.items():
             if not isinstance(c, dict):
                 raise _fail(source, f"case {name!r} must be an object with samples_ms")
-            verdict = c.get("verdict")
-            if verdict is not None and verdict not in RAW_VERDICTS:
-                raise _fail(source, f"case {name!r} has verdict {verdict!r}; expected one of {RAW_VERDICTS} or null")
+            # Older files also stored the verdict the run got: ignored, the nightly rule re-judges.
             case_accepted = c.get("accepted")
             if case_accepted is not None and not isinstance(case_accepted, bool):
                 raise _fail(source, f"case {name!r} accepted must be true, false or null, got {case_accepted!r}")
             try:
-                cases[name] = CaseRun(_samples(c.get("samples_ms"), f"case {name!r} samples_ms"), verdict,
-                                      case_accepted)
+                cases[name] = CaseRun(_samples(c.get("samples_ms"), f"case {name!r} samples_ms"), case_accepted)
             except ValueError as exc:
                 raise _fail(source, str(exc)) from None
         for name in ("fingerprint", "meta"):
@@ -190,6 +190,36 @@ class Baseline:
     def ok(self) -> bool:
         return self.reason is None
 
+
+
+def baseline_of(runs: Sequence[Run], case: str, k: int = 5, *, min_runs: int = 3,
+                versions: Mapping[str, Any] | None = None, where: Path | str = "the history") -> Baseline:
+    """Pooled samples of the last `k` of `runs` (oldest first) in which `case` was accepted; pure, so
+    the baseline a past run had is this over the runs before it."""
+    if k < 1 or not 1 <= min_runs <= k:
+        raise ValueError(f"need k >= 1 and 1 <= min_runs <= k (got k={k}, min_runs={min_runs})")
+    wanted = version_set(versions) if versions is not None else None
+    same = [r for r in runs if versions is None or (wanted is not None and version_set(r.fingerprint) == wanted)]
+    chosen = [r for r in same if r.case_accepted(case)][-k:]
+    samples = tuple(s for r in chosen for s in r.cases[case].samples)
+    medians = tuple(statistics.median(r.cases[case].samples) for r in chosen)
+    numbers = tuple(r.number for r in chosen)
+    reason = None
+    if len(chosen) < min_runs:
+        total = sum(case in r.cases for r in runs)
+        scope = "" if versions is None else (
+            f" of {', '.join(f'{f} {v}' for f, v in zip(VERSION_FIELDS, wanted or ('?',) * len(VERSION_FIELDS), strict=True))}"
+            f" ({sum(case in r.cases for r in same)} such run(s))")
+        reason = (f"{len(chosen)} accepted run(s) with {case!r}{scope} under {where} "
+                  f"({total} run(s) in all), need {min_runs}: it is checked after {min_runs - len(chosen)} "
+                  "more accepted run(s)")
+    return Baseline(case, samples, numbers, medians, reason)
+
+
+def enters_baseline(raw: str) -> bool:
+    """Whether a case whose history check got `raw` enters its baseline: a move beyond the band stays
+    out, so a step change is compared with the old level until a person accepts it on purpose."""
+    return raw not in (REGRESSION, IMPROVEMENT)
 
 
 @dataclass(frozen=True)
@@ -327,28 +357,41 @@ class RunHistory:
         """Pooled samples of the last `k` runs in which `case` was accepted; `reason` says why not
         when fewer than `min_runs` such runs exist. `versions` (a fingerprint, or any mapping with
         VERSION_FIELDS): only runs of the same library versions count (None: every run)."""
-        if k < 1 or not 1 <= min_runs <= k:
-            raise ValueError(f"need k >= 1 and 1 <= min_runs <= k (got k={k}, min_runs={min_runs})")
-        wanted = version_set(versions) if versions is not None else None
-        same = [r for r in self.runs() if versions is None or (wanted is not None and version_set(r.fingerprint) == wanted)]
-        runs = [r for r in same if r.case_accepted(case)][-k:]
-        samples = tuple(s for r in runs for s in r.cases[case].samples)
-        medians = tuple(statistics.median(r.cases[case].samples) for r in runs)
-        numbers = tuple(r.number for r in runs)
-        reason = None
-        if len(runs) < min_runs:
-            total = sum(case in r.cases for r in self.runs())
-            scope = "" if versions is None else (
-                f" of {', '.join(f'{f} {v}' for f, v in zip(VERSION_FIELDS, wanted or ('?',) * len(VERSION_FIELDS), strict=True))}"
-                f" ({sum(case in r.cases for r in same)} such run(s))")
-            reason = (f"{len(runs)} accepted run(s) with {case!r}{scope} under {self.directory} "
-                      f"({total} run(s) in all), need {min_runs}: it is checked after {min_runs - len(runs)} "
-                      "more accepted run(s)")
-        return Baseline(case, samples, numbers, medians, reason)
+        return baseline_of(self.runs(), case, k, min_runs=min_runs, versions=versions, where=self.directory)
 
     def previous(self, case: str) -> Run | None:
         """The latest run that measured `case`, accepted or not (the nightly rule's previous point)."""
         return next((r for r in reversed(self.runs()) if case in r.cases), None)
+
+    def previous_verdict(
+        self,
+        case: str,
+        *,
+        band: float,
+        band_of: Callable[[Sequence[float]], float] | None = None,
+        k: int = 5,
+        min_runs: int = 3,
+        alpha: float = DEFAULT_ALPHA,
+        versions: Mapping[str, Any] | None = None,
+    ) -> tuple[Run | None, str | None]:
+        """The previous run of `case` and the raw verdict it got, re-judged from its samples against
+        the baseline it had (the accepted runs before it; of its own library versions when
+        `versions` is given). `band_of` maps that baseline's run medians to its band (None: `band`).
+        A move counts only when that run kept the case out of its baseline: one that let it in had
+        put the move on the machine and re-based (NOT_CHECKED then, as that run recorded it)."""
+        prev = self.previous(case)
+        if prev is None:
+            return None, None
+        before = [r for r in self.runs() if r.number < prev.number]
+        base = baseline_of(before, case, k, min_runs=min_runs,
+                           versions=prev.fingerprint if versions is not None else None, where=self.directory)
+        if not base.ok:
+            return prev, NOT_CHECKED
+        prev_band = band_of(base.run_medians) if band_of is not None else band
+        raw = judge(prev.cases[case].samples, base.samples, prev_band, alpha=alpha, case=case).raw
+        if raw in (REGRESSION, IMPROVEMENT) and prev.case_accepted(case):
+            return prev, NOT_CHECKED
+        return prev, raw
 
     def check(
         self,
@@ -361,17 +404,19 @@ class RunHistory:
         nightly: bool = False,
         alpha: float = DEFAULT_ALPHA,
         versions: Mapping[str, Any] | None = None,
+        band_of: Callable[[Sequence[float]], float] | None = None,
     ) -> Judgement:
         """`samples` (this run's per-round TPOT of `case`) against the history's baseline (of the
-        runs with the same library `versions`, when given)."""
+        runs with the same library `versions`, when given). Under `nightly` the previous run is
+        re-judged (`previous_verdict`, with `band_of` giving its band from its own baseline)."""
         base = self.baseline(case, k, min_runs=min_runs, versions=versions)
         if not base.ok:
             return _not_checked(case, band, base.reason, len(samples), len(base.samples), base.runs)
         judgement = judge(samples, base.samples, band, alpha=alpha, case=case, baseline_runs=base.runs)
         if nightly:
-            prev = self.previous(case)
-            judgement = apply_nightly(judgement, prev.cases[case].verdict if prev else None,
-                                      prev.number if prev else None)
+            prev, previous = self.previous_verdict(case, band=band, band_of=band_of, k=k, min_runs=min_runs,
+                                                   alpha=alpha, versions=versions)
+            judgement = apply_nightly(judgement, previous, prev.number if prev else None)
         return judgement
 
     # -- writing ---------------------------------------------------------------------------
@@ -380,28 +425,23 @@ class RunHistory:
         cases: Mapping[str, Sequence[float] | CaseRun],
         *,
         accepted: bool,
-        verdicts: Mapping[str, str] | None = None,
         case_accepted: Mapping[str, bool] | None = None,
         fingerprint: Mapping[str, Any] | None = None,
         meta: Mapping[str, Any] | None = None,
         now: datetime | None = None,
     ) -> Run:
-        """Write one new run (the next number) and return it. `verdicts`: each case's raw verdict
-        from `check` (Judgement.raw), which the next nightly run reads back; `case_accepted`:
-        per-case overrides of `accepted`."""
+        """Write one new run (the next number) and return it: samples and acceptance only, no
+        verdict (the nightly rule re-judges a run from its samples). `case_accepted`: per-case
+        overrides of `accepted` (a case that moved beyond its band stays out of its baseline)."""
         if not cases:
             raise ValueError("a run needs at least one case")
-        verdicts, overrides = dict(verdicts or {}), dict(case_accepted or {})
-        for name, v in verdicts.items():
-            if v not in RAW_VERDICTS:
-                raise ValueError(f"verdict of {name!r} must be a raw verdict {RAW_VERDICTS}, got {v!r}")
+        overrides = dict(case_accepted or {})
         built = {}
         for name, c in cases.items():
             if isinstance(c, CaseRun):
-                built[name] = CaseRun(_samples(list(c.samples), f"case {name!r}"), verdicts.get(name, c.verdict),
-                                      overrides.get(name, c.accepted))
+                built[name] = CaseRun(_samples(list(c.samples), f"case {name!r}"), overrides.get(name, c.accepted))
             else:
-                built[name] = CaseRun(_samples(list(c), f"case {name!r}"), verdicts.get(name), overrides.get(name))
+                built[name] = CaseRun(_samples(list(c), f"case {name!r}"), overrides.get(name))
         stamp = (now or datetime.now(timezone.utc)).astimezone(timezone.utc)
         self.directory.mkdir(parents=True, exist_ok=True)
         with locked_directory(self.directory):

@@ -348,7 +348,8 @@ def check_history(history: RunHistory, case: str, samples: list[float] | None, *
     A fail is INCONCLUSIVE when the CPU is oversubscribed (time-slicing moves absolute TPOT by more
     than the band) or when the reference arm moved alike or has no history to tell the machine from
     the strategy; then both entries are recorded as NOT_CHECKED, so the run re-bases the history.
-    `details["record"]` maps history entries to the raw verdicts this run appends."""
+    `details["record"]` maps history entries to the raw verdicts that decide which of them enter their
+    baseline (history.enters_baseline); the history stores the samples and that flag, no verdict."""
     name = HISTORY_CHECK
     inputs = inputs or HistoryInputs()
     if not samples:
@@ -365,7 +366,9 @@ def check_history(history: RunHistory, case: str, samples: list[float] | None, *
                      "so this check cannot fail: not checked (its runs disagree too much: re-base on a quiet machine)",
                      {"band_runs": len(base.runs), "band": band, "band_source": spread.source, "clock": clock,
                       "history": _relative(history.directory), "record": {case: NOT_CHECKED}, "raw": NOT_CHECKED})
-    judgement = history.check(case, samples, band=band, k=k, nightly=nightly, versions=versions)
+    # --nightly re-judges the previous run against its own baseline, so its band comes from that baseline too.
+    judgement = history.check(case, samples, band=band, k=k, nightly=nightly, versions=versions,
+                              band_of=lambda medians: robust_band(medians, fallback=floor).width)
     verdict = {REGRESSION: FAIL, IMPROVEMENT: FAIL, PASS: PASS, UNCONFIRMED: INCONCLUSIVE}.get(
         judgement.verdict, NOT_CHECKED)
     record = {case: judgement.raw}

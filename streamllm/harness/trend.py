@@ -22,7 +22,7 @@ import statistics
 from dataclasses import dataclass
 from pathlib import Path
 
-from .history import REFERENCE_SUFFIX, Run, RunHistory, version_set
+from .history import REFERENCE_SUFFIX, Run, RunHistory, judge, version_set
 from .verdicts import (
     FALLBACK_BAND,
     HISTORY_RUNS_NEEDED,
@@ -45,7 +45,7 @@ class TrendPoint:
     run: int
     ratio: float | None  # median / pooled baseline median (None: no baseline of these versions yet)
     band: float  # relative half-width of the check's band (robust_band of the baseline's run medians)
-    flagged: bool  # the run's raw verdict was a regression or an improvement
+    flagged: bool  # re-judged against this baseline and band: a regression or an improvement
     accepted: bool
     checked: bool = True  # False: the band lets a MUST_CATCH-fold slowdown pass (the check said "not checked")
     baseline_runs: tuple[int, ...] = ()
@@ -73,7 +73,7 @@ def trend(runs: list[Run], case: str, k: int = 5, floor: float = FALLBACK_BAND) 
         versions = version_set(run.fingerprint)
         same = [r for r in runs[:i] if versions is not None and version_set(r.fingerprint) == versions
                 and r.case_accepted(case)][-k:]
-        flagged = entry.verdict in (REGRESSION, IMPROVEMENT)
+        flagged = False
         numbers = tuple(r.number for r in same)
         if len(same) < HISTORY_RUNS_NEEDED:
             points.append(TrendPoint(run.number, None, floor, flagged, run.case_accepted(case), True, numbers,
@@ -83,6 +83,8 @@ def trend(runs: list[Run], case: str, k: int = 5, floor: float = FALLBACK_BAND) 
         pooled = [s for r in same for s in r.cases[case].samples]
         band = robust_band(medians, fallback=floor).width
         ratio = statistics.median(entry.samples) / statistics.median(pooled)
+        # the history stores no verdicts: a point is flagged by judging its samples as the check did
+        flagged = judge(entry.samples, pooled, band, case=case).raw in (REGRESSION, IMPROVEMENT)
         points.append(TrendPoint(run.number, ratio, band, flagged, run.case_accepted(case),
                                  1.0 + band < MUST_CATCH, numbers, versions))
     return points
