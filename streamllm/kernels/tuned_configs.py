@@ -35,7 +35,28 @@ _PYTHIA_2_8B_ATTENTION = {
                                               "num_stages": 3, "merge": "last"},
 }
 
+# The fused ring kernel (streamllm.kernels.ring_attention), H100 run of 2026-12-07 (`--emit-tuned`,
+# shared/measurements/h100-2026-12-07-kernel_bench.txt, TUNED line). Without an entry the first
+# graph step times every candidate (each a Triton compile): the suite's ring-cudagraphs-triton row
+# took 119 s on a fresh H100 that day (reports/gpu-h100-2026-12-07.md).
+_PYTHIA_2_8B_RING_H100 = {
+    "ring_attention:32:1:2053:80:float16:mask": {
+        "block_s": 64,
+        "target_splits": 33,
+        "num_warps": 4,
+        "num_stages": 1,
+        "merge": "kernel"
+    },
+    "ring_attention:32:1:2053:80:float16:nomask": {
+        "block_s": 32,
+        "target_splits": 16,
+        "num_warps": 2,
+        "num_stages": 1,
+        "merge": "last"
+    },
+}
+
 TUNED: dict[str, dict[str, dict]] = {
-    "NVIDIA H100 80GB HBM3": {**_PYTHIA_2_8B_GEMV, **_PYTHIA_2_8B_ATTENTION},
+    "NVIDIA H100 80GB HBM3": {**_PYTHIA_2_8B_GEMV, **_PYTHIA_2_8B_ATTENTION, **_PYTHIA_2_8B_RING_H100},
     "NVIDIA H200": {**_PYTHIA_2_8B_GEMV, **_PYTHIA_2_8B_ATTENTION},
 }
