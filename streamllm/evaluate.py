@@ -19,7 +19,8 @@ from .measure import Clock, tpot_ms
 from .measure import speedup as tpot_speedup
 from .models import LoadedModel
 from .results import EvalResult, TokenTrace, ppl_from_nll
-from .spikes import step_shape, summarize
+from .spikes import summarize
+from .steptime import step_shape
 from .strategies import StrategySpec
 
 CacheFactory = Callable[[StrategySpec, torch.nn.Module], AnyCache]
@@ -140,7 +141,8 @@ def build_result(
         max_position=max_position,
         beyond_context=beyond,
         raw_nll_spikes=found.to_dict() if found else None,
-        step_shape=step_shape(trace, warmup_steps),
+        step_shape=step_shape(trace.step_ms, [t in set(trace.prune_steps) for t in range(len(trace.step_ms))],
+                              max(1, spec.compress_every) if spec.capacity is not None else 1, timing.steady_from),
         notes=notes,
         trace=trace,
     )

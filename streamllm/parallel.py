@@ -41,7 +41,7 @@ from .measure import TimingRun
 from .models import LoadedModel
 from .results import EvalResult, TokenTrace
 from .rope import RopeSpec, UnsupportedRopeError, apply_rotation
-from .spikes import step_shape_of
+from .steptime import split_timing_run
 from .strategies import PositionMode, StrategySpec, plan_eviction
 
 ATTENTION_NAME = "streamllm_parallel"
@@ -380,6 +380,13 @@ def with_decode_timing(result: EvalResult, timed: EvalResult) -> EvalResult:
     return merged
 
 
+def _step_shape(timing: TimingRun) -> dict | None:
+    try:
+        return split_timing_run(timing).to_dict()
+    except ValueError:  # no whole cycle timed
+        return None
+
+
 def with_slice_timing(result: EvalResult, timing: TimingRun | None) -> EvalResult:
     """`result` (parallel NLL) with TPOT from a steady-state decode slice (measure.time_steady_state).
 
@@ -393,7 +400,7 @@ def with_slice_timing(result: EvalResult, timing: TimingRun | None) -> EvalResul
     agreement = f"; max |ΔNLL| slice vs parallel = {delta:.2e}" if delta is not None else ""
     return dataclasses.replace(
         result, tpot_ms_median=timing.median_ms, tpot_ms_cycle_mean=timing.mean_ms,
-        step_shape=step_shape_of(timing.step_ms, timing.prune_flags),
+        step_shape=_step_shape(timing),
         notes=[*result.notes, f"TPOT from a steady-state slice: {timing.rounds} rounds x {timing.steps_per_round} "
                               f"decode steps at |C| <= {timing.kv_length_max} ({timing.fill_mode} fill){agreement}"],
     )

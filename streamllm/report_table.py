@@ -34,7 +34,7 @@ def results_table(results: list[EvalResult], runtimes: list[float] | None = None
             r.strategy + (" ⚠" if r.beyond_context else ""),
             _fmt(r.ppl, ".3f"), delta,
             _fmt(r.tpot_ms_cycle_mean, ".2f"), _fmt(r.tpot_ms_median, ".2f"),
-            _fmt(shape.get("p99_step_ms"), ".2f"), _fmt(shape.get("prune_multiple"), ".2f"),
+            _fmt(shape.get("p99_ms"), ".2f"), _fmt(shape.get("prune_multiple"), ".2f"),
             _fmt(r.speedup, ".2f"), str(r.prune_events), str(r.max_position),
             _fmt(level, "+.3f"), _fmt(excess, "+.3f"), _fmt(runtimes[i] if runtimes else None, ".1f"),
         )

@@ -58,8 +58,9 @@ class EvalResult:
     # The spike: ΔNLL against dense on the same tokens (streamllm.spikes.summarize_delta): steady
     # level after the first eviction, event-aligned excess and peak; set when dense ran beside it.
     delta_spikes: dict | None = None
-    # Step-time shape at steady state: the prune step's mean ms and its multiple of a normal step,
-    # the p99 step (what a latency-bound user meets), from the timed decode; None when untimed.
+    # Step-time shape at steady state (streamllm.steptime.split_step_times, the bench's prune-step
+    # findings use the same): the prune step's mean ms and its multiple of a normal step, the prune's
+    # share of TPOT, the p99 step (what a latency-bound user meets); None when untimed.
     step_shape: dict | None = None
     notes: list[str] = field(default_factory=list)
     trace: TokenTrace | None = None

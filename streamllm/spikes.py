@@ -269,30 +269,6 @@ def _block_mean_ci(values: np.ndarray, block: int, confidence: float) -> Interva
     return Interval(float(values.mean()), *_percentiles(blocks[_resample_indices(whole)].mean(axis=1), confidence))
 
 
-def step_shape(trace, warmup_steps: int = 0) -> dict | None:
-    """The decode's step-time shape past the warm-up: mean of prune steps and of the others (ms),
-    their ratio, and the p99 step. None when no step was timed (the parallel evaluator)."""
-    pruned = np.zeros(len(trace.step_ms), dtype=bool)
-    pruned[[p for p in trace.prune_steps if p < pruned.size]] = True
-    return step_shape_of(trace.step_ms, pruned, warmup_steps)
-
-
-def step_shape_of(step_ms, pruned, warmup_steps: int = 0) -> dict | None:
-    """`step_shape` from per-step times and prune flags (a timed slice's, or a trace's)."""
-    times = np.asarray(step_ms, dtype=np.float64)
-    pruned = np.asarray(pruned, dtype=bool)
-    keep = (np.arange(times.size) >= warmup_steps) & np.isfinite(times)
-    if not keep.any():
-        return None
-    prune, normal = times[keep & pruned], times[keep & ~pruned]
-    out = {"p99_step_ms": float(np.percentile(times[keep], 99)),
-           "normal_step_ms": float(normal.mean()) if normal.size else None,
-           "prune_step_ms": float(prune.mean()) if prune.size else None}
-    out["prune_multiple"] = (out["prune_step_ms"] / out["normal_step_ms"]
-                             if prune.size and normal.size and out["normal_step_ms"] > 0 else None)
-    return out
-
-
 def delta_vs_dense(nll, dense_nll, prune_steps: list[int], cycle: int | None = None) -> dict | None:
     """The spike of one strategy: `summarize_delta` of its ΔNLL against dense on the same tokens,
     as a JSON-ready dict (level, excess, aligned_peak, area with CIs); None: nothing evicted."""

@@ -104,3 +104,12 @@ def _percentiles(values: np.ndarray, confidence: float) -> tuple[float, float]:
 def split_timing_run(run: TimingRun) -> StepTimeSplit:
     """`split_step_times` of a measure.TimingRun (its own cycle)."""
     return split_step_times(run.step_ms, run.prune_flags, run.cycle)
+
+
+def step_shape(step_ms: Sequence[float], prune_flags: Sequence[bool], cycle: int = 1, start: int = 0) -> dict | None:
+    """`split_step_times` of the steps from `start` on (the steady state), as a JSON-ready dict: what
+    `streamllm eval` reports beside TPOT. None when those steps were not timed or hold no whole cycle."""
+    try:
+        return split_step_times(list(step_ms)[start:], list(prune_flags)[start:], cycle).to_dict()
+    except ValueError:
+        return None

@@ -148,4 +148,4 @@ def test_eval_json_carries_the_spike_against_dense_and_the_step_shape(tmp_path, 
                                traces[lazy["strategy"]]["prune_steps"], cycle=16)
     assert lazy["delta_spikes"]["level"]["estimate"] == pytest.approx(expected.level.estimate)
     shape = lazy["step_shape"]
-    assert shape["p99_step_ms"] >= shape["normal_step_ms"] > 0 and shape["prune_multiple"] > 0
+    assert shape["p99_ms"] >= shape["normal_ms"] > 0 and shape["prune_multiple"] > 0
