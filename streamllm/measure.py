@@ -205,6 +205,22 @@ class DecodeSlice:
         self.flush()
 
 
+def fill_chunked(loaded: LoadedModel, cache: StreamingCache, ids: torch.Tensor, n: int) -> torch.Tensor:
+    """Feed the text's first n tokens to a fresh dynamic cache in one forward; returns their logits.
+    Only below the first eviction (every strategy then keeps all n entries)."""
+    with torch.inference_mode():
+        logits = loaded.model(input_ids=ids[:n].view(1, -1), **cache_kwargs(loaded.model, cache),
+                              position_ids=torch.arange(n, device=loaded.device).view(1, -1)).logits[0]
+    if cache.spec.name == "dense":
+        cache.end_step(n)  # dense accepts a chunk: it never evicts
+    else:
+        # Streaming caches advance one token per step (end_step refuses a chunk); account for
+        # the n entries as n steps would: below capacity the eviction rule keeps them all.
+        cache.slots = list(range(n))
+        cache.seen = n
+    return logits
+
+
 def prepare_slice(
     loaded: LoadedModel,
     ids: torch.Tensor,
@@ -230,17 +246,9 @@ def prepare_slice(
     clock = Clock(loaded.device)
     started = time.perf_counter()
     if type(cache) is StreamingCache:
+        logits = fill_chunked(loaded, cache, ids, n)
         with torch.inference_mode():
-            logits = loaded.model(input_ids=ids[:n].view(1, -1), **cache_kwargs(loaded.model, cache),
-                                  position_ids=torch.arange(n, device=loaded.device).view(1, -1)).logits[0]
             fill_nll = -torch.log_softmax(logits.float(), dim=-1).gather(1, ids[1 : n + 1].view(-1, 1)).view(-1)
-        if spec.name == "dense":
-            cache.end_step(n)  # dense accepts a chunk: it never evicts
-        else:
-            # Streaming caches advance one token per step (end_step refuses a chunk); account for
-            # the n entries as n steps would: below capacity the eviction rule keeps them all.
-            cache.slots = list(range(n))
-            cache.seen = n
         clock.sync()
         slice_ = DecodeSlice(loaded, spec, ids, cache, decoder, cursor=n, fill_mode="chunked",
                              fill_nll=fill_nll.double().cpu().tolist(), clock=clock)

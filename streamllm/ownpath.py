@@ -26,9 +26,8 @@ import torch
 from transformers import DynamicCache
 
 from .caches import FixedCache, StreamingCache, make_cache
-from .compat import cache_kwargs
 from .decode import EagerDecoder
-from .measure import DecodeSlice
+from .measure import DecodeSlice, fill_chunked
 from .models import LoadedModel
 from .schedule import TextTooShortError, eviction_steps, expected_positions, first_eviction_step, too_short_error
 from .strategies import StrategySpec
@@ -157,12 +156,7 @@ def fill_prefix(loaded: LoadedModel, cache: object, kv: DynamicCache, ids: torch
                            [layer.values[:, :, :n] for layer in kv.layers])
         return "prefix K/V copied from transformers' DynamicCache"
     if isinstance(cache, StreamingCache) and cache.seen == 0:
-        with torch.inference_mode():
-            loaded.model(input_ids=ids[:n].view(1, -1), position_ids=torch.arange(n, device=loaded.device).view(1, -1),
-                         **cache_kwargs(loaded.model, cache))
-        # below capacity nothing is evicted: the n entries are what n steps would leave
-        cache.slots = list(range(n))
-        cache.seen = n
+        fill_chunked(loaded, cache, ids, n)
         return "one chunked forward"
     raise TypeError(f"cannot refill a used {type(cache).__name__}: build a new one")
 

@@ -176,17 +176,22 @@ class RingStreamingCache(FixedCache):
     def _valid_slots(self, seen: int) -> int:
         return min(seen, self.used_slots)
 
+    def prime_prefix(self, keys: list[torch.Tensor], values: list[torch.Tensor]) -> None:
+        # Before the first eviction the sink offset is 0: slots [0, S) hold the raw sink keys.
+        super().prime_prefix(keys, values)
+        if self.rotate_sinks:
+            sinks = min(self.seen, self.sink)
+            for store, layer_keys in zip(self.sink_store, self.keys, strict=True):
+                store.zero_()
+                store[:, :, :sinks].copy_(layer_keys[:, :, :sinks])
+
     def _jump(self, seen: int, generator: torch.Generator | None, valid: int | None = None) -> None:
         valid = self._valid_slots(seen) if valid is None else valid
         self.attention_mask.fill_(self.masked_value)
         self.attention_mask[..., :valid].fill_(0.0)
         if self.rotate_sinks:
-            for store, keys in zip(self.sink_store, self.keys, strict=True):
-                if generator is not None or seen > self.sink + self.window:
-                    normal_(store, generator)  # timing only: random sinks
-                else:  # prime_prefix: slots [0, S) hold the sinks as rotated at i (offset 0 so far)
-                    store.zero_()
-                    store[:, :, : min(seen, self.sink)].copy_(keys[:, :, : min(seen, self.sink)])
+            for store in self.sink_store:
+                normal_(store, generator)
         self.seen = seen
         self.sinks_recorded = seen >= self.sink
         self._full = seen >= self.sink + self.window
