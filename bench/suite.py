@@ -70,11 +70,7 @@ class Suite(Session):
         out.reference_timing = self.measure.references.get((dataset, case.id))
         if out.reference_timing is not None:
             out.ratio = ratio_ci(timing.samples, out.reference_timing.samples)
-        # the row's own numerics and holdings, read before counting feeds its slice more steps
-        out.holding = self.measure.holding(case, dataset)
-        out.own_path = self.measure.own_path(case, dataset)
-        if out.own_path is not None:
-            out.calibration = self.measure.calibration(case, dataset)
+        self.own_numerics(case, dataset, out)  # before counting feeds the timed slice more steps
         evaluation = out.evaluation = self.evaluate(case, dataset)
         out.slice_nll_max_abs_diff = self.measure.slice_agreement(evaluation, timing)
         if case.id != "dense":
@@ -95,6 +91,13 @@ class Suite(Session):
             benchmark.extra_info.update(extra_info(self, out))
         return out
 
+    def own_numerics(self, case: BenchCase, dataset: str, out: CaseResult) -> None:
+        """The row's own path (static/ring: with its calibration path) and its cache's holdings."""
+        out.holding = self.measure.holding(case, dataset)
+        out.own_path = self.measure.own_path(case, dataset)
+        if out.own_path is not None:
+            out.calibration = self.measure.calibration(case, dataset)
+
     def run_ppl_only(self, case: BenchCase, dataset: str, benchmark=None) -> CaseResult:
         """The case's PPL, (a) and PPL findings without timing (`options.no_timing` says why).
 
@@ -113,10 +116,7 @@ class Suite(Session):
             out.ppl_delta_vs_dense_pct = 100.0 * (evaluation.ppl / self.evaluate(self.case("dense"), dataset).ppl - 1.0)
         else:
             out.ppl_delta_vs_dense_pct = 0.0
-        out.holding = self.measure.holding(case, dataset)
-        out.own_path = self.measure.own_path(case, dataset)
-        if out.own_path is not None:
-            out.calibration = self.measure.calibration(case, dataset)
+        self.own_numerics(case, dataset, out)
         judged = judge_measured(self, self.measure, case, dataset, out, evaluation, None)  # PPL, and (b) "not measured"
         own = own_path_check(self, case, evaluation, out)
         out.checks = [*judged.ppl, eviction_check(self, case, dataset, evaluation, out), *([own] if own else []),
