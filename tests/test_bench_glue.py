@@ -509,7 +509,7 @@ def test_each_case_reports_its_bandwidth_floor(tmp_path, tiny):
 
 def test_tpot_findings_time_both_strategies_step_for_step(tmp_path):
     """A TPOT finding's two strategies are timed interleaved in fresh slices: a strategy against
-    itself has a CI around 1, and a strategy made twice as slow reads clearly higher against the
+    itself reads about 1, and a strategy made twice as slow reads clearly higher against the
     same pair unslowed, whatever the machine did between the two measurements."""
     # ~2 ms steps: large against timer and scheduler noise on a shared 2-core machine
     import dataclasses
@@ -520,7 +520,9 @@ def test_tpot_findings_time_both_strategies_step_for_step(tmp_path):
     suite.options = dataclasses.replace(suite.options, rounds=16, warmup_rounds=1)  # 16 pairs of 4-step rounds
     strict, lazy = suite.case("strict"), suite.case("lazy-c16")
     same = suite.measure.paired_ratio(strict, strict, "synthetic")
-    assert same.low <= 1.0 <= same.high, same
+    # not "the 95 % CI covers 1": that fails one run in twenty by construction; a 15 % band around
+    # 1 is what interleaving buys (unpaired timings of these steps drift by more on this machine)
+    assert 0.85 < same.ratio < 1.15 and same.low < same.ratio < same.high, same
     plain = suite.measure.paired_ratio(lazy, strict, "synthetic")
     injection = injections.slowdown("lazy", 1.0, "dynamic")
     try:
