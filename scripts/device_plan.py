@@ -72,10 +72,13 @@ def plan(report_dir: str) -> list[Step]:
             steps.append(Step(name, [*BENCH, "--strategies", rows, flag, *out], first if i == 1 else later, box,
                               previous))
             previous = (name,)
+            if half == "compiled" and i == 1:
+                # one recorded process arms a row (work counts + the ratio's stated fallback band):
+                # check and plant right after it, so even a one-call lease proves the arming
+                steps += [Step("check-compiled", [*BENCH, "--strategies", rows, "--nightly", *out], 150, 400,
+                               previous),
+                          Step("planted-extra-copy", inject, 150, 300, previous)]
         recorded[half] = name
-        if half == "compiled":
-            steps += [Step("check-compiled", [*BENCH, "--strategies", rows, "--nightly", *out], 150, 400, previous),
-                      Step("planted-extra-copy", inject, 150, 300, previous)]
     both = tuple(recorded.values())
     steps += [
         Step("check-1", [*BENCH, "--nightly", *out], 330, 520, both),
