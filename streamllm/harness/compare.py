@@ -126,7 +126,9 @@ def compare(run_file: str | Path, *, against: str = "baselines", baselines_dir: 
     for c, v in zip(raw.cases, judged, strict=True):
         old = stored.get((c.case, c.dataset))
         # a record without the numerics' and findings' inputs: show those checks as the run printed them
-        carried = [] if _complete(c) else [k for k in (old.checks if old else []) if k.name not in JUDGED]
+        produced = {k.name for k in v.checks}
+        carried = [] if _complete(c) else [k for k in (old.checks if old else [])
+                                            if k.name not in JUDGED and k.name not in produced]
         if carried:
             out.carried += len(carried)
         checks = _merge(v, carried)
