@@ -17,90 +17,15 @@ Two families:
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
 
-from streamllm.harness.stats import _pct
-from streamllm.harness.verdicts import FAIL, INCONCLUSIVE, PASS
+from streamllm.harness.findings import RELATIONS, SIDES, Finding  # noqa: F401  (re-exported: the catalog's type)
+from streamllm.harness.records import RawFinding
 from streamllm.spikes import cycle_excess, delta_nll, summarize_delta
 from streamllm.steptime import split_step_times
-
-RELATIONS = {
-    "ratio_ppl": "PPL_s/PPL_ref",
-    "ratio_tpot": "TPOT_s/TPOT_ref",
-    # measured on one run's arrays (TraceFindingSpec, measure_trace_finding)
-    "dnll_cycle_excess": "ΔNLL_s − ΔNLL_ref per token over s's whole eviction cycles (nats)",
-    "dnll_event_excess": "ΔNLL in the 8 steps after an eviction − the 8 before (nats per token)",
-    "prune_multiple": "prune step / normal step (mean ms)",
-    "prune_share": "prune's amortised extra cost / TPOT",
-}
-# What a CI below / above the band means, per relation (for the failure message).
-SIDES = {
-    "ratio_ppl": ("lower PPL", "higher PPL"),
-    "ratio_tpot": ("faster", "slower"),
-    "dnll_cycle_excess": ("cheaper eviction", "costlier eviction"),
-    "dnll_event_excess": ("a dip after events", "a spike after events"),
-    "prune_multiple": ("a cheaper prune step", "a costlier prune step"),
-    "prune_share": ("a smaller prune share", "a larger prune share"),
-}
-
-
-@dataclass(frozen=True)
-class Finding:
-    name: str
-    relation: str  # a key of RELATIONS: "ratio_ppl", "ratio_tpot", or a one-run relation (TRACE_FINDINGS)
-    low: float | None  # band on the ratio; None = unbounded
-    high: float | None
-    provenance: str  # where the band comes from (a log section of docs/findings.md, or measured here, with date)
-
-    def __post_init__(self) -> None:
-        if self.relation not in RELATIONS:
-            raise ValueError(f"finding {self.name!r}: relation must be one of {sorted(RELATIONS)}, got {self.relation!r}")
-        if self.low is not None and self.high is not None and self.low > self.high:
-            raise ValueError(f"finding {self.name!r}: band low {self.low} > high {self.high}")
-
-    def band_text(self) -> str:
-        lo = "-∞" if self.low is None else f"{self.low:.4g}"
-        hi = "+∞" if self.high is None else f"{self.high:.4g}"
-        return f"{RELATIONS[self.relation]} in [{lo}, {hi}]"
-
-
-def check_finding(
-    finding: Finding, estimate: float, ci_low: float, ci_high: float, *, confidence: float = 0.95
-) -> tuple[str, str]:
-    """(verdict, message) for a finding's ratio estimate and CI against its band.
-
-    pass: the CI lies inside the band; fail: the CI lies entirely outside it, on either side (an
-    improvement beyond the band fails too: the finding changed, so re-record it on purpose);
-    inconclusive: the CI straddles an edge.
-    """
-    if not all(math.isfinite(x) for x in (estimate, ci_low, ci_high)):
-        verdict = FAIL
-        why = "non-finite measurement"
-    else:
-        lo_edge = -math.inf if finding.low is None else finding.low
-        hi_edge = math.inf if finding.high is None else finding.high
-        if lo_edge <= ci_low and ci_high <= hi_edge:
-            verdict, why = PASS, "inside the band"
-        elif ci_high < lo_edge or ci_low > hi_edge:
-            verdict = FAIL
-            below = ci_high < lo_edge
-            side = SIDES[finding.relation][0 if below else 1]
-            why = (
-                f"{'below' if below else 'above'} the band ({side} than the finding says): "
-                "the finding changed; if intended, re-record it on purpose"
-            )
-        else:
-            verdict, why = INCONCLUSIVE, "the CI straddles an edge of the band; rerun with more tokens or rounds"
-    message = (
-        f"finding {finding.name!r}: expected {finding.band_text()} ({finding.provenance}); measured "
-        f"{estimate:.4g} ({_pct(confidence)} CI {ci_low:.4g}–{ci_high:.4g}): {verdict}, {why}"
-    )
-    return verdict, message
-
 
 EMBEDDED_MODEL = "SmolLM2-135M-Instruct"
 MEASURED_HERE = (
@@ -293,7 +218,7 @@ def findings_for(case_id: str) -> list[FindingSpec]:
 # Not ratios of two cases' PPL or TPOT but numbers taken from the per-token NLL (ΔNLL against
 # a reference on the same tokens) or the per-step times of one timed run. Kept apart from
 # FINDINGS so `findings_for` (the ratio checks) never sees a relation it cannot measure; the
-# suite checks these with `trace_findings_for` + `check_trace_finding` (docs/findings.md#spikes,
+# suite measures these with `trace_findings_for` + `trace_finding_record` (docs/findings.md#spikes,
 # #step-time).
 TRACE_RELATIONS = ("dnll_cycle_excess", "dnll_event_excess", "prune_multiple", "prune_share")
 TIMING_RELATIONS = ("prune_multiple", "prune_share")
@@ -364,18 +289,28 @@ def measure_trace_finding(spec: TraceFindingSpec, inputs: TraceInputs) -> tuple[
     return summary.excess.estimate, summary.excess.low, summary.excess.high
 
 
-def check_trace_finding(spec: TraceFindingSpec, inputs: TraceInputs) -> tuple[str, str, dict]:
-    """(verdict, message, data) of one trace finding: `check_finding` on `measure_trace_finding`;
-    a measurement that cannot be made is inconclusive with the reason, never a pass."""
+def finding_record(spec: FindingSpec, reference: str, *, estimate: float | None = None, ci_low: float | None = None,
+                   ci_high: float | None = None, trace: bool = False, **why: str | None) -> RawFinding:
+    """The raw record of one finding: its band as the catalog has it and what was measured (no verdict;
+    `streamllm.harness.findings.judge_finding` judges it). `why`: not_applicable / not_measured /
+    unmeasurable."""
     f = spec.finding
-    data = {"low": f.low, "high": f.high, "relation": f.relation, "reference": spec.reference,
-            "provenance": f.provenance}
+    return RawFinding(name=f.name, relation=f.relation, low=f.low, high=f.high, provenance=f.provenance,
+                      reference=reference, trace=trace, estimate=_finite(estimate), ci_low=_finite(ci_low),
+                      ci_high=_finite(ci_high), **why)
+
+
+def trace_finding_record(spec: TraceFindingSpec, inputs: TraceInputs) -> RawFinding:
+    """`measure_trace_finding` as a raw record: a measurement that cannot be made keeps its reason."""
     try:
         est, lo, hi = measure_trace_finding(spec, inputs)
     except ValueError as exc:
-        return INCONCLUSIVE, f"finding {f.name!r}: not measured: {exc}", data
-    verdict, message = check_finding(f, est, lo, hi)
-    return verdict, message, {"estimate": est, "ci_low": lo, "ci_high": hi, **data}
+        return finding_record(spec, spec.reference, trace=True, unmeasurable=str(exc))
+    return finding_record(spec, spec.reference, estimate=est, ci_low=lo, ci_high=hi, trace=True)
+
+
+def _finite(x: float | None) -> float | None:
+    return None if x is None or not np.isfinite(x) else float(x)
 
 
 def mean_size_strict(case_id: str, window: int) -> str:

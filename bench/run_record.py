@@ -21,7 +21,19 @@ from streamllm.harness.counters import WorkCounts
 from streamllm.harness.fingerprint import fingerprint_id, package_version
 from streamllm.harness.history import REFERENCE_SUFFIX, RunHistory, enters_baseline
 from streamllm.harness.ratio import RatioCI
-from streamllm.harness.records import RUN_SCHEMA, RawArm, RawCase, RawConditions, RawNll, RawRun, validate_run
+from streamllm.harness.records import (
+    RUN_SCHEMA,
+    RawArm,
+    RawCase,
+    RawConditions,
+    RawEviction,
+    RawFinding,
+    RawHolding,
+    RawNll,
+    RawOwnPath,
+    RawRun,
+    validate_run,
+)
 from streamllm.harness.table import bound_word, make_row
 from streamllm.harness.verdicts import (
     HISTORY_CHECK,
@@ -60,6 +72,7 @@ class CaseResult:
     own_path: OwnPath | None = None  # static/ring rows: their own decode across the first evictions
     calibration: OwnPath | None = None  # the same slice through the eager dynamic cache
     holding: Holding | None = None  # dynamic rows: what the timed slice's tensors hold at its end
+    findings: list[RawFinding] | None = None  # the (c) findings as measured (bench/judging.py measure_findings)
     checks: list[Check] = field(default_factory=list)
     seconds: float = 0.0
     skipped: str | None = None  # reason, when the case could not run here
@@ -133,6 +146,38 @@ def _nll(evaluation: EvalResult | None) -> RawNll | None:
                   p99=float(np.percentile(nll, 99)))
 
 
+def _holding(h: Holding | None) -> RawHolding | None:
+    return None if h is None else RawHolding(step=h.step, held=list(h.held), expected=list(h.expected))
+
+
+def _eviction(out: CaseResult, ev: EvalResult | None) -> RawEviction | None:
+    """The eviction check's inputs: the strategy's parameters, the evaluation's prune events and
+    attended lengths, a dynamic row's end-of-slice holdings (the own path's are in `_own_path`)."""
+    if ev is None:
+        return None
+    trace = ev.trace
+    return RawEviction(spec=dataclasses.asdict(out.case.spec), tokens=ev.tokens,
+                       prune_steps=list(trace.prune_steps) if trace is not None else None,
+                       kv_length=list(trace.kv_length) if trace is not None and trace.kv_length is not None else None,
+                       holding=_holding(out.holding))
+
+
+def _own_path(out: CaseResult, ev: EvalResult | None) -> RawOwnPath | None:
+    """A static or ring row's own path, its calibration path and the evaluator's NLL at their steps."""
+    own, cal = out.own_path, out.calibration
+    if own is None:
+        return None
+    nll = np.asarray(ev.trace.nll, dtype=float) if ev is not None and ev.trace is not None else None
+    return RawOwnPath(
+        strategy=own.strategy, cache=own.cache, decoder=own.decoder, fill=own.fill, steps=list(own.steps),
+        nll=[float(x) for x in own.nll], events=list(own.events), holdings=[_holding(h) for h in own.holdings],
+        reference=f"the {ev.evaluator} evaluator" if ev is not None else None,
+        reference_nll=nll[list(own.steps)].tolist() if nll is not None else None,
+        calibration_steps=list(cal.steps) if cal is not None else None,
+        calibration_nll=[float(x) for x in cal.nll] if cal is not None else None,
+        calibration_reference_nll=nll[list(cal.steps)].tolist() if cal is not None and nll is not None else None)
+
+
 def raw_case(session: Session, out: CaseResult, evaluation: EvalResult | None = None,
              timing: TimingRun | None = None) -> RawCase:
     """One case's raw measurements (no verdict): what `judge` reads, and all `streamllm compare` has.
@@ -150,6 +195,11 @@ def raw_case(session: Session, out: CaseResult, evaluation: EvalResult | None = 
         reference_work=out.reference_work.to_json() if out.reference_work else None,
         own_path_nll_max_abs_diff=_finite(out.slice_nll_max_abs_diff),
         own_path_tolerance=session.slice_tolerance() if out.slice_nll_max_abs_diff is not None else None,
+        agreement_steps=len(tm.positions) if tm is not None and out.slice_nll_max_abs_diff is not None else None,
+        evaluator=ev.evaluator if ev else None,
+        eviction=_eviction(out, ev) if not out.skipped else None,
+        own_path=_own_path(out, ev),
+        findings=out.findings,
         oversubscribed=session.oversubscribed() if tm is not None else None,
     )
 

@@ -1,5 +1,5 @@
 """The suite: one bench session, end to end for each case — measure it (bench/measuring.py), judge
-it (bench/judging.py), keep its result — and at the end write the run (bench/run_record.py): the
+it (its raw record through the judge: bench/judging.py), keep its result — and at the end write the run (bench/run_record.py): the
 baselines under --update/--append-baselines, the history entries, the run record.
 
 One `Suite` lives on the pytest config (`config.stash`), created by the top-level conftest.py from
@@ -22,7 +22,7 @@ from streamllm.results import EvalResult
 
 from .catalog import BenchCase
 from .finish import FinishPlan, RunEnd, finish_run, write_baselines
-from .judging import eviction_check, finding_checks, judge_case, judge_measured, own_path_check
+from .judging import judge_case
 from .measuring import Measurements
 from .run_record import (
     REFERENCE_SUFFIX,  # noqa: F401  (re-exported: tests build history entries with it)
@@ -117,10 +117,7 @@ class Suite(Session):
         else:
             out.ppl_delta_vs_dense_pct = 0.0
         self.own_numerics(case, dataset, out)
-        judged = judge_measured(self, self.measure, case, dataset, out, evaluation, None)  # PPL, and (b) "not measured"
-        own = own_path_check(self, case, evaluation, out)
-        out.checks = [*judged.ppl, eviction_check(self, case, dataset, evaluation, out), *([own] if own else []),
-                      *judged.tpot, *finding_checks(self, self.measure, case, dataset)]
+        out.checks = judge_case(self, self.measure, case, dataset, evaluation, None, out)  # (b): "not measured"
         out.seconds = time.perf_counter() - started
         self.results.append(out)
         return out

@@ -1,6 +1,7 @@
 """The package's layout rules, read from the source: no import cycle (function-level imports
-included), the product never imports the regression harness, and only the judge modules construct
-a `Check` (the one carrier of a verdict word), with bench/judging.py a documented exception."""
+included), the product never imports the regression harness, only the judge modules construct a
+`Check` (the one carrier of a verdict word), and only they and a documented list of readers import
+the verdict words themselves (bench/ measures and stores; it never writes a verdict)."""
 
 from __future__ import annotations
 
@@ -85,16 +86,12 @@ def test_the_cycle_finder_finds_a_cycle():
 ROOT = PACKAGE.parent
 JUDGE_MODULES = frozenset({
     "streamllm/harness/judge.py", "streamllm/harness/judges.py", "streamllm/harness/numerics.py",
-    "streamllm/harness/bands.py", "streamllm/harness/verdicts.py", "streamllm/harness/history.py",
+    "streamllm/harness/findings.py", "streamllm/harness/bands.py", "streamllm/harness/verdicts.py",
+    "streamllm/harness/history.py",
 })
 # Documented exceptions, each with why it is still there; remove an entry when its construction
 # moves into a judge module (the test fails on a stale entry).
-CHECK_EXCEPTIONS = {
-    # The eviction probe, the timed-decode agreement and the (c) findings are still judged in bench/
-    # (docs/architecture.md: issue #28's later step moves them into the judge); the eviction and
-    # own-path parts are being reworked separately.
-    "bench/judging.py": "eviction probe, timed-decode agreement and (c) findings, judged in bench/ for now",
-}
+CHECK_EXCEPTIONS: dict[str, str] = {}
 
 
 def check_constructions(source: str) -> int:
@@ -116,3 +113,52 @@ def test_only_the_judge_modules_construct_checks():
 def test_the_check_scanner_sees_both_spellings():
     assert check_constructions('Check("tpot", "x", PASS, "m")\nverdicts.Check("ppl", "y", FAIL, "m")') == 2
     assert check_constructions("checks: list[Check] = []\nisinstance(c, Check)") == 0
+
+
+# -- who imports the verdict words ---------------------------------------------------------------
+# The words a judge ends a check in. MISSING is not one: it marks a case whose result never came
+# back (set by the run's collection, bench/xdist.py), not a judgement of a measurement.
+VERDICT_WORDS = frozenset({"PASS", "FAIL", "INCONCLUSIVE", "NOT_CHECKED", "RECORDED", "NOT_APPLICABLE", "ERROR"})
+# Modules besides the judge modules that import a verdict word, each with why; a stale entry fails.
+WORD_READERS = {
+    # the judges' helpers: pure rules that judge.py / judges.py call with the raw numbers
+    "streamllm/harness/stats.py": "the CI rules the judges call (a paired CI against a band)",
+    "streamllm/harness/ratio.py": "the ratio t-interval rule check_ratio_vs_baseline calls",
+    "streamllm/harness/workcounts.py": "the exact work-count comparison check_work calls",
+    # readers: they show or count verdicts the judge produced, never produce one
+    "streamllm/harness/table.py": "the terminal table colours and counts the judge's verdicts",
+    "streamllm/harness/report.py": "streamllm report counts the verdicts a run stored",
+    "streamllm/harness/trend.py": "the trend plot marks points the history rule flags",
+    "bench/test_strategies.py": "maps a check's stored verdict to pytest's outcome (xfail on inconclusive)",
+    "scripts/band_calibration.py": "counts the FAILs of simulated checks (false-alarm rate)",
+}
+
+
+def verdict_words_imported(source: str) -> set[str]:
+    """The verdict words a source imports from a `verdicts` module or reads as `verdicts.WORD`."""
+    found: set[str] = set()
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.ImportFrom) and (node.module or "").rpartition(".")[2] == "verdicts":
+            found |= {a.name for a in node.names if a.name in VERDICT_WORDS}
+        elif isinstance(node, ast.Attribute) and node.attr in VERDICT_WORDS and isinstance(node.value, ast.Name) \
+                and node.value.id == "verdicts":
+            found.add(node.attr)
+    return found
+
+
+def test_only_the_judge_modules_import_the_verdict_words():
+    """Issue #28: bench/ measures and stores raw numbers; the words a check ends in come from the
+    judge (streamllm/harness/judge.py and the modules it calls), so a stored run re-judged by
+    `streamllm compare` gets the verdicts the suite printed."""
+    files = [*PACKAGE.rglob("*.py"), *(ROOT / "bench").rglob("*.py"), *(ROOT / "scripts").rglob("*.py"),
+             ROOT / "conftest.py"]
+    importers = {p.relative_to(ROOT).as_posix(): words for p in files if (words := verdict_words_imported(p.read_text()))}
+    outside = {m: sorted(w) for m, w in importers.items() if m not in JUDGE_MODULES and m not in WORD_READERS}
+    assert outside == {}, "import a verdict word outside the judge modules (bench/ stores raw numbers only)"
+    assert set(WORD_READERS) <= set(importers), "a documented reader imports no verdict word any more: drop it"
+
+
+def test_the_word_scanner_sees_both_spellings():
+    src = "from streamllm.harness.verdicts import PASS, Check\nfrom .verdicts import FAIL\nx = verdicts.ERROR\n"
+    assert verdict_words_imported(src) == {"PASS", "FAIL", "ERROR"}
+    assert verdict_words_imported("from .verdicts import MISSING, Check, RATIO_CHECK") == set()

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from scipy.signal import lfilter
 
-from bench.findings import Finding, check_finding
+from streamllm.harness.findings import Finding, check_finding
 from streamllm.harness.stats import (
     compare_ppl,
     mann_whitney,

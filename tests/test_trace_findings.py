@@ -15,14 +15,21 @@ from bench.findings import (
     Finding,
     TraceFindingSpec,
     TraceInputs,
-    check_trace_finding,
     findings_for,
     measure_trace_finding,
+    trace_finding_record,
     trace_findings_for,
 )
+from streamllm.harness.findings import judge_finding
 from streamllm.harness.verdicts import FAIL, INCONCLUSIVE, PASS
 
 N = 2048
+
+
+def check_trace_finding(spec: TraceFindingSpec, inputs: TraceInputs) -> tuple[str, str, dict]:
+    """Measured (bench/findings.py), then judged (streamllm/harness/findings.py), as the suite does."""
+    check = judge_finding(trace_finding_record(spec, inputs), spec.case)
+    return check.verdict, check.message, check.details
 
 
 def spec(relation: str, low: float | None, high: float | None, **kw) -> TraceFindingSpec:

@@ -6,8 +6,9 @@ raw measurements (`--against RUN2`: RUN2 stands in for the baselines, as `--upda
 have recorded them; no history). It prints the table the suite prints (`table.py`), then how many
 of the re-judged checks agree with the verdicts the run printed.
 
-Judged elsewhere for now (issue #28's later steps): the eviction probe, the own-path agreement and
-the (c) findings are bench/'s; their stored verdicts are shown as the run printed them and said so.
+The eviction probe, the own-path and timed-decode agreement and the (c) findings are re-judged from
+the raw record like the rest. A record written before it kept their inputs (no `eviction` /
+`findings` in its raw cases) has those checks shown as the run printed them, and says so.
 """
 
 from __future__ import annotations
@@ -43,6 +44,8 @@ class Comparison:
     exit_code: int = 0
     agree: int = 0
     judged: int = 0
+    carried: int = 0  # stored checks shown as the run printed them (an older record)
+    rows: list[dict] = field(default_factory=list)  # the table's rows, each with its checks as dicts
 
 
 def _raw(run: RunModel, path: Path) -> RawRun:
@@ -122,7 +125,12 @@ def compare(run_file: str | Path, *, against: str = "baselines", baselines_dir: 
     rows, differ = [], []
     for c, v in zip(raw.cases, judged, strict=True):
         old = stored.get((c.case, c.dataset))
-        carried = [k for k in (old.checks if old else []) if k.name not in JUDGED]
+        # a record without the numerics' and findings' inputs: show those checks as the run printed them
+        produced = {k.name for k in v.checks}
+        carried = [] if _complete(c) else [k for k in (old.checks if old else [])
+                                            if k.name not in JUDGED and k.name not in produced]
+        if carried:
+            out.carried += len(carried)
         checks = _merge(v, carried)
         rows.append(_row(c, checks, bool(old and old.missing)))
         for new in v.checks:
@@ -144,16 +152,24 @@ def compare(run_file: str | Path, *, against: str = "baselines", baselines_dir: 
                   if v.rerun is not None and v.rerun.half_width is not None]
     if outcome.unarmed:
         out.lines.append(outcome.unarmed)
-    out.lines.append("eviction, own-path agreement and (c) findings: as the run judged them (bench/), not re-judged")
+    if out.carried:
+        out.lines.append(f"{out.carried} eviction, own-path agreement and (c) finding check(s): as the run printed "
+                         "them, not re-judged (the record predates their raw inputs)")
     if out.judged:
         out.lines.append(f"re-judged {out.judged} stored check(s): {out.agree} agree with the verdicts the run printed"
                          + (", differing:" if differ else ""))
         out.lines += differ
     out.exit_code = outcome.exit_code
+    out.rows = rows
     return out
+
+
+def _complete(raw: RawCase) -> bool:
+    """Whether the record holds the inputs of every check the suite printed for this case."""
+    return raw.skipped is not None or (raw.eviction is not None and raw.findings is not None)
 
 
 def _merge(judged: CaseVerdicts, carried: list[Check]) -> list[Check]:
     """The suite's order: PPL, the eviction and agreement checks, (b), findings."""
-    return [*judged.ppl, *(c for c in carried if c.kind == "ppl"), *judged.tpot,
+    return [*judged.ppl, *(c for c in carried if c.kind == "ppl"), *judged.tpot, *judged.findings,
             *(c for c in carried if c.kind != "ppl")]

@@ -15,8 +15,10 @@ check_history, check_device_time) through their current signatures, and `run_out
 rule for a run's overall status, exit code and the --nightly arming line (the terminal, the run
 record, `streamllm report`'s summary.json and pytest's exit code all read it).
 
-Not yet here (issue #28, later steps): the eviction probe, the own-path agreement and the (c)
-findings are still judged in bench/ while they are being rewritten.
+The eviction probe, the own-path agreement, the timed decode's agreement (`numerics.py`) and the
+(c) findings (`findings.py`) are judged here too, from the raw record's `eviction`, `own_path`,
+`own_path_nll_max_abs_diff` and `findings`; a record written before those were kept has none of
+them, and the judge returns no such check for it (`streamllm compare` then shows what the run printed).
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from pathlib import Path
 
 from .bands import device_time_group, store_group, store_records
 from .baselines import BaselineKey, BaselineStore
+from .findings import judge_finding
 from .history import CALIBRATION_CASE, REFERENCE_SUFFIX, RunHistory
 from .judges import (
     HistoryInputs,
@@ -38,6 +41,7 @@ from .judges import (
     check_work,
     lookup,
 )
+from .numerics import agreement_check, eviction_check, own_path_check
 from .records import RUN_FAIL, RUN_INCOMPLETE, RUN_PASS, RawArm, RawCase, RawConditions, RawRun
 from .verdicts import (
     FAILING,
@@ -49,6 +53,7 @@ from .verdicts import (
     Check,
     armed_summary,
     ratio_key,
+    slice_tolerance,
 )
 from .workcounts import WorkCounts
 
@@ -72,7 +77,7 @@ class RerunRequest:
 class CaseVerdicts:
     case: str
     dataset: str
-    checks: list[Check] = field(default_factory=list)  # PPL first, then (b) in the suite's order
+    checks: list[Check] = field(default_factory=list)  # (a), then (b), then (c), in the suite's order
     rerun: RerunRequest | None = None
 
     @property
@@ -82,6 +87,10 @@ class CaseVerdicts:
     @property
     def tpot(self) -> list[Check]:
         return [c for c in self.checks if c.kind == "tpot"]
+
+    @property
+    def findings(self) -> list[Check]:
+        return [c for c in self.checks if c.kind == "finding"]
 
 
 class _HistoryBefore(RunHistory):
@@ -120,17 +129,29 @@ def judge_case(raw: RawCase, conditions: RawConditions, store: BaselineStore, hi
     if raw.skipped or raw.ppl is None:
         return out
     what = f"{raw.label} on {raw.text}"
-    updating = conditions.updating
     found = lookup(store, BaselineKey(**raw.baseline_key))
     out.checks.append(check_ppl(raw.ppl, found, device_class=conditions.fingerprint["device_class"],
-                                updating=updating, what=what))
+                                updating=conditions.updating, what=what))
+    tolerance = slice_tolerance(conditions.dtype, conditions.device_type)
+    numerics = (eviction_check(raw), own_path_check(raw, conditions.dtype, cap=tolerance),
+                agreement_check(raw, tolerance))
+    out.checks.extend(c for c in numerics if c is not None)
+    _tpot(raw, conditions, store, history, found, what, out)
+    out.checks.extend(judge_finding(f, raw.label) for f in raw.findings or [])
+    return out
+
+
+def _tpot(raw: RawCase, conditions: RawConditions, store: BaselineStore, history: RunHistory | None, found,
+          what: str, out: CaseVerdicts) -> None:
+    """(b): the work counts, the same-run ratio, a graph row's device time, the run history."""
+    updating = conditions.updating
     if conditions.no_timing:
         out.checks.append(Check("tpot", TPOT_NOT_MEASURED, NOT_CHECKED,
                                 f"{what}: TPOT not measured: {conditions.no_timing}",
                                 {"not_measured": conditions.no_timing}))
-        return out
+        return
     if raw.timing is None:
-        return out
+        return
     work = WorkCounts.from_json(raw.work, source=f"{what} work") if raw.work else None
     reference_work = WorkCounts.from_json(raw.reference_work, source=f"{what} reference work") \
         if raw.reference_work else None
@@ -148,7 +169,7 @@ def judge_case(raw: RawCase, conditions: RawConditions, store: BaselineStore, hi
                                             prior=group.prior if group else None, rows=group.rows if group else None))
     name = f"{raw.dataset}/{raw.case}"
     if history is None:
-        return out
+        return
     out.checks.append(check_history(
         history, name, _samples(raw.timing), what=what, clock="device time (CUDA events)" if device else "wall time",
         floor=conditions.tpot_tolerance, k=conditions.history_k, nightly=conditions.nightly,
@@ -156,7 +177,6 @@ def judge_case(raw: RawCase, conditions: RawConditions, store: BaselineStore, hi
         inputs=HistoryInputs(busy=raw.oversubscribed, reference_case=name + REFERENCE_SUFFIX,
                              reference_samples=_samples(raw.reference), calibration_case=CALIBRATION_CASE,
                              calibration_samples=conditions.calibration_ms or None)))
-    return out
 
 
 def _ratio(raw: RawCase, conditions: RawConditions, store: BaselineStore, found, what: str, out: CaseVerdicts) -> Check:

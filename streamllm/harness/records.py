@@ -97,6 +97,70 @@ class RawNll(BaseModel):
     p99: float | None = None
 
 
+class RawHolding(BaseModel):
+    """After decode step `step`: the token ids the cache's tensors hold (read from layer 0's values,
+    streamllm.ownpath.held_tokens) and the ids the closed-form schedule says it holds, both sorted."""
+
+    model_config = ConfigDict(extra="forbid")
+    step: int
+    held: list[int]
+    expected: list[int]
+
+
+class RawEviction(BaseModel):
+    """What the eviction check reads: the strategy's parameters (the schedule is computed from them
+    alone), the evaluation's prune events and attended lengths, and for a dynamic-cache row the
+    tokens its timed slice's tensors hold after its last step (`holding`)."""
+
+    model_config = ConfigDict(extra="forbid")
+    spec: dict[str, Any]  # streamllm.strategies.StrategySpec fields
+    tokens: int  # the text length the evaluation scored
+    prune_steps: list[int] | None = None  # None: the evaluation kept no trace
+    kv_length: list[int] | None = None
+    holding: RawHolding | None = None
+
+
+class RawOwnPath(BaseModel):
+    """A static or ring row's own decode across its first evictions (streamllm.ownpath.OwnPath),
+    the same slice through the eager dynamic cache (the calibration that sets the tolerance), and
+    the reference evaluator's per-token NLL at both slices' steps."""
+
+    model_config = ConfigDict(extra="forbid")
+    strategy: str
+    cache: str
+    decoder: str
+    fill: str
+    steps: list[int]
+    nll: list[float | None]  # None: not finite (JSON has no NaN); the judge reads it as NaN
+    events: list[int]
+    holdings: list[RawHolding] = Field(default_factory=list)
+    reference: str | None = None  # the reference evaluator ("the parallel evaluator")
+    reference_nll: list[float | None] | None = None  # the evaluator's NLL at `steps`
+    calibration_steps: list[int] | None = None
+    calibration_nll: list[float | None] | None = None  # eager dynamic cache, same weights
+    calibration_reference_nll: list[float | None] | None = None  # the evaluator's NLL at `calibration_steps`
+
+
+class RawFinding(BaseModel):
+    """One (c) finding of a case: its band (bench/findings.py's catalog, as the run used it) and
+    what was measured for it (estimate and CI), or why it was not measured."""
+
+    model_config = ConfigDict(extra="forbid")
+    name: str
+    relation: str  # streamllm.harness.findings.RELATIONS
+    low: float | None
+    high: float | None
+    provenance: str
+    reference: str  # the reference case (its label for a two-case ratio, its id for a one-run finding)
+    trace: bool = False  # measured on one run's arrays (bench/findings.py TRACE_FINDINGS)
+    not_applicable: str | None = None  # why it does not apply to this run
+    not_measured: str | None = None  # TPOT / step times not measured (the run's no_timing)
+    unmeasurable: str | None = None  # the arrays could not give a number (too few events, ...)
+    estimate: float | None = None  # None where the measurement was not finite
+    ci_low: float | None = None
+    ci_high: float | None = None
+
+
 class RawCase(BaseModel):
     """One (case, dataset): what was measured, nothing judged."""
 
@@ -118,7 +182,14 @@ class RawCase(BaseModel):
     work: dict[str, Any] | None = None  # WorkCounts.to_json()
     reference_work: dict[str, Any] | None = None
     own_path_nll_max_abs_diff: float | None = None  # timed decode vs evaluator, where both exist
-    own_path_tolerance: float | None = None
+    own_path_tolerance: float | None = None  # the timed-slice tolerance the run used (the judge derives it)
+    agreement_steps: int | None = None  # timed steps the max |ΔNLL| above is taken over
+    evaluator: str | None = None  # the evaluation's evaluator ("parallel", "token", ...)
+    # The eviction check, the own path and the (c) findings; None in records written before they
+    # were kept (the judge then leaves those checks to what the run printed).
+    eviction: RawEviction | None = None
+    own_path: RawOwnPath | None = None
+    findings: list[RawFinding] | None = None
     oversubscribed: str | None = None  # the machine's load when the case was judged (CPU), or None
 
 
