@@ -91,7 +91,7 @@ def test_device_time_is_checked_from_a_machines_first_run(tmp_path):
 def test_device_time_recordings_append_one_process_each(tmp_path):
     store, key = _device_store(tmp_path, [3.36])
     more = BaselineRecord(key, 20.0, math.log(20.0), "cuda:H100", device_time_ms={KEY: [3.38]},
-                          tpot_samples_ms={"cuda-abc": [3.4, 3.41]}, tpot_ms={"cuda-abc": 3.405})
+                          tpot_runs_ms={"cuda-abc": [3.405]})
     store.update([more], append_for="cuda-abc")
     assert store.lookup(key).device_time_ms[KEY] == [3.36, 3.38]
 
