@@ -255,8 +255,8 @@ def history_entries(results: list[CaseResult]) -> tuple[dict[str, list[float]], 
 # -- records -------------------------------------------------------------------------------
 def baseline_record(session: Session, case: BenchCase, dataset: str, evaluation: EvalResult, timing: TimingRun,
                     out: CaseResult) -> BaselineRecord:
-    """This run's record: PPL, the work counts, the same-run TPOT ratio and its CI (and the raw
-    TPOT samples for people; absolute TPOT is judged against the run history instead)."""
+    """This run's record: PPL, the work counts, the same-run TPOT ratio and its CI, and this run's
+    median TPOT (absolute TPOT is judged against the run history, which keeps the samples)."""
     provenance = make_provenance(cwd=str(session.rootdir))
     note = session.options.baseline_note or (NOISE_NOTE if session.options.device_type == "cpu" else
                                           f"timed on {session.fingerprint.get('device_class')}")
@@ -265,21 +265,21 @@ def baseline_record(session: Session, case: BenchCase, dataset: str, evaluation:
                        "timing": {"rounds": timing.rounds, "steps_per_round": timing.steps_per_round,
                                   "warmup_rounds": timing.warmup_rounds, "sample": "per-cycle mean TPOT (ms)",
                                   "threads": torch.get_num_threads(), "fill": timing.fill_mode}})
-    extra = {"tpot_ms_median": timing.median_ms, "raw_nll_spikes": evaluation.raw_nll_spikes}
+    sections: dict = {}
     if out.work is not None and out.work.key is not None:
-        extra["work_counts"] = {out.work.key.id: out.work.to_json()}
+        sections["work_counts"] = {out.work.key.id: out.work.to_json()}
         if out.reference_work is not None:  # keyed by the case's counter key: the pair is one recording
-            extra["reference_work_counts"] = {out.work.key.id: out.reference_work.to_json()}
+            sections["reference_work_counts"] = {out.work.key.id: out.reference_work.to_json()}
     device_key = device_time_key(out)
     if compile_mode(case) in GRAPH_MODES and timing.device_ms and device_key is not None:
         geomean = float(np.exp(np.mean(np.log(timing.device_samples))))
-        extra["device_time_ms"] = {device_key: [round(geomean, 5)]}
+        sections["device_time_ms"] = {device_key: [round(geomean, 5)]}
     if out.ratio is not None:
         rkey = ratio_key(session.fingerprint, torch.get_num_threads())
-        extra["tpot_ratio"] = {rkey: [round(out.ratio.ratio, 5)]}
-        extra["tpot_ratio_ci"] = {rkey: [[round(out.ratio.low, 5), round(out.ratio.high, 5)]]}
+        sections["tpot_ratio"] = {rkey: [round(out.ratio.ratio, 5)]}
+        sections["tpot_ratio_ci"] = {rkey: [[round(out.ratio.low, 5), round(out.ratio.high, 5)]]}
     record = BaselineRecord.from_result(evaluation, fingerprint=session.fingerprint, tpot_samples_ms=timing.samples,
-                                        tpot_ms=timing.mean_ms, provenance=provenance, extra=extra)
+                                        provenance=provenance, **sections)
     return dataclasses.replace(record, key=session.key(case, evaluation))
 
 

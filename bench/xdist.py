@@ -23,7 +23,7 @@ or runs a test. Each *worker* runs its share of the cells in its own `Suite`.
   `streamllm.measure.time_interleaved`, which runs its own clock when the fixture is disabled.
 - One run, one report: after every cell a worker rewrites its *part* (`<parts dir>/<slot>-<worker>.json`,
   atomically): its run record, baseline records and run-history samples so far. The controller
-  merges the parts (`merge_parts`) into one run record (validated), one verdict table, one history
+  merges the parts (`merge_parts`; their model is `streamllm.harness.schema.XdistPart`) into one run record (validated), one verdict table, one history
   append and one baseline update; workers never write baselines, history or runs/. A worker that
   crashes loses only the cell it was running (its part holds every cell it finished); the merged
   record lists every collected cell with no result as a MISSING row.
@@ -32,7 +32,6 @@ or runs a test. Each *worker* runs its share of the cells in its own `Suite`.
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import shutil
 import sys
@@ -45,12 +44,12 @@ from typing import Any
 
 import pytest
 
+from streamllm.harness.schema.xdist_part import PART_SCHEMA, XdistPart
 from streamllm.harness.table import check_notes, table_lines  # noqa: F401  (re-exported: tests read the table here)
 from streamllm.harness.verdicts import MISSING
 
 from .finish import FinishPlan, RunEnd, finish_run, merge_history  # noqa: F401  (merge_history re-exported)
 
-PART_SCHEMA = "streamllm.bench-part/1"
 WORKERINPUT_KEY = "streamllm_xdist"  # our entry in xdist's workerinput dict
 BENCHMARK_NOTE = ("pytest-benchmark disables itself under xdist (its own rule); the suite's TPOT and verdicts "
                   "do not use it: streamllm.measure times each step with its own clock")
@@ -260,15 +259,16 @@ def cell_id(nodeid: str) -> str:
 
 
 def record_to_json(record) -> dict:
-    return dataclasses.asdict(record)
+    """A BaselineRecord as a part's entry (schema.PartRecord: the baseline file's header and record)."""
+    return {"header": record.key.header(), "record": record.stored().model_dump(mode="json")}
 
 
 def record_from_json(data: Mapping[str, Any]):
-    from streamllm.harness.baselines import BaselineKey, BaselineRecord
+    from streamllm.harness.baselines import BaselineRecord
+    from streamllm.harness.schema import PartRecord
 
-    fields = dict(data)
-    fields["key"] = BaselineKey(**fields["key"])
-    return BaselineRecord(**fields)
+    part = PartRecord.model_validate(data, strict=False)
+    return BaselineRecord.from_stored(part.header.header(), part.record)
 
 
 def part_json(suite, *, worker: str, info: WorkerInfo, cells: Mapping[str, Mapping[str, str]], complete: bool,
@@ -277,7 +277,7 @@ def part_json(suite, *, worker: str, info: WorkerInfo, cells: Mapping[str, Mappi
     from streamllm.harness.records import validate_run
 
     run = validate_run(suite.run_json(), f"worker {worker}'s run record").to_json() if suite is not None else None
-    return {
+    part = {
         "schema": PART_SCHEMA,
         "worker": worker,
         "pid": os.getpid(),
@@ -293,6 +293,7 @@ def part_json(suite, *, worker: str, info: WorkerInfo, cells: Mapping[str, Mappi
         "history": {"samples": dict(suite.history_results), "accepted": dict(suite.history_accepted),
                     "fingerprint": suite.fingerprint} if suite is not None and suite.history_results else None,
     }
+    return XdistPart.model_validate(part, strict=False).to_json()  # the model the controller reads back
 
 
 def _gpus_seen() -> list[str]:
@@ -357,17 +358,18 @@ class Merged:
 
 
 def read_parts(parts_dir: Path) -> list[dict]:
-    """Every part in `parts_dir`, in slot order; unreadable files are reported as notes, not raised."""
+    """Every part in `parts_dir` (validated by `schema.XdistPart`, through the one loader), in slot
+    order. A part that does not load is kept as an entry naming the file and why (its worker's
+    cells then come out MISSING), not raised: the other workers' cells are still merged."""
+    from streamllm.harness.schema import StoredFileError, load_stored
+
     parts = []
     for path in sorted(parts_dir.glob("*.json")):
         try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, json.JSONDecodeError) as exc:
+            parts.append(load_stored(path, XdistPart).to_json())
+        except StoredFileError as exc:
             parts.append({"schema": PART_SCHEMA, "worker": path.stem, "unreadable": str(exc), "cells": {}})
-            continue
-        if data.get("schema") == PART_SCHEMA:
-            parts.append(data)
-    return sorted(parts, key=lambda p: (p.get("pinning", {}).get("slot", 0), str(p.get("worker"))))
+    return sorted(parts, key=lambda p: ((p.get("pinning") or {}).get("slot", 0), str(p.get("worker"))))
 
 
 def merge_parts(parts: Sequence[Mapping[str, Any]], collected: Sequence[str], crashed: Mapping[str, str], *,

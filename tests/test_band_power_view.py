@@ -38,7 +38,7 @@ def _store(tmp: Path) -> tuple[Path, dict[str, list[float]]]:
     stored = {c: [float(math.exp(x)) for x in rng.normal(0.0, sd, 7)] for c, sd in SPREADS.items()}
     root = tmp / "baselines"
     BaselineStore(root).update([BaselineRecord(key=_key(c), ppl=10.0, mean_nll=math.log(10.0), ppl_device_class="cpu",
-                                               extra={"tpot_ratio": {RKEY: v}}) for c, v in stored.items()])
+                                               tpot_ratio={RKEY: v}) for c, v in stored.items()])
     return root, stored
 
 

@@ -161,7 +161,7 @@ def test_the_full_rule_catches_about_mde90_at_a_rows_mde90():
 # -- checks that cannot fail --------------------------------------------------------------------------
 def _record(values: list[float], key: str = "cpu:X-t1", **extra) -> BaselineRecord:
     bkey = BaselineKey("m", "r", "float32", "book", "sha", 1024, "strict", {"name": "strict"})
-    return BaselineRecord(bkey, 10.0, math.log(10.0), "cpu", extra={"tpot_ratio": {key: values}, **extra})
+    return BaselineRecord(bkey, 10.0, math.log(10.0), "cpu", tpot_ratio={key: values}, **extra)
 
 
 def _arms(ratio: float, rng: np.random.Generator, sd: float = 0.005) -> tuple[list[float], list[float]]:
@@ -208,12 +208,12 @@ def test_ratios_are_keyed_by_cpu_model_and_threads():
 def test_legacy_cpu_ratios_belong_to_the_cpu_model_that_recorded_them():
     """The tracked `cpu-t1` ratios were recorded by one CPU model (the only one whose fingerprint
     holds as many run medians): read as that model's; another model's row is not checked."""
-    records = [r for r in _tracked_records() if (r.extra.get("tpot_ratio") or {}).get("cpu-t1")]
+    records = [r for r in _tracked_records() if r.tpot_ratio.get("cpu-t1")]
     assert records
     record = records[0]
     mine = _tracked_cpu_key()
     got = stored_runs(record, "tpot_ratio", mine)
-    assert got.values == record.extra["tpot_ratio"]["cpu-t1"] and "read as" in got.note
+    assert got.values == record.tpot_ratio["cpu-t1"] and "read as" in got.note
     other_models = {fp["cpu_model"] for fp in record.fingerprints.values()
                     if fp.get("device_class") == "cpu"} - {mine.removeprefix("cpu:").rsplit("-t", 1)[0]}
     assert other_models  # the tracked file holds a second CPU model's timings
@@ -230,11 +230,11 @@ def test_legacy_ratios_no_single_cpu_model_could_have_recorded_are_not_used():
     bkey = BaselineKey("m", "r", "float32", "book", "sha", 1024, "strict", {"name": "strict"})
     record = BaselineRecord(bkey, 10.0, math.log(10.0), "cpu", fingerprints=fps,
                             tpot_runs_ms={"cpu-a": [40.0, 41.0, 40.5], "cpu-b": [60.0, 61.0, 60.5]},
-                            extra={"tpot_ratio": {"cpu-t1": [1.0, 1.01, 0.99]}})
+                            tpot_ratio={"cpu-t1": [1.0, 1.01, 0.99]})
     got = stored_runs(record, "tpot_ratio", "cpu:A-t1")
     assert got.values == [] and "2 (A, B) CPU model(s) could have recorded them" in got.note
     record.tpot_runs_ms["cpu-b"] = [60.0]  # only A recorded three runs
     assert stored_runs(record, "tpot_ratio", "cpu:A-t1").values == [1.0, 1.01, 0.99]
     assert stored_runs(record, "tpot_ratio", "cpu:B-t1").values == []
-    record.extra["tpot_ratio"]["cpu:A-t1"] = [1.002]  # recorded after the re-keying: both read
+    record.tpot_ratio["cpu:A-t1"] = [1.002]  # recorded after the re-keying: both read
     assert stored_runs(record, "tpot_ratio", "cpu:A-t1").values == [1.0, 1.01, 0.99, 1.002]

@@ -41,11 +41,11 @@ def make_key(strategy: str = "lazy-s4-w252-c32", **over) -> BaselineKey:
 
 
 def make_record(key: BaselineKey | None = None, *, ppl: float = 17.25, fid: str = ID_A, fp: dict = FP_A,
-                samples: list[float] | None = None) -> BaselineRecord:
-    samples = samples if samples is not None else [80.5, 81.25, 79.75, 90.0]
+                runs: list[float] | None = None) -> BaselineRecord:
+    runs = runs if runs is not None else [80.5, 81.25]
     return BaselineRecord(key=key or make_key(), ppl=ppl, mean_nll=math.log(ppl), ppl_device_class=fp["device_class"],
-                          tpot_samples_ms={fid: samples}, tpot_ms={fid: sum(samples) / len(samples)},
-                          fingerprints={fid: fp}, runs_averaged=1, provenance=PROVENANCE, extra={"note": "test"})
+                          tpot_runs_ms={fid: runs}, fingerprints={fid: fp}, runs_averaged=1, provenance=PROVENANCE,
+                          tpot_ratio={"cpu:X-t1": [1.01]}, tpot_ratio_ci={"cpu:X-t1": [[1.0, 1.02]]})
 
 
 def snapshot(root: Path) -> dict[str, tuple[bytes, int]]:
@@ -74,7 +74,7 @@ def test_round_trip_and_layout(store: BaselineStore):
     assert store.files() == [path]
     assert sorted(r.key.strategy for f in store.files() for r in store.read(f).records.values()) == ["dense", "lazy-s4-w252-c32"]
     # number arrays are kept on one line so diffs stay readable
-    assert f'"{ID_A}": [80.5, 81.25, 79.75, 90.0]' in path.read_text()
+    assert f'"{ID_A}": [80.5, 81.25]' in path.read_text()
 
 
 def test_key_normalizes_and_ids_are_stable():
@@ -100,14 +100,16 @@ def test_missing_file_or_strategy_is_none(store: BaselineStore):
 def test_corrupt_json_names_file_and_fix(store: BaselineStore):
     path = store.path_for(make_key())
     path.parent.mkdir(parents=True)
-    path.write_text('{"schema": "streamllm.baseline/1", "records": {')
+    path.write_text('{"schema": "streamllm.baseline/2",\n "records": {')
     with pytest.raises(BaselineError) as err:
         store.lookup(make_key())
     msg = str(err.value)
-    assert str(path) in msg and "not valid JSON" in msg and "git checkout" in msg and "--update-baselines" in msg
+    assert msg.startswith(f"{path}: not JSON (line 2") and "\n" not in msg
+    assert "git checkout" in msg and "--update-baselines" in msg
 
 
-@pytest.mark.parametrize(("schema", "what"), [("streamllm.baseline/2", "has schema"), (None, "no 'schema'")])
+@pytest.mark.parametrize(("schema", "what"), [("streamllm.baseline/1", "schema 'streamllm.baseline/1', this checkout reads"),
+                                              (None, "no schema field")])
 def test_wrong_or_missing_schema(store: BaselineStore, schema, what):
     store.update([make_record()])
     path = store.path_for(make_key())
@@ -117,9 +119,13 @@ def test_wrong_or_missing_schema(store: BaselineStore, schema, what):
     else:
         data["schema"] = schema
     path.write_text(json.dumps(data))
+    before = path.read_bytes()
     with pytest.raises(BaselineError, match=what) as err:
         store.lookup(make_key())
-    assert str(path) in str(err.value)
+    assert str(err.value).startswith(str(path)) and "convert_stored_files.py" in str(err.value)
+    with pytest.raises(BaselineError, match=what):  # an update does not overwrite it either
+        store.update([make_record()])
+    assert path.read_bytes() == before
 
 
 def test_missing_field_and_wrong_type(store: BaselineStore):
@@ -128,11 +134,17 @@ def test_missing_field_and_wrong_type(store: BaselineStore):
     data = json.loads(path.read_text())
     del data["records"]["lazy-s4-w252-c32"]["ppl"]
     path.write_text(json.dumps(data))
-    with pytest.raises(BaselineError, match="missing field 'ppl'"):
+    with pytest.raises(BaselineError, match=r"records\.lazy-s4-w252-c32\.ppl: Field required.*git checkout"):
         store.lookup(make_key())
-    data["records"]["lazy-s4-w252-c32"]["ppl"] = "17"
+    for bad in ("17", True, float("nan"), -1.0):
+        data["records"]["lazy-s4-w252-c32"]["ppl"] = bad
+        path.write_text(json.dumps(data))
+        with pytest.raises(BaselineError, match=r"lazy-s4-w252-c32\.ppl: Input should be"):
+            store.lookup(make_key())
+    data["records"]["lazy-s4-w252-c32"]["ppl"] = 17.25
+    data["records"]["lazy-s4-w252-c32"]["extra"] = {}  # /1's untyped dict: refused, not ignored
     path.write_text(json.dumps(data))
-    with pytest.raises(BaselineError, match="ppl has type str"):
+    with pytest.raises(BaselineError, match="extra: Extra inputs are not permitted"):
         store.lookup(make_key())
 
 
@@ -169,11 +181,11 @@ def test_file_copied_under_another_name_is_a_mismatch(store: BaselineStore):
 # -- fingerprints ---------------------------------------------------------------------------------
 
 
-def test_foreign_fingerprint_has_no_samples(store: BaselineStore):
+def test_foreign_fingerprint_has_no_runs(store: BaselineStore):
     store.update([make_record()])
     record = store.lookup(make_key())
-    assert record.tpot_samples_ms.get(ID_A) == [80.5, 81.25, 79.75, 90.0]
-    assert record.tpot_samples_ms.get(ID_B) is None
+    assert record.tpot_runs_ms.get(ID_A) == [80.5, 81.25]
+    assert record.tpot_runs_ms.get(ID_B) is None
 
 
 def test_fingerprint_id_uses_only_timing_fields():
@@ -207,17 +219,17 @@ def test_ppl_tolerance_per_device_class():
 
 def test_update_merges_fingerprints_and_replaces_ppl(store: BaselineStore):
     store.update([make_record()])
-    store.update([make_record(ppl=17.5, fid=ID_B, fp=FP_B, samples=[2.0, 2.1, 2.05])])
+    store.update([make_record(ppl=17.5, fid=ID_B, fp=FP_B, runs=[2.0, 2.1, 2.05])])
     record = store.lookup(make_key())
     assert record.ppl == 17.5 and record.ppl_device_class == FP_B["device_class"]
-    assert record.tpot_samples_ms.get(ID_A) == [80.5, 81.25, 79.75, 90.0]  # other machine's timings kept
-    assert record.tpot_samples_ms.get(ID_B) == [2.0, 2.1, 2.05]
+    assert record.tpot_runs_ms.get(ID_A) == [80.5, 81.25]  # other machine's timings kept
+    assert record.tpot_runs_ms.get(ID_B) == [2.0, 2.1, 2.05]
     assert set(record.fingerprints) == {ID_A, ID_B}
-    # re-recording on machine A replaces A's samples only
-    store.update([make_record(samples=[70.0, 71.0, 72.0])])
+    # re-recording on machine A replaces A's runs only
+    store.update([make_record(runs=[70.0, 71.0, 72.0])])
     record = store.lookup(make_key())
-    assert record.tpot_samples_ms.get(ID_A) == [70.0, 71.0, 72.0]
-    assert record.tpot_samples_ms.get(ID_B) == [2.0, 2.1, 2.05]  # machine B's samples untouched
+    assert record.tpot_runs_ms.get(ID_A) == [70.0, 71.0, 72.0]
+    assert record.tpot_runs_ms.get(ID_B) == [2.0, 2.1, 2.05]  # machine B's runs untouched
 
 
 def test_update_after_model_change_drops_stale_records(store: BaselineStore):
@@ -230,12 +242,15 @@ def test_update_after_model_change_drops_stale_records(store: BaselineStore):
     assert store.lookup(make_key("dense", params={"name": "dense"}, model_revision="config-ffffffffffff")) is None
 
 
-def test_update_replaces_a_corrupt_file_with_a_warning(store: BaselineStore):
+def test_update_never_overwrites_a_corrupt_file(store: BaselineStore):
     path = store.path_for(make_key())
     path.parent.mkdir(parents=True)
     path.write_text("not json")
-    with pytest.warns(UserWarning, match="unreadable"):
+    with pytest.raises(BaselineError, match=r"not JSON \(line 1.*delete it and re-record"):
         store.update([make_record()])
+    assert path.read_text() == "not json"
+    path.unlink()  # the fix the message names
+    store.update([make_record()])
     assert store.lookup(make_key()) == make_record()
 
 
@@ -271,8 +286,8 @@ def test_lookup_never_modifies_files(store: BaselineStore):
     corrupt = store.path_for(make_key(dataset="wiki"))
     corrupt.write_text("{broken")
     stale = store.path_for(make_key(tokens=512))
-    stale.write_text(store.path_for(make_key()).read_text().replace('"schema": "streamllm.baseline/1"',
-                                                                      '"schema": "streamllm.baseline/0"'))
+    stale.write_text(store.path_for(make_key()).read_text().replace('"schema": "streamllm.baseline/2"',
+                                                                      '"schema": "streamllm.baseline/1"'))
     before = snapshot(store.root)
     assert store.lookup(make_key()) == make_record()
     assert store.lookup(make_key("dense")) is None
@@ -308,16 +323,18 @@ def test_record_from_result_round_trips(store: BaselineStore):
         tpot_ms_cycle_mean=81.23456789, steady_from=288, prune_events=24, max_position=287, beyond_context=False,
     )
     record = BaselineRecord.from_result(result, fingerprint=FP_A, tpot_samples_ms=[80.123456789, 82.0],
-                                        provenance=PROVENANCE)
+                                        provenance=PROVENANCE, tpot_ratio={"cpu:X-t1": [1.01]})
     assert record.key == make_key() and record.ppl_device_class == "cpu"
-    assert record.tpot_samples_ms == {ID_A: [80.1235, 82.0]} and record.tpot_ms == {ID_A: 81.2346}
+    assert record.tpot_runs_ms == {ID_A: [81.0617]} and record.tpot_ratio == {"cpu:X-t1": [1.01]}
     store.update([record])
     assert store.lookup(make_key()) == record
     # the parallel evaluator has no timing: the record carries PPL only
     untimed = BaselineRecord.from_result(
         EvalResult(**{**result.__dict__, "tpot_ms_cycle_mean": float("nan")}), fingerprint=FP_A, provenance=PROVENANCE
     )
-    assert untimed.tpot_ms == {} and untimed.tpot_samples_ms == {}
+    assert untimed.tpot_runs_ms == {}
+    with pytest.raises(TypeError, match="unknown baseline section"):
+        BaselineRecord.from_result(result, fingerprint=FP_A, provenance=PROVENANCE, extra={"note": "x"})
 
 
 def test_make_provenance_fields():
@@ -332,17 +349,17 @@ def test_make_provenance_fields():
 
 
 def test_append_run_pools_timing_and_keeps_the_rest(store: BaselineStore):
-    store.update([make_record(samples=[80.0, 82.0])])
-    store.update([make_record(samples=[90.0, 92.0])], append_for=ID_A)
-    other = make_record(fid=ID_B, fp=FP_B, samples=[5.0])
+    store.update([make_record(runs=[81.0])])
+    store.update([make_record(runs=[91.0])], append_for=ID_A)
+    other = make_record(fid=ID_B, fp=FP_B, runs=[5.0])
     store.update([other])  # another machine's timing in the same record
-    new = make_record(samples=[100.0, 102.0])
+    new = make_record(runs=[101.0])
     store.update([new], append_for=ID_A)
     got = store.lookup(make_key())
-    assert got.tpot_samples_ms[ID_A] == [80.0, 82.0, 90.0, 92.0, 100.0, 102.0]
     assert got.tpot_runs_ms[ID_A] == [81.0, 91.0, 101.0]
-    assert got.tpot_ms[ID_A] == pytest.approx((81.0 + 91.0 + 101.0) / 3)
-    assert got.tpot_samples_ms[ID_B] == [5.0]  # the other machine keeps its timing
+    # the plain update of `other` replaced this ratio key; the append after it added one run
+    assert got.tpot_ratio["cpu:X-t1"] == [1.01, 1.01] and got.runs_averaged == 2
+    assert got.tpot_runs_ms[ID_B] == [5.0]  # the other machine keeps its timing
     assert got.provenance["appended_dates"] == [PROVENANCE["date"]]
 
 
@@ -353,17 +370,7 @@ def test_append_refuses_a_changed_ppl():
 
 def test_append_to_a_missing_record_writes_it(store: BaselineStore):
     store.update([make_record()], append_for=ID_A)
-    assert store.lookup(make_key()).tpot_runs_ms == {}  # built directly: no per-run list, read back as given
-
-
-def test_files_without_per_run_summaries_still_read(store: BaselineStore):
-    store.update([make_record(samples=[1.0, 3.0, 2.0])])
-    path = store.path_for(make_key())
-    data = json.loads(path.read_text())
-    del data["records"]["lazy-s4-w252-c32"]["tpot_runs_ms"]
-    path.write_text(json.dumps(data))
-    record = store.lookup(make_key())
-    assert record.tpot_runs_ms == {}
+    assert store.lookup(make_key()) == make_record()
 
 
 def test_every_committed_baseline_file_reads():
@@ -371,4 +378,4 @@ def test_every_committed_baseline_file_reads():
     root = Path(__file__).parents[1] / "baselines"
     store = BaselineStore(root)
     records = [(f, r) for f in store.files() for r in store.read(f).records.values()]
-    assert records and all(r.tpot_samples_ms for _, r in records)
+    assert records and all(r.tpot_runs_ms for _, r in records)

@@ -14,7 +14,7 @@ from bench.catalog import build_catalog, select
 from bench.suite import Suite, SuiteOptions
 from conftest import tiny_llama
 from streamllm.evaluate import evaluate_tokens
-from streamllm.harness.baselines import BaselineKey, BaselineRecord, BaselineStore
+from streamllm.harness.baselines import BaselineError, BaselineKey, BaselineRecord, BaselineStore
 from streamllm.harness.judges import Lookup, check_ppl, check_ratio_vs_baseline, lookup
 from streamllm.harness.table import format_table
 from streamllm.harness.verdicts import ERROR, FAIL, INCONCLUSIVE, NOT_CHECKED, PASS, RECORDED
@@ -101,14 +101,19 @@ def test_corrupt_baseline_is_a_clear_error_naming_the_file(tmp_path, tiny):
     out = run(make_suite(tmp_path, tiny), "strict")["strict"]
     check = ppl_check(out)
     assert check.verdict == ERROR and check.failed
-    assert str(path) in check.message and "not valid JSON" in check.message
+    assert str(path) in check.message and "not JSON" in check.message
     assert "git checkout --" in check.message and "--update-baselines" in check.message
 
-    # an explicit update replaces it
+    # an update never overwrites a file that does not load: it stops with the file's error, the
+    # bytes stay; once the file is deleted (the fix the message names) the update records it
     fixer = make_suite(tmp_path, tiny, update_baselines=True)
     assert ppl_check(run(fixer, "strict")["strict"]).verdict == RECORDED
-    with pytest.warns(UserWarning, match="replacing unreadable baseline file"):
+    before = path.read_bytes()
+    with pytest.raises(BaselineError, match="delete it and re-record"):
         fixer.write_baselines()
+    assert path.read_bytes() == before
+    path.unlink()
+    fixer.write_baselines()
     assert ppl_check(run(make_suite(tmp_path, tiny), "strict")["strict"]).verdict == PASS
 
 
@@ -118,8 +123,8 @@ def test_ratio_of_another_device_class_is_not_checked_here(tmp_path, tiny):
     (path,) = recorder.write_baselines()
     data = json.loads(path.read_text())
     body = next(iter(data["records"].values()))
-    (mine,) = body["extra"]["tpot_ratio"]
-    body["extra"]["tpot_ratio"] = {"NVIDIA H100 80GB HBM3": body["extra"]["tpot_ratio"][mine]}
+    (mine,) = body["tpot_ratio"]
+    body["tpot_ratio"] = {"NVIDIA H100 80GB HBM3": body["tpot_ratio"][mine]}
     path.write_text(json.dumps(data, indent=2))
 
     out = run(make_suite(tmp_path, tiny), "strict")["strict"]
@@ -150,17 +155,16 @@ def test_update_then_append_adds_one_ratio_run_and_keeps_the_counts(tmp_path, ti
     run(appender, "strict")
     appender.write_baselines()
     (record,) = BaselineStore(tmp_path / "baselines").read(path).records.values()
-    (ratios,) = record.extra["tpot_ratio"].values()
+    (ratios,) = record.tpot_ratio.values()
     assert len(ratios) == 2 and all(0.2 < r < 5 for r in ratios)
-    assert len(record.extra["work_counts"]) == 1 and record.runs_averaged == 2
+    assert len(record.work_counts) == 1 and record.runs_averaged == 2
 
 
 # -- the assertion helpers directly ------------------------------------------------------------
 def _record(tmp_path: Path, samples: dict[str, list[float]], ppl: float = 20.0) -> tuple[BaselineStore, BaselineKey]:
     store = BaselineStore(tmp_path / "b")
     key = BaselineKey("m", "r", "float32", "d", "sha", 64, "strict-s4-w12", {"name": "strict"})
-    record = BaselineRecord(key, ppl, math.log(ppl), "cpu", tpot_samples_ms=samples,
-                            tpot_ms={k: sum(v) / len(v) for k, v in samples.items()},
+    record = BaselineRecord(key, ppl, math.log(ppl), "cpu", tpot_runs_ms={k: [sorted(v)[len(v) // 2]] for k, v in samples.items()},
                             fingerprints={k: {} for k in samples})
     store.update([record])
     return store, key
@@ -169,7 +173,7 @@ def _record(tmp_path: Path, samples: dict[str, list[float]], ppl: float = 20.0) 
 def _ratio_store(tmp_path: Path, runs: list[float], key: str = "cpu-t1") -> tuple[BaselineStore, BaselineKey]:
     store = BaselineStore(tmp_path / "b")
     bkey = BaselineKey("m", "r", "float32", "d", "sha", 64, "strict-s4-w12", {"name": "strict"})
-    record = BaselineRecord(bkey, 20.0, math.log(20.0), "cpu", extra={"tpot_ratio": {key: runs}})
+    record = BaselineRecord(bkey, 20.0, math.log(20.0), "cpu", tpot_ratio={key: runs})
     store.update([record])
     return store, bkey
 
@@ -458,7 +462,7 @@ def test_ratio_band_takes_on_a_noisy_recording(tmp_path):
     case = [20.0 * 3.36 * m for m in (0.99, 1.01, 1.0, 1.02, 0.98, 1.0, 1.01, 0.99)]
     for ci, expected in (([3.177, 4.744], PASS), ([3.85, 3.91], FAIL)):
         record = BaselineRecord(key, 20.0, math.log(20.0), "cuda",
-                                extra={"tpot_ratio": {"gpu": [3.882]}, "tpot_ratio_ci": {"gpu": [ci]}})
+                                tpot_ratio={"gpu": [3.882]}, tpot_ratio_ci={"gpu": [ci]})
         store.update([record])
         check = check_ratio_vs_baseline(case, ref, lookup(store, key), key="gpu", updating=False, what="dense")
         assert check.verdict == expected, check.message

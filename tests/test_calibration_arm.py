@@ -46,7 +46,7 @@ def test_a_slowdown_both_arms_share_fails_when_torch_alone_held_still(tmp_path, 
     # the same-run ratio cannot see it: both arms moved together
     store = BaselineStore(tmp_path / "baselines")
     key = BaselineKey("m", "r", "float32", "book", "sha", 64, "strict", {"name": "strict"})
-    store.update([BaselineRecord(key, 10.0, float(np.log(10.0)), "cpu", extra={"tpot_ratio": {"k": [1.25]}})])
+    store.update([BaselineRecord(key, 10.0, float(np.log(10.0)), "cpu", tpot_ratio={"k": [1.25]})])
     ratio = check_ratio_vs_baseline(case, reference, lookup(store, key), key="k", updating=False, what="strict")
     assert ratio.verdict == PASS, ratio.message
     absolute = judge(history, rng, both=slowdown, calibration=1.0)

@@ -69,7 +69,7 @@ def test_kernel_names_round_trip_and_older_records_read():
 def _device_store(tmp_path: Path, runs: list[float]) -> tuple[BaselineStore, BaselineKey]:
     store = BaselineStore(tmp_path / "b")
     bkey = BaselineKey("m", "r", "float16", "synthetic", "sha", 4096, "strict-s4-w2044", {"name": "strict"})
-    record = BaselineRecord(bkey, 20.0, math.log(20.0), "cuda:H100", extra={"device_time_ms": {KEY: runs}})
+    record = BaselineRecord(bkey, 20.0, math.log(20.0), "cuda:H100", device_time_ms={KEY: runs})
     store.update([record])
     return store, bkey
 
@@ -90,10 +90,10 @@ def test_device_time_is_checked_from_a_machines_first_run(tmp_path):
 
 def test_device_time_recordings_append_one_process_each(tmp_path):
     store, key = _device_store(tmp_path, [3.36])
-    more = BaselineRecord(key, 20.0, math.log(20.0), "cuda:H100", extra={"device_time_ms": {KEY: [3.38]}},
-                          tpot_samples_ms={"cuda-abc": [3.4, 3.41]}, tpot_ms={"cuda-abc": 3.405})
+    more = BaselineRecord(key, 20.0, math.log(20.0), "cuda:H100", device_time_ms={KEY: [3.38]},
+                          tpot_runs_ms={"cuda-abc": [3.405]})
     store.update([more], append_for="cuda-abc")
-    assert store.lookup(key).extra["device_time_ms"][KEY] == [3.36, 3.38]
+    assert store.lookup(key).device_time_ms[KEY] == [3.36, 3.38]
 
 
 def test_a_graph_row_is_armed_by_its_kernel_counts_and_device_time():

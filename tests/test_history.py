@@ -151,20 +151,30 @@ def test_append_only_store(tmp_path):
         hist.append({"a": [float("nan")]}, accepted=True)
 
 
-def test_old_files_with_verdicts_load_and_the_verdict_is_ignored(tmp_path):
-    """Files written before the history stopped storing verdicts load as they are (the tracked
-    history/ is never rewritten); their verdict field, valid or not, plays no part."""
+def test_old_schema_files_are_refused_with_the_conversion_and_left_alone(tmp_path):
+    """A `streamllm.history/1` file (it stored each case's verdict, which nothing read) is one line
+    naming the file and the conversion; the file stays as it was; converted, it loads as the run."""
+    from streamllm.harness.schema.history import convert_v1
+
     hist = RunHistory(tmp_path, FP)
     run = hist.append({"a": [1.0]}, accepted=True, now=T0)
     path = tmp_path / FP / run.filename
-    for verdict in ("regression", "not a verdict", None):
-        old = run.to_json() | {"cases": {"a": {"samples_ms": [1.0], "verdict": verdict, "accepted": None}}}
-        path.write_text(json.dumps(old))
-        assert RunHistory(tmp_path, FP).runs() == [run]
+    old = run.to_json() | {"schema": "streamllm.history/1",
+                           "cases": {"a": {"samples_ms": [1.0], "verdict": "regression", "accepted": None}}}
+    path.write_text(json.dumps(old))
+    before = path.read_bytes()
+    with pytest.raises(HistoryError) as err:
+        RunHistory(tmp_path, FP).runs()
+    msg = str(err.value)
+    assert msg.startswith(f"{path}: schema 'streamllm.history/1', this checkout reads 'streamllm.history/2'")
+    assert "scripts/convert_stored_files.py" in msg and "\n" not in msg
+    assert path.read_bytes() == before
+    path.write_text(json.dumps(convert_v1(old)))
+    assert RunHistory(tmp_path, FP).runs() == [run]
 
 
 def test_tracked_history_loads_unchanged():
-    """Every tracked history/ run (written with verdicts) loads; reading rewrites nothing."""
+    """Every tracked history/ run loads through its model (HistoryRunModel); reading rewrites nothing."""
     root = Path(__file__).resolve().parents[1] / "history"
     dirs = sorted(d for d in root.iterdir() if d.is_dir())
     assert dirs, f"no history under {root}"
@@ -195,15 +205,18 @@ def test_malformed_files_fail_with_the_fix(tmp_path):
     path = tmp_path / FP / run.filename
     (tmp_path / FP / "README.md").write_text("ignored")
     path.write_text("{not json")
-    with pytest.raises(HistoryError, match=r"0001-.*not valid JSON.*git checkout") as err:
+    with pytest.raises(HistoryError, match=r"0001-.*: not JSON \(line 1.*git checkout") as err:
         RunHistory(tmp_path, FP).runs()
     assert "\n" not in str(err.value)
     good = run.to_json()
     for broken, match in [
-        (good | {"accepted": "yes"}, "accepted must be true or false"),
-        (good | {"schema": "x/1"}, "schema"),
-        (good | {"cases": {"a": {"samples_ms": [-1.0]}}}, "finite positive"),
-        (good | {"cases": {"a": {"samples_ms": [1.0], "accepted": "no"}}}, "accepted must be true, false or null"),
+        (good | {"accepted": "yes"}, "accepted: Input should be a valid boolean"),
+        (good | {"schema": "x/1"}, "schema 'x/1', this checkout reads"),
+        (good | {"cases": {"a": {"samples_ms": [-1.0]}}}, r"cases\.a\.samples_ms\.0: Input should be greater than 0"),
+        (good | {"cases": {"a": {"samples_ms": []}}}, r"cases\.a\.samples_ms: List should have at least 1"),
+        (good | {"cases": {"a": {"samples_ms": [1.0], "accepted": "no"}}}, r"cases\.a\.accepted"),
+        (good | {"timestamp": "yesterday"}, "not ISO 8601"),
+        (good | {"extra_field": 1}, "extra_field: Extra inputs are not permitted"),
         (good | {"number": 7}, "does not match its run number"),
         (good | {"fingerprint_id": "cuda-x"}, "stored under"),
     ]:
@@ -240,22 +253,13 @@ def test_one_moved_case_does_not_reject_the_others(tmp_path):
     assert not run.case_accepted("b") and run.number not in hist.baseline("b").runs
 
 
-def _stored_verdict(hist: RunHistory, run: Run, case: str, verdict: str) -> None:
-    """Rewrite `run`'s file as an old-format file would hold it: with a stored verdict."""
-    path = hist.directory / run.filename
-    obj = json.loads(path.read_text())
-    obj["cases"][case]["verdict"] = verdict
-    path.write_text(json.dumps(obj))
-
-
 def test_nightly_rejudges_the_previous_samples_not_a_stored_verdict(tmp_path):
-    """The previous point is the previous run's samples judged against the baseline it had: a stored
-    "regression" on ordinary samples confirms nothing; a stored "pass" on slow samples kept out of
-    the baseline does confirm."""
+    """The previous point is the previous run's samples judged against the baseline it had (a run
+    file stores no verdict): ordinary samples confirm nothing; slow samples kept out of the
+    baseline do confirm."""
     rng = np.random.default_rng(11)
     hist = seeded_history(tmp_path, rng)
     calm = hist.append({"strict-book": rounds(rng, process_level(rng))}, accepted=True, now=T0 + timedelta(days=9))
-    _stored_verdict(hist, calm, "strict-book", REGRESSION)
     hist = RunHistory(tmp_path, FP)
     j = hist.check("strict-book", rounds(rng, 1.3 * process_level(rng)), band=BAND, nightly=True)
     assert j.raw == REGRESSION and j.verdict == UNCONFIRMED and not j.flagged
@@ -265,7 +269,6 @@ def test_nightly_rejudges_the_previous_samples_not_a_stored_verdict(tmp_path):
     hist = seeded_history(tmp_path / "b", rng)
     slow = hist.append({"strict-book": rounds(rng, 1.3 * process_level(rng))}, accepted=True,
                        case_accepted={"strict-book": False}, now=T0 + timedelta(days=9))
-    _stored_verdict(hist, slow, "strict-book", PASS)
     hist = RunHistory(tmp_path / "b", FP)
     prev, raw = hist.previous_verdict("strict-book", band=BAND)
     assert prev == slow and raw == REGRESSION

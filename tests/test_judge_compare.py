@@ -51,7 +51,7 @@ def conditions(**overrides) -> RawConditions:
 def store_with(tmp: Path, ratios: dict[str, float], ppl: float = 10.0) -> Path:
     root = tmp / "baselines"
     BaselineStore(root).update([BaselineRecord(key=key(c), ppl=ppl, mean_nll=math.log(ppl), ppl_device_class="cpu",
-                                               extra={"tpot_ratio": {RKEY: [r]}}) for c, r in ratios.items()])
+                                               tpot_ratio={RKEY: [r]}) for c, r in ratios.items()])
     return root
 
 

@@ -75,6 +75,18 @@ def test_the_product_never_imports_the_harness():
     assert not {m: t for m, t in offenders.items() if t}
 
 
+def test_the_stored_file_schema_is_a_leaf_of_the_harness():
+    """streamllm.harness.schema (the stored files' models) lives in the harness and sits under it:
+    it imports the run record's models and nothing else of the package (no product module, no
+    store with rules), so every reader and writer can import it without a cycle."""
+    graph = import_graph()
+    allowed = {"streamllm.harness.records", "streamllm.harness.verdicts"}
+    offenders = {m: sorted(t for t in targets if not t.startswith("streamllm.harness.schema") and t not in allowed)
+                 for m, targets in graph.items() if m.startswith("streamllm.harness.schema")}
+    assert any(m.startswith("streamllm.harness.schema") for m in graph)
+    assert not {m: t for m, t in offenders.items() if t}
+
+
 def test_the_cycle_finder_finds_a_cycle():
     assert find_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
     assert find_cycle({"a": {"b"}, "b": set()}) is None

@@ -126,7 +126,7 @@ def _as_if_recorded_under(baselines: Path, release: str, *, drop_reference: bool
     for path in baselines.rglob("*.json"):
         data = json.loads(path.read_text())
         for record in data["records"].values():
-            extra = record["extra"]
+            extra = record  # the keyed sections are fields of the record (schema.baseline)
             references = extra.pop("reference_work_counts", {})
             work, refs = {}, {}
             for old_id, counts in extra.get("work_counts", {}).items():
@@ -134,8 +134,7 @@ def _as_if_recorded_under(baselines: Path, release: str, *, drop_reference: bool
                 if old_id in references and not drop_reference:
                     refs[new_id] = rekeyed(references[old_id])[1]  # keyed by the case's key, as recorded
             extra["work_counts"] = work
-            if refs:
-                extra["reference_work_counts"] = refs
+            extra["reference_work_counts"] = refs
         write_text_atomic(path, json.dumps(data))
 
 

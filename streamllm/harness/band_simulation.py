@@ -70,8 +70,7 @@ def _process(rng: np.random.Generator, row: SimRow, log_ratio: float) -> tuple:
 
 def _record(label: str, values: list[float], cis: list[list[float]]) -> BaselineRecord:
     key = BaselineKey("sim", "r", "float32", "sim", "sha", 1024, label, {"name": label})
-    return BaselineRecord(key, 10.0, math.log(10.0), "cpu",
-                          extra={"tpot_ratio": {SIM_KEY: values}, "tpot_ratio_ci": {SIM_KEY: cis}})
+    return BaselineRecord(key, 10.0, math.log(10.0), "cpu", tpot_ratio={SIM_KEY: values}, tpot_ratio_ci={SIM_KEY: cis})
 
 
 def simulate_run(rows: Sequence[SimRow], rng: np.random.Generator, slowdown: float = 1.0,

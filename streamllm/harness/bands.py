@@ -310,9 +310,9 @@ def legacy_cpu_model(record, legacy_key: str, count: int) -> tuple[str | None, s
     medians can have recorded them. Exactly one CPU model among those: it recorded them; none or
     several: unknown (the ratios are not used)."""
     threads = int(_LEGACY_CPU.match(legacy_key).group(1))
-    runs = getattr(record, "tpot_runs_ms", {}) or {}
+    runs = record.tpot_runs_ms
     models = set()
-    for fid, fp in (getattr(record, "fingerprints", {}) or {}).items():
+    for fid, fp in record.fingerprints.items():
         if fp.get("device_class") == "cpu" and int(fp.get("torch_threads") or 0) == threads \
                 and len(runs.get(fid) or []) >= count:
             models.add(str(fp.get("cpu_model")))
@@ -325,16 +325,16 @@ def legacy_cpu_model(record, legacy_key: str, count: int) -> tuple[str | None, s
 
 
 def stored_runs(record, section: str, key: str) -> StoredRuns:
-    """The values of `extra[section]` that belong to `key`: its own entry, and on CPU those under
+    """The values of the record's `section` (a keyed section: tpot_ratio, ...) that belong to `key`: its own entry, and on CPU those under
     the older `cpu-t<threads>` key that `legacy_cpu_model` attributes to this key's CPU model."""
-    stored = ((record.extra.get(section) or {}) if record is not None else {})
+    stored = getattr(record, section) if record is not None else {}
     own = list(stored.get(key) or [])
     cpu = _CPU.match(key)
     legacy = f"cpu-t{cpu.group(2)}" if cpu else None
     if not legacy or not stored.get(legacy):
         return StoredRuns(own)
     old = list(stored[legacy])
-    count = len((record.extra.get("tpot_ratio") or {}).get(legacy) or old)
+    count = len(record.tpot_ratio.get(legacy) or old)
     model, note = legacy_cpu_model(record, legacy, count)
     if model == cpu.group(1):
         return StoredRuns(old + own, note)
@@ -374,11 +374,11 @@ def device_time_group(records: Sequence[object], fields: Mapping[str, object]) -
     rows = []
     for record in records:
         kernels = {}
-        for counts in (record.extra.get("work_counts") or {}).values():
+        for counts in record.work_counts.values():
             key = counts.get("key") if isinstance(counts, dict) else None
             if isinstance(key, dict) and isinstance(key.get("fields"), dict) and key.get("kernel_id"):
                 kernels[key["kernel_id"]] = key["fields"]
-        for kernel_id, values in (record.extra.get("device_time_ms") or {}).items():
+        for kernel_id, values in record.device_time_ms.items():
             got = kernels.get(kernel_id)
             if got is not None and tuple(got.get(f) for f in DEVICE_TIME_PEER_FIELDS) == want and values:
                 rows.append(list(values))

@@ -14,8 +14,12 @@ Rules the suite relies on:
 - Reading never writes. A missing file or record means "no baseline" (`lookup` returns None);
   a file that is not valid JSON, has another schema version, or does not match the key is a
   `BaselineError` naming the file and the fix. A stale baseline never silently passes.
+- The file format is one pydantic model, `schema.baseline.BaselineFileModel` (read through the
+  harness's one loader, `schema.load_stored`); this module keeps the key, the record and the rules
+  for merging and appending.
 - Files change only through `BaselineStore.update` (the explicit --update-baselines path), which
-  merges and writes each file atomically (temp file + fsync + os.replace).
+  merges and writes each file atomically (temp file + fsync + os.replace). A file that does not
+  load is never overwritten: the update stops with its error.
 """
 
 from __future__ import annotations
@@ -36,22 +40,30 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from pydantic import ValidationError
+
 from ..results import locked_directory, write_text_atomic
 from .fingerprint import fingerprint_id, hardware_fingerprint, package_version  # noqa: F401  (re-exported)
+from .schema.baseline import (
+    APPENDED_SECTIONS,
+    BASELINE_SCHEMA,
+    KEYED_SECTIONS,
+    BaselineError,
+    BaselineFileModel,
+    BaselineRecordModel,
+)
+from .schema.loader import first_problem, load_stored
 from .verdicts import ppl_tolerance
 
 if TYPE_CHECKING:  # only for annotations: keep `import streamllm.baselines` free of torch
     from ..results import EvalResult
 
-SCHEMA = "streamllm.baseline/1"
+SCHEMA = BASELINE_SCHEMA
+__all__ = ["SCHEMA", "BaselineError", "BaselineFile", "BaselineKey", "BaselineRecord", "BaselineStore",
+           "append_run", "fingerprint_id", "hardware_fingerprint", "make_provenance", "normalize_dtype",
+           "read_baseline_file"]
 
-
-_FIX = "restore it with `git checkout -- {path}` or re-record with --update-baselines (nox -s update-baselines)"
 _DTYPE_ALIASES = {"fp32": "float32", "fp16": "float16", "half": "float16", "bf16": "bfloat16", "float": "float32"}
-
-
-class BaselineError(Exception):
-    """A baseline file is unreadable or does not match the run; the message names file and fix."""
 
 
 # --------------------------------------------------------------------------------------------
@@ -129,47 +141,51 @@ class BaselineKey:
 
 @dataclass
 class BaselineRecord:
+    """One strategy's baseline in memory: its key and the stored record's fields
+    (`schema.baseline.BaselineRecordModel` says what each holds)."""
+
     key: BaselineKey
     ppl: float
     mean_nll: float
     ppl_device_class: str  # device class whose numerics produced ppl (tolerance depends on it)
-    tpot_samples_ms: dict[str, list[float]] = field(default_factory=dict)  # fingerprint_id -> raw samples
-    tpot_ms: dict[str, float] = field(default_factory=dict)  # fingerprint_id -> summary TPOT
-    # fingerprint_id -> median TPOT of each run averaged in: the run-to-run spread (stats.run_spread_tolerance)
+    # fingerprint_id -> median TPOT of each run recorded: the runs each machine recorded (bands.legacy_cpu_model)
     tpot_runs_ms: dict[str, list[float]] = field(default_factory=dict)
     fingerprints: dict[str, dict] = field(default_factory=dict)  # fingerprint_id -> hardware_fingerprint()
     runs_averaged: int = 1
     provenance: dict = field(default_factory=dict)  # commit, date, command, environment
-    extra: dict = field(default_factory=dict)
+    work_counts: dict[str, dict] = field(default_factory=dict)  # counter key id -> WorkCounts JSON
+    reference_work_counts: dict[str, dict] = field(default_factory=dict)  # same key -> the reference arm's
+    tpot_ratio: dict[str, list[float]] = field(default_factory=dict)  # ratio key -> one ratio per run
+    tpot_ratio_ci: dict[str, list[list[float]]] = field(default_factory=dict)  # ratio key -> one CI per run
+    device_time_ms: dict[str, list[float]] = field(default_factory=dict)  # kernel key id -> one per run
 
-    def body(self) -> dict:
-        """The record as stored under its strategy label (the header lives at file level)."""
-        return {
-            "strategy": self.key.strategy,
-            "params": self.key.params,
-            "ppl": float(self.ppl),
-            "mean_nll": float(self.mean_nll),
-            "ppl_device_class": self.ppl_device_class,
-            "runs_averaged": self.runs_averaged,
-            # float(): numpy scalars (float32 in particular) are not JSON-serializable
-            "tpot_ms": {k: float(self.tpot_ms[k]) for k in sorted(self.tpot_ms)},
-            "tpot_samples_ms": {k: [float(x) for x in self.tpot_samples_ms[k]] for k in sorted(self.tpot_samples_ms)},
-            "tpot_runs_ms": {k: [float(x) for x in self.tpot_runs_ms[k]] for k in sorted(self.tpot_runs_ms)},
-            "fingerprints": {k: self.fingerprints[k] for k in sorted(self.fingerprints)},
-            "provenance": self.provenance,
-            "extra": self.extra,
-        }
+    def stored(self) -> BaselineRecordModel:
+        """The record as stored under its strategy label (the header lives at file level);
+        ValueError naming the key when it could never be compared against (NaN PPL, runs < 1)."""
+        try:
+            return BaselineRecordModel.model_validate({
+                "strategy": self.key.strategy, "params": self.key.params, "ppl": float(self.ppl),
+                "mean_nll": float(self.mean_nll), "ppl_device_class": self.ppl_device_class,
+                "runs_averaged": self.runs_averaged, "fingerprints": self.fingerprints, "provenance": self.provenance,
+                # float(): numpy scalars (float32 in particular) are not JSON-serializable
+                "tpot_runs_ms": {k: [float(x) for x in v] for k, v in sorted(self.tpot_runs_ms.items())},
+                **{s: _canonical(dict(sorted(getattr(self, s).items()))) for s in KEYED_SECTIONS},
+            }, strict=False)
+        except ValidationError as exc:
+            raise ValueError(f"{self.key.id()}: {first_problem(exc)}") from None
 
     def validate(self) -> BaselineRecord:
-        """Refuse to store a record that could never be compared against (NaN PPL, empty samples)."""
-        if not (math.isfinite(self.ppl) and self.ppl > 0 and math.isfinite(self.mean_nll)):
-            raise ValueError(f"{self.key.id()}: PPL {self.ppl} / mean NLL {self.mean_nll} is not a finite positive value")
-        if self.runs_averaged < 1:
-            raise ValueError(f"{self.key.id()}: runs_averaged must be >= 1")
-        for fid, samples in self.tpot_samples_ms.items():
-            if not samples or not all(math.isfinite(x) and x > 0 for x in samples):
-                raise ValueError(f"{self.key.id()}: TPOT samples for {fid} must be non-empty, finite and > 0")
+        """Refuse to store a record that could never be compared against (NaN PPL, runs < 1)."""
+        self.stored()
         return self
+
+    @classmethod
+    def from_stored(cls, header: dict, record: BaselineRecordModel) -> BaselineRecord:
+        return cls(key=BaselineKey(**header, strategy=record.strategy, params=record.params), ppl=record.ppl,
+                   mean_nll=record.mean_nll, ppl_device_class=record.ppl_device_class,
+                   tpot_runs_ms=record.tpot_runs_ms, fingerprints=record.fingerprints,
+                   runs_averaged=record.runs_averaged, provenance=record.provenance,
+                   **{s: getattr(record, s) for s in KEYED_SECTIONS})
 
     @classmethod
     def from_result(
@@ -178,30 +194,27 @@ class BaselineRecord:
         *,
         fingerprint: dict,
         tpot_samples_ms: Sequence[float] | None = None,
-        tpot_ms: float | None = None,
         provenance: dict | None = None,
-        extra: dict | None = None,
+        **sections: dict,
     ) -> BaselineRecord:
-        """One run's record. `tpot_samples_ms`: the raw steady-state samples the suite compares
-        (per-step times, per-cycle means, or per-round TPOTs: whatever it will pass as candidate).
-        `tpot_ms` defaults to the result's cycle mean (docs/semantics.md#tpot: a median hides pruning)."""
+        """One run's record. `tpot_samples_ms`: this run's steady-state TPOT samples; their median
+        is the run's entry in `tpot_runs_ms`. `sections`: the judged per-key sections
+        (`work_counts=`, `tpot_ratio=`, ...: schema.baseline.KEYED_SECTIONS)."""
+        unknown = set(sections) - set(KEYED_SECTIONS)
+        if unknown:
+            raise TypeError(f"unknown baseline section(s) {sorted(unknown)}; stored are {', '.join(KEYED_SECTIONS)}")
         fid = fingerprint_id(fingerprint)
-        samples = [_round_ms(x) for x in tpot_samples_ms] if tpot_samples_ms is not None else []
-        summary = tpot_ms if tpot_ms is not None else result.tpot_ms_cycle_mean
-        if summary is None or not math.isfinite(summary):  # parallel evaluator: no timing
-            summary = statistics.median(samples) if samples else None
+        samples = [float(x) for x in tpot_samples_ms] if tpot_samples_ms is not None else []
         return cls(
             key=BaselineKey.from_result(result),
             ppl=float(result.ppl),
             mean_nll=float(result.mean_nll),
             ppl_device_class=str(fingerprint.get("device_class", result.device)),
-            tpot_samples_ms={fid: samples} if samples else {},
-            tpot_ms={fid: _round_ms(summary)} if summary is not None else {},
             tpot_runs_ms={fid: [_round_ms(statistics.median(samples))]} if samples else {},
             fingerprints={fid: dict(fingerprint)},
             runs_averaged=1,
             provenance=dict(provenance) if provenance is not None else make_provenance(),
-            extra=dict(extra or {}),
+            **{s: dict(v) for s, v in sections.items()},
         )
 
 
@@ -209,15 +222,6 @@ def _round_ms(x: float) -> float:
     # 6 significant digits (sub-µs at CPU scale, 1 ns at GPU scale) keeps files diffable; the
     # timing noise is orders of magnitude larger.
     return float(f"{float(x):.6g}")
-
-
-def _runs_of(record: BaselineRecord, fid: str) -> list[float]:
-    """Per-run TPOT summaries of `fid` (older files without them: the pooled median, once)."""
-    runs = record.tpot_runs_ms.get(fid)
-    if runs:
-        return [float(x) for x in runs]
-    samples = record.tpot_samples_ms.get(fid)
-    return [_round_ms(statistics.median(samples))] if samples else []
 
 
 def append_run(old: BaselineRecord, new: BaselineRecord, fingerprint_id: str) -> BaselineRecord:
@@ -236,26 +240,17 @@ def append_run(old: BaselineRecord, new: BaselineRecord, fingerprint_id: str) ->
             "the code changed: re-record with --update-baselines instead of appending"
         )
     fid = fingerprint_id
-    if fid not in new.tpot_samples_ms:
+    if not new.tpot_runs_ms.get(fid):
         return old
-    old_runs = _runs_of(old, fid)
-    new_runs = _runs_of(new, fid)
-    n_old = len(old_runs)
-    n_new = len(new_runs)
-    old_tpot = old.tpot_ms.get(fid)
-    tpot = (new.tpot_ms[fid] if old_tpot is None
-            else (old_tpot * n_old + new.tpot_ms[fid] * n_new) / (n_old + n_new))
     provenance = dict(old.provenance)
     provenance["appended_dates"] = [*provenance.get("appended_dates", []), new.provenance.get("date")]
     return replace(
         old,
-        tpot_samples_ms={**old.tpot_samples_ms, fid: [*old.tpot_samples_ms.get(fid, []), *new.tpot_samples_ms[fid]]},
-        tpot_ms={**old.tpot_ms, fid: _round_ms(tpot)},
-        tpot_runs_ms={**old.tpot_runs_ms, fid: [*old_runs, *new_runs]},
+        tpot_runs_ms={**old.tpot_runs_ms, fid: [*old.tpot_runs_ms.get(fid, []), *new.tpot_runs_ms[fid]]},
         fingerprints={**old.fingerprints, **new.fingerprints},
         runs_averaged=old.runs_averaged + new.runs_averaged,
         provenance=provenance,
-        extra=_merge_extra(old.extra, new.extra, append=True),
+        **_merge_sections(old, new, append=True),
     )
 
 
@@ -285,31 +280,11 @@ def make_provenance(command: str | None = None, cwd: str | os.PathLike | None = 
 
 
 # --------------------------------------------------------------------------------------------
-# Reading and validating files
+# Reading files
 
 
-def _fail(path: Path, what: str, fix: bool = True) -> BaselineError:
-    msg = f"baseline file {path}: {what}"
-    if fix:
-        msg += "; " + _FIX.format(path=path)
-    return BaselineError(msg)
-
-
-def _number(value, path: Path, where: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise _fail(path, f"{where} must be a number, got {value!r}")
-    return float(value)
-
-
-def _typed(obj: dict, name: str, types: type | tuple[type, ...], path: Path, where: str):
-    if name not in obj:
-        raise _fail(path, f"{where} is missing field {name!r}")
-    value = obj[name]
-    if isinstance(value, bool) and bool not in (types if isinstance(types, tuple) else (types,)):
-        raise _fail(path, f"{where}.{name} has type bool")
-    if not isinstance(value, types):
-        raise _fail(path, f"{where}.{name} has type {type(value).__name__}")
-    return value
+def _fail(path: Path, what: str) -> BaselineError:
+    return BaselineError(f"{path}: {what}")
 
 
 @dataclass
@@ -322,99 +297,17 @@ class BaselineFile:
 
 
 def read_baseline_file(path: str | os.PathLike) -> BaselineFile:
-    """Parse and validate one file; raises BaselineError (naming the file and the fix)."""
+    """Parse and validate one file (schema.load_stored); raises BaselineError naming the file and the fix."""
     path = Path(path)
-    try:
-        raw = path.read_bytes()
-    except OSError as exc:
-        raise _fail(path, f"cannot be read ({exc.strerror})", fix=False) from exc
-    try:
-        data = json.loads(raw.decode("utf-8"))
-    except UnicodeDecodeError as exc:
-        raise _fail(path, f"is not UTF-8 text ({exc.reason} at byte {exc.start})") from exc
-    except json.JSONDecodeError as exc:
-        raise _fail(path, f"is not valid JSON ({exc.msg} at line {exc.lineno} column {exc.colno})") from exc
-    if not isinstance(data, dict):
-        raise _fail(path, f"top level must be a JSON object, got {type(data).__name__}")
-    schema = data.get("schema")
-    if schema is None:
-        raise _fail(path, f"has no 'schema' field (expected {SCHEMA!r})")
-    if schema != SCHEMA:
-        raise _fail(path, f"has schema {schema!r}, this streamllm reads {SCHEMA!r}")
-    header = {
-        "model": _typed(data, "model", str, path, "file"),
-        "model_revision": _typed(data, "model_revision", str, path, "file"),
-        "dtype": _typed(data, "dtype", str, path, "file"),
-        "dataset": _typed(data, "dataset", str, path, "file"),
-        "dataset_sha256": _typed(data, "dataset_sha256", str, path, "file"),
-        "tokens": _typed(data, "tokens", int, path, "file"),
-    }
-    records_raw = _typed(data, "records", dict, path, "file")
-    records: dict[str, BaselineRecord] = {}
-    for label, body in records_raw.items():
-        where = f"records[{label!r}]"
-        if not isinstance(body, dict):
-            raise _fail(path, f"{where} must be an object")
-        stored_label = _typed(body, "strategy", str, path, where)
-        if stored_label != label:
-            raise _fail(path, f"{where} holds strategy {stored_label!r} (key mismatch)")
-        samples = _typed(body, "tpot_samples_ms", dict, path, where)
-        summaries = _typed(body, "tpot_ms", dict, path, where)
-        fingerprints = _typed(body, "fingerprints", dict, path, where)
-        runs_ms = body.get("tpot_runs_ms", {})  # absent in files written before per-run summaries
-        if not isinstance(runs_ms, dict):
-            raise _fail(path, f"{where}.tpot_runs_ms must be an object")
-        runs = _typed(body, "runs_averaged", int, path, where)
-        if runs < 1:
-            raise _fail(path, f"{where}.runs_averaged must be >= 1")
-        record = BaselineRecord(
-            key=BaselineKey(**header, strategy=label, params=_typed(body, "params", dict, path, where)),
-            ppl=_number(_typed(body, "ppl", (int, float), path, where), path, f"{where}.ppl"),
-            mean_nll=_number(_typed(body, "mean_nll", (int, float), path, where), path, f"{where}.mean_nll"),
-            ppl_device_class=_typed(body, "ppl_device_class", str, path, where),
-            tpot_samples_ms={
-                fid: [_number(x, path, f"{where}.tpot_samples_ms[{fid!r}]") for x in _list(xs, path, where, fid)]
-                for fid, xs in samples.items()
-            },
-            tpot_ms={fid: _number(v, path, f"{where}.tpot_ms[{fid!r}]") for fid, v in summaries.items()},
-            tpot_runs_ms={
-                fid: [_number(x, path, f"{where}.tpot_runs_ms[{fid!r}]") for x in _list(xs, path, where, fid)]
-                for fid, xs in runs_ms.items()
-            },
-            fingerprints={fid: _dict(fp, path, where, fid) for fid, fp in fingerprints.items()},
-            runs_averaged=runs,
-            provenance=_typed(body, "provenance", dict, path, where),
-            extra=_typed(body, "extra", dict, path, where),
-        )
-        if not (math.isfinite(record.ppl) and record.ppl > 0):
-            raise _fail(path, f"{where}.ppl must be a finite positive number, got {record.ppl}")
-        records[label] = record
-    return BaselineFile(path=path, header=header, records=records)
-
-
-def _list(value, path: Path, where: str, fid: str) -> list:
-    if not isinstance(value, list):
-        raise _fail(path, f"{where}.tpot_samples_ms[{fid!r}] must be a list")
-    return value
-
-
-def _dict(value, path: Path, where: str, fid: str) -> dict:
-    if not isinstance(value, dict):
-        raise _fail(path, f"{where}.fingerprints[{fid!r}] must be an object")
-    return value
+    stored = load_stored(path, BaselineFileModel)
+    header = stored.header()
+    return BaselineFile(path=path, header=header,
+                        records={label: BaselineRecord.from_stored(header, r) for label, r in stored.records.items()})
 
 
 def _dumps(header: dict, records: dict[str, BaselineRecord]) -> str:
-    payload = {"schema": SCHEMA, **header, "records": {label: records[label].body() for label in sorted(records)}}
-    text = json.dumps(payload, indent=2, allow_nan=False, ensure_ascii=False)
-    # Put number arrays (TPOT samples) on one line each: thousands of one-number lines make
-    # diffs unreadable. Safe: the pattern needs raw newlines, which never occur inside a JSON string.
-    text = re.sub(
-        r"\[\n\s*(-?[0-9][-0-9.eE+]*(?:,\n\s*-?[0-9][-0-9.eE+]*)*)\n\s*\]",
-        lambda m: "[" + ", ".join(x.strip() for x in m.group(1).split(",\n")) + "]",
-        text,
-    )
-    return text + "\n"
+    return BaselineFileModel.model_validate(
+        {**header, "records": {label: records[label].stored() for label in records}}, strict=False).to_text()
 
 
 class BaselineStore:
@@ -437,7 +330,8 @@ class BaselineStore:
             raise _fail(
                 bf.path,
                 f"key mismatch: its header (model {bf.header['model']!r}, dataset {bf.header['dataset']!r}, "
-                f"tokens {bf.header['tokens']}, dtype {bf.header['dtype']!r}) belongs in {expected}",
+                f"tokens {bf.header['tokens']}, dtype {bf.header['dtype']!r}) belongs in {expected}: move it there "
+                "or restore this one from git",
             )
         return bf
 
@@ -458,8 +352,7 @@ class BaselineStore:
                 raise _fail(
                     path,
                     f"key mismatch: recorded for {name} {bf.header[name]!r}, this run has {header[name]!r}; "
-                    "if the change is intended, re-record with --update-baselines (nox -s update-baselines)",
-                    fix=False,
+                    "if the change is intended, re-record with --update-baselines (nox -s update-baselines)"
                 )
         record = bf.records.get(key.strategy)
         if record is None:
@@ -473,8 +366,7 @@ class BaselineStore:
             raise _fail(
                 path,
                 f"key mismatch: strategy {key.strategy!r} was recorded with other params "
-                f"(stored, this run): {diff}; if intended, re-record with --update-baselines",
-                fix=False,
+                f"(stored, this run): {diff}; if intended, re-record with --update-baselines"
             )
         return record
 
@@ -486,12 +378,13 @@ class BaselineStore:
         keeps everything and gains the new timing of that fingerprint as more runs (append_run);
         records not stored yet are written as they are.
 
-        Per strategy label: PPL, runs, provenance and extra are replaced; TPOT samples, summaries
-        and fingerprints are merged per fingerprint id, so updating on one machine keeps the other
-        machines' timings. A record whose params differ from the stored one replaces it. A stored
-        file recorded for another model revision or dataset text is stale as a whole: its other
-        records are dropped (with a warning) instead of being relabelled. An unreadable file is
-        replaced (with a warning): the caller asked to re-record.
+        Per strategy label: PPL, runs and provenance are replaced; per-run TPOT medians and
+        fingerprints are merged per fingerprint id and the keyed sections per key, so updating on one
+        machine keeps the other machines' entries. A record whose params differ from the stored one
+        replaces it. A stored file recorded for another model revision or dataset text is stale as a
+        whole: its other records are dropped (with a warning) instead of being relabelled. A file that
+        does not load (corrupt, another schema version) is never overwritten: its BaselineError
+        (naming the file and the fix) stops the update before anything is written.
         """
         by_path: dict[Path, dict[str, BaselineRecord]] = {}
         for record in records:
@@ -523,11 +416,7 @@ class BaselineStore:
     def _existing_for_update(self, path: Path, header: dict) -> dict[str, BaselineRecord]:
         if not path.exists():
             return {}
-        try:
-            bf = self.read(path)
-        except BaselineError as exc:
-            warnings.warn(f"replacing unreadable baseline file: {exc}", stacklevel=3)
-            return {}
+        bf = self.read(path)  # BaselineError: never overwrite a file that does not load
         if bf.header != header:
             changed = {k: (bf.header[k], header[k]) for k in header if bf.header[k] != header[k]}
             dropped = sorted(bf.records)
@@ -539,34 +428,25 @@ class BaselineStore:
         return dict(bf.records)
 
 
-# Per-key sections of `extra` that several machines or software stacks share: work counts keyed by
-# counter key (software), TPOT ratios by device class. An update replaces this run's keys and keeps
-# the others; an append adds this run's ratio as one more run.
-# Graph rows' device time is keyed like their kernel counts (GPU model and software).
-KEYED_EXTRA = ("work_counts", "reference_work_counts", "tpot_ratio", "tpot_ratio_ci", "device_time_ms")
-APPENDED_EXTRA = ("tpot_ratio", "tpot_ratio_ci", "device_time_ms")  # one entry per recorded run
-
-
-def _merge_extra(old: dict, new: dict, append: bool) -> dict:
-    out = {**old, **new} if not append else dict(old)
-    for section in KEYED_EXTRA:
-        mine, theirs = dict(old.get(section) or {}), new.get(section) or {}
+def _merge_sections(old: BaselineRecord, new: BaselineRecord, append: bool) -> dict[str, dict]:
+    """The keyed sections of `old` updated with `new`'s keys: replaced, or (append, for the sections
+    holding one entry per run) extended by this run's entries."""
+    out = {}
+    for section in KEYED_SECTIONS:
+        mine, theirs = dict(getattr(old, section)), getattr(new, section)
         for key, value in theirs.items():
-            if append and section in APPENDED_EXTRA and key in mine:
+            if append and section in APPENDED_SECTIONS and key in mine:
                 mine[key] = [*mine[key], *value]
             else:
                 mine[key] = value
-        if mine:
-            out[section] = mine
+        out[section] = mine
     return out
 
 
 def _merge(old: BaselineRecord, new: BaselineRecord) -> BaselineRecord:
     return replace(
         new,
-        extra=_merge_extra(old.extra, new.extra, append=False),
-        tpot_samples_ms={**old.tpot_samples_ms, **new.tpot_samples_ms},
-        tpot_ms={**old.tpot_ms, **new.tpot_ms},
         tpot_runs_ms={**old.tpot_runs_ms, **new.tpot_runs_ms},
         fingerprints={**old.fingerprints, **new.fingerprints},
+        **_merge_sections(old, new, append=False),
     )

@@ -10,14 +10,14 @@ from pathlib import Path
 
 from .. import cli as product_cli
 from . import bisect, drift, workcount
-from .baselines import BaselineError
 from .compare import compare
 from .counters import CounterError
 from .records import DEFAULT_REPORT_DIR, RunRecordError
 from .report import ReportError
 from .report import run_report as render_report
+from .schema import StoredFileError
 
-USER_ERRORS = (*product_cli.USER_ERRORS, ReportError, RunRecordError, BaselineError, CounterError, workcount.CaseError,
+USER_ERRORS = (*product_cli.USER_ERRORS, ReportError, RunRecordError, StoredFileError, CounterError, workcount.CaseError,
                workcount.CountError, bisect.BisectError, drift.DriftError)
 
 

@@ -63,25 +63,25 @@ def records_from_run(raw: RawRun) -> list[BaselineRecord]:
     for c in raw.cases:
         if c.skipped or c.ppl is None or not c.baseline_key:
             continue
-        extra: dict = {}
+        sections: dict = {}
         work = WorkCounts.from_json(c.work, source=f"{c.label} work") if c.work else None
         if work is not None and work.key is not None:
-            extra["work_counts"] = {work.key.id: c.work}
+            sections["work_counts"] = {work.key.id: c.work}
             if c.reference_work:
-                extra["reference_work_counts"] = {work.key.id: c.reference_work}
+                sections["reference_work_counts"] = {work.key.id: c.reference_work}
         if c.timing and c.reference and c.timing.samples_ms and c.reference.samples_ms and not c.graph:
             ci = ratio_ci([*c.timing.samples_ms, *c.timing.rerun_samples_ms],
                           [*c.reference.samples_ms, *c.reference.rerun_samples_ms])
             rkey = ratio_key(cond.fingerprint, cond.threads)
-            extra["tpot_ratio"] = {rkey: [round(ci.ratio, 5)]}
-            extra["tpot_ratio_ci"] = {rkey: [[round(ci.low, 5), round(ci.high, 5)]]}
+            sections["tpot_ratio"] = {rkey: [round(ci.ratio, 5)]}
+            sections["tpot_ratio_ci"] = {rkey: [[round(ci.low, 5), round(ci.high, 5)]]}
         if c.graph and c.timing and c.timing.device_samples_ms and work is not None and work.key is not None:
             logs = [math.log(x) for x in c.timing.device_samples_ms]
-            extra["device_time_ms"] = {work.key.kernel_id: [round(math.exp(sum(logs) / len(logs)), 5)]}
+            sections["device_time_ms"] = {work.key.kernel_id: [round(math.exp(sum(logs) / len(logs)), 5)]}
         out.append(BaselineRecord(key=BaselineKey(**c.baseline_key), ppl=c.ppl,
                                   mean_nll=c.nll.mean if c.nll else math.log(c.ppl),
                                   ppl_device_class=str(cond.fingerprint.get("device_class")),
-                                  fingerprints={cond.fingerprint_id: cond.fingerprint}, extra=extra))
+                                  fingerprints={cond.fingerprint_id: cond.fingerprint}, **sections))
     return out
 
 

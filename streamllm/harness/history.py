@@ -8,7 +8,9 @@ re-keyed by hand:
 (numbered like pytest-benchmark's storage, written atomically under a directory lock so two
 processes never take the same number). A run holds, per case, the per-round TPOT samples (ms)
 and an `accepted` flag fixed at write time (per run, optionally overridden per case); no verdict
-is stored (files written before this still load: their `verdict` field is ignored). The baseline
+is stored. The file format is one pydantic model, `schema.history.HistoryRunModel` (schema
+`streamllm.history/2`; /1 files stored each case's verdict, which nothing read), read through the
+harness's one loader (`schema.load_stored`). The baseline
 of a case is the pooled samples of the last K runs in which that case was accepted.
 
 Verdicts (`judge`): a regression needs both a two-sided Mann-Whitney p < 0.002 and a median
@@ -47,10 +49,12 @@ from pathlib import Path
 from typing import Any
 
 from ..results import locked_directory, write_text_atomic
+from .schema.history import HISTORY_SCHEMA, HistoryError, HistoryRunModel
+from .schema.loader import load_stored, validate_stored
 from .stats import mann_whitney
 from .verdicts import HISTORY_ALPHA, IMPROVEMENT, NOT_CHECKED, PASS, REGRESSION, UNCONFIRMED
 
-SCHEMA = "streamllm.history/1"
+SCHEMA = HISTORY_SCHEMA
 
 # History entry of a case's reference arm: "<dataset>/<case>:reference".
 REFERENCE_SUFFIX = ":reference"
@@ -67,15 +71,8 @@ _NAME = re.compile(r"^(\d{4,})-(\d{8}T\d{6}(?:\d{6})?Z)\.json$")
 _STAMP = "%Y%m%dT%H%M%SZ"
 
 
-class HistoryError(ValueError):
-    """A history file is malformed; the message names the file and the fix."""
-
-
 def _fail(path: Path | str, what: str) -> HistoryError:
-    return HistoryError(
-        f"{path}: {what}; history files are append-only and written atomically, so this one was edited "
-        "or truncated: restore it with `git checkout -- <file>` or delete it (its run is then lost)"
-    )
+    return HistoryError(f"{path}: {what}: " + HistoryRunModel.FIX_BROKEN.format(path=path))
 
 
 def _samples(values: Any, where: str) -> tuple[float, ...]:
@@ -134,42 +131,15 @@ class Run:
         }
 
     @classmethod
+    def from_model(cls, m: HistoryRunModel) -> Run:
+        return cls(m.fingerprint_id, m.number, m.timestamp, m.accepted,
+                   {name: CaseRun(tuple(c.samples_ms), c.accepted) for name, c in m.cases.items()},
+                   m.fingerprint, m.meta)
+
+    @classmethod
     def from_json(cls, obj: Any, source: Path | str = "history run") -> Run:
-        if not isinstance(obj, dict):
-            raise _fail(source, f"expected a JSON object, got {type(obj).__name__}")
-        if obj.get("schema") != SCHEMA:
-            raise _fail(source, f"schema is {obj.get('schema')!r}, expected {SCHEMA!r}")
-        number, accepted = obj.get("number"), obj.get("accepted")
-        if isinstance(number, bool) or not isinstance(number, int) or number < 1:
-            raise _fail(source, f"number must be a positive integer, got {number!r}")
-        if not isinstance(accepted, bool):
-            raise _fail(source, f"accepted must be true or false, got {accepted!r}")
-        if not isinstance(obj.get("fingerprint_id"), str):
-            raise _fail(source, "fingerprint_id must be a string")
-        try:
-            datetime.fromisoformat(str(obj.get("timestamp")))
-        except ValueError:
-            raise _fail(source, f"timestamp {obj.get('timestamp')!r} is not ISO 8601") from None
-        raw_cases = obj.get("cases")
-        if not isinstance(raw_cases, dict):
-            raise _fail(source, "cases must be an object of case id -> {samples_ms, accepted}")
-        cases = {}
-        for name, c in raw_cases.items():
-            if not isinstance(c, dict):
-                raise _fail(source, f"case {name!r} must be an object with samples_ms")
-            # Older files also stored the verdict the run got: ignored, the nightly rule re-judges.
-            case_accepted = c.get("accepted")
-            if case_accepted is not None and not isinstance(case_accepted, bool):
-                raise _fail(source, f"case {name!r} accepted must be true, false or null, got {case_accepted!r}")
-            try:
-                cases[name] = CaseRun(_samples(c.get("samples_ms"), f"case {name!r} samples_ms"), case_accepted)
-            except ValueError as exc:
-                raise _fail(source, str(exc)) from None
-        for name in ("fingerprint", "meta"):
-            if not isinstance(obj.get(name, {}), dict):
-                raise _fail(source, f"{name} must be an object")
-        return cls(obj["fingerprint_id"], number, obj["timestamp"], accepted, cases,
-                   obj.get("fingerprint", {}), obj.get("meta", {}))
+        """A parsed run file's JSON (HistoryRunModel); HistoryError naming `source` and the fix."""
+        return cls.from_model(validate_stored(obj, HistoryRunModel, source))
 
 
 def version_set(fingerprint: Mapping[str, Any] | None) -> tuple | None:
@@ -331,11 +301,7 @@ class RunHistory:
 
     # -- reading ---------------------------------------------------------------------------
     def _read(self, path: Path) -> Run:
-        try:
-            obj = json.loads(path.read_text(encoding="utf-8"))
-        except json.JSONDecodeError as exc:
-            raise _fail(path, f"not valid JSON ({exc.msg} at line {exc.lineno})") from None
-        run = Run.from_json(obj, path)
+        run = Run.from_model(load_stored(path, HistoryRunModel))
         name = _NAME.match(path.name)
         if name is None or int(name.group(1)) != run.number:
             raise _fail(path, f"file name does not match its run number {run.number}")
@@ -453,6 +419,7 @@ class RunHistory:
             path = self.directory / run.filename
             if path.exists():  # cannot happen under the lock; never overwrite a run
                 raise HistoryError(f"{path} exists already: runs are never rewritten")
-            write_text_atomic(path, json.dumps(run.to_json(), indent=1) + "\n")
+            text = HistoryRunModel.model_validate(run.to_json(), strict=False).to_json()
+            write_text_atomic(path, json.dumps(text, indent=1) + "\n")
             self._runs = None
         return run

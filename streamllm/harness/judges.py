@@ -111,7 +111,7 @@ def check_work(measured: WorkCounts | None, found: Lookup, *, updating: bool, wh
         if updating:
             return Check("tpot", name, RECORDED, f"{what}: {found.error}; re-recorded by --update-baselines", details)
         return Check("tpot", name, ERROR, f"{what}: {found.error}", details)
-    stored_all = (found.record.extra.get("work_counts") or {}) if found.record is not None else {}
+    stored_all = found.record.work_counts if found.record is not None else {}
     stored_json = stored_all.get(measured.key.id) if measured.key is not None else None
     if stored_json is None and measured.key is not None and not updating:
         other = _other_release(measured, found, file)
@@ -152,10 +152,10 @@ def _count_verdict(verdict: CountVerdict) -> str:
 def _other_release(measured: WorkCounts, found: Lookup, file: str) -> tuple[WorkCounts, WorkCounts | None] | Check | None:
     """The counts of this workload stored under another software release, and that recording's
     reference-arm counts: the latest one that has reference counts, else the latest; None if none."""
-    extra = found.record.extra if found.record is not None else {}
-    references = extra.get("reference_work_counts") or {}
+    record = found.record
+    references = record.reference_work_counts if record is not None else {}
     best = None
-    for key_id, stored_json in (extra.get("work_counts") or {}).items():
+    for key_id, stored_json in (record.work_counts if record is not None else {}).items():
         try:
             stored = WorkCounts.from_json(stored_json, source=f"{file} work_counts[{key_id}]")
             if stored.key is None or stored.key.workload_id != measured.key.workload_id:
@@ -230,7 +230,7 @@ def check_ratio_vs_baseline(
         if updating:
             return Check("tpot", name, RECORDED, f"{what}: {found.error}; re-recorded by --update-baselines", details)
         return Check("tpot", name, ERROR, f"{what}: {found.error}", details)
-    stored_all = (found.record.extra.get("tpot_ratio") or {}) if found.record is not None else {}
+    stored_all = found.record.tpot_ratio if found.record is not None else {}
     got = stored_runs(found.record, "tpot_ratio", key)
     runs = got.values
     legacy = f"; {got.note}" if got.note else ""

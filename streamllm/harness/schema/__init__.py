@@ -1,0 +1,25 @@
+"""One pydantic model per JSON file the harness stores and reads back (issue #28 item 2), and one
+loader (`load_stored`) that turns a broken file into a one-line error naming the file and the fix.
+
+| file | model | module |
+|---|---|---|
+| `baselines/<model>/<dataset>-<tokens>-<dtype>.json` | `BaselineFileModel` | `schema/baseline.py` |
+| `history/<fingerprint_id>/<NNNN>-<stamp>.json` | `HistoryRunModel` | `schema/history.py` |
+| `pytest bench -n N` worker parts | `XdistPart` | `schema/xdist_part.py` |
+| `out/runs/*.json` (run records) | `RunModel` / `RawRun` | `streamllm/harness/records.py` |
+"""
+
+from ..records import RAW_SCHEMA, RUN_SCHEMA, RawArm, RawCase, RawConditions, RawRun, RunModel, RunRecordError
+from .baseline import BASELINE_SCHEMA, BaselineError, BaselineFileModel, BaselineHeader, BaselineRecordModel
+from .history import HISTORY_SCHEMA, HistoryCase, HistoryError, HistoryRunModel
+from .loader import StoredFileError, StoredModel, load_stored, validate_stored
+from .xdist_part import PART_SCHEMA, PartHistory, PartPinning, PartRecord, XdistPart, XdistPartError
+
+__all__ = [
+    "BASELINE_SCHEMA", "HISTORY_SCHEMA", "PART_SCHEMA", "RAW_SCHEMA", "RUN_SCHEMA",
+    "BaselineError", "BaselineFileModel", "BaselineHeader", "BaselineRecordModel",
+    "HistoryCase", "HistoryError", "HistoryRunModel",
+    "PartHistory", "PartPinning", "PartRecord", "XdistPart", "XdistPartError",
+    "RawArm", "RawCase", "RawConditions", "RawRun", "RunModel", "RunRecordError",
+    "StoredFileError", "StoredModel", "load_stored", "validate_stored",
+]
