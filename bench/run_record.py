@@ -232,8 +232,8 @@ def device_time_key(out: CaseResult) -> str | None:
 
 def history_entries(results: list[CaseResult]) -> tuple[dict[str, list[float]], dict[str, bool]]:
     """What a run appends to the history: each timed case's per-round TPOT (device time on CUDA) and
-    its reference arm's, and which entries stay out of their baseline (a move beyond the band; a move
-    both arms share is recorded as not checked, which re-bases the history). No verdict is stored:
+    its reference arm's, and which entries stay out of their baseline (a case that failed a check; a
+    move beyond the band; a move both arms share is recorded as not checked, which re-bases the history). No verdict is stored:
     the nightly rule re-judges a past run from its samples."""
     samples: dict[str, list[float]] = {}
     accepted: dict[str, bool] = {}
@@ -245,6 +245,10 @@ def history_entries(results: list[CaseResult]) -> tuple[dict[str, list[float]], 
         ref = out.reference_timing
         if ref is not None:
             samples[name + REFERENCE_SUFFIX] = ref.device_samples if ref.device_ms else ref.samples
+        if any(check.failed for check in out.checks):
+            # a case that failed any check (its work counts, its own path) ran changed code: its
+            # samples are no level to compare later runs with
+            accepted[name] = False
         for check in out.checks:
             if check.name == HISTORY_CHECK:
                 accepted.update({entry: False for entry, raw in check.details.get("record", {}).items()

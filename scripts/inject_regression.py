@@ -15,7 +15,9 @@ the expected one (caught for an injection, no failure for `none`), else 1; 2 on 
 from __future__ import annotations
 
 import argparse
+import shutil
 import sys
+import tempfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -24,6 +26,28 @@ sys.path.insert(0, str(ROOT))
 CASE_FOR = {("dense", "dynamic"): "dense", ("strict", "dynamic"): "strict", ("lazy", "dynamic"): "lazy-c16", ("strict", "static"): "static",
             ("strict", "ring"): "ring", ("refresh", "dynamic"): "refresh", ("no-shift", "dynamic"): "no-shift",
             ("window", "dynamic"): "window"}
+
+
+def _option(args: list[str], name: str, default: str) -> str:
+    """The value of `name` among pytest arguments (`--name value` or `--name=value`)."""
+    for i, arg in enumerate(args):
+        if arg == name and i + 1 < len(args):
+            return args[i + 1]
+        if arg.startswith(name + "="):
+            return arg.split("=", 1)[1]
+    return default
+
+
+def _without(args: list[str], name: str) -> list[str]:
+    out, skip = [], False
+    for arg in args:
+        if skip:
+            skip = False
+        elif arg == name:
+            skip = True
+        elif not arg.startswith(name + "="):
+            out.append(arg)
+    return out
 
 
 class Recorder:
@@ -73,11 +97,19 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{strategy} ({args.cache}): every decode step {args.fraction:.0%} slower")
             patches.append(injections.slowdown(strategy, args.fraction, args.cache))
     recorder = Recorder()
-    try:
-        pytest.main(["bench", "-p", "no:cacheprovider", *rest], plugins=[recorder])
-    finally:
-        for patch in reversed(patches):
-            patch.undo()
+    # the injected run reads the machine's history (its history check is live) but writes a copy:
+    # samples of planted code must never become a level that later runs are compared with
+    with tempfile.TemporaryDirectory(prefix="injected-history-") as scratch:
+        history = Path(_option(rest, "--history-dir", "history"))
+        copy = Path(scratch) / "history"
+        if history.is_dir():
+            shutil.copytree(history, copy)
+        try:
+            pytest.main(["bench", "-p", "no:cacheprovider", *_without(rest, "--history-dir"),
+                         "--history-dir", str(copy)], plugins=[recorder])
+        finally:
+            for patch in reversed(patches):
+                patch.undo()
     failed = sorted(set(recorder.failed))
     targets = [CASE_FOR[(s, args.cache)] for s in strategies] if args.kind != "none" else []
     caught = bool(targets) and all(any(f.startswith(f"{t}-") for f in failed) for t in targets)

@@ -18,6 +18,7 @@ import pytest
 import torch
 
 from bench import injections
+from bench.run_record import history_entries
 from bench.suite import Suite, SuiteOptions
 from conftest import tiny_llama
 from streamllm.harness.verdicts import FAIL, NOT_CHECKED, PASS
@@ -87,6 +88,36 @@ def test_an_extra_full_buffer_copy_fails_that_cache_naming_the_copy(tmp_path, ca
     work = check(results[case], WORK)
     assert work.verdict == FAIL and f"+{layers} aten.copy_ per step" in work.message, work.message
     assert check(results["strict"], WORK).verdict == PASS  # the dynamic cache is untouched
+    # a case that failed a check ran changed code: its samples never become a history level
+    _, accepted = history_entries(list(results.values()))
+    assert accepted.get(f"synthetic/{case}") is False and accepted.get("synthetic/strict", True) is True, accepted
+
+
+def test_an_injected_run_never_writes_the_machines_history(tmp_path, monkeypatch):
+    """scripts/inject_regression.py: the planted run reads the history (its check is live) and
+    writes only a scratch copy of it."""
+    import importlib.util
+    import sys
+
+    spec = importlib.util.spec_from_file_location("inject_regression", Path(__file__).parents[1] / "scripts" / "inject_regression.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    history = tmp_path / "history" / "cpu-x"
+    history.mkdir(parents=True)
+    (history / "0001.json").write_text("{}")
+    seen = {}
+
+    def fake_main(args, plugins):
+        where = Path(args[args.index("--history-dir") + 1])
+        seen["read"] = sorted(p.name for p in (where / "cpu-x").iterdir())
+        (where / "cpu-x" / "0002.json").write_text("{}")  # what a run's end appends
+        return 0
+
+    monkeypatch.setattr(pytest, "main", fake_main)
+    monkeypatch.setitem(sys.modules, "pytest", pytest)
+    script.main(["none", "--", "--history-dir", str(tmp_path / "history")])
+    assert seen["read"] == ["0001.json"]  # the copy holds what the machine has
+    assert sorted(p.name for p in history.iterdir()) == ["0001.json"]  # and the machine's history is untouched
 
 
 def test_a_15_percent_slower_step_fails_its_ratio_and_only_its_ratio(tmp_path):
