@@ -50,7 +50,7 @@ from .verdicts import (
     armed_summary,
     ratio_key,
 )
-from .workcounts import WorkCounts
+from .workrecord import WorkCounts
 
 GRAPH_RATIO_NA = ("a CUDA-graph step is device-bound, the eager reference host-bound: their ratio follows the host, "
                   "not the step (checked by work counts and device time)")
