@@ -164,7 +164,3 @@ def load_work_record(path: str | Path) -> WorkRecord:
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise WorkRecordError(f"{p} is not JSON ({exc}); {FIX}") from None
     return parse_work_record(obj, str(p))
-
-
-def dump(record: WorkRecord) -> str:
-    return record.model_dump_json(indent=1)
