@@ -14,8 +14,9 @@ import torch
 from streamllm.decoders import decoder_factory
 from streamllm.evaluate import build_result
 from streamllm.floor import analytic_step_bytes, floor_ms, mean_attended_slots
-from streamllm.harness.counters import WorkCounts, count_work, counter_key
+from streamllm.harness.opcount import count_work
 from streamllm.harness.ratio import RatioCI, ratio_ci
+from streamllm.harness.workrecord import WorkCounts, counter_key
 from streamllm.measure import (
     CalibrationArm,
     DecodeSlice,
@@ -284,7 +285,8 @@ class Measurements:
         context = slice_.cache.length if case.spec.capacity is None else None
         wkey = counter_key(loaded.model, device=loaded.device, strategy=strategy, decoder=decoder, context=context,
                            extra={"transform": case.transform, "steps": steps})
-        return count_work(step, steps, cycle=cycle, warmup=cycle, device=loaded.device, graphs=graphs, key=wkey)
+        raw = count_work(step, steps, cycle=cycle, warmup=cycle, device=loaded.device, graphs=graphs)
+        return WorkCounts.from_raw(raw, wkey)
 
     def step_floor_ms(self, case: BenchCase, timing: TimingRun) -> float:
         """The step's memory floor: every weight once + the K/V it attends (mean over a cycle), at

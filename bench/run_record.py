@@ -17,7 +17,6 @@ import torch
 
 from streamllm.combinations import GRAPH_MODES
 from streamllm.harness.baselines import BaselineRecord, make_provenance
-from streamllm.harness.counters import WorkCounts
 from streamllm.harness.fingerprint import fingerprint_id, package_version
 from streamllm.harness.history import REFERENCE_SUFFIX, RunHistory, enters_baseline
 from streamllm.harness.ratio import RatioCI
@@ -41,6 +40,7 @@ from streamllm.harness.verdicts import (
     ratio_key,
     summarize,
 )
+from streamllm.harness.workrecord import WorkCounts
 from streamllm.measure import TimingRun
 from streamllm.ownpath import Holding, OwnPath
 from streamllm.results import EvalResult, write_json_atomic

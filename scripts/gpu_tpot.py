@@ -11,7 +11,7 @@ The cases are bench/catalog.py's: the regression checks of the same cases are `p
 --sweep gpu`; this script looks inside a step. Each case is measured by
 streamllm.profile.measure_variant (streamllm.measure's timed step, as in the suite) on the weights
 its transform names (streamllm.profile.WeightSets: an INT8 case never shares a model with a float
-one), next to the memory floor (streamllm.harness.counters) and, with --profile, torch.profiler's table.
+one), next to the memory floor (streamllm.floor) and, with --profile, torch.profiler's table.
 Cases this machine cannot run are listed with the reason streamllm.combinations gives. Ring ==
 strict and the CUDA-graph crash reproduction are tests (tests/test_static_ring.py,
 tests/test_gpu_variants.py), not part of this script.

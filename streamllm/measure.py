@@ -5,7 +5,7 @@ steps here, the way gpt-fast does: one step function, one device sync before and
 
 - `Clock`: device-synchronized wall time of a step (perf_counter), and on CUDA also the device
   time between two events recorded around it (what the GPU spent, idle gaps between launches
-  included; the per-kernel sum is `streamllm.counters`' business). Beside each step's time, the
+  included; the per-kernel sum is `streamllm.harness.opcount`'s business). Beside each step's time, the
   minor page faults the process took during it (`minor_faults`): a step that keeps touching
   fresh memory is paying for its allocator's state (a fragmented heap growing under large
   per-step temporaries), and the suite's ratio check reads that before calling a slower step a
@@ -475,7 +475,7 @@ class CalibrationArm:
 
 def copy_bandwidth_GBps(device: torch.device | str, nbytes: int = 256 * 2**20, repeats: int = 5) -> float:
     """Measured device copy bandwidth (bytes read + written per second, GB/s), the best of `repeats`
-    copies of an `nbytes` buffer: the rate the step's floor is computed at (counters.floor_ms)."""
+    copies of an `nbytes` buffer: the rate the step's floor is computed at (floor.floor_ms)."""
     device = torch.device(device)
     clock = Clock(device)
     src = torch.empty(nbytes, dtype=torch.uint8, device=device)

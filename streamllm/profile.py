@@ -5,7 +5,7 @@ case (bench/catalog.py, `--sweep gpu`). `measure_variant` times it the suite's w
 (streamllm.measure: the cache filled to steady state, whole-cycle rounds of THE timed step, TPOT
 over whole cycles), profiles one more round of the same steps op by op (torch.profiler: CUDA
 kernels, graph replays traced kernel by kernel; on CPU the aten ops' own CPU time), and puts the
-TPOT next to the memory floor (streamllm.harness.counters: the bytes a step must read, over the copy
+TPOT next to the memory floor (streamllm.floor: the bytes a step must read, over the copy
 bandwidth measure.copy_bandwidth_GBps measures).
 
 `WeightSets` loads one model per weight transform. INT8 quantizes in place, so a float variant
@@ -160,7 +160,7 @@ class VariantRow:
     steps_per_round: int
     rounds: int
     attended_slots: float  # mean |C_t| + 1 over the timed steps' cycles
-    step_bytes: int  # counters.analytic_step_bytes: weights once + the attended K/V
+    step_bytes: int  # floor.analytic_step_bytes: weights once + the attended K/V
     kv_bytes: int  # the K/V part of step_bytes
     floor_ms: float | None  # step_bytes over the copy bandwidth; None without one
     samples_ms: list[float]  # per-round TPOT

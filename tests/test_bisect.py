@@ -12,9 +12,11 @@ from pathlib import Path
 
 import pytest
 
-from streamllm.harness import bisect, workcount
+from streamllm.harness import bisect, countcases
+from streamllm.harness.bisect import median_interval, timing_verdict
 from streamllm.harness.cli import main
-from streamllm.harness.countrunner import CountCase, copy_tools, median_interval, named_case, timing_verdict
+from streamllm.harness.countcases import CountCase, named_case
+from streamllm.harness.schema.workrecord import WorkRecord
 
 needs_git = pytest.mark.skipif(shutil.which("git") is None, reason="needs the git executable")
 
@@ -52,9 +54,9 @@ def test_named_cases_and_sizes():
     assert named_case("lazy-c32", base).compress_every == 32
     assert named_case("ring", base).cache == "ring"
     assert named_case("static", base).strategy == "strict"
-    with pytest.raises(workcount.CaseError, match="unknown case"):
+    with pytest.raises(countcases.CaseError, match="unknown case"):
         named_case("lazy-32", base)
-    with pytest.raises(workcount.CaseError, match="--tokens 224 or more"):
+    with pytest.raises(countcases.CaseError, match="--tokens 224 or more"):
         named_case("lazy-c32", CountCase(tokens=200)).check()
 
 
@@ -73,15 +75,16 @@ def test_bad_input_exits_2_with_the_fix(argv, fix, capsys):
 
 
 def test_compare_records_names_the_op(tmp_path):
-    def record(cats: int) -> dict:
-        counts = {"schema": "streamllm.workcounts/1", "steps": 8, "ops": {"aten.cat": 8 * cats, "aten.mm": 16},
-                  "bytes_read": 800, "bytes_written": 80, "syncs": {}}
-        return {"results": [{"label": "strict", "status": "ok", "counts": counts, "case": CountCase().to_json()}]}
+    def record(cats: int) -> WorkRecord:
+        counts = {"steps": 8, "ops": {"aten.cat": 8 * cats, "aten.mm": 16}, "bytes_read": 800, "bytes_written": 80,
+                  "syncs": {}}
+        return WorkRecord.model_validate({"schema_version": 1, "results": [
+            {"label": "strict", "counts": counts, "case": CountCase().to_json()}]})
 
-    diffs = workcount.compare_records(record(3), record(1))
+    diffs = countcases.compare_records(record(3), record(1))
     assert diffs[0].lines[0] == "+2 aten.cat per step"
-    assert workcount.headline(diffs) == "+2 aten.cat per step in strict"
-    assert workcount.compare_records(record(1), record(1))[0].lines == []
+    assert countcases.headline(diffs) == "+2 aten.cat per step in strict"
+    assert countcases.compare_records(record(1), record(1))[0].lines == []
 
 
 # -- a bisect over a synthetic repository ---------------------------------------------------------
@@ -254,30 +257,54 @@ def test_bisect_refuses_an_uncountable_good(history, tmp_path):
 
 @needs_git
 @pytest.mark.slow
-def test_the_runner_script_counts_a_commit_and_compares(history, tmp_path):
-    """Script mode as git bisect runs it: exit 0 for the same counts, 1 for different, 125 if broken."""
+def test_the_runner_writes_raw_histograms_and_copies_nothing_into_the_tree(history, tmp_path):
+    """The runner as bisect and drift start it: run in place from this checkout, against the
+    commit's package; its record holds histograms and errors, no verdict; the tree stays clean."""
     repo = Path(history["repo"])
-    tools = tmp_path / "tools"
-    copy_tools(tools)  # the runner and the counting modules, as bisect and drift copy them
-    cases = tmp_path / "cases.json"
-    cases.write_text(json.dumps([TINY.to_json()]))
+    out = tmp_path / "out"
+    out.mkdir()
 
-    def run(commit: str, out: str, *extra: str) -> int:
+    def run(commit: str, name: str) -> WorkRecord:
         _git(repo, "checkout", "-q", "--detach", commit)
-        return subprocess.run([sys.executable, str(tools / "countrunner.py"), "--counters", str(tools / "counters.py"),
-                               "--cases", str(cases), "--out", str(tmp_path / out), *extra], cwd=repo,
-                              env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(repo)}, capture_output=True).returncode
+        return countcases.run_runner([TINY], repo, out / f"{name}.json")
 
-    assert run(history["c0"], "good.json") == 0
-    good = json.loads((tmp_path / "good.json").read_text())
-    assert good["library"] == str((repo / "streamllm").resolve())  # the commit's package, not this checkout's
+    good = run(history["c0"], "good")
+    assert good.ok and good.library == str((repo / "streamllm").resolve())  # the commit's package, not ours
     # the tiny package has no compat module: none may be borrowed from an editable install of another checkout
-    assert good["compat"] is None
-    assert good["api"] == "decode.make_cache + decode.EagerDecoder"
-    assert run(history["c1"], "c1.json", "--against", str(tmp_path / "good.json")) == 0
-    assert run(history["c6"], "c6.json", "--against", str(tmp_path / "good.json")) == 1
-    assert json.loads((tmp_path / "c6.json").read_text())["results"][0]["diff"][0] == "+1 aten.clone per step"
-    assert run(history["c3"], "c3.json", "--against", str(tmp_path / "good.json")) == 125
+    assert good.compat is None
+    assert good.api == "decode.make_cache + decode.EagerDecoder"
+    assert run(history["c1"], "c1").results[0].counts == good.results[0].counts
+    c6 = run(history["c6"], "c6")
+    assert countcases.compare_records(c6, good)[0].lines[0] == "+1 aten.clone per step"  # compared here
+    broken = run(history["c3"], "c3")
+    assert not broken.ok and "SyntaxError" in broken.why_not()
+    # raw histograms only: no verdict word anywhere in what the runner wrote
+    text = " ".join((out / f"{n}.json").read_text().lower() for n in ("good", "c1", "c6", "c3"))
+    for word in ("pass", "fail", "regression", "verdict", "slower", "inconclusive", "same", "different"):
+        assert f'"{word}' not in text, word
+    raw = json.loads((out / "c6.json").read_text())
+    assert set(raw["results"][0]["counts"]) <= {"steps", "ops", "bytes_read", "bytes_written", "syncs", "kernels",
+                                                "memcpys", "graph_replays", "kernel_names", "device_busy_us", "notes"}
+    # nothing copied or written into the target tree: no untracked file, no harness module anywhere in it
+    assert _git(repo, "status", "--porcelain", "--ignored") == ""
+    harness = {p.name for p in Path(countcases.__file__).parent.glob("*.py")}
+    assert not [p for p in repo.rglob("*.py") if ".git" not in p.parts and p.name in harness - {"__init__.py"}]
+
+
+def test_the_runner_imports_nothing_of_the_harness():
+    """countrunner.py and opcount.py run inside other trees: stdlib, torch and the target's product only."""
+    import ast
+
+    allowed = {"__future__", "argparse", "collections", "contextlib", "dataclasses", "importlib", "json", "math",
+               "os", "pathlib", "sys", "time", "traceback", "types", "typing", "torch"}
+    for name in ("countrunner.py", "opcount.py"):
+        tree = ast.parse((Path(countcases.__file__).parent / name).read_text())
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom):
+                assert node.level == 0, f"{name}: relative import"
+                assert node.module.split(".")[0] in allowed, (name, node.module)
+            elif isinstance(node, ast.Import):
+                assert all(a.name.split(".")[0] in allowed for a in node.names), (name, [a.name for a in node.names])
 
 
 @pytest.mark.slow
@@ -287,12 +314,12 @@ def test_fast_fill_counts_what_real_decode_steps_reach():
     base = CountCase(sink=4, window=28, tokens=96)
     fast = [named_case(name, base).check() for name in ("strict", "lazy-c4", "static", "ring")]
     slow = [CountCase(**{**c.to_json(), "fill": "steps", "name": c.label + "-steps"}).check() for c in fast]
-    record = workcount.count_in_process(fast + slow, threads=1)
-    by_label = {e["label"]: e for e in record["results"]}
+    record = countcases.count_in_process(fast + slow, threads=1)
+    assert record.ok, record.why_not()
     for case in fast:
-        quick, real = by_label[case.label], by_label[case.label + "-steps"]
-        assert quick["filled_by"] in ("chunked", "random") and real["filled_by"] == "steps"
-        assert workcount.counts_of(quick, "fast").diff(workcount.counts_of(real, "steps")) == [], case.label
+        quick, real = record.entry(case.label), record.entry(case.label + "-steps")
+        assert quick.filled_by in ("chunked", "random") and real.filled_by == "steps"
+        assert countcases.counts_of(quick).diff(countcases.counts_of(real)) == [], case.label
 
 
 @needs_git

@@ -1,4 +1,4 @@
-"""Work counters (streamllm.harness.counters): exact, deterministic across processes, and a changed op in
+"""Work counting (streamllm.harness.opcount) and its stored form (streamllm.harness.workrecord): exact, deterministic across processes, and a changed op in
 a cache's update shows up as exactly that op's name in the diff."""
 
 from __future__ import annotations
@@ -16,20 +16,19 @@ import torch
 from conftest import tiny_llama
 from streamllm.decode import EagerDecoder, make_cache
 from streamllm.floor import analytic_step_bytes, floor_ms, kv_bytes_per_slot, mean_attended_slots
-from streamllm.harness.counters import (
-    CounterError,
-    CounterKey,
-    ReplayCounter,
-    WorkCounts,
-    compare_counts,
-    count_work,
-    counter_key,
-    op_name,
-)
+from streamllm.harness import opcount
+from streamllm.harness.opcount import ReplayCounter, op_name
+from streamllm.harness.schema.workrecord import WorkRecordError
+from streamllm.harness.workrecord import CounterKey, WorkCounts, compare_counts, counter_key
 from streamllm.strategies import make_strategy
 
 ROOT = Path(__file__).resolve().parents[1]
 IDS = torch.randint(0, 97, (300,), generator=torch.Generator().manual_seed(1))
+
+
+def count_work(step, steps, *, key=None, **kw) -> WorkCounts:
+    """opcount's raw histograms as the stored form (what the bench does with them)."""
+    return WorkCounts.from_raw(opcount.count_work(step, steps, **kw), key)
 
 
 def token_feeder(decoder, ids: torch.Tensor, start: int):
@@ -67,7 +66,8 @@ sys.path.insert(0, {tests!r})
 import torch
 torch.set_num_threads(1)
 from conftest import tiny_llama
-from streamllm.harness.counters import count_work, counter_key
+from streamllm.harness.opcount import count_work
+from streamllm.harness.workrecord import WorkCounts, counter_key
 from streamllm.decode import EagerDecoder, make_cache
 from streamllm.strategies import make_strategy
 loaded = tiny_llama()
@@ -80,7 +80,7 @@ step = lambda: decoder.step(ids[next(position)].view(1, 1))
 with torch.inference_mode():
     for _ in range(spec.capacity):
         step()
-counts = count_work(step, 8, cycle=4, key=counter_key(loaded.model, device="cpu", strategy=spec))
+counts = WorkCounts.from_raw(count_work(step, 8, cycle=4), counter_key(loaded.model, device="cpu", strategy=spec))
 print("COUNTS=" + json.dumps(counts.to_json()))
 """
 
@@ -217,14 +217,16 @@ def test_json_round_trip_and_validation():
     again = WorkCounts.from_json(json.loads(json.dumps(c.to_json())))
     assert again == c
     bad = c.to_json() | {"ops": {"aten.cat": -1}}
-    with pytest.raises(CounterError, match=r"ops\['aten.cat'\] must be a non-negative integer.*re-record"):
+    with pytest.raises(WorkRecordError, match=r"baselines/x.json: ops.aten.cat: .*greater than or equal to 0.*re-record"):
         WorkCounts.from_json(bad, source="baselines/x.json")
-    with pytest.raises(CounterError, match="schema"):
+    with pytest.raises(WorkRecordError, match="schema"):
         WorkCounts.from_json(c.to_json() | {"schema": "other/9"})
-    with pytest.raises(CounterError, match="does not match its fields"):
+    with pytest.raises(WorkRecordError, match="does not match its fields"):
         WorkCounts.from_json(c.to_json() | {"key": c.key.to_json() | {"id": "wk-0000000000"}})
-    with pytest.raises(CounterError, match="steps must be >= 1"):
+    with pytest.raises(WorkRecordError, match="steps: .*greater than or equal to 1"):
         WorkCounts.from_json(c.to_json() | {"steps": 0})
+    with pytest.raises(WorkRecordError, match="bytes_read: .*integer"):
+        WorkCounts.from_json(c.to_json() | {"bytes_read": True})
 
 
 def test_counter_key_and_compare_not_checked():

@@ -19,7 +19,8 @@ import pytest
 
 from streamllm import compat
 from streamllm.harness import drift
-from streamllm.harness.countrunner import CountCase, named_case
+from streamllm.harness.countcases import CountCase, named_case
+from streamllm.harness.schema.workrecord import WorkRecord
 
 
 def test_releases_sorted_and_checked():
@@ -35,14 +36,15 @@ def test_releases_sorted_and_checked():
 
 def _entry(label: str, reshapes: int | None, error: str = "") -> dict:
     if reshapes is None:
-        return {"label": label, "status": "error", "error": error}
-    counts = {"schema": "streamllm.workcounts/1", "steps": 8, "ops": {"aten.mm": 8 * 10, "aten.reshape": 8 * reshapes},
-              "bytes_read": 8000, "bytes_written": 800, "syncs": {}}
-    return {"label": label, "status": "ok", "counts": counts}
+        return {"label": label, "case": {}, "error": error}
+    counts = {"steps": 8, "ops": {"aten.mm": 8 * 10, "aten.reshape": 8 * reshapes}, "bytes_read": 8000,
+              "bytes_written": 800, "syncs": {}}
+    return {"label": label, "case": {}, "counts": counts}
 
 
 def _run(release: str, *entries: dict) -> drift.ReleaseRun:
-    return drift.ReleaseRun(release, {"torch": "2.x", "results": list(entries)}, 1.0, 2.0, True)
+    record = WorkRecord.model_validate({"schema_version": 1, "torch": "2.x", "results": list(entries)})
+    return drift.ReleaseRun(release, record, 1.0, 2.0, True)
 
 
 def test_table_marks_changes_and_names_the_first_break():
@@ -81,9 +83,9 @@ def test_drift_over_two_releases_in_real_venvs():
     result = drift.run_drift(drift.DriftPlan(releases, cases, venvs=venvs), say=lambda _: None)
     assert [r.release for r in result.runs] == releases
     for run in result.runs:
-        assert run.record["transformers"] == run.release  # each venv really ran its own release
-        assert run.record["library"] == str(Path(drift.__file__).parents[1])  # ... with this checkout's library
-        assert run.entry("strict")["status"] == "ok"
+        assert run.record.transformers == run.release  # each venv really ran its own release
+        assert run.record.library == str(Path(drift.__file__).parents[1])  # ... with this checkout's library
+        assert run.entry("strict").ok
     assert not result.breaks
     text = drift.markdown(result)
     assert all(f"| {r} |" in text for r in releases)

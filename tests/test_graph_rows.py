@@ -11,9 +11,10 @@ import numpy as np
 import torch
 
 from streamllm.harness.baselines import BaselineKey, BaselineRecord, BaselineStore
-from streamllm.harness.counters import WorkCounts, _device_events, compare_counts
 from streamllm.harness.judges import check_device_time, lookup
+from streamllm.harness.opcount import _device_events
 from streamllm.harness.verdicts import DEVICE_TIME_CHECK, FAIL, NOT_CHECKED, PASS, RATIO_CHECK, WORK_CHECK, armed
+from streamllm.harness.workrecord import WorkCounts, compare_counts
 
 KEY = "cuda-kernels-abc"  # a kernel counter key id: GPU model + software + config + strategy + decoder
 

@@ -147,7 +147,7 @@ def _as_if_recorded_under(baselines: Path, release: str, *, drop_reference: bool
     fresh install meets when transformers moved since the recording)."""
     import json
 
-    from streamllm.harness.counters import CounterKey
+    from streamllm.harness.workrecord import CounterKey
     from streamllm.results import write_text_atomic
 
     def rekeyed(counts: dict) -> tuple[str, dict]:

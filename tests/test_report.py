@@ -11,7 +11,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from streamllm.harness.counters import CounterKey, WorkCounts
 from streamllm.harness.records import RUN_SCHEMA
 from streamllm.harness.report import (
     HISTORY_CHECK,
@@ -24,6 +23,7 @@ from streamllm.harness.report import (
     render_markdown,
     summarize,
 )
+from streamllm.harness.workrecord import CounterKey, WorkCounts
 
 ROOT = Path(__file__).resolve().parents[1]
 N = 300

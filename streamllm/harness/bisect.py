@@ -1,10 +1,11 @@
 """`streamllm bisect`: the first commit whose decode step does different work (or, --timing, is slower).
 
-Each commit is counted by *this* checkout's counts-only runner (countrunner.py and counters.py,
-copied out before the bisect starts) importing *that* commit's `streamllm` product modules, so
-old commits with another harness layout are counted exactly like new ones. Everything happens
-in a scratch clone (`git clone --shared`: no objects copied, the user's checkout, index, refs
-and bisect state untouched), driven by `git bisect run`:
+Each commit is counted by *this* checkout's runner (countrunner.py with opcount.py, run in place
+from this checkout, nothing copied into the commit's tree) importing *that* commit's `streamllm`
+product modules, so old commits with another harness layout are counted exactly like new ones.
+The runner only writes raw histograms; this process compares them and tells git. Everything
+happens in a scratch clone (`git clone --shared`: no objects copied, the user's checkout, index,
+refs and bisect state untouched), stepped with `git bisect good/bad/skip`:
 
 - the counts at --good are measured first and are the reference (stored baselines are not:
   they are re-recorded along with intended changes);
@@ -22,9 +23,9 @@ inconclusive otherwise.
 
 from __future__ import annotations
 
-import json
-import os
+import math
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -32,12 +33,11 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
-from . import countrunner, workcount
-from .countrunner import CountCase, copy_tools
+from .countcases import CountCase, WorkRecord, compare_records, counts_of, diff_text, headline, run_runner
+from .verdicts import INCONCLUSIVE
 
-HERE = Path(__file__).resolve().parent
+SLOWER, NOT_SLOWER = "slower", "not slower"
 
 
 class BisectError(ValueError):
@@ -105,49 +105,26 @@ def subject(repo: Path, commit: str) -> str:
 
 
 class Scratch:
-    """A shared clone to bisect in, the runner copied beside it, and every commit's record."""
+    """A shared clone to bisect in, and every commit's record."""
 
     def __init__(self, plan: BisectPlan):
         self.root = Path(tempfile.mkdtemp(prefix="streamllm-bisect-", dir=plan.workdir))
         self.repo = self.root / "repo"
-        self.tools = self.root / "tools"
         self.records = self.root / "commits"
         self.records.mkdir()
-        self.tools.mkdir()
         git(plan.repo, "clone", "--quiet", "--shared", "--no-checkout", str(plan.repo.resolve()), str(self.repo))
-        copy_tools(self.tools)
-        self.cases = self.root / "cases.json"
-        self.cases.write_text(json.dumps([c.to_json() for c in plan.cases]))
         self.plan = plan
-
-    def runner(self, *extra: str) -> list[str]:
-        return [self.plan.python, str(self.tools / "countrunner.py"), "--counters", str(self.tools / "counters.py"),
-                "--cases", str(self.cases), *extra]
-
-    def env(self, tree: Path) -> dict[str, str]:
-        # The commit's library first on the path (an editable install of another checkout stays behind it).
-        return {**os.environ, "PYTHONPATH": str(tree), "OMP_NUM_THREADS": "1"}
 
     def checkout(self, commit: str, tree: Path | None = None) -> None:
         git(tree or self.repo, "checkout", "--quiet", "--force", "--detach", commit)
 
-    def run_at(self, commit: str, out: Path, *extra: str) -> tuple[int, dict[str, Any]]:
-        self.checkout(commit)
-        proc = subprocess.run(self.runner("--out", str(out), *extra), cwd=self.repo, env=self.env(self.repo),
-                              capture_output=True, text=True)
-        (out.with_suffix(".log")).write_text(proc.stdout + proc.stderr)
-        record = json.loads(out.read_text()) if out.is_file() else {"status": "skip", "error": proc.stderr[-500:]}
-        return proc.returncode, record
+    def run(self, tree: Path, name: str, mode: str = "count") -> WorkRecord:
+        """The runner against the commit checked out in `tree`; its record (kept under commits/)."""
+        return run_runner(self.plan.cases, tree, self.records / f"{name}.json", python=self.plan.python, mode=mode,
+                          time_steps=self.plan.time_steps)
 
     def remove(self) -> None:
         shutil.rmtree(self.root, ignore_errors=True)
-
-
-def _record_error(record: dict[str, Any]) -> str:
-    if record.get("error"):
-        return str(record["error"])
-    errors = [f"{r['label']}: {r['error']}" for r in record.get("results", []) if r.get("status") != "ok"]
-    return "; ".join(errors) or "unknown error"
 
 
 def parse_bisect_output(text: str) -> tuple[str | None, list[str]]:
@@ -194,113 +171,174 @@ def run_bisect(plan: BisectPlan, say: Callable[[str], None] = print) -> BisectRe
     return result
 
 
+# A commit's verdict for git: ("good" | "bad" | "skip", the detail line, seconds).
+Judged = tuple[str, str, float | None]
+
+
+def _walk(plan: BisectPlan, scratch: Scratch, good: str, bad: str, judge: Callable[[str], Judged],
+          say: Callable[[str], None]) -> tuple[str | None, list[str], list[Tested]]:
+    """git bisect from bad/good, each commit it checks out judged here: (first bad, candidates, tested)."""
+    out = _bisect(scratch, "start", bad, good)
+    tested: list[Tested] = []
+    for _ in range(int(git(plan.repo, "rev-list", "--count", f"{good}..{bad}")) + 1):
+        first, candidates = parse_bisect_output(out)
+        if first or candidates:
+            return first, candidates, tested
+        for line in out.splitlines():
+            if line.startswith("Bisecting:"):
+                say("  " + line.rstrip())
+        commit = git(scratch.repo, "rev-parse", "HEAD")
+        verdict, detail, seconds = judge(commit)
+        tested.append(Tested(commit, subject(plan.repo, commit), verdict, detail, seconds))
+        out = _bisect(scratch, verdict)
+    raise BisectError(f"git bisect did not finish; its log is in {scratch.root} (pass --keep to keep it)")
+
+
+def _bisect(scratch: Scratch, *args: str) -> str:
+    proc = subprocess.run(["git", "-C", str(scratch.repo), "bisect", *args], capture_output=True, text=True)
+    text = proc.stdout + proc.stderr
+    with (scratch.root / "bisect.log").open("a") as log:
+        log.write(f"$ git bisect {' '.join(args)}\n{text}")
+    return text
+
+
 def _bisect_counts(plan: BisectPlan, scratch: Scratch, good: str, bad: str, say: Callable[[str], None]) -> BisectResult:
-    good_json = scratch.root / "good.json"
-    t0 = time.perf_counter()
-    code, good_record = scratch.run_at(good, good_json)
-    if code != 0 or good_record.get("status") != "ok":
-        raise BisectError(f"the case cannot be counted at --good {plan.good} ({_record_error(good_record)}); "
+    scratch.checkout(good)
+    good_record = scratch.run(scratch.repo, "good")
+    if not good_record.ok:
+        raise BisectError(f"the case cannot be counted at --good {plan.good} ({good_record.why_not()}); "
                           "pick a --good where it runs, or run the commits under the transformers they were written "
                           "for: --python ~/.cache/streamllm/drift/transformers-X/bin/python (built by streamllm drift)")
-    say(f"good {good[:10]} counted in {time.perf_counter() - t0:.1f} s: "
-        + "; ".join(f"{r['label']} {workcount.counts_of(r, r['label']).summary()}" for r in good_record["results"]))
-    t0 = time.perf_counter()
-    code, bad_record = scratch.run_at(bad, scratch.root / "bad.json", "--against", str(good_json))
-    if code == countrunner.EXIT_SKIP:
-        raise BisectError(f"the case cannot be counted at --bad {plan.bad} ({_record_error(bad_record)}); "
+    say(f"good {good[:10]} counted in {good_record.seconds or 0:.1f} s: "
+        + "; ".join(f"{r.label} {counts_of(r).summary()}" for r in good_record.results))
+    scratch.checkout(bad)
+    bad_record = scratch.run(scratch.repo, "bad")
+    if not bad_record.ok:
+        raise BisectError(f"the case cannot be counted at --bad {plan.bad} ({bad_record.why_not()}); "
                           "pick a --bad where it runs")
-    diffs = workcount.compare_records(bad_record, good_record)
-    say(f"bad {bad[:10]} counted in {time.perf_counter() - t0:.1f} s: {workcount.headline(diffs)}")
-    if code == countrunner.EXIT_SAME:
+    diffs = compare_records(bad_record, good_record)
+    say(f"bad {bad[:10]} counted in {bad_record.seconds or 0:.1f} s: {headline(diffs)}")
+    if headline(diffs) == "no change":
         return BisectResult(good, bad, None, None, [], [], "no change in the counted work between --good and --bad "
                             "(a step slower without more work: --timing)", no_change=True)
-    out = _git_bisect(scratch, good, bad, scratch.runner("--out", str(scratch.records / "{commit}.json"),
-                                                         "--against", str(good_json)), say)
-    first, candidates = parse_bisect_output(out)
-    tested = _tested(plan, scratch, good, bad)
+    records = {bad: bad_record}
+
+    def judge(commit: str) -> Judged:
+        record = records[commit] = scratch.run(scratch.repo, commit)
+        if not record.ok:
+            return "skip", record.why_not(), record.seconds
+        change = headline(compare_records(record, good_record))
+        return ("good", "same counts as good", record.seconds) if change == "no change" else \
+            ("bad", change, record.seconds)
+
+    first, candidates, tested = _walk(plan, scratch, good, bad, judge, say)
     if first is None:
         return BisectResult(good, bad, None, None, candidates, [], "only skipped commits are left: the change is in "
                             "one of the candidates", tested)
-    record = _commit_record(scratch, first) or (bad_record if first == bad else {})
-    diffs = workcount.compare_records(record, good_record) if record else []
-    return BisectResult(good, bad, first, subject(plan.repo, first), [], workcount.diff_text(diffs),
-                        workcount.headline(diffs), tested)
+    diffs = compare_records(records[first], good_record) if first in records else []
+    return BisectResult(good, bad, first, subject(plan.repo, first), [], diff_text(diffs), headline(diffs), tested)
 
 
-def _git_bisect(scratch: Scratch, good: str, bad: str, command: list[str], say: Callable[[str], None]) -> str:
-    git(scratch.repo, "bisect", "start", bad, good)
-    proc = subprocess.Popen(["git", "-C", str(scratch.repo), "bisect", "run", *command], cwd=scratch.repo,
-                            env=scratch.env(scratch.repo), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    lines = []
-    assert proc.stdout is not None
-    for line in proc.stdout:
-        lines.append(line)
-        if line.startswith("Bisecting:"):
-            say("  " + line.rstrip())
-    proc.wait()
-    text = "".join(lines)
-    (scratch.root / "bisect-run.log").write_text(text)
-    return text + "\n" + git(scratch.repo, "bisect", "log", check=False)
+# -- the timing comparison ---------------------------------------------------------------------------
+@dataclass(frozen=True)
+class TimingVerdict:
+    """Commit vs good over alternated process pairs: per pair the ratio of their per-process medians."""
+
+    verdict: str  # SLOWER | NOT_SLOWER | INCONCLUSIVE
+    ratios: list[float]
+    median: float
+    low: float  # a distribution-free interval for the median ratio (order statistics)
+    high: float
+    coverage: float
+    threshold: float
+
+    def text(self) -> str:
+        return (f"{self.verdict}: commit/good step time x{self.median:.3f} (median of {len(self.ratios)} process pairs; "
+                f"{self.coverage:.0%} interval x{self.low:.3f}..x{self.high:.3f}; a call needs the interval above x1 "
+                f"with the median >= x{1 + self.threshold:.2f}, or wholly below x{1 + self.threshold:.2f})")
 
 
-def _commit_record(scratch: Scratch, commit: str) -> dict[str, Any] | None:
-    path = scratch.records / f"{commit}.json"
-    return json.loads(path.read_text()) if path.is_file() else None
+def median_interval(values: list[float], coverage: float = 0.9) -> tuple[float, float, float]:
+    """(low, high, achieved coverage) of the order-statistic interval for the median: the
+    narrowest [x_(k), x_(n+1-k)] whose binomial coverage is >= `coverage` (the widest, [min, max],
+    when n is too small to reach it)."""
+    xs = sorted(values)
+    n = len(xs)
+    best = (xs[0], xs[-1], 1 - 2 * 0.5 ** n)
+    for k in range(1, n // 2 + 1):
+        tail = sum(math.comb(n, i) for i in range(k)) / 2 ** n
+        if 1 - 2 * tail >= coverage:
+            best = (xs[k - 1], xs[n - k], 1 - 2 * tail)
+    return best
 
 
-def _tested(plan: BisectPlan, scratch: Scratch, good: str, bad: str) -> list[Tested]:
-    """Every commit git bisect ran, from the bisect log (its order) and the records."""
-    out = []
-    for line in git(scratch.repo, "bisect", "log", check=False).splitlines():
-        parts = line.split()
-        if len(parts) < 3 or parts[0] != "git" or parts[1] != "bisect" or parts[2] not in ("good", "bad", "skip"):
-            continue
-        for commit in parts[3:]:
-            if commit in (good, bad):
-                continue
-            record = _commit_record(scratch, commit) or {}
-            verdict = parts[2]
-            if record.get("text"):  # a timing step's verdict (an inconclusive one is a skip)
-                detail = record["text"]
-            elif verdict == "skip":
-                detail = _record_error(record)
-            else:
-                change = workcount.headline(_diffs_vs_good(scratch, record))
-                detail = "same counts as good" if change == "no change" else change
-            out.append(Tested(commit, subject(plan.repo, commit), verdict, detail, record.get("seconds")))
-    return out
+def timing_verdict(ratios: list[float], threshold: float = 0.05) -> TimingVerdict:
+    """slower: the interval is above 1 and the median ratio is at least 1 + threshold;
+    not slower: the whole interval is below 1 + threshold; else inconclusive (noise forbids a call)."""
+    low, high, cov = median_interval(ratios)
+    med = statistics.median(ratios)
+    if low > 1.0 and med >= 1.0 + threshold:
+        verdict = SLOWER
+    elif high < 1.0 + threshold:
+        verdict = NOT_SLOWER
+    else:
+        verdict = INCONCLUSIVE
+    return TimingVerdict(verdict, list(ratios), med, low, high, cov, threshold)
 
 
-def _diffs_vs_good(scratch: Scratch, record: dict[str, Any]) -> list[workcount.CaseDiff]:
-    good = scratch.root / "good.json"
-    if not record.get("results") or not good.is_file():
-        return []
-    return workcount.compare_records(record, json.loads(good.read_text()))
+def tpot_ms(step_ms: list[float], cycle: int) -> float:
+    """One process's statistic: the median over whole cycles of the cycle-mean step time (a lazy
+    prune counted once per cycle, an odd slow cycle not dominating)."""
+    rows = [step_ms[i : i + cycle] for i in range(0, len(step_ms) - cycle + 1, cycle)]
+    return statistics.median(sum(r) / len(r) for r in rows)
+
+
+def time_pairs(scratch: Scratch, good_tree: Path, name: str) -> list[float] | str:
+    """Alternate runner processes good, commit, good, commit, ... (--mode time); the per-pair
+    ratios commit / good of the first case's per-process statistic, or why a process failed."""
+    cycle = scratch.plan.cases[0].cycle
+    ratios = []
+    for i in range(scratch.plan.pairs):
+        tpot = {}
+        for side, tree in (("good", good_tree), ("commit", scratch.repo)):
+            record = scratch.run(tree, f"{name}-time-{side}-{i}", mode="time")
+            if not record.ok or not record.results[0].step_ms:
+                return f"{side} timing process failed: {record.why_not()}"
+            tpot[side] = tpot_ms(record.results[0].step_ms, cycle)
+        ratios.append(tpot["commit"] / tpot["good"])
+    return ratios
 
 
 def _bisect_timing(plan: BisectPlan, scratch: Scratch, good: str, bad: str, say: Callable[[str], None]) -> BisectResult:
     good_tree = scratch.root / "good-tree"
     git(scratch.repo, "worktree", "add", "--quiet", "--detach", str(good_tree), good)
-    step = ["--mode", "timing-step", "--good-tree", str(good_tree), "--pairs", str(plan.pairs),
-            "--threshold", str(plan.threshold), "--time-steps", str(plan.time_steps)]
-    t0 = time.perf_counter()
-    code, record = scratch.run_at(bad, scratch.root / "bad-timing.json", *step)
-    if record.get("status") != "ok":
-        raise BisectError(f"cannot time --good {plan.good} against --bad {plan.bad}: {_record_error(record)}")
-    say(f"bad {bad[:10]} vs good {good[:10]} ({time.perf_counter() - t0:.0f} s): {record['text']}")
-    if record["verdict"] != "slower":
-        why = ("--bad is not slower than --good by the threshold: nothing to bisect" if record["verdict"] == "not slower"
+    texts: dict[str, str] = {}
+
+    def judge(commit: str) -> Judged:
+        t0 = time.perf_counter()
+        ratios = time_pairs(scratch, good_tree, commit)
+        if isinstance(ratios, str):
+            return "skip", ratios, time.perf_counter() - t0
+        verdict = timing_verdict(ratios, plan.threshold)
+        texts[commit] = verdict.text()
+        return ({SLOWER: "bad", NOT_SLOWER: "good"}.get(verdict.verdict, "skip"), verdict.text(),
+                time.perf_counter() - t0)
+
+    scratch.checkout(bad)
+    call, text, seconds = judge(bad)
+    if call == "skip" and bad not in texts:
+        raise BisectError(f"cannot time --good {plan.good} against --bad {plan.bad}: {text}")
+    say(f"bad {bad[:10]} vs good {good[:10]} ({seconds:.0f} s): {text}")
+    if call != "bad":
+        why = ("--bad is not slower than --good by the threshold: nothing to bisect" if call == "good"
                else "--bad against --good is inconclusive: no call, nothing bisected (more --pairs, a quieter "
                     "machine or a larger --threshold may make one)")
-        return BisectResult(good, bad, None, None, [], [record["text"]], why, no_change=True)
-    out = _git_bisect(scratch, good, bad, scratch.runner("--out", str(scratch.records / "{commit}.json"), *step), say)
-    first, candidates = parse_bisect_output(out)
-    tested = _tested(plan, scratch, good, bad)
+        return BisectResult(good, bad, None, None, [], [text], why, no_change=True)
+    first, candidates, tested = _walk(plan, scratch, good, bad, judge, say)
     if first is None:
         return BisectResult(good, bad, None, None, candidates, [], "only skipped (inconclusive or unrunnable) commits "
                             "are left: the slowdown is in one of the candidates", tested)
-    rec = _commit_record(scratch, first) or (record if first == bad else {})
-    text = rec.get("text", "")
+    text = texts.get(first, "")
     return BisectResult(good, bad, first, subject(plan.repo, first), [], [text] if text else [], text, tested)
 
 

@@ -4,21 +4,22 @@ harness's own, each next to what it calls (report: streamllm.harness.report)."""
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
 from .. import cli as product_cli
-from . import bisect, drift, workcount
+from . import bisect, countcases, drift
 from .compare import compare
-from .counters import CounterError
 from .records import DEFAULT_REPORT_DIR, RunRecordError
 from .report import ReportError
 from .report import run_report as render_report
 from .schema import StoredFileError
+from .schema.workrecord import WorkRecordError, load_work_record
 
-USER_ERRORS = (*product_cli.USER_ERRORS, ReportError, RunRecordError, StoredFileError, CounterError, workcount.CaseError,
-               workcount.CountError, bisect.BisectError, drift.DriftError)
+USER_ERRORS = (*product_cli.USER_ERRORS, ReportError, RunRecordError, StoredFileError, WorkRecordError,
+               countcases.CaseError, bisect.BisectError, drift.DriftError)
 
 
 def add_report_parser(sub: argparse._SubParsersAction) -> None:
@@ -73,7 +74,7 @@ def run_compare(args: argparse.Namespace) -> int:
 
 def add_count_parser(sub: argparse._SubParsersAction) -> None:
     cnt = sub.add_parser("count", help="count the work of a few steady-state decode steps of a case (no PPL, no timing)")
-    workcount.add_case_options(cnt)
+    countcases.add_case_options(cnt)
     cnt.add_argument("--json", dest="json_out", default=None, help="write the counts here (a record --against reads)")
     cnt.add_argument("--against", default=None,
                      help="a counts JSON to compare with: prints the per-step difference, exit 1 if any case differs")
@@ -82,29 +83,31 @@ def add_count_parser(sub: argparse._SubParsersAction) -> None:
 
 def run_count(args: argparse.Namespace) -> int:
     """`streamllm count`: histogram, bytes and syncs per step; with --against, the difference."""
-    cases = workcount.cases_from_args(args)
-    theirs = workcount.load_record(args.against) if args.against else None  # a bad file fails before counting
+    cases = countcases.cases_from_args(args)
+    theirs = load_work_record(args.against) if args.against else None  # a bad file fails before counting
     if args.json_out and Path(args.json_out).is_dir():
         raise product_cli.UsageError(f"--json {args.json_out} is a directory; pass a file path")
-    record = workcount.count_in_process(cases)
-    print("\n".join(workcount.describe(record, full=not args.brief)))
+    record = countcases.count_in_process(cases)
+    print("\n".join(countcases.describe(record, full=not args.brief)))
     if args.json_out:
-        workcount.write_record(args.json_out, record)
+        countcases.write_record(args.json_out, record)
         print(f"wrote {args.json_out}")
+    if not record.ok:
+        return 1
     if theirs is None:
         return 0
-    diffs = workcount.compare_records(record, theirs, args.against)
+    diffs = countcases.compare_records(record, theirs, args.against)
     print(f"against {args.against}:")
-    print("\n".join("  " + line for line in workcount.diff_text(diffs)))
-    return 1 if any(d.lines for d in diffs) else 0
+    print("\n".join("  " + line for line in countcases.diff_text(diffs)))
+    return 1 if countcases.changed(diffs) else 0
 
 
 def add_bisect_parser(sub: argparse._SubParsersAction) -> None:
-    bis = sub.add_parser("bisect", help="git bisect run on a case's work counts (or --timing): the first commit "
+    bis = sub.add_parser("bisect", help="git bisect on a case's work counts (or --timing): the first commit "
                                         "whose decode step changed, with the counter difference")
     bis.add_argument("--good", required=True, help="a commit whose step is right (its counts are the reference)")
     bis.add_argument("--bad", default="HEAD", help="a later commit whose step changed (default HEAD)")
-    workcount.add_case_options(bis)
+    countcases.add_case_options(bis)
     bis.add_argument("--repo", default=".", help="the git checkout to bisect (default: the current directory); "
                                                  "it is cloned to a scratch directory and never changed")
     bis.add_argument("--python", default=sys.executable,
@@ -124,7 +127,7 @@ def run_bisect(args: argparse.Namespace) -> int:
         raise product_cli.UsageError(f"--pairs must be >= 3 (got {args.pairs}): fewer pairs can never make a call")
     if args.workdir is not None and not Path(args.workdir).is_dir():
         raise product_cli.UsageError(f"--workdir {args.workdir} is not a directory; create it or leave --workdir out")
-    plan = bisect.BisectPlan(repo=Path(args.repo), good=args.good, bad=args.bad, cases=workcount.cases_from_args(args),
+    plan = bisect.BisectPlan(repo=Path(args.repo), good=args.good, bad=args.bad, cases=countcases.cases_from_args(args),
                              python=args.python, timing=args.timing, pairs=args.pairs, threshold=args.threshold,
                              time_steps=args.time_steps, keep=args.keep,
                              workdir=Path(args.workdir) if args.workdir else None)
@@ -137,10 +140,10 @@ def add_drift_parser(sub: argparse._SubParsersAction) -> None:
     dri = sub.add_parser("drift", help="count the default cases under several transformers releases (one venv each, "
                                        "sharing this environment's torch) and table where the step's work changes")
     dri.add_argument("--transformers", required=True, help="comma list of releases, e.g. 5.17.0,5.20.0,5.25.0")
-    workcount.add_case_options(dri, several=True)
+    countcases.add_case_options(dri, several=True)
     dri.add_argument("--markdown", default=None, help="write the table (and the changes and breaks) to this file")
     dri.add_argument("--json", dest="json_out", default=None,
-                     help="write {'releases': {release: counts record}} here (each record is what count --json writes)")
+                     help="write {'releases': {release: work record}} here (each record is what count --json writes)")
     dri.add_argument("--venvs", default=str(drift.DEFAULT_VENVS), help=f"venv cache (default {drift.DEFAULT_VENVS})")
     dri.add_argument("--checkout", default=None,
                      help="count this checkout's streamllm instead of the running one (e.g. `git worktree add /tmp/old "
@@ -152,7 +155,7 @@ def add_drift_parser(sub: argparse._SubParsersAction) -> None:
 def run_drift(args: argparse.Namespace) -> int:
     """`streamllm drift`: prints the markdown table; exit 0 (changes and breaks are results, not errors)."""
     releases = drift.parse_releases(args.transformers, args.allow_untested)
-    cases = workcount.cases_from_args(args)
+    cases = countcases.cases_from_args(args)
     for flag, path in (("--markdown", args.markdown), ("--json", args.json_out)):
         if path is not None and Path(path).is_dir():
             raise product_cli.UsageError(f"{flag} {path} is a directory; pass a file path")
@@ -170,7 +173,9 @@ def run_drift(args: argparse.Namespace) -> int:
         print(f"wrote {args.markdown}")
     if args.json_out:
         # one count record per release: `streamllm count --against` reads any of them saved on its own
-        workcount.write_record(args.json_out, {"releases": {r.release: r.record for r in result.runs}})
+        Path(args.json_out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json_out).write_text(json.dumps({"releases": {r.release: r.record.model_dump() for r in result.runs}},
+                                                  indent=1))
     return 0
 
 

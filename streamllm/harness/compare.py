@@ -33,7 +33,7 @@ from .verdicts import (
     armed_summary,
     ratio_key,
 )
-from .workcounts import WorkCounts
+from .workrecord import WorkCounts
 
 JUDGED = frozenset({PPL_CHECK, WORK_CHECK, RATIO_CHECK, HISTORY_CHECK, DEVICE_TIME_CHECK, TPOT_NOT_MEASURED})
 

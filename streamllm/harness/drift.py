@@ -4,8 +4,9 @@ One venv per release under ~/.cache/streamllm/drift (reused on later runs). Each
 transformers and whatever of its dependencies the release pins differently; torch and the rest
 come from the environment running this command, through a .pth line pointing at its
 site-packages (`venv --system-site-packages` would expose the *system* interpreter's packages,
-not this venv's torch). This checkout's library is counted in every venv by countrunner.py, the
-same runner `streamllm count` and `streamllm bisect` use, so only the release differs.
+not this venv's torch). This checkout's library is counted in every venv by countrunner.py (run in
+place from this checkout), the same runner `streamllm count` and `streamllm bisect` use, so only
+the release differs. The runner writes raw histograms; the comparison below is this checkout's.
 
 The table marks, per case, each release whose step dispatches other ops, moves other bytes or
 syncs differently from the release before it, with the histogram difference below it, and names
@@ -23,16 +24,14 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 from packaging.version import InvalidVersion, Version
 
 from .. import compat
-from . import workcount, workcounts
-from .countrunner import CountCase, copy_tools
+from .countcases import CountCase, WorkRecord, counts_of, run_runner
+from .workrecord import WorkCounts, format_bytes, frac_text
 
-HERE = Path(__file__).resolve().parent
-CHECKOUT = HERE.parent.parent  # the directory holding this streamllm package
+CHECKOUT = Path(__file__).resolve().parents[2]  # the directory holding this streamllm package
 DEFAULT_VENVS = Path(os.environ.get("STREAMLLM_CACHE", Path.home() / ".cache" / "streamllm")).expanduser() / "drift"
 
 
@@ -53,13 +52,13 @@ class DriftPlan:
 @dataclass
 class ReleaseRun:
     release: str
-    record: dict[str, Any]
+    record: WorkRecord
     venv_s: float
     count_s: float
     built: bool  # False: an existing venv was reused
 
-    def entry(self, label: str) -> dict[str, Any] | None:
-        return next((e for e in self.record.get("results", []) if e.get("label") == label), None)
+    def entry(self, label: str):
+        return self.record.entry(label)
 
 
 @dataclass
@@ -149,19 +148,9 @@ def check_checkout(path: Path) -> Path:
 
 
 def count_release(python: Path, cases: list[CountCase], scratch: Path, release: str,
-                  checkout: Path = CHECKOUT) -> dict[str, Any]:
+                  checkout: Path = CHECKOUT) -> WorkRecord:
     """countrunner under `python` (`checkout`'s library on PYTHONPATH); its record."""
-    cases_json = scratch / "cases.json"
-    cases_json.write_text(json.dumps([c.to_json() for c in cases]))
-    out = scratch / f"transformers-{release}.json"
-    tools = scratch / "tools"
-    copy_tools(tools)
-    proc = subprocess.run([str(python), str(tools / "countrunner.py"), "--counters", str(tools / "counters.py"),
-                           "--cases", str(cases_json), "--out", str(out)], cwd=checkout, env=_env(checkout),
-                          capture_output=True, text=True)
-    if out.is_file():
-        return json.loads(out.read_text())
-    return {"status": "skip", "error": (proc.stderr.strip().splitlines() or ["no output"])[-1], "results": []}
+    return run_runner(cases, checkout, scratch / f"transformers-{release}.json", python=str(python))
 
 
 def run_drift(plan: DriftPlan, say: Callable[[str], None] = print) -> DriftResult:
@@ -176,10 +165,10 @@ def run_drift(plan: DriftPlan, say: Callable[[str], None] = print) -> DriftResul
             record = count_release(python, plan.cases, Path(tmp), release, plan.checkout)
             run = ReleaseRun(release, record, t1 - t0, time.perf_counter() - t1, built)
             runs.append(run)
-            ok = sum(1 for e in record.get("results", []) if e.get("status") == "ok")
+            ok = sum(1 for e in record.results if e.ok)
             say(f"transformers {release}: venv {'built' if built else 'reused'} in {run.venv_s:.0f} s, "
                 f"{ok}/{len(plan.cases)} cases counted in {run.count_s:.0f} s"
-                + (f" ({record.get('error')})" if record.get("error") else ""))
+                + (f" ({record.error})" if record.error else ""))
     result = compare_releases(runs, [c.label for c in plan.cases])
     result.seconds = time.perf_counter() - started
     return result
@@ -192,11 +181,11 @@ def compare_releases(runs: list[ReleaseRun], labels: list[str]) -> DriftResult:
         previous = None
         for run in runs:
             entry = run.entry(label)
-            if entry is None or entry.get("status") != "ok":
-                error = (entry or {}).get("error") or run.record.get("error") or "not counted"
+            if entry is None or entry.counts is None:
+                error = (entry.error if entry is not None else None) or run.record.error or "not counted"
                 result.breaks.setdefault(label, (run.release, error))
                 continue
-            work = workcount.counts_of(entry, f"{label} under transformers {run.release}")
+            work = counts_of(entry)
             if previous is not None:
                 lines = work.diff(previous)
                 if lines:
@@ -207,17 +196,17 @@ def compare_releases(runs: list[ReleaseRun], labels: list[str]) -> DriftResult:
 
 def _cell(run: ReleaseRun, label: str, result: DriftResult) -> str:
     entry = run.entry(label)
-    if entry is None or entry.get("status") != "ok":
+    if entry is None or entry.counts is None:
         return "**fails**"
-    work = workcount.counts_of(entry, label)
+    work = counts_of(entry)
     text = (f"{_per_step(work, work.total_ops)} ops, "
-            f"{workcounts.format_bytes(float(work.per_step(work.bytes_read + work.bytes_written)))}, "
+            f"{format_bytes(float(work.per_step(work.bytes_read + work.bytes_written)))}, "
             f"{_per_step(work, work.total_syncs)} syncs")
     return f"**changed** {text}" if (run.release, label) in result.changes else text
 
 
-def _per_step(work: workcounts.WorkCounts, total: int) -> str:
-    return workcounts._frac_text(work.per_step(total))
+def _per_step(work: WorkCounts, total: int) -> str:
+    return frac_text(work.per_step(total))
 
 
 def markdown(result: DriftResult, command: str | None = None) -> str:
@@ -251,7 +240,7 @@ def markdown(result: DriftResult, command: str | None = None) -> str:
     lines.append("")
     timing = ", ".join(f"{r.release}: venv {'built' if r.built else 'reused'} {r.venv_s:.0f} s + counts {r.count_s:.0f} s"
                        for r in result.runs)
-    lines.append(f"Wall time {result.seconds:.0f} s ({timing}); torch {result.runs[0].record.get('torch')}.")
+    lines.append(f"Wall time {result.seconds:.0f} s ({timing}); torch {result.runs[0].record.torch}.")
     if command:
         lines += ["", f"`{command}`"]
     return "\n".join(lines) + "\n"

@@ -55,7 +55,7 @@ from .verdicts import (
     ratio_key,
     slice_tolerance,
 )
-from .workcounts import WorkCounts
+from .workrecord import WorkCounts
 
 GRAPH_RATIO_NA = ("a CUDA-graph step is device-bound, the eager reference host-bound: their ratio follows the host, "
                   "not the step (checked by work counts and device time)")

@@ -16,6 +16,7 @@ from .bands import Prior, band_verdict, guards, mde90, prediction_band, stored_r
 from .baselines import BaselineError, BaselineRecord, BaselineStore
 from .history import HistoryError, Judgement, RunHistory
 from .ratio import RatioCI, RatioVerdict, check_ratio, ratio_ci
+from .schema.workrecord import WorkRecordError
 from .stats import compare_ppl
 from .verdicts import (
     DEVICE_TIME_CHECK,
@@ -41,7 +42,7 @@ from .verdicts import (
     ppl_tolerance,
     robust_band,
 )
-from .workcounts import CounterError, CounterKey, CountVerdict, WorkCounts, compare_across_software, compare_counts
+from .workrecord import CounterKey, CountVerdict, WorkCounts, compare_across_software, compare_counts
 
 
 def _relative(path: Path) -> str:
@@ -101,7 +102,7 @@ def check_work(measured: WorkCounts | None, found: Lookup, *, updating: bool, wh
     Where only another torch / transformers release recorded this workload (a fresh install
     resolves the newest transformers), `reference` (the reference arm's counts, this process)
     and the stored reference counts compare the strategy's own work across the release
-    (`streamllm.harness.counters.compare_across_software`)."""
+    (`streamllm.harness.workrecord.compare_across_software`)."""
     name = WORK_CHECK
     file = _relative(found.path)
     if measured is None:
@@ -135,7 +136,7 @@ def check_work(measured: WorkCounts | None, found: Lookup, *, updating: bool, wh
                      f"({measured.summary()}; file {file})", details)
     try:
         stored = WorkCounts.from_json(stored_json, source=f"{file} work_counts[{measured.key.id}]")
-    except CounterError as exc:
+    except WorkRecordError as exc:
         return Check("tpot", name, ERROR, f"{what}: {exc}", details)
     verdict = compare_counts(measured, stored, label=f"{what}: work per step", source=file)
     details["diff"] = verdict.lines
@@ -162,7 +163,7 @@ def _other_release(measured: WorkCounts, found: Lookup, file: str) -> tuple[Work
                 continue
             reference = (WorkCounts.from_json(references[key_id], source=f"{file} reference_work_counts[{key_id}]")
                          if key_id in references else None)
-        except CounterError as exc:
+        except WorkRecordError as exc:
             return Check("tpot", WORK_CHECK, ERROR, str(exc), {"file": file})
         if best is None or reference is not None or best[1] is None:
             best = (stored, reference)

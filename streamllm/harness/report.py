@@ -18,7 +18,7 @@ Output (default `out/report/`):
 The page text lives in Jinja2 templates (`streamllm/templates/report.md.j2`, `report.html.j2`);
 this module builds the view model they render: every number formatted here, every verdict taken
 from a check's `verdict` field (never parsed back out of a label), spike metrics from
-`streamllm.spikes`, work summaries from `streamllm.counters`.
+`streamllm.spikes`, work summaries from `streamllm.harness.workrecord`.
 """
 
 from __future__ import annotations
@@ -201,11 +201,12 @@ def work_summary(r: dict) -> str | None:
     work = r.get("work")
     if not work:
         return None
-    from .counters import CounterError, WorkCounts
+    from .schema.workrecord import WorkRecordError
+    from .workrecord import WorkCounts
 
     try:
         return WorkCounts.from_json(work, source=f"{r.get('label')} work").summary()
-    except CounterError as exc:
+    except WorkRecordError as exc:
         return f"unreadable: {exc}"
 
 

@@ -7,12 +7,17 @@ loader (`load_stored`) that turns a broken file into a one-line error naming the
 | `history/<fingerprint_id>/<NNNN>-<stamp>.json` | `HistoryRunModel` | `schema/history.py` |
 | `pytest bench -n N` worker parts | `XdistPart` | `schema/xdist_part.py` |
 | `out/runs/*.json` (run records) | `RunModel` / `RawRun` | `streamllm/harness/records.py` |
+| `streamllm count --json`, bisect/drift records | `WorkRecord` (work counts inside baselines: `StoredCounts`) | `schema/workrecord.py` |
+
+The work record keeps its own `schema_version` key (it predates `load_stored`); its errors are
+`StoredFileError`s all the same.
 """
 
 from ..records import RAW_SCHEMA, RUN_SCHEMA, RawArm, RawCase, RawConditions, RawRun, RunModel, RunRecordError
 from .baseline import BASELINE_SCHEMA, BaselineError, BaselineFileModel, BaselineHeader, BaselineRecordModel
 from .history import HISTORY_SCHEMA, HistoryCase, HistoryError, HistoryRunModel
 from .loader import StoredFileError, StoredModel, load_stored, validate_stored
+from .workrecord import StoredCounts, WorkRecord, WorkRecordError, load_work_record
 from .xdist_part import PART_SCHEMA, PartHistory, PartPinning, PartRecord, XdistPart, XdistPartError
 
 __all__ = [
@@ -22,4 +27,5 @@ __all__ = [
     "PartHistory", "PartPinning", "PartRecord", "XdistPart", "XdistPartError",
     "RawArm", "RawCase", "RawConditions", "RawRun", "RunModel", "RunRecordError",
     "StoredFileError", "StoredModel", "load_stored", "validate_stored",
+    "StoredCounts", "WorkRecord", "WorkRecordError", "load_work_record",
 ]

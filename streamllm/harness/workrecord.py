@@ -1,7 +1,8 @@
-"""Work counts as records: what determines them (`CounterKey`), the totals of one counted round
-(`WorkCounts`, with its JSON form and exact per-step differences), and their comparisons with a
-stored recording (`compare_counts`, `compare_across_software`). How they are counted is
-`counters.py`'s."""
+"""The stored form of work counts and its comparison: what determines them (`CounterKey`), the
+totals of one counted round (`WorkCounts`: built from `opcount.count_work`'s raw histograms with
+`from_raw`, stored with `to_json`, exact per-step differences with `diff`), and their comparisons
+with a stored recording (`compare_counts`, `compare_across_software`). Counting is `opcount.py`'s;
+the JSON layouts are validated by `schema/workrecord.py`."""
 
 from __future__ import annotations
 
@@ -15,20 +16,16 @@ from typing import Any
 
 import torch
 
+from .schema.workrecord import COUNTS_SCHEMA, RawCounts, WorkRecordError, parse_stored_counts
 from .verdicts import FAIL, NOT_CHECKED, PASS
 
-SCHEMA = "streamllm.workcounts/1"
+SCHEMA = COUNTS_SCHEMA
 
 # Config keys that do not change the computation (names, provenance), dropped before hashing.
 _CONFIG_NOISE = frozenset({
     "_name_or_path", "name_or_path", "transformers_version", "torch_dtype", "dtype", "architectures",
     "_commit_hash", "_attn_implementation_autoset", "_attn_implementation_internal",
 })
-
-
-class CounterError(ValueError):
-    """Stored work counts are malformed; the message names the source and the fix."""
-
 
 
 # --------------------------------------------------------------------------------------------
@@ -144,14 +141,14 @@ def counter_key(
 # The counts
 
 
-def _frac_text(x: Fraction) -> str:
+def frac_text(x: Fraction) -> str:
     """Exact integers as integers; otherwise the decimal value, rounded for reading."""
     return str(x.numerator) if x.denominator == 1 else f"{float(x):.4g}"
 
 
 def _signed(x: Fraction, total_delta: int, steps: int, what: str) -> str:
     """`+64 aten.cat per step`; a non-integral average adds the exact total: `(+1 over 32 steps)`."""
-    line = f"{'+' if x > 0 else '-'}{_frac_text(abs(x))} {what} per step"
+    line = f"{'+' if x > 0 else '-'}{frac_text(abs(x))} {what} per step"
     return line if x.denominator == 1 else f"{line} ({total_delta:+d} over {steps} steps)"
 
 
@@ -198,19 +195,18 @@ class WorkCounts:
     def total_syncs(self) -> int:
         return sum(self.syncs.values())
 
-
     def summary(self) -> str:
         """One line for tables: per-step ops, bytes, syncs (and kernels/replays where counted)."""
         parts = [
-            f"{_frac_text(self.per_step(self.total_ops))} aten ops",
+            f"{frac_text(self.per_step(self.total_ops))} aten ops",
             f"read {format_bytes(float(self.per_step(self.bytes_read)))}",
             f"written {format_bytes(float(self.per_step(self.bytes_written)))}",
-            f"{_frac_text(self.per_step(self.total_syncs))} syncs",
+            f"{frac_text(self.per_step(self.total_syncs))} syncs",
         ]
         if self.kernels is not None:
-            parts.append(f"{_frac_text(self.per_step(self.kernels))} kernels")
+            parts.append(f"{frac_text(self.per_step(self.kernels))} kernels")
         if self.graph_replays is not None:
-            parts.append(f"{_frac_text(self.per_step(self.graph_replays))} graph replays")
+            parts.append(f"{frac_text(self.per_step(self.graph_replays))} graph replays")
         return ", ".join(parts) + " per step"
 
     # -- comparison ------------------------------------------------------------------------
@@ -238,14 +234,14 @@ class WorkCounts:
         if changed:
             d, tot = delta(self.total_ops, other.total_ops)
             before, after = other.per_step(other.total_ops), self.per_step(self.total_ops)
-            change = f"{'+' if d > 0 else '-'}{_frac_text(abs(d))}" if d else "±0"
-            lines.append(f"aten ops {_frac_text(before)} -> {_frac_text(after)} per step ({change})")
+            change = f"{'+' if d > 0 else '-'}{frac_text(abs(d))}" if d else "±0"
+            lines.append(f"aten ops {frac_text(before)} -> {frac_text(after)} per step ({change})")
         for label, mine, theirs in (("bytes read", self.bytes_read, other.bytes_read),
                                     ("bytes written", self.bytes_written, other.bytes_written)):
             d, _ = delta(mine, theirs)
             if d:
                 lines.append(f"{label} {'+' if d > 0 else '-'}{format_bytes(abs(float(d)))} per step "
-                             f"({_frac_text(d) if d < 0 else '+' + _frac_text(d)} B)")
+                             f"({frac_text(d) if d < 0 else '+' + frac_text(d)} B)")
         for name in sorted(set(self.syncs) | set(other.syncs)):
             d, tot = delta(self.syncs.get(name, 0), other.syncs.get(name, 0))
             if d:
@@ -311,63 +307,25 @@ class WorkCounts:
         }
 
     @classmethod
+    def from_raw(cls, raw: RawCounts | dict, key: CounterKey | None = None) -> WorkCounts:
+        """The counts `opcount.count_work` (or a runner's record) holds, with `key` attached."""
+        r = raw if isinstance(raw, RawCounts) else RawCounts.model_validate(raw)
+        return cls(steps=r.steps, ops=dict(r.ops), bytes_read=r.bytes_read, bytes_written=r.bytes_written,
+                   syncs=dict(r.syncs), kernels=r.kernels, memcpys=r.memcpys, graph_replays=r.graph_replays,
+                   kernel_names=None if r.kernel_names is None else dict(r.kernel_names), key=key,
+                   notes=list(r.notes), device_busy_us=r.device_busy_us)
+
+    @classmethod
     def from_json(cls, obj: Any, source: str = "work counts") -> WorkCounts:
-        """Validate and build; a malformed record raises CounterError naming `source` and the fix."""
-
-        def bad(what: str) -> CounterError:
-            return CounterError(
-                f"{source}: {what}; counts are generated, never edited: restore the file from git or "
-                "re-record the counts (count_work(...).to_json())"
-            )
-
-        def count(value: Any, where: str, optional: bool = False) -> int | None:
-            if value is None and optional:
-                return None
-            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-                raise bad(f"{where} must be a non-negative integer, got {value!r}")
-            return value
-
-        def histogram(value: Any, where: str) -> dict[str, int]:
-            if not isinstance(value, dict):
-                raise bad(f"{where} must be an object of op name -> count, got {type(value).__name__}")
-            return {str(k): count(v, f"{where}[{k!r}]") for k, v in value.items()}
-
-        if not isinstance(obj, dict):
-            raise bad(f"expected a JSON object, got {type(obj).__name__}")
-        if obj.get("schema") != SCHEMA:
-            raise bad(f"schema is {obj.get('schema')!r}, expected {SCHEMA!r}")
-        steps = count(obj.get("steps"), "steps")
-        if steps == 0:
-            raise bad("steps must be >= 1")
+        """Validate and build the stored form; a malformed one raises WorkRecordError naming `source` and the fix."""
+        stored = parse_stored_counts(obj, source)
         key = None
-        if obj.get("key") is not None:
-            raw = obj["key"]
-            if not isinstance(raw, dict) or not isinstance(raw.get("fields"), dict):
-                raise bad("key must be an object with a 'fields' object")
-            key = CounterKey(_canonical(raw["fields"]))
-            if raw.get("id") not in (None, key.id):
-                raise bad(f"key id {raw.get('id')!r} does not match its fields (computed {key.id})")
-        notes = obj.get("notes", [])
-        if not isinstance(notes, list):
-            raise bad("notes must be a list of strings")
-        return cls(
-            steps=steps,
-            ops=histogram(obj.get("ops"), "ops"),
-            bytes_read=count(obj.get("bytes_read"), "bytes_read"),
-            bytes_written=count(obj.get("bytes_written"), "bytes_written"),
-            syncs=histogram(obj.get("syncs", {}), "syncs"),
-            kernels=count(obj.get("kernels"), "kernels", optional=True),
-            memcpys=count(obj.get("memcpys"), "memcpys", optional=True),
-            graph_replays=count(obj.get("graph_replays"), "graph_replays", optional=True),
-            kernel_names=None if obj.get("kernel_names") is None else histogram(obj["kernel_names"], "kernel_names"),
-            key=key,
-            notes=[str(n) for n in notes],
-            device_busy_us=_optional_float(obj.get("device_busy_us")),
-        )
-
-
-def _optional_float(value: Any) -> float | None:
-    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+        if stored.key is not None:
+            key = CounterKey(_canonical(stored.key.fields))
+            if stored.key.id not in (None, key.id):
+                raise WorkRecordError(f"{source}: key id {stored.key.id!r} does not match its fields (computed "
+                                      f"{key.id}); counts are generated, never edited: restore the file from git")
+        return cls.from_raw(stored, key)
 
 
 @dataclass(frozen=True)

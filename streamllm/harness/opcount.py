@@ -1,4 +1,10 @@
-"""Work counters of the decode step: what a step does, counted exactly (issue #11 item 1).
+"""Counting the work of decode steps: a dispatch mode and a profiler pass (issue #11 item 1).
+
+Self-contained on purpose: this file imports only the standard library and torch (no
+`streamllm` module), because `countrunner.py` loads it by path inside an old commit's checkout or
+another transformers release's venv, where `streamllm` is that target's product. What it returns is
+raw histograms (a JSON-ready dict); the stored form, its key and every comparison are
+`workrecord.py`'s (`WorkCounts.from_raw`).
 
 Wall time moves from process to process and machine to machine; the work a step dispatches does
 not. For a fixed software stack (torch, transformers), device type, dtype, model config and
@@ -25,10 +31,8 @@ of the eviction cycle R, so every prune is counted once per cycle:
 - on CUDA: kernels launched and memcpy/memset operations (torch.profiler's device events), and
   CUDA-graph replays (`ReplayCounter` on the decoder's graphs).
 
-Counts are stored as totals over `steps`; per-step values are exact fractions
-(`fractions.Fraction(total, steps)`), so counts over 32 and 64 steps compare exactly, and a
-diff line whose per-step change is not an integer (lazy c32: one prune per 32 steps) also gives
-the exact total: `+0.03125 aten.cat per step (+1 over 32 steps)`.
+Counts are totals over `steps`; `workrecord.WorkCounts` turns them into exact per-step fractions,
+so counts over 32 and 64 steps compare exactly.
 
 Caveats (the caller's to handle): dynamo cannot trace under a dispatch mode, so the aten-op pass
 runs torch.compile'd functions eagerly on purpose (`torch.compiler.set_stance("force_eager")`,
@@ -51,19 +55,6 @@ from typing import Any
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
-
-from .workcounts import (  # noqa: F401  (re-exported: the records counting produces)
-    SCHEMA,
-    CounterError,
-    CounterKey,
-    CountVerdict,
-    WorkCounts,
-    compare_across_software,
-    compare_counts,
-    config_hash,
-    counter_key,
-    format_bytes,
-)
 
 # Op packets that make the host wait for the device on CUDA. `aten.item`, `aten.is_nonzero` and
 # `aten.equal` mostly decompose into `_local_scalar_dense` before reaching the mode; they are
@@ -263,11 +254,11 @@ def count_work(
     device: torch.device | str = "cpu",
     kernels: bool | None = None,
     graphs: Mapping[Any, Any] | None = None,
-    key: CounterKey | None = None,
     inference_mode: bool = True,
-) -> WorkCounts:
+) -> dict[str, Any]:
     """Run `warmup` then `steps` calls of `step()` and count the work of the latter (on CUDA with
     kernel counts, `steps` more: kernels are counted in a second pass without the dispatch mode).
+    Returns the raw histograms as a JSON-ready dict (`workrecord.WorkCounts.from_raw` keys it).
 
     `steps` must be a whole number of eviction cycles (`cycle` = R for lazy, 1 for strict), so the
     per-step averages include each prune exactly once per cycle; any R consecutive steps hold one
@@ -330,17 +321,16 @@ def count_work(
     n_kernels = n_copies = busy = names = None
     if prof is not None:
         n_kernels, n_copies, busy, names = _device_events(prof.events())
-    return WorkCounts(
-        steps=steps,
-        ops=dict(mode.ops),
-        bytes_read=mode.bytes_read,
-        bytes_written=mode.bytes_written,
-        syncs=dict(mode.syncs),
-        kernels=n_kernels,
-        memcpys=n_copies,
-        graph_replays=None if replays is None else replays.count,
-        kernel_names=names,
-        key=key,
-        notes=notes,
-        device_busy_us=busy,
-    )
+    return {
+        "steps": steps,
+        "ops": dict(sorted(mode.ops.items())),
+        "bytes_read": mode.bytes_read,
+        "bytes_written": mode.bytes_written,
+        "syncs": dict(sorted(mode.syncs.items())),
+        "kernels": n_kernels,
+        "memcpys": n_copies,
+        "graph_replays": None if replays is None else replays.count,
+        "kernel_names": None if names is None else dict(sorted(names.items())),
+        "device_busy_us": busy,
+        "notes": notes,
+    }

@@ -1,0 +1,168 @@
+"""The work-record file: what `countrunner.py` writes (and `streamllm count --json`, bisect and
+drift keep), as pydantic v2 models with a `schema_version`.
+
+A record holds raw histograms only: per case the op counts, bytes, syncs and (on CUDA) kernels of
+`steps` decode steps (`RawCounts`, the dict `opcount.count_work` returns), or the wall ms of plain
+steps (`--mode time`), or the error that stopped the case. No verdict: every comparison is made by
+this checkout (`countcases.compare_records`, `bisect.py`, `drift.py`).
+
+`StoredCounts` is the same histograms as stored inside baselines and run records
+(`workrecord.WorkCounts.to_json`: a `schema` tag `streamllm.workcounts/1` and the counter key); that
+form is unchanged, so the committed baselines read as before.
+
+`load_work_record(path)` reads a file or raises `WorkRecordError`, one line naming the file and
+the fix, and never writes to it. Versions: 1 is this layout. Files written before the layout was
+versioned (no `schema_version`, each case's counts in the stored form with a `status` word) are
+refused with the fix (re-record with `streamllm count --json`); no such file is committed.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, ValidationError
+
+from .loader import StoredFileError
+
+SCHEMA_VERSION = 1
+COUNTS_SCHEMA = "streamllm.workcounts/1"  # the stored form inside baselines and run records
+
+Count = Annotated[StrictInt, Field(ge=0)]
+FIX = "re-record it: `streamllm count --json FILE` (bisect and drift write it with --keep / --json)"
+
+
+class WorkRecordError(StoredFileError):
+    """A work record (or stored counts) that cannot be read; the message names the source and the fix."""
+
+
+class RawCounts(BaseModel):
+    """Totals over `steps` decode steps, as counted (no key, no verdict)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    steps: Annotated[StrictInt, Field(ge=1)]
+    ops: dict[str, Count]
+    bytes_read: Count
+    bytes_written: Count
+    syncs: dict[str, Count] = {}
+    kernels: Count | None = None
+    memcpys: Count | None = None
+    graph_replays: Count | None = None
+    kernel_names: dict[str, Count] | None = None
+    device_busy_us: float | None = None  # measured, not counted: never compared
+    notes: list[str] = []
+
+
+class StoredKey(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    fields: dict[str, Any]
+    id: str | None = None
+
+
+class StoredCounts(RawCounts):
+    """`WorkCounts.to_json()`: the raw counts with their schema tag and counter key."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True, populate_by_name=True)
+
+    schema_tag: Literal["streamllm.workcounts/1"] = Field(alias="schema")
+    key: StoredKey | None = None
+
+
+class CaseResult(BaseModel):
+    """One case in one target: its histograms (count mode), its step times (time mode), or its error."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    label: str
+    case: dict[str, Any]
+    counts: RawCounts | None = None
+    step_ms: list[float] | None = None
+    error: str | None = None
+    traceback: str | None = None
+    load_s: float | None = None
+    fill_s: float | None = None
+    filled_by: str | None = None
+    seconds: float | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+
+class WorkRecord(BaseModel):
+    """What one run of the runner wrote: the target's library and software, and one result per case."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    schema_version: Literal[1]
+    mode: Literal["count", "time"] = "count"
+    python: str | None = None
+    torch: str | None = None
+    transformers: str | None = None
+    library: str | None = None
+    api: str | None = None
+    compat: str | None = None
+    error: str | None = None  # the library did not load: no case ran
+    seconds: float | None = None
+    results: list[CaseResult] = []
+
+    @property
+    def ok(self) -> bool:
+        """Every case ran (and at least one was asked for)."""
+        return self.error is None and bool(self.results) and all(r.ok for r in self.results)
+
+    def why_not(self) -> str:
+        if self.error:
+            return self.error
+        return "; ".join(f"{r.label}: {r.error}" for r in self.results if not r.ok) or "no case ran"
+
+    def entry(self, label: str) -> CaseResult | None:
+        return next((r for r in self.results if r.label == label), None)
+
+
+def _first_error(exc: ValidationError) -> str:
+    err = exc.errors()[0]
+    where = ".".join(str(p) for p in err["loc"]) or "the record"
+    return f"{where}: {err['msg']}"
+
+
+def parse_stored_counts(obj: Any, source: str) -> StoredCounts:
+    """Validate the stored form (baselines, run records); WorkRecordError names `source` and the fix."""
+    fix = "counts are generated, never edited: restore the file from git or re-record the counts"
+    if isinstance(obj, dict) and obj.get("schema") != COUNTS_SCHEMA:
+        raise WorkRecordError(f"{source}: schema is {obj.get('schema')!r}, expected {COUNTS_SCHEMA!r}; {fix}")
+    try:
+        return StoredCounts.model_validate(obj)
+    except ValidationError as exc:
+        raise WorkRecordError(f"{source}: {_first_error(exc)}; {fix}") from None
+
+
+def parse_work_record(obj: Any, source: str) -> WorkRecord:
+    if not isinstance(obj, dict):
+        raise WorkRecordError(f"{source} is not a work record (a JSON {type(obj).__name__}, not an object); {FIX}")
+    version = obj.get("schema_version")
+    if version is None:
+        raise WorkRecordError(f"{source} was written before work records had a schema_version (an old count record); "
+                              f"{FIX}")
+    if version != SCHEMA_VERSION:
+        raise WorkRecordError(f"{source} has schema_version {version!r}, this checkout reads {SCHEMA_VERSION}; {FIX} "
+                              "with this checkout")
+    try:
+        return WorkRecord.model_validate(obj)
+    except ValidationError as exc:
+        raise WorkRecordError(f"{source} is corrupt ({_first_error(exc)}); {FIX}") from None
+
+
+def load_work_record(path: str | Path) -> WorkRecord:
+    """Read a work-record file; never writes to it."""
+    p = Path(path)
+    if not p.is_file():
+        raise WorkRecordError(f"work record {p} does not exist; {FIX}")
+    try:
+        obj = json.loads(p.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise WorkRecordError(f"{p} is not JSON ({exc}); {FIX}") from None
+    return parse_work_record(obj, str(p))
