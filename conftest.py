@@ -14,6 +14,8 @@ so `pytest tests` pays nothing for it. See bench/README.md for what each option 
 
 from __future__ import annotations
 
+import sys
+
 import pytest
 
 from bench.xdist import XdistController, XdistWorker, gpu_count, worker_info
@@ -172,6 +174,21 @@ def pytest_benchmark_update_machine_info(config: pytest.Config, machine_info: di
 
 
 # -- pytest-xdist (bench/xdist.py) ------------------------------------------------------------------
+def pytest_sessionstart(session: pytest.Session) -> None:
+    """A bench run loads its stored files before collecting: a broken one is one line naming the
+    file and the fix, exit 2, before anything is measured (and nothing is written over it)."""
+    config = session.config
+    if hasattr(config, "workerinput") or not _runs_bench(config):
+        return
+    from streamllm.harness.schema import StoredFileError
+
+    try:
+        _suite(config).preflight_stored()
+    except StoredFileError as exc:
+        sys.stderr.write(f"streamllm: error: {exc}\n")
+        pytest.exit("stored file unreadable", returncode=2)
+
+
 def pytest_configure(config: pytest.Config) -> None:
     info = worker_info(config)
     if info is not None:  # an xdist worker our controller started: pin it before CUDA starts

@@ -16,6 +16,7 @@ import torch
 from streamllm.data import load_text, synthetic_ids, tokenize
 from streamllm.harness.baselines import BaselineKey, BaselineStore
 from streamllm.harness.fingerprint import fingerprint_id, hardware_fingerprint
+from streamllm.harness.history import RunHistory
 from streamllm.harness.records import DEFAULT_HISTORY_DIR, DEFAULT_REPORT_DIR
 from streamllm.harness.verdicts import FALLBACK_BAND, slice_tolerance
 from streamllm.measure import steps_per_round
@@ -112,6 +113,14 @@ class Session:
         positions = self.model().max_positions if "sweep:context" in options.strategies else None
         self.catalog = build_catalog(options.sink, options.window, context_positions=positions)
         self.store = BaselineStore(self._under_root(options.baselines_dir))
+
+    def preflight_stored(self) -> None:
+        """Load every baseline file and this machine's history once, before anything is measured:
+        a broken or old-schema file stops the run at its start with the loader's one line (file and
+        fix), not after minutes of measuring, and nothing is written over it."""
+        for path in self.store.files():
+            self.store.read(path)
+        RunHistory(self.history_root, self.fingerprint_id).runs()
 
     def close(self) -> None:
         """End of the session: torch's thread count back to what it was before the suite."""

@@ -134,3 +134,32 @@ def test_cli_exits_2_on_a_broken_stored_file_without_traceback(tmp_path, capsys,
     err = capsys.readouterr().err
     assert code == 2 and err.startswith(f"streamllm: error: {path}: schema {old!r}") and "Traceback" not in err
     assert err.count("\n") == 1
+
+
+@pytest.mark.parametrize("kind", ["baseline", "history"])
+def test_pytest_bench_stops_at_its_start_on_a_broken_stored_file(tmp_path, kind):
+    """`pytest bench` with a corrupt baseline or history file: one line naming the file, exit 2,
+    before anything is measured, and the file's bytes unchanged."""
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[1]
+    baselines, history = tmp_path / "baselines", tmp_path / "history"
+    broken = (baselines / "m" / "book-64-float32.json") if kind == "baseline" else (history / "cpu-x" / "0001-x.json")
+    if kind == "history":
+        from bench.session import Session, SuiteOptions
+
+        fid = Session(SuiteOptions(), root).fingerprint_id
+        broken = history / fid / "0001-20260101T000000Z.json"
+    broken.parent.mkdir(parents=True)
+    broken.write_text('{"schema": "streamllm.' + kind + '/2", ')  # cut off mid-write
+    before = broken.read_bytes()
+    proc = subprocess.run([sys.executable, "-m", "pytest", "bench", "-p", "no:cacheprovider", "--collect-only", "-q",
+                           "--baselines-dir", str(baselines), "--history-dir", str(history), "--strategies", "dense"],
+                          cwd=root, capture_output=True, text=True, timeout=300)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 2, out
+    assert "Traceback" not in out
+    errors = [line for line in out.splitlines() if "streamllm: error:" in line]
+    assert len(errors) == 1 and str(broken) in errors[0] and "not JSON" in errors[0], out
+    assert broken.read_bytes() == before

@@ -75,7 +75,7 @@ def check_ppl(measured_ppl: float, found: Lookup, *, device_class: str, updating
     file = _relative(found.path)
     if found.error is not None:
         if updating:  # the update replaces the unreadable file (BaselineStore.update warns)
-            return Check("ppl", name, RECORDED, f"{what}: {found.error}; re-recorded by --update-baselines")
+            return Check("ppl", name, RECORDED, f"{what}: {found.error}; recorded by this run (--update/--append-baselines)")
         return Check("ppl", name, ERROR, f"{what}: {found.error}", {"file": file})
     if found.record is None:
         verdict = RECORDED if updating else NOT_CHECKED
@@ -89,7 +89,7 @@ def check_ppl(measured_ppl: float, found: Lookup, *, device_class: str, updating
     if found.record.ppl_device_class != device_class:
         message += f" (stored on {found.record.ppl_device_class}, measured on {device_class}: cross-device tolerance)"
     if updating:
-        return Check("ppl", name, RECORDED, message + "; re-recorded by --update-baselines", details)
+        return Check("ppl", name, RECORDED, message + "; recorded by this run (--update/--append-baselines)", details)
     return Check("ppl", name, verdict.verdict, message, details)
 
 
@@ -110,7 +110,7 @@ def check_work(measured: WorkCounts | None, found: Lookup, *, updating: bool, wh
     details = {"file": file, "key": measured.key.to_json() if measured.key else None, "measured": measured.summary()}
     if found.error is not None:
         if updating:
-            return Check("tpot", name, RECORDED, f"{what}: {found.error}; re-recorded by --update-baselines", details)
+            return Check("tpot", name, RECORDED, f"{what}: {found.error}; recorded by this run (--update/--append-baselines)", details)
         return Check("tpot", name, ERROR, f"{what}: {found.error}", details)
     stored_all = found.record.work_counts if found.record is not None else {}
     stored_json = stored_all.get(measured.key.id) if measured.key is not None else None
@@ -141,7 +141,7 @@ def check_work(measured: WorkCounts | None, found: Lookup, *, updating: bool, wh
     verdict = compare_counts(measured, stored, label=f"{what}: work per step", source=file)
     details["diff"] = verdict.lines
     if updating:
-        return Check("tpot", name, RECORDED, verdict.message + "; re-recorded by --update-baselines", details)
+        return Check("tpot", name, RECORDED, verdict.message + "; recorded by this run (--update/--append-baselines)", details)
     return Check("tpot", name, _count_verdict(verdict), verdict.message, details)
 
 
@@ -229,7 +229,7 @@ def check_ratio_vs_baseline(
     details = {"file": file, "key": key, "ratio": ci.as_dict()}
     if found.error is not None:
         if updating:
-            return Check("tpot", name, RECORDED, f"{what}: {found.error}; re-recorded by --update-baselines", details)
+            return Check("tpot", name, RECORDED, f"{what}: {found.error}; recorded by this run (--update/--append-baselines)", details)
         return Check("tpot", name, ERROR, f"{what}: {found.error}", details)
     stored_all = found.record.tpot_ratio if found.record is not None else {}
     got = stored_runs(found.record, "tpot_ratio", key)
@@ -287,7 +287,7 @@ def _ratio_final(verdict: RatioVerdict, message: str, details: dict, *, faults, 
     if updating:
         # The recording is the centre of later bands: one made while the heap grew says so.
         warn = f"; recorded while {churn}" if churn else ""
-        return Check("tpot", RATIO_CHECK, RECORDED, message + "; re-recorded by --update-baselines" + warn, details)
+        return Check("tpot", RATIO_CHECK, RECORDED, message + "; recorded by this run (--update/--append-baselines)" + warn, details)
     return Check("tpot", RATIO_CHECK, final, message, details)
 
 
@@ -461,5 +461,5 @@ def check_device_time(samples: list[float] | None, found: Lookup, *, key: str | 
         verdict = band_verdict(ci, band, label=f"{what}: device ms")
     message = f"{verdict.message} (band {source})"
     if updating:
-        return Check("tpot", name, RECORDED, message + "; re-recorded by --update-baselines", details)
+        return Check("tpot", name, RECORDED, message + "; recorded by this run (--update/--append-baselines)", details)
     return Check("tpot", name, verdict.verdict, message, details)
