@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from fractions import Fraction
@@ -248,8 +249,9 @@ class WorkCounts:
                 lines.append(_signed(d, tot, self.steps, f"host-device syncs ({name})"))
         if self.kernel_names is not None and other.kernel_names is not None:
             named = []
-            for name in sorted(set(self.kernel_names) | set(other.kernel_names)):
-                d, tot = delta(self.kernel_names.get(name, 0), other.kernel_names.get(name, 0))
+            mine_k, theirs_k = kernel_families(self.kernel_names), kernel_families(other.kernel_names)
+            for name in sorted(set(mine_k) | set(theirs_k)):
+                d, tot = delta(mine_k.get(name, 0), theirs_k.get(name, 0))
                 if d:
                     named.append((d, name, tot))
             for d, name, tot in sorted(named, key=lambda c: (-abs(c[0]), c[1])):
@@ -337,6 +339,26 @@ class CountVerdict:
     @property
     def passed(self) -> bool:
         return self.verdict == PASS
+
+
+# Inductor names a generated kernel by what it fuses plus a per-graph index
+# (`triton_poi_fused_copy__13`): one added kernel renumbers every later one, so kernels are
+# compared by family (the name without its index) and a planted copy reads "+32 kernel
+# triton_poi_fused_copy_", not as thirty renumbered kernels.
+_INDUCTOR_INDEX = re.compile(r"^(triton_[a-z]+_.*?)_\d+$")
+
+
+def kernel_family(name: str) -> str:
+    m = _INDUCTOR_INDEX.match(name)
+    return m.group(1) if m else name
+
+
+def kernel_families(names: dict[str, int]) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for name, n in names.items():
+        family = kernel_family(name)
+        out[family] = out.get(family, 0) + n
+    return out
 
 
 def compare_counts(measured: WorkCounts, stored: WorkCounts | None, *, label: str = "work counts",
