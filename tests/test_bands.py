@@ -238,3 +238,24 @@ def test_legacy_ratios_no_single_cpu_model_could_have_recorded_are_not_used():
     assert stored_runs(record, "tpot_ratio", "cpu:B-t1").values == []
     record.tpot_ratio["cpu:A-t1"] = [1.002]  # recorded after the re-keying: both read
     assert stored_runs(record, "tpot_ratio", "cpu:A-t1").values == [1.0, 1.01, 0.99, 1.002]
+
+
+def test_graph_rows_ratios_do_not_set_their_peers_prior():
+    """A graph row is judged on its device time; its same-run ratio (against a host-bound eager
+    reference, 0.12-0.18 across three H100 processes) is never judged and must not widen or narrow
+    the prior the other rows' ratio bands pool."""
+    from streamllm.harness.bands import key_group
+
+    quiet = [_record([1.0, 1.01, 0.99]), _record([1.2, 1.21, 1.19]), _record([0.8, 0.805, 0.795])]
+    graph = _record([0.118, 0.178, 0.169], device_time_ms={"wk-1": [3.67, 3.54, 3.55]})
+    alone = key_group(quiet, "tpot_ratio", "cpu:X-t1")
+    with_graph = key_group([*quiet, graph], "tpot_ratio", "cpu:X-t1")
+    assert with_graph.rows == alone.rows == 3
+    assert with_graph.prior == alone.prior
+
+
+def test_leave_one_out_counts_only_processes_a_band_could_be_built_for():
+    from streamllm.harness.bands import leave_one_out
+
+    got = leave_one_out([("a", [1.0]), ("b", [2.0]), ("c", [1.0, 1.02])], [0.9])
+    assert got[0.9][1] == 0  # single processes and a pair without a prior: the fallback, not a miss

@@ -242,7 +242,8 @@ def guards(mde: float) -> bool:
 def leave_one_out(rows: Sequence[tuple[str, Sequence[float]]], levels: Sequence[float]) -> dict[float, tuple[int, int]]:
     """Leave-one-out coverage of the prediction interval over a key's stored processes: each is
     checked against the band rebuilt without it (its row's values and the key's pooled prior both
-    lose it), at each two-sided `level`. level -> (held-out processes inside, processes)."""
+    lose it), at each two-sided `level`. level -> (held-out processes inside, processes). A process
+    whose row has no band without it (the judge's stated fallback) is not counted."""
     values = [[float(v) for v in vs] for _, vs in rows]
     inside = dict.fromkeys(levels, 0)
     total = 0
@@ -250,6 +251,8 @@ def leave_one_out(rows: Sequence[tuple[str, Sequence[float]]], levels: Sequence[
         for j, held in enumerate(row):
             rest = row[:j] + row[j + 1:]
             prior = prior_from_rows([v for k, v in enumerate(values) if k != i] + [rest])
+            if prediction_band(rest, prior, len(values)) is None:
+                continue  # no band without it (the judge's fallback): nothing to calibrate
             total += 1
             for level in levels:
                 band = prediction_band(rest, prior, len(values), alpha=1 - level)
@@ -346,6 +349,10 @@ def stored_runs(record, section: str, key: str) -> StoredRuns:
 def key_rows(records: Mapping[str, object] | Sequence[object], section: str, key: str) -> list[list[float]]:
     """Every row's stored values under `key` (records of all baseline files): the prior's input."""
     items = records.values() if isinstance(records, Mapping) else records
+    if section == "tpot_ratio":
+        # a graph row (device time stored) is judged on its device time: its same-run ratio follows
+        # the host-bound eager reference arm, is never judged, and must not set its peers' prior
+        items = [r for r in items if not getattr(r, "device_time_ms", None)]
     return [v for v in (stored_runs(r, section, key).values for r in items) if v]
 
 
