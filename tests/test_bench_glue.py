@@ -15,7 +15,9 @@ from bench.suite import Suite, SuiteOptions
 from conftest import tiny_llama
 from streamllm.evaluate import evaluate_tokens
 from streamllm.harness.baselines import BaselineError, BaselineKey, BaselineRecord, BaselineStore
-from streamllm.harness.judges import Lookup, check_ppl, check_ratio_vs_baseline, lookup
+from streamllm.harness.judge_lookup import Lookup, lookup
+from streamllm.harness.judge_ppl import check_ppl
+from streamllm.harness.judge_ratio import check_ratio_vs_baseline
 from streamllm.harness.table import format_table
 from streamllm.harness.verdicts import ERROR, FAIL, INCONCLUSIVE, NOT_CHECKED, PASS, RECORDED
 from streamllm.measure import minor_faults, prepare_slice, time_rounds

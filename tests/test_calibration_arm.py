@@ -9,7 +9,9 @@ import pytest
 
 from streamllm.harness.baselines import BaselineKey, BaselineRecord, BaselineStore
 from streamllm.harness.history import CALIBRATION_CASE, REFERENCE_SUFFIX, RunHistory
-from streamllm.harness.judges import HistoryInputs, check_history, check_ratio_vs_baseline, lookup
+from streamllm.harness.judge_history import HistoryInputs, check_history
+from streamllm.harness.judge_lookup import lookup
+from streamllm.harness.judge_ratio import check_ratio_vs_baseline
 from streamllm.harness.verdicts import FAIL, INCONCLUSIVE, PASS
 from streamllm.measure import CalibrationArm
 
