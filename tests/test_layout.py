@@ -142,7 +142,7 @@ WORD_READERS = {
     "streamllm/harness/bisect.py": "the timing bisect's good/bad call on a commit's paired ratios (not a suite row)",
     # readers: they show or count verdicts the judge produced, never produce one
     "streamllm/harness/table.py": "the terminal table colours and counts the judge's verdicts",
-    "streamllm/harness/report.py": "streamllm report counts the verdicts a run stored",
+    "streamllm/harness/report_view.py": "streamllm report shows and marks the verdicts a run stored",
     "streamllm/harness/trend.py": "the trend plot marks points the history rule flags",
     "bench/test_strategies.py": "maps a check's stored verdict to pytest's outcome (xfail on inconclusive)",
     "scripts/band_calibration.py": "counts the FAILs of simulated checks (false-alarm rate)",

@@ -45,7 +45,8 @@ from streamllm.caches import RingStreamingCache, StaticStreamingCache
 from streamllm.caches.fixed import KVGeometry
 from streamllm.evaluate import evaluate_tokens
 from streamllm.harness.records import validate_run
-from streamllm.harness.report import Run, summarize
+from streamllm.harness.report_runs import Run
+from streamllm.harness.report_summary import summarize
 from streamllm.models import (
     LoadedModel,
     ModelOptionError,
