@@ -35,7 +35,7 @@ class HistoryInputs:
     busy: str | None = None  # why the CPU is oversubscribed, or None
     reference_case: str | None = None  # the reference arm's history entry
     reference_samples: Sequence[float] | None = None
-    # The run's torch-only calibration arm (streamllm.measure.CalibrationArm): when both arms moved,
+    # The run's torch-only calibration arm (streamllm.calibration.CalibrationArm): when both arms moved,
     # it tells the machine (it moved too) from code both arms run (it held still).
     calibration_case: str | None = None
     calibration_samples: Sequence[float] | None = None
