@@ -21,7 +21,8 @@ from streamllm.harness.ratio import RatioCI, ratio_ci
 from streamllm.harness.workrecord import WorkCounts, counter_key
 from streamllm.measure import TimingRun, time_interleaved
 from streamllm.ownpath import Holding, OwnPath, expected_tokens, held_tokens, layer0_values, own_path, reference_kv
-from streamllm.parallel import evaluate_parallel, supports_parallel
+from streamllm.parallel import evaluate_parallel
+from streamllm.parallel_schedule import supports_parallel
 from streamllm.results import EvalResult, TokenTrace
 from streamllm.tpot import steps_per_round
 
