@@ -11,25 +11,20 @@ import math
 import numpy as np
 import torch
 
+from streamllm.calibration import CalibrationArm, copy_bandwidth_GBps
+from streamllm.decode_slice import DecodeSlice, prepare_slice, reference_slice
 from streamllm.decoders import decoder_factory
 from streamllm.evaluate import build_result
 from streamllm.floor import analytic_step_bytes, floor_ms, mean_attended_slots
 from streamllm.harness.opcount import count_work
 from streamllm.harness.ratio import RatioCI, ratio_ci
 from streamllm.harness.workrecord import WorkCounts, counter_key
-from streamllm.measure import (
-    CalibrationArm,
-    DecodeSlice,
-    TimingRun,
-    copy_bandwidth_GBps,
-    prepare_slice,
-    reference_slice,
-    steps_per_round,
-    time_interleaved,
-)
+from streamllm.measure import TimingRun, time_interleaved
 from streamllm.ownpath import Holding, OwnPath, expected_tokens, held_tokens, layer0_values, own_path, reference_kv
-from streamllm.parallel import evaluate_parallel, supports_parallel
+from streamllm.parallel import evaluate_parallel
+from streamllm.parallel_schedule import supports_parallel
 from streamllm.results import EvalResult, TokenTrace
+from streamllm.tpot import steps_per_round
 
 from .catalog import BenchCase, compile_mode
 from .phases import PhaseClock
@@ -44,7 +39,7 @@ class Measurements:
         self.references: dict[tuple[str, str], TimingRun] = {}  # each case's reference arm
         self._slices: dict[tuple[str, str], DecodeSlice] = {}  # kept until a rerun is decided
         self._reference_slices: dict[tuple[str, str], DecodeSlice] = {}
-        self.bandwidth: float | None = None  # GB/s, measure.copy_bandwidth_GBps, once per process
+        self.bandwidth: float | None = None  # GB/s, calibration.copy_bandwidth_GBps, once per process
         self._calibrations: dict[tuple, OwnPath] = {}
         self._layer0: dict[tuple, torch.Tensor] = {}  # (dataset, weights) -> each token's layer-0 value
         self._torch_only: CalibrationArm | None = None  # the run's calibration arm, timed after each case

@@ -61,7 +61,7 @@ class CaseResult:
     dataset: str
     evaluation: EvalResult | None = None
     timing: TimingRun | None = None
-    reference_timing: TimingRun | None = None  # the interleaved reference arm (measure.reference_slice)
+    reference_timing: TimingRun | None = None  # the interleaved reference arm (decode_slice.reference_slice)
     ratio: RatioCI | None = None  # case / reference, per round, same process
     work: WorkCounts | None = None
     reference_work: WorkCounts | None = None  # the reference arm counted over the same steps

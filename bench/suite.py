@@ -17,8 +17,9 @@ from streamllm.harness.history import CALIBRATION_CASE
 from streamllm.harness.judge import nightly_unarmed
 from streamllm.harness.ratio import ratio_ci
 from streamllm.harness.verdicts import Check
-from streamllm.measure import TimingRun, speedup
+from streamllm.measure import TimingRun
 from streamllm.results import EvalResult
+from streamllm.tpot import speedup
 
 from .catalog import BenchCase
 from .finish import FinishPlan, RunEnd, finish_run, write_baselines

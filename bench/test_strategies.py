@@ -20,7 +20,7 @@ from streamllm.harness.verdicts import INCONCLUSIVE, BaselineNotChecked, Verdict
 def test_strategy(bench_suite, bench_case, bench_dataset, benchmark):
     from bench.catalog import unavailable_reason
     from streamllm.data import DatasetError
-    from streamllm.measure import SliceTooShortError
+    from streamllm.decode_slice import SliceTooShortError
     from streamllm.models import ModelUnavailableError
     from streamllm.schedule import TextTooShortError
 

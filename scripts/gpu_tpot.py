@@ -33,9 +33,9 @@ if __package__ in (None, "") and importlib.util.find_spec("bench") is None:
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.catalog import build_catalog, compile_mode, select, unavailable_reason  # noqa: E402
+from streamllm.calibration import copy_bandwidth_GBps  # noqa: E402
 from streamllm.data import load_text, synthetic_ids, tokenize  # noqa: E402
 from streamllm.harness.fingerprint import fingerprint_id, hardware_fingerprint, package_version  # noqa: E402
-from streamllm.measure import copy_bandwidth_GBps  # noqa: E402
 from streamllm.models import resolve_device  # noqa: E402
 from streamllm.profile import VariantRow, WeightSets, measure_hf_static, measure_variant, profile_lines  # noqa: E402
 from streamllm.results import write_json_atomic  # noqa: E402

@@ -7,7 +7,7 @@ command of record):
 
 For each model of `--models` (dummy configs; default dummy:pythia-2.8b), shapes read off its config:
 
-1. copy bandwidth: a 1 GiB device-to-device copy, bytes read + written (streamllm.measure.copy_bandwidth_GBps);
+1. copy bandwidth: a 1 GiB device-to-device copy, bytes read + written (streamllm.calibration.copy_bandwidth_GBps);
 2. GEMV on the model's shapes (GPT-NeoX: QKV, dense, MLP up with GELU, down, head; Llama: q, k, v,
    o_proj, gate/up with silu(gate) * up, down, head), fp16, and the fused forms the decode path now
    runs (norm in the prologue, residual adds in the epilogue: QKV / q + LayerNorm / RMSNorm, MLP up
@@ -53,12 +53,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from streamllm.calibration import copy_bandwidth_GBps
 from streamllm.compat import rope_parameter
 from streamllm.kernels import decode_attention as attn
 from streamllm.kernels import gemv as gv
 from streamllm.kernels import ops
 from streamllm.kernels import ring_attention as ra
-from streamllm.measure import copy_bandwidth_GBps
 from streamllm.profile import profile_lines
 from streamllm.rope import apply_rotation
 

@@ -23,7 +23,8 @@ from .decoders import decoder_factory
 from .evaluate import DecodeOptions, evaluate_tokens, speedup
 from .measure import time_steady_state
 from .models import ModelOptionError, ModelUnavailableError, is_dummy, load_model, parse_dtype, resolve_device
-from .parallel import evaluate_parallel, supports_parallel, with_decode_timing, with_slice_timing
+from .parallel import evaluate_parallel, with_decode_timing, with_slice_timing
+from .parallel_schedule import supports_parallel
 from .report_table import results_table
 from .results import write_json_atomic
 from .rope import UnsupportedRopeError

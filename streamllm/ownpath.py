@@ -27,7 +27,7 @@ from transformers import DynamicCache
 
 from .caches import FixedCache, StreamingCache, make_cache
 from .decode import EagerDecoder
-from .measure import DecodeSlice, fill_chunked
+from .decode_slice import DecodeSlice, fill_chunked
 from .models import LoadedModel
 from .schedule import TextTooShortError, eviction_steps, expected_positions, first_eviction_step, too_short_error
 from .strategies import StrategySpec

@@ -6,7 +6,7 @@ case (bench/catalog.py, `--sweep gpu`). `measure_variant` times it the suite's w
 over whole cycles), profiles one more round of the same steps op by op (torch.profiler: CUDA
 kernels, graph replays traced kernel by kernel; on CPU the aten ops' own CPU time), and puts the
 TPOT next to the memory floor (streamllm.floor: the bytes a step must read, over the copy
-bandwidth measure.copy_bandwidth_GBps measures).
+bandwidth calibration.copy_bandwidth_GBps measures).
 
 `WeightSets` loads one model per weight transform. INT8 quantizes in place, so a float variant
 must never run on a model an INT8 variant quantized (the old scripts/gpu_tpot.py did exactly
@@ -29,11 +29,13 @@ from transformers import StaticCache
 
 from .combinations import decode_mode_for
 from .compat import cache_kwargs
+from .decode_slice import DecodeSlice, prepare_slice
 from .decoders import decoder_factory
 from .floor import analytic_step_bytes, floor_ms, mean_attended_slots
-from .measure import DecodeSlice, TimingRun, prepare_slice, steps_per_round, time_rounds
+from .measure import TimingRun, time_rounds
 from .models import LoadedModel, load_model
 from .strategies import StrategySpec
+from .tpot import steps_per_round
 from .transforms import apply_int8, is_mlp_linear
 
 # Kernel (or aten op) name fragments -> the group a profile row adds to. First match wins.
@@ -150,7 +152,7 @@ class VariantRow:
     label: str
     compile_mode: str
     weights: dict[str, str]
-    tpot_ms: float  # mean over whole eviction cycles (measure.tpot_ms), wall clock, synchronized per step
+    tpot_ms: float  # mean over whole eviction cycles (tpot.tpot_ms), wall clock, synchronized per step
     tpot_ms_median: float
     tpot_ms_p90: float
     tpot_ms_max: float
@@ -205,7 +207,7 @@ def measure_variant(loaded: LoadedModel, ids: torch.Tensor, spec: StrategySpec, 
     """Steady-state TPOT of `spec` decoded with `compile_mode` on `loaded`'s weights.
 
     The cache jumps to steady state (random K/V for the preallocated caches, one chunked forward
-    for the dynamic one: measure.prepare_slice), then `warmup_rounds` (compile and capture) and
+    for the dynamic one: decode_slice.prepare_slice), then `warmup_rounds` (compile and capture) and
     `rounds` rounds of whole eviction cycles (>= `min_steps` steps each), then `profile_rounds`
     more rounds under torch.profiler. Refused combinations raise with combinations' reason."""
     mode, why = decode_mode_for(spec, compile_mode)

@@ -4,7 +4,7 @@ parameters alone, checked against what a cache says it holds (docs/findings.md#e
 A run whose text never exceeds the cache, or a strategy that silently stopped evicting, passes
 every PPL check against a baseline recorded in the same state. So the expected contents here are
 not taken from `strategies.plan_eviction` (which the caches and the parallel evaluator's
-`parallel.schedule` share) but written down in closed form from S, W, R (and B):
+`parallel_schedule.schedule` share) but written down in closed form from S, W, R (and B):
 
   sinks + window (strict, lazy, window, no-shift, overlap): the first eviction ends step
   e0 = S + W + R - 1 (the cache reaches S+W+R entries), then every R steps. After step t
@@ -13,7 +13,7 @@ not taken from `strategies.plan_eviction` (which the caches and the parallel eva
   and B of the evicted ones, evenly spaced, at the tail (re-inserted with new positions).
   dense: every token.
 
-`parallel.schedule` is the independent cross-check of the closed form in the tests: two
+`parallel_schedule.schedule` is the independent cross-check of the closed form in the tests: two
 derivations, one of them the one every evaluation uses.
 """
 

@@ -17,7 +17,8 @@ from streamllm.harness.bands import key_coverage, row_mde90, sidak_alpha, store_
 from streamllm.harness.baselines import BaselineKey, BaselineRecord, BaselineStore
 from streamllm.harness.judge import judge
 from streamllm.harness.records import RUN_SCHEMA, RawArm, RawCase, RawConditions, RawRun, validate_run
-from streamllm.harness.report import build_report, read_run
+from streamllm.harness.report import build_report
+from streamllm.harness.report_runs import read_run
 from streamllm.harness.table import format_table, make_row, table_lines
 from streamllm.harness.verdicts import FALSE_ALARM_PER_RUN, GUARD_SLOWDOWN, RATIO_CHECK, ratio_key
 

@@ -24,7 +24,8 @@ from streamllm.harness.bands import (
     stored_runs,
 )
 from streamllm.harness.baselines import BaselineKey, BaselineRecord, BaselineStore
-from streamllm.harness.judges import Lookup, check_ratio_vs_baseline
+from streamllm.harness.judge_lookup import Lookup
+from streamllm.harness.judge_ratio import check_ratio_vs_baseline
 from streamllm.harness.verdicts import (
     FAIL,
     FALSE_ALARM_PER_RUN,

@@ -13,12 +13,16 @@ import torch
 from bench.catalog import build_catalog, select
 from bench.suite import Suite, SuiteOptions
 from conftest import tiny_llama
+from streamllm.clock import minor_faults
+from streamllm.decode_slice import prepare_slice
 from streamllm.evaluate import evaluate_tokens
 from streamllm.harness.baselines import BaselineError, BaselineKey, BaselineRecord, BaselineStore
-from streamllm.harness.judges import Lookup, check_ppl, check_ratio_vs_baseline, lookup
+from streamllm.harness.judge_lookup import Lookup, lookup
+from streamllm.harness.judge_ppl import check_ppl
+from streamllm.harness.judge_ratio import check_ratio_vs_baseline
 from streamllm.harness.table import format_table
 from streamllm.harness.verdicts import ERROR, FAIL, INCONCLUSIVE, NOT_CHECKED, PASS, RECORDED
-from streamllm.measure import minor_faults, prepare_slice, time_rounds
+from streamllm.measure import time_rounds
 from streamllm.models import LoadedModel
 from streamllm.strategies import make_strategy
 
@@ -266,7 +270,7 @@ def test_a_slower_ratio_whose_case_arm_faults_is_the_allocators_not_a_regression
 
 
 def test_a_step_that_touches_fresh_memory_is_counted_in_its_page_faults(tiny):
-    """measure.DecodeSlice counts each step's minor page faults; a step that keeps 8 MiB of fresh,
+    """decode_slice.DecodeSlice counts each step's minor page faults; a step that keeps 8 MiB of fresh,
     written memory alive every step shows ~2048 of them, the plain step few."""
     if minor_faults() is None:
         pytest.skip("no page-fault count on this platform")

@@ -7,11 +7,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from streamllm.calibration import CalibrationArm
 from streamllm.harness.baselines import BaselineKey, BaselineRecord, BaselineStore
 from streamllm.harness.history import CALIBRATION_CASE, REFERENCE_SUFFIX, RunHistory
-from streamllm.harness.judges import HistoryInputs, check_history, check_ratio_vs_baseline, lookup
+from streamllm.harness.judge_history import HistoryInputs, check_history
+from streamllm.harness.judge_lookup import lookup
+from streamllm.harness.judge_ratio import check_ratio_vs_baseline
 from streamllm.harness.verdicts import FAIL, INCONCLUSIVE, PASS
-from streamllm.measure import CalibrationArm
 
 FP = {"device_class": "cpu", "cpu_model": "Test CPU", "torch": "2.13.0", "transformers": "5.25.0"}
 CASE = "book/strict"

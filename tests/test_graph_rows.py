@@ -11,7 +11,8 @@ import numpy as np
 import torch
 
 from streamllm.harness.baselines import BaselineKey, BaselineRecord, BaselineStore
-from streamllm.harness.judges import check_device_time, lookup
+from streamllm.harness.judge_device_time import check_device_time
+from streamllm.harness.judge_lookup import lookup
 from streamllm.harness.opcount import _device_events
 from streamllm.harness.verdicts import DEVICE_TIME_CHECK, FAIL, NOT_CHECKED, PASS, RATIO_CHECK, WORK_CHECK, armed
 from streamllm.harness.workrecord import WorkCounts, compare_counts

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from streamllm.harness.history import VERSION_FIELDS, RunHistory, version_set
-from streamllm.harness.judges import HistoryInputs, check_history
+from streamllm.harness.judge_history import HistoryInputs, check_history
 from streamllm.harness.verdicts import FAIL, MUST_CATCH, NOT_CHECKED, PASS, robust_band
 
 ROOT = Path(__file__).resolve().parents[1]

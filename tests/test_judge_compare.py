@@ -16,7 +16,8 @@ from streamllm.harness.baselines import BaselineKey, BaselineRecord, BaselineSto
 from streamllm.harness.cli import main
 from streamllm.harness.judge import judge, run_outcome
 from streamllm.harness.records import RUN_SCHEMA, RawArm, RawCase, RawConditions, RawRun, validate_run
-from streamllm.harness.report import build_report, read_run
+from streamllm.harness.report import build_report
+from streamllm.harness.report_runs import read_run
 from streamllm.harness.table import make_row, table_lines
 from streamllm.harness.verdicts import FAIL, INCONCLUSIVE, PASS, RATIO_CHECK, ratio_key
 

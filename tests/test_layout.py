@@ -97,7 +97,9 @@ def test_the_cycle_finder_finds_a_cycle():
 # table only inside a `Check`, so the rule is read as "only these modules construct a Check".
 ROOT = PACKAGE.parent
 JUDGE_MODULES = frozenset({
-    "streamllm/harness/judge.py", "streamllm/harness/judges.py", "streamllm/harness/numerics.py",
+    "streamllm/harness/judge.py", "streamllm/harness/judge_ppl.py", "streamllm/harness/judge_work.py",
+    "streamllm/harness/judge_ratio.py", "streamllm/harness/judge_history.py", "streamllm/harness/judge_device_time.py",
+    "streamllm/harness/numerics.py",
     "streamllm/harness/findings.py", "streamllm/harness/bands.py", "streamllm/harness/verdicts.py",
     "streamllm/harness/history.py",
 })
@@ -133,14 +135,14 @@ def test_the_check_scanner_sees_both_spellings():
 VERDICT_WORDS = frozenset({"PASS", "FAIL", "INCONCLUSIVE", "NOT_CHECKED", "RECORDED", "NOT_APPLICABLE", "ERROR"})
 # Modules besides the judge modules that import a verdict word, each with why; a stale entry fails.
 WORD_READERS = {
-    # the judges' helpers: pure rules that judge.py / judges.py call with the raw numbers
+    # the judges' helpers: pure rules that judge.py / the judge_*.py modules call with the raw numbers
     "streamllm/harness/stats.py": "the CI rules the judges call (a paired CI against a band)",
     "streamllm/harness/ratio.py": "the ratio t-interval rule check_ratio_vs_baseline calls",
     "streamllm/harness/workrecord.py": "the exact work-count comparison check_work calls",
     "streamllm/harness/bisect.py": "the timing bisect's good/bad call on a commit's paired ratios (not a suite row)",
     # readers: they show or count verdicts the judge produced, never produce one
     "streamllm/harness/table.py": "the terminal table colours and counts the judge's verdicts",
-    "streamllm/harness/report.py": "streamllm report counts the verdicts a run stored",
+    "streamllm/harness/report_view.py": "streamllm report shows and marks the verdicts a run stored",
     "streamllm/harness/trend.py": "the trend plot marks points the history rule flags",
     "bench/test_strategies.py": "maps a check's stored verdict to pytest's outcome (xfail on inconclusive)",
     "scripts/band_calibration.py": "counts the FAILs of simulated checks (false-alarm rate)",

@@ -13,14 +13,9 @@ from transformers import AutoModelForCausalLM, GPTNeoXConfig, LlamaConfig
 from streamllm.caches import StreamingCache
 from streamllm.evaluate import DecodeOptions, evaluate_tokens
 from streamllm.models import LoadedModel
-from streamllm.parallel import (
-    ATTENTION_NAME,
-    ScheduleError,
-    evaluate_parallel,
-    schedule,
-    supports_parallel,
-    with_decode_timing,
-)
+from streamllm.parallel import evaluate_parallel, with_decode_timing
+from streamllm.parallel_attention import ATTENTION_NAME
+from streamllm.parallel_schedule import ScheduleError, schedule, supports_parallel
 from streamllm.rope import RopeSpec
 from streamllm.strategies import StrategySpec, make_strategy
 

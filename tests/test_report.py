@@ -12,17 +12,12 @@ import numpy as np
 import pytest
 
 from streamllm.harness.records import RUN_SCHEMA
-from streamllm.harness.report import (
-    HISTORY_CHECK,
-    RATIO_CHECK,
-    WORK_CHECK,
-    ReportError,
-    build_report,
-    label_points,
-    read_run,
-    render_markdown,
-    summarize,
-)
+from streamllm.harness.report import build_report
+from streamllm.harness.report_figure import label_points
+from streamllm.harness.report_render import render_markdown
+from streamllm.harness.report_runs import ReportError, read_run
+from streamllm.harness.report_summary import summarize
+from streamllm.harness.verdicts import HISTORY_CHECK, RATIO_CHECK, WORK_CHECK
 from streamllm.harness.workrecord import CounterKey, WorkCounts
 
 ROOT = Path(__file__).resolve().parents[1]

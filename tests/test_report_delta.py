@@ -1,5 +1,6 @@
-"""The report's ΔNLL plots and the compress sweep's amortisation curve (streamllm/harness/report.py),
-on a synthetic run record whose answers are planted."""
+"""The report's ΔNLL plots and the compress sweep's amortisation curve
+(streamllm/harness/report_nll_plots.py, report_cost_plots.py), on a synthetic run record whose
+answers are planted."""
 
 from __future__ import annotations
 
@@ -10,14 +11,10 @@ import numpy as np
 import pytest
 
 from streamllm.harness.records import RUN_SCHEMA
-from streamllm.harness.report import (
-    amortisation_rows,
-    build_report,
-    delta_diagnostics,
-    delta_traces,
-    plot_amortisation,
-    read_run,
-)
+from streamllm.harness.report import build_report
+from streamllm.harness.report_cost_plots import amortisation_rows, plot_amortisation
+from streamllm.harness.report_runs import read_run
+from streamllm.harness.report_spikes import delta_diagnostics, delta_traces
 
 N = 1200
 NORMAL_MS, PRUNE_EXTRA_MS = 10.0, 20.0

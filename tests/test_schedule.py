@@ -11,13 +11,14 @@ import pytest
 import torch
 
 import streamllm.caches.dynamic as dynamic_module
-import streamllm.parallel as parallel_module
+import streamllm.parallel_schedule as parallel_schedule_module
 from conftest import tiny_llama
 from streamllm.caches import make_cache
 from streamllm.combinations import cache_problem
 from streamllm.decode import EagerDecoder
 from streamllm.evaluate import DecodeOptions, evaluate_tokens
-from streamllm.parallel import evaluate_parallel, schedule
+from streamllm.parallel import evaluate_parallel
+from streamllm.parallel_schedule import schedule
 from streamllm.schedule import (
     EvictionCheckError,
     TextTooShortError,
@@ -154,7 +155,7 @@ def test_traces_of_both_evaluators_follow_the_schedule(tiny, ids, spec, monkeypa
         engaged = trace_engaged(spec, ids.numel(), result.trace.prune_steps, result.trace.kv_length)
         assert engaged.events_in_text == len(result.trace.prune_steps) >= 3
     # the parallel evaluator's schedule shares plan_eviction: break it and its trace no longer passes
-    monkeypatch.setattr(parallel_module, "plan_eviction", lambda *args, **kwargs: None)
+    monkeypatch.setattr(parallel_schedule_module, "plan_eviction", lambda *args, **kwargs: None)
     broken = evaluate_parallel(tiny, ids, spec, chunk_size=16)
     assert broken.trace.prune_steps == []
     with pytest.raises(EvictionCheckError, match="prune events"):

@@ -14,7 +14,8 @@ from bench.catalog import ALL_SWEEPS, SWEEPS, BenchCase, build_catalog, context_
 from bench.findings import FINDINGS
 from bench.suite import Suite, SuiteOptions
 from streamllm.harness.records import RUN_SCHEMA
-from streamllm.harness.report import build_report, read_run
+from streamllm.harness.report import build_report
+from streamllm.harness.report_runs import read_run
 from streamllm.strategies import StrategyError, StrategySpec
 
 S, W, P = 4, 124, 8192
@@ -138,7 +139,7 @@ def test_report_writes_sweep_curve_aligned_nll_and_diagnostics(tmp_path):
 
 
 def test_sweep_curve_follows_the_swept_parameter(tmp_path):
-    from streamllm.harness.report import sweep_rows
+    from streamllm.harness.report_cost_plots import sweep_rows
 
     run = read_run(_synthetic_run(tmp_path))
     base = run.results[1]

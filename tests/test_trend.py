@@ -8,7 +8,7 @@ from datetime import datetime, timedelta, timezone
 import pytest
 
 from streamllm.harness.history import RunHistory
-from streamllm.harness.judges import check_history
+from streamllm.harness.judge_history import check_history
 from streamllm.harness.trend import draw_trend, panel, plot_trend, rows, trend
 from streamllm.harness.verdicts import BAND_FLOOR, FALLBACK_BAND, NOT_CHECKED
 

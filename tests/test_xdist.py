@@ -45,7 +45,8 @@ from streamllm.caches import RingStreamingCache, StaticStreamingCache
 from streamllm.caches.fixed import KVGeometry
 from streamllm.evaluate import evaluate_tokens
 from streamllm.harness.records import validate_run
-from streamllm.harness.report import Run, summarize
+from streamllm.harness.report_runs import Run
+from streamllm.harness.report_summary import summarize
 from streamllm.models import (
     LoadedModel,
     ModelOptionError,
@@ -489,7 +490,7 @@ def test_split_model_streams_like_one_card(split_and_one_card, kind):
 
 @pytest.mark.gpu
 @pytest.mark.skipif(cuda_devices() < 2, reason="needs 2 CUDA devices")
-@pytest.mark.xfail(reason="streamllm/parallel.py builds each chunk's masks and rotations on the input device; "
+@pytest.mark.xfail(reason="streamllm/parallel_attention.py builds each chunk's masks and rotations on the input device; "
                           "layers on another card need them there (ChunkPlan per device)", strict=False)
 def test_split_model_parallel_evaluator(split_and_one_card):
     from streamllm.parallel import evaluate_parallel

@@ -20,7 +20,8 @@ from scipy import special
 
 from .bands import key_group, stored_runs
 from .baselines import BaselineKey, BaselineRecord
-from .judges import Lookup, check_ratio_vs_baseline
+from .judge_lookup import Lookup
+from .judge_ratio import check_ratio_vs_baseline
 from .ratio import ratio_ci
 from .verdicts import RATIO_CONFIDENCE, Check
 

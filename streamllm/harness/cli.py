@@ -13,8 +13,8 @@ from .. import cli as product_cli
 from . import bisect, countcases, drift
 from .compare import compare
 from .records import DEFAULT_REPORT_DIR, RunRecordError
-from .report import ReportError
 from .report import run_report as render_report
+from .report_runs import ReportError
 from .schema import StoredFileError
 from .schema.workrecord import WorkRecordError, load_work_record
 

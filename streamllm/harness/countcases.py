@@ -63,7 +63,7 @@ class CountCase:
     steps: int = 0
     warmup: int = 0
     name: str = ""
-    fill: str = "fast"  # "fast": chunked forward / random K/V like measure.prepare_slice; "steps": real decode steps
+    fill: str = "fast"  # "fast": chunked forward / random K/V like decode_slice.prepare_slice; "steps": real decode steps
 
     @property
     def cycle(self) -> int:

@@ -152,7 +152,7 @@ class Library:
 
 def fill_cache(job: dict[str, Any], library: Library, model: torch.nn.Module, cache: Any, ids: torch.Tensor,
                n: int) -> str:
-    """Jump to steady state the way measure.prepare_slice does, where this cache allows: fixed
+    """Jump to steady state the way decode_slice.prepare_slice does, where this cache allows: fixed
     caches take random K/V (`prime_random`), the dynamic cache one chunked forward (before the
     first eviction every strategy is causal attention at positions 0..n-1). Returns how it was
     filled; "steps" means neither applied and the caller decodes n tokens."""

@@ -10,10 +10,12 @@ loop (bench/judging.py) reruns and calls the judge again with the extra rounds i
 A stored record that already holds its rerun rounds is judged exactly as the run judged it, so
 `streamllm compare` reproduces the suite's verdicts.
 
-It wraps today's judges (`judges.py`: check_ppl, check_work, check_ratio_vs_baseline,
-check_history, check_device_time) through their current signatures, and `run_outcome` is the one
-rule for a run's overall status, exit code and the --nightly arming line (the terminal, the run
-record, `streamllm report`'s summary.json and pytest's exit code all read it).
+It wraps today's judges, one module each (`judge_ppl.check_ppl`, `judge_work.check_work`,
+`judge_ratio.check_ratio_vs_baseline`, `judge_history.check_history`,
+`judge_device_time.check_device_time`; `judge_lookup.lookup` reads their baseline) through their
+current signatures, and `run_outcome` is the one rule for a run's overall status, exit code and
+the --nightly arming line (the terminal, the run record, `streamllm report`'s summary.json and
+pytest's exit code all read it).
 
 The eviction probe, the own-path agreement, the timed decode's agreement (`numerics.py`) and the
 (c) findings (`findings.py`) are judged here too, from the raw record's `eviction`, `own_path`,
@@ -32,15 +34,12 @@ from .bands import device_time_group, store_group, store_records
 from .baselines import BaselineKey, BaselineStore
 from .findings import judge_finding
 from .history import CALIBRATION_CASE, REFERENCE_SUFFIX, RunHistory
-from .judges import (
-    HistoryInputs,
-    check_device_time,
-    check_history,
-    check_ppl,
-    check_ratio_vs_baseline,
-    check_work,
-    lookup,
-)
+from .judge_device_time import check_device_time
+from .judge_history import HistoryInputs, check_history
+from .judge_lookup import lookup
+from .judge_ppl import check_ppl
+from .judge_ratio import check_ratio_vs_baseline
+from .judge_work import check_work
 from .numerics import agreement_check, eviction_check, own_path_check
 from .records import RUN_FAIL, RUN_INCOMPLETE, RUN_PASS, RawArm, RawCase, RawConditions, RawRun
 from .verdicts import (

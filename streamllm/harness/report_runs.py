@@ -1,5 +1,6 @@
 """The run records a report reads: one validated file (`read_run`), or every readable one in a
-folder, oldest first (`load_runs`); and the small helpers every part of the report shares."""
+folder, oldest first (`load_runs`); and the small helpers every part of the report shares (a
+number's text, a result's check by name, its datasets, its work counts as one line per step)."""
 
 from __future__ import annotations
 
@@ -71,3 +72,16 @@ def _check(r: dict, name: str) -> dict | None:
 def _datasets(run: Run) -> list[str]:
     return sorted({r["dataset"] for r in run.results})
 
+
+def work_summary(r: dict) -> str | None:
+    """The result's work counts as one line per step (`WorkCounts.summary`), or why not."""
+    work = r.get("work")
+    if not work:
+        return None
+    from .schema.workrecord import WorkRecordError
+    from .workrecord import WorkCounts
+
+    try:
+        return WorkCounts.from_json(work, source=f"{r.get('label')} work").summary()
+    except WorkRecordError as exc:
+        return f"unreadable: {exc}"

@@ -2,7 +2,7 @@
 absolute check applies to it.
 
 It reads the history the absolute check reads (`history/<fingerprint>/`, streamllm.harness.history)
-and nothing else, and rebuilds for every past run the baseline and band `judges.check_history`
+and nothing else, and rebuilds for every past run the baseline and band `judge_history.check_history`
 used when that run was judged: the last K accepted runs before it *of the same library versions*
 (history.VERSION_FIELDS), pooled; the band `verdicts.robust_band` of their run medians (median/MAD,
 floored); a point's ratio is its median over the pooled baseline's median, as the check's. A band

@@ -2,8 +2,8 @@
 
 The words a check can end in, `Check` (a pydantic model, also the run file's), every tolerance,
 band and confidence level, and the pure rules built on them (worst, armed, the A/A band). The
-judges that compare a measurement with what is stored are in `judges.py`; they return a `Check`,
-and nothing downstream changes its verdict: the table and the report only read it. (Two modules,
+judges that compare a measurement with what is stored are in the `judge_*.py` modules; they return
+a `Check`, and nothing downstream changes its verdict: the table and the report only read it. (Apart,
 because the stores the judges read — history, counters, stats — use these words too.)
 
 (a) PPL against the stored baseline: |Δ ln PPL| within the device-class pair's tolerance.
