@@ -23,7 +23,8 @@ from streamllm.harness.bands import (
     store_records,
     stored_runs,
 )
-from streamllm.harness.baselines import BaselineKey, BaselineRecord, BaselineStore
+from streamllm.harness.baseline_record import BaselineKey, BaselineRecord
+from streamllm.harness.baselines import BaselineStore
 from streamllm.harness.judges import Lookup, check_ratio_vs_baseline
 from streamllm.harness.verdicts import (
     FAIL,

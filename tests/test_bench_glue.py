@@ -14,7 +14,8 @@ from bench.catalog import build_catalog, select
 from bench.suite import Suite, SuiteOptions
 from conftest import tiny_llama
 from streamllm.evaluate import evaluate_tokens
-from streamllm.harness.baselines import BaselineError, BaselineKey, BaselineRecord, BaselineStore
+from streamllm.harness.baseline_record import BaselineKey, BaselineRecord
+from streamllm.harness.baselines import BaselineError, BaselineStore
 from streamllm.harness.judges import Lookup, check_ppl, check_ratio_vs_baseline, lookup
 from streamllm.harness.table import format_table
 from streamllm.harness.verdicts import ERROR, FAIL, INCONCLUSIVE, NOT_CHECKED, PASS, RECORDED

@@ -7,7 +7,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from streamllm.harness.baselines import BaselineKey, BaselineRecord, BaselineStore
+from streamllm.harness.baseline_record import BaselineKey, BaselineRecord
+from streamllm.harness.baselines import BaselineStore
 from streamllm.harness.history import CALIBRATION_CASE, REFERENCE_SUFFIX, RunHistory
 from streamllm.harness.judges import HistoryInputs, check_history, check_ratio_vs_baseline, lookup
 from streamllm.harness.verdicts import FAIL, INCONCLUSIVE, PASS

@@ -10,7 +10,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from streamllm.harness.baselines import BaselineKey, BaselineRecord, BaselineStore
+from streamllm.harness.baseline_record import BaselineKey, BaselineRecord
+from streamllm.harness.baselines import BaselineStore
 from streamllm.harness.judges import check_device_time, lookup
 from streamllm.harness.opcount import _device_events
 from streamllm.harness.verdicts import DEVICE_TIME_CHECK, FAIL, NOT_CHECKED, PASS, RATIO_CHECK, WORK_CHECK, armed

@@ -19,7 +19,7 @@ import numpy as np
 from scipy import special
 
 from .bands import key_group, stored_runs
-from .baselines import BaselineKey, BaselineRecord
+from .baseline_record import BaselineKey, BaselineRecord
 from .judges import Lookup, check_ratio_vs_baseline
 from .ratio import ratio_ci
 from .verdicts import RATIO_CONFIDENCE, Check

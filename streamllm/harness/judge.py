@@ -29,7 +29,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from .bands import device_time_group, store_group, store_records
-from .baselines import BaselineKey, BaselineStore
+from .baseline_record import BaselineKey
+from .baselines import BaselineStore
 from .findings import judge_finding
 from .history import CALIBRATION_CASE, REFERENCE_SUFFIX, RunHistory
 from .judges import (
