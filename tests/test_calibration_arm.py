@@ -9,7 +9,8 @@ import pytest
 
 from streamllm.harness.baseline_record import BaselineKey, BaselineRecord
 from streamllm.harness.baselines import BaselineStore
-from streamllm.harness.history import CALIBRATION_CASE, REFERENCE_SUFFIX, RunHistory
+from streamllm.harness.history import RunHistory
+from streamllm.harness.history_runs import CALIBRATION_CASE, REFERENCE_SUFFIX
 from streamllm.harness.judges import HistoryInputs, check_history, check_ratio_vs_baseline, lookup
 from streamllm.harness.verdicts import FAIL, INCONCLUSIVE, PASS
 from streamllm.measure import CalibrationArm

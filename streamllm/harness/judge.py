@@ -32,7 +32,8 @@ from .bands import device_time_group, store_group, store_records
 from .baseline_record import BaselineKey
 from .baselines import BaselineStore
 from .findings import judge_finding
-from .history import CALIBRATION_CASE, REFERENCE_SUFFIX, RunHistory
+from .history import RunHistory
+from .history_runs import CALIBRATION_CASE, REFERENCE_SUFFIX
 from .judges import (
     HistoryInputs,
     check_device_time,
