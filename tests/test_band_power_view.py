@@ -13,7 +13,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from streamllm.harness.bands import key_coverage, row_mde90, sidak_alpha, store_group, store_records
+from streamllm.harness.band_rows import store_group, store_records
+from streamllm.harness.bands import key_coverage, row_mde90, sidak_alpha
 from streamllm.harness.baseline_record import BaselineKey, BaselineRecord
 from streamllm.harness.baselines import BaselineStore
 from streamllm.harness.judge import judge

@@ -11,18 +11,10 @@ import numpy as np
 import pytest
 from scipy import stats
 
+from streamllm.harness.band_prior import Prior, fit_prior
+from streamllm.harness.band_rows import store_records, stored_runs
 from streamllm.harness.band_simulation import SimRow, rows_from_store, simulate_run
-from streamllm.harness.bands import (
-    Prior,
-    fit_prior,
-    guards,
-    mde90,
-    prediction_band,
-    row_mde90,
-    sidak_alpha,
-    store_records,
-    stored_runs,
-)
+from streamllm.harness.bands import guards, mde90, prediction_band, row_mde90, sidak_alpha
 from streamllm.harness.baseline_record import BaselineKey, BaselineRecord
 from streamllm.harness.baselines import BaselineStore
 from streamllm.harness.judges import Lookup, check_ratio_vs_baseline

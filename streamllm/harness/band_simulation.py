@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 from scipy import special
 
-from .bands import key_group, stored_runs
+from .band_rows import key_group, stored_runs
 from .baseline_record import BaselineKey, BaselineRecord
 from .judges import Lookup, check_ratio_vs_baseline
 from .ratio import ratio_ci

@@ -104,7 +104,7 @@ class BaselineRecord:
     ppl: float
     mean_nll: float
     ppl_device_class: str  # device class whose numerics produced ppl (tolerance depends on it)
-    # fingerprint_id -> median TPOT of each run recorded: the runs each machine recorded (bands.legacy_cpu_model)
+    # fingerprint_id -> median TPOT of each run recorded: the runs each machine recorded (band_rows.legacy_cpu_model)
     tpot_runs_ms: dict[str, list[float]] = field(default_factory=dict)
     fingerprints: dict[str, dict] = field(default_factory=dict)  # fingerprint_id -> hardware_fingerprint()
     runs_averaged: int = 1

@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
-from .bands import device_time_group, store_group, store_records
+from .band_rows import device_time_group, store_group, store_records
 from .baseline_record import BaselineKey
 from .baselines import BaselineStore
 from .findings import judge_finding
