@@ -1,4 +1,5 @@
-"""`pytest bench -n N` (bench/xdist.py) and models spread over devices (per-layer cache placement).
+"""`pytest bench -n N` (bench/xdist.py and its pinning, worker, part and merge modules) and models
+spread over devices (per-layer cache placement).
 
 Pure planning (GPU per worker from the caller's CUDA_VISIBLE_DEVICES, core split), pinning applied
 in a child process, the workers' parts merged into one run (PPL equal to one process running every
@@ -21,31 +22,28 @@ import pytest
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from bench import xdist
-from bench.suite import REFERENCE_SUFFIX, Suite, SuiteOptions
-from bench.xdist import (
+from bench import pinning, xdist, xdist_merge, xdist_parts, xdist_worker
+from bench.finish import merge_history
+from bench.pinning import (
     Pinning,
-    WorkerInfo,
     apply_pinning,
-    cell_id,
     cores_shared,
     cpu_timing_refusal,
-    merge_history,
-    merge_parts,
-    part_json,
     plan_pinning,
-    record_from_json,
-    record_to_json,
     split_cores,
-    table_lines,
     visible_gpus,
     worker_gpus,
 )
+from bench.suite import REFERENCE_SUFFIX, Suite, SuiteOptions
+from bench.xdist_merge import cell_id, merge_parts
+from bench.xdist_parts import part_json, record_from_json, record_to_json
+from bench.xdist_worker import WorkerInfo
 from streamllm.caches import RingStreamingCache, StaticStreamingCache
 from streamllm.caches.fixed import KVGeometry
 from streamllm.evaluate import evaluate_tokens
 from streamllm.harness.records import validate_run
 from streamllm.harness.report import Run, summarize
+from streamllm.harness.table import table_lines
 from streamllm.models import (
     LoadedModel,
     ModelOptionError,
@@ -134,7 +132,7 @@ def test_apply_pinning_refuses_after_cuda_started(monkeypatch):
 @pytest.mark.skipif(not hasattr(os, "sched_setaffinity"), reason="Linux affinity")
 def test_apply_pinning_in_a_child_process():
     core = min(os.sched_getaffinity(0))
-    code = (f"from bench.xdist import Pinning, apply_pinning; import os, torch; "
+    code = (f"from bench.pinning import Pinning, apply_pinning; import os, torch; "
             f"apply_pinning(Pinning(0, 1, '7', ({core},))); "
             "print(os.environ['CUDA_VISIBLE_DEVICES'], sorted(os.sched_getaffinity(0)), torch.get_num_threads())")
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True).stdout
@@ -434,7 +432,8 @@ def test_bench_n2_worker_crash_names_the_lost_cell(tmp_path):
 
 def test_xdist_module_keeps_no_global_state():
     # everything lives on the controller/worker plugin objects (config-scoped)
-    mutable = [name for name, value in vars(xdist).items()
+    mutable = [f"{module.__name__}.{name}" for module in (xdist, xdist_worker, xdist_parts, xdist_merge, pinning)
+               for name, value in vars(module).items()
                if not name.startswith("__") and isinstance(value, (list, dict, set))]
     assert not mutable
 
