@@ -1,6 +1,6 @@
 """The workers' parts of a `pytest bench -n N` run merged into one run record (bench/xdist.py):
 results and raw cases in collection order, every collected cell with no result a MISSING row,
-and the baseline records and history samples of every worker."""
+the baseline records and history samples of every worker, and each worker's conditions."""
 
 from __future__ import annotations
 
@@ -97,13 +97,25 @@ def merge_parts(parts: Sequence[Mapping[str, Any]], collected: Sequence[str], cr
         },
     })
     if base.get("raw"):
-        # one raw record: the first worker's conditions (workers of one run share options and, on
-        # like GPUs, the fingerprint), every worker's cases in collection order
-        base["raw"] = {**base["raw"], "cases": raw_cases}
+        # one raw record: every worker's cases in collection order; `conditions` is the first
+        # worker's and `workers` keeps each worker's (its GPU, fingerprint, threads, start) with
+        # the cases it measured, so each case is judged under its own worker's conditions
+        base["raw"] = {**base["raw"], "cases": raw_cases, "workers": raw_workers(runs)}
     records = [record_from_json(r) for p in parts for r in p.get("records") or []]
     history = [(p["history"]["fingerprint"], p["history"]["samples"], p["history"]["accepted"])
                for p in parts if p.get("history")]
     return Merged(base, records, history, missing)
+
+
+def raw_workers(runs: Sequence[Mapping[str, Any]]) -> list[dict]:
+    """Each worker's raw conditions and the cells it measured (records.RawWorker), in slot order."""
+    out = []
+    for p in runs:
+        raw = p["run"].get("raw") or {}
+        if raw.get("conditions"):
+            out.append({"worker": str(p["worker"]), "conditions": raw["conditions"],
+                        "cases": [f"{c['case']}-{c['dataset']}" for c in raw.get("cases") or []]})
+    return out
 
 
 def _run_schema() -> str:

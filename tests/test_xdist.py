@@ -211,6 +211,40 @@ def test_ppl_only_cells_merge_into_one_run_equal_to_one_process(tmp_path, tiny):
     assert [w["worker"] for w in run["xdist"]["workers"]] == ["gw0", "gw1"]
 
 
+def test_merge_keeps_each_workers_conditions(tmp_path, tiny, monkeypatch):
+    # two workers on unlike machines (another GPU model, fingerprint and thread count on gw1): the
+    # merged raw record keeps both workers' conditions, and each case is judged under its worker's
+    why = "-n 2 on CPU: test"
+    parts = [worker_part(tmp_path, tiny, 0, ("dense", "window"), no_timing=why),
+             worker_part(tmp_path, tiny, 1, ("strict", "lazy-c16"), no_timing=why)]
+    other = parts[1]["run"]["raw"]["conditions"]
+    other["fingerprint"] = {**other["fingerprint"], "gpu": "Fake GPU B", "device_class": "cuda:Fake GPU B"}
+    other["fingerprint_id"], other["threads"] = "fake-gpu-b", 7
+    first = parts[0]["run"]["raw"]["conditions"]
+    merged = merge_parts(parts, NODEIDS, {}, command="pytest bench -n 2", runtime_s=1.0, timing_refused=why)
+    raw = validate_run(json.loads(json.dumps(merged.run)), "merged").raw  # survives the trip through JSON
+    assert raw.conditions.model_dump(mode="json") == first  # the first worker's, as before
+    assert [(w.worker, w.conditions.fingerprint_id, w.conditions.threads, w.cases) for w in raw.workers] == [
+        ("gw0", first["fingerprint_id"], first["threads"], ["dense-synthetic", "window-synthetic"]),
+        ("gw1", "fake-gpu-b", 7, ["strict-synthetic", "lazy-c16-synthetic"])]
+    assert raw.workers[1].conditions.fingerprint["gpu"] == "Fake GPU B"
+    assert {c.case: raw.conditions_of(c).fingerprint_id for c in raw.cases} == {
+        "dense": first["fingerprint_id"], "window": first["fingerprint_id"],
+        "strict": "fake-gpu-b", "lazy-c16": "fake-gpu-b"}
+    # the judge (a live run's and `streamllm compare`'s) takes each case's own worker's conditions
+    from streamllm.harness import judge as judge_module
+
+    seen = {}
+    monkeypatch.setattr(judge_module, "judge_case",
+                        lambda raw_case, cond, store, history: seen.setdefault(raw_case.case, cond.threads))
+    judge_module.judge(raw, None, None)
+    assert seen == {"dense": first["threads"], "strict": 7, "window": first["threads"], "lazy-c16": 7}
+    # a record written before merges kept each worker's conditions still reads: every case the run's
+    old = {k: v for k, v in merged.run["raw"].items() if k != "workers"}
+    old_raw = validate_run({**merged.run, "raw": old}, "old merged").raw
+    assert not old_raw.workers and all(old_raw.conditions_of(c) == old_raw.conditions for c in old_raw.cases)
+
+
 def test_ppl_only_equals_the_timed_run(tmp_path, tiny):
     timed = make_suite(tmp_path / "t", tiny)
     ppl_only = make_suite(tmp_path / "p", tiny, no_timing="--no-timing (PPL only)")
