@@ -18,7 +18,9 @@ import sys
 
 import pytest
 
-from bench.xdist import XdistController, XdistWorker, gpu_count, worker_info
+from bench.pinning import gpu_count
+from bench.xdist import XdistController
+from bench.xdist_worker import XdistWorker, worker_info
 
 SUITE_KEY = pytest.StashKey["object"]()
 
@@ -222,7 +224,7 @@ def pytest_xdist_auto_num_workers(config: pytest.Config) -> int | None:
     """`-n auto` with --device cuda (or auto on a GPU host): one worker per visible GPU (None: xdist's own rule)."""
     import os
 
-    from bench.xdist import cuda_requested, visible_gpus
+    from bench.pinning import cuda_requested, visible_gpus
 
     if cuda_requested(config.getoption("--device")):
         return len(visible_gpus(os.environ.get("CUDA_VISIBLE_DEVICES"), gpu_count())) or None

@@ -15,7 +15,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from streamllm.harness.baselines import BaselineRecord, BaselineStore
+from streamllm.harness.baseline_record import BaselineRecord
+from streamllm.harness.baselines import BaselineStore
 from streamllm.harness.fingerprint import fingerprint_id
 from streamllm.harness.judge import RunOutcome, run_outcome
 from streamllm.harness.table import table_lines

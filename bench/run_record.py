@@ -16,9 +16,12 @@ import numpy as np
 import torch
 
 from streamllm.combinations import GRAPH_MODES
-from streamllm.harness.baselines import BaselineRecord, make_provenance
+from streamllm.harness.baseline_record import BaselineRecord
 from streamllm.harness.fingerprint import fingerprint_id, package_version
-from streamllm.harness.history import REFERENCE_SUFFIX, RunHistory, enters_baseline
+from streamllm.harness.history import RunHistory
+from streamllm.harness.history_runs import REFERENCE_SUFFIX
+from streamllm.harness.history_verdict import enters_baseline
+from streamllm.harness.provenance import make_provenance
 from streamllm.harness.ratio import RatioCI
 from streamllm.harness.records import (
     RUN_SCHEMA,

@@ -14,7 +14,8 @@ from pathlib import Path
 import torch
 
 from streamllm.data import load_text, synthetic_ids, tokenize
-from streamllm.harness.baselines import BaselineKey, BaselineStore
+from streamllm.harness.baseline_record import BaselineKey
+from streamllm.harness.baselines import BaselineStore
 from streamllm.harness.fingerprint import fingerprint_id, hardware_fingerprint
 from streamllm.harness.history import RunHistory
 from streamllm.harness.records import DEFAULT_HISTORY_DIR, DEFAULT_REPORT_DIR

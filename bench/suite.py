@@ -12,8 +12,8 @@ import dataclasses
 import time
 from pathlib import Path
 
-from streamllm.harness.baselines import BaselineRecord
-from streamllm.harness.history import CALIBRATION_CASE
+from streamllm.harness.baseline_record import BaselineRecord
+from streamllm.harness.history_runs import CALIBRATION_CASE
 from streamllm.harness.judge import nightly_unarmed
 from streamllm.harness.ratio import ratio_ci
 from streamllm.harness.verdicts import Check

@@ -24,17 +24,10 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from streamllm.harness.band_prior import prior_from_rows  # noqa: E402
+from streamllm.harness.band_rows import store_records, stored_runs  # noqa: E402
 from streamllm.harness.band_simulation import rows_from_store, simulate_run  # noqa: E402
-from streamllm.harness.bands import (  # noqa: E402
-    guards,
-    leave_one_out,
-    mde90,
-    prediction_band,
-    prior_from_rows,
-    sidak_alpha,
-    store_records,
-    stored_runs,
-)
+from streamllm.harness.bands import guards, leave_one_out, mde90, prediction_band, sidak_alpha  # noqa: E402
 from streamllm.harness.baselines import BaselineStore  # noqa: E402
 from streamllm.harness.verdicts import FAIL, FALLBACK_BAND, GUARD_SLOWDOWN  # noqa: E402
 

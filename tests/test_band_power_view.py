@@ -13,8 +13,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from streamllm.harness.bands import key_coverage, row_mde90, sidak_alpha, store_group, store_records
-from streamllm.harness.baselines import BaselineKey, BaselineRecord, BaselineStore
+from streamllm.harness.band_rows import store_group, store_records
+from streamllm.harness.bands import key_coverage, row_mde90, sidak_alpha
+from streamllm.harness.baseline_record import BaselineKey, BaselineRecord
+from streamllm.harness.baselines import BaselineStore
 from streamllm.harness.judge import judge
 from streamllm.harness.records import RUN_SCHEMA, RawArm, RawCase, RawConditions, RawRun, validate_run
 from streamllm.harness.report import build_report

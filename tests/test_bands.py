@@ -11,19 +11,12 @@ import numpy as np
 import pytest
 from scipy import stats
 
+from streamllm.harness.band_prior import Prior, fit_prior
+from streamllm.harness.band_rows import store_records, stored_runs
 from streamllm.harness.band_simulation import SimRow, rows_from_store, simulate_run
-from streamllm.harness.bands import (
-    Prior,
-    fit_prior,
-    guards,
-    mde90,
-    prediction_band,
-    row_mde90,
-    sidak_alpha,
-    store_records,
-    stored_runs,
-)
-from streamllm.harness.baselines import BaselineKey, BaselineRecord, BaselineStore
+from streamllm.harness.bands import guards, mde90, prediction_band, row_mde90, sidak_alpha
+from streamllm.harness.baseline_record import BaselineKey, BaselineRecord
+from streamllm.harness.baselines import BaselineStore
 from streamllm.harness.judge_lookup import Lookup
 from streamllm.harness.judge_ratio import check_ratio_vs_baseline
 from streamllm.harness.verdicts import (
@@ -245,7 +238,7 @@ def test_graph_rows_ratios_do_not_set_their_peers_prior():
     """A graph row is judged on its device time; its same-run ratio (against a host-bound eager
     reference, 0.12-0.18 across three H100 processes) is never judged and must not widen or narrow
     the prior the other rows' ratio bands pool."""
-    from streamllm.harness.bands import key_group
+    from streamllm.harness.band_rows import key_group
 
     quiet = [_record([1.0, 1.01, 0.99]), _record([1.2, 1.21, 1.19]), _record([0.8, 0.805, 0.795])]
     graph = _record([0.118, 0.178, 0.169], device_time_ms={"wk-1": [3.67, 3.54, 3.55]})

@@ -9,16 +9,11 @@ from pathlib import Path
 
 import pytest
 
-import streamllm.harness.baselines as bl
-from streamllm.harness.baselines import (
-    SCHEMA,
-    BaselineError,
-    BaselineKey,
-    BaselineRecord,
-    BaselineStore,
-    append_run,
-)
+from streamllm.harness.baseline_merge import append_run
+from streamllm.harness.baseline_record import BaselineKey, BaselineRecord
+from streamllm.harness.baselines import SCHEMA, BaselineError, BaselineStore
 from streamllm.harness.fingerprint import fingerprint_id, hardware_fingerprint
+from streamllm.harness.provenance import make_provenance
 from streamllm.harness.stats import compare_ppl
 from streamllm.harness.verdicts import FAIL, ppl_tolerance
 from streamllm.results import EvalResult
@@ -272,7 +267,7 @@ def test_update_is_atomic(store: BaselineStore, monkeypatch, crash):
         raise OSError(f"simulated crash in {crash}")
 
     module, name = crash.split(".")
-    monkeypatch.setattr({"json": bl.json, "os": bl.os}[module], name, boom)
+    monkeypatch.setattr({"json": json, "os": os}[module], name, boom)
     with pytest.raises(OSError, match="simulated crash"):
         store.update([make_record(ppl=99.0)])
     monkeypatch.undo()
@@ -338,7 +333,7 @@ def test_record_from_result_round_trips(store: BaselineStore):
 
 
 def test_make_provenance_fields():
-    prov = bl.make_provenance(command="pytest bench --update-baselines", cwd=os.getcwd())
+    prov = make_provenance(command="pytest bench --update-baselines", cwd=os.getcwd())
     assert prov["command"] == "pytest bench --update-baselines"
     assert prov["date"].endswith("+00:00") and prov["commit"]
     assert prov["environment"]["python"]

@@ -16,7 +16,8 @@ from conftest import tiny_llama
 from streamllm.clock import minor_faults
 from streamllm.decode_slice import prepare_slice
 from streamllm.evaluate import evaluate_tokens
-from streamllm.harness.baselines import BaselineError, BaselineKey, BaselineRecord, BaselineStore
+from streamllm.harness.baseline_record import BaselineKey, BaselineRecord
+from streamllm.harness.baselines import BaselineError, BaselineStore
 from streamllm.harness.judge_lookup import Lookup, lookup
 from streamllm.harness.judge_ppl import check_ppl
 from streamllm.harness.judge_ratio import check_ratio_vs_baseline

@@ -8,8 +8,10 @@ import numpy as np
 import pytest
 
 from streamllm.calibration import CalibrationArm
-from streamllm.harness.baselines import BaselineKey, BaselineRecord, BaselineStore
-from streamllm.harness.history import CALIBRATION_CASE, REFERENCE_SUFFIX, RunHistory
+from streamllm.harness.baseline_record import BaselineKey, BaselineRecord
+from streamllm.harness.baselines import BaselineStore
+from streamllm.harness.history import RunHistory
+from streamllm.harness.history_runs import CALIBRATION_CASE, REFERENCE_SUFFIX
 from streamllm.harness.judge_history import HistoryInputs, check_history
 from streamllm.harness.judge_lookup import lookup
 from streamllm.harness.judge_ratio import check_ratio_vs_baseline

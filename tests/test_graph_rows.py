@@ -10,7 +10,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from streamllm.harness.baselines import BaselineKey, BaselineRecord, BaselineStore
+from streamllm.harness.baseline_record import BaselineKey, BaselineRecord
+from streamllm.harness.baselines import BaselineStore
 from streamllm.harness.judge_device_time import check_device_time
 from streamllm.harness.judge_lookup import lookup
 from streamllm.harness.opcount import _device_events

@@ -12,19 +12,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from streamllm.harness.history import (
-    IMPROVEMENT,
-    NOT_CHECKED,
-    PASS,
-    REGRESSION,
-    UNCONFIRMED,
-    HistoryError,
-    Run,
-    RunHistory,
-    apply_nightly,
-    enters_baseline,
-    judge,
-)
+from streamllm.harness.history import HistoryError, RunHistory
+from streamllm.harness.history_runs import Run
+from streamllm.harness.history_verdict import apply_nightly, enters_baseline, judge
+from streamllm.harness.verdicts import IMPROVEMENT, NOT_CHECKED, PASS, REGRESSION, UNCONFIRMED
 
 FP = "cpu-0123456789-t2"
 T0 = datetime(2025, 1, 1, tzinfo=timezone.utc)

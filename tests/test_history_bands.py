@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from streamllm.harness.history import VERSION_FIELDS, RunHistory, version_set
+from streamllm.harness.history import RunHistory
+from streamllm.harness.history_runs import VERSION_FIELDS, version_set
 from streamllm.harness.judge_history import HistoryInputs, check_history
 from streamllm.harness.verdicts import FAIL, MUST_CATCH, NOT_CHECKED, PASS, robust_band
 

@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 
 from bench.finish import FinishPlan, finish_run
-from streamllm.harness.baselines import BaselineKey, BaselineRecord, BaselineStore
+from streamllm.harness.baseline_record import BaselineKey, BaselineRecord
+from streamllm.harness.baselines import BaselineStore
 from streamllm.harness.cli import main
 from streamllm.harness.judge import judge, run_outcome
 from streamllm.harness.records import RUN_SCHEMA, RawArm, RawCase, RawConditions, RawRun, validate_run

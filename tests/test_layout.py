@@ -101,7 +101,7 @@ JUDGE_MODULES = frozenset({
     "streamllm/harness/judge_ratio.py", "streamllm/harness/judge_history.py", "streamllm/harness/judge_device_time.py",
     "streamllm/harness/numerics.py",
     "streamllm/harness/findings.py", "streamllm/harness/bands.py", "streamllm/harness/verdicts.py",
-    "streamllm/harness/history.py",
+    "streamllm/harness/history_verdict.py",
 })
 # Documented exceptions, each with why it is still there; remove an entry when its construction
 # moves into a judge module (the test fails on a stale entry).
@@ -131,7 +131,7 @@ def test_the_check_scanner_sees_both_spellings():
 
 # -- who imports the verdict words ---------------------------------------------------------------
 # The words a judge ends a check in. MISSING is not one: it marks a case whose result never came
-# back (set by the run's collection, bench/xdist.py), not a judgement of a measurement.
+# back (set by the run's collection, bench/xdist_merge.py), not a judgement of a measurement.
 VERDICT_WORDS = frozenset({"PASS", "FAIL", "INCONCLUSIVE", "NOT_CHECKED", "RECORDED", "NOT_APPLICABLE", "ERROR"})
 # Modules besides the judge modules that import a verdict word, each with why; a stale entry fails.
 WORD_READERS = {

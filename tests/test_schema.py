@@ -11,7 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from streamllm.harness.baselines import BaselineKey, BaselineRecord, BaselineStore
+from streamllm.harness.baseline_record import BaselineKey, BaselineRecord
+from streamllm.harness.baselines import BaselineStore
 from streamllm.harness.history import RunHistory
 from streamllm.harness.schema import (
     BaselineFileModel,

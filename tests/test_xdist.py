@@ -1,4 +1,5 @@
-"""`pytest bench -n N` (bench/xdist.py) and models spread over devices (per-layer cache placement).
+"""`pytest bench -n N` (bench/xdist.py and its pinning, worker, part and merge modules) and models
+spread over devices (per-layer cache placement).
 
 Pure planning (GPU per worker from the caller's CUDA_VISIBLE_DEVICES, core split), pinning applied
 in a child process, the workers' parts merged into one run (PPL equal to one process running every
@@ -21,32 +22,29 @@ import pytest
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from bench import xdist
-from bench.suite import REFERENCE_SUFFIX, Suite, SuiteOptions
-from bench.xdist import (
+from bench import pinning, xdist, xdist_merge, xdist_parts, xdist_worker
+from bench.finish import merge_history
+from bench.pinning import (
     Pinning,
-    WorkerInfo,
     apply_pinning,
-    cell_id,
     cores_shared,
     cpu_timing_refusal,
-    merge_history,
-    merge_parts,
-    part_json,
     plan_pinning,
-    record_from_json,
-    record_to_json,
     split_cores,
-    table_lines,
     visible_gpus,
     worker_gpus,
 )
+from bench.suite import REFERENCE_SUFFIX, Suite, SuiteOptions
+from bench.xdist_merge import cell_id, merge_parts
+from bench.xdist_parts import part_json, record_from_json, record_to_json
+from bench.xdist_worker import WorkerInfo
 from streamllm.caches import RingStreamingCache, StaticStreamingCache
 from streamllm.caches.fixed import KVGeometry
 from streamllm.evaluate import evaluate_tokens
 from streamllm.harness.records import validate_run
 from streamllm.harness.report_runs import Run
 from streamllm.harness.report_summary import summarize
+from streamllm.harness.table import table_lines
 from streamllm.models import (
     LoadedModel,
     ModelOptionError,
@@ -135,7 +133,7 @@ def test_apply_pinning_refuses_after_cuda_started(monkeypatch):
 @pytest.mark.skipif(not hasattr(os, "sched_setaffinity"), reason="Linux affinity")
 def test_apply_pinning_in_a_child_process():
     core = min(os.sched_getaffinity(0))
-    code = (f"from bench.xdist import Pinning, apply_pinning; import os, torch; "
+    code = (f"from bench.pinning import Pinning, apply_pinning; import os, torch; "
             f"apply_pinning(Pinning(0, 1, '7', ({core},))); "
             "print(os.environ['CUDA_VISIBLE_DEVICES'], sorted(os.sched_getaffinity(0)), torch.get_num_threads())")
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True).stdout
@@ -212,6 +210,40 @@ def test_ppl_only_cells_merge_into_one_run_equal_to_one_process(tmp_path, tiny):
     lines = table_lines(run["results"])
     assert sum("not measured" in line for line in lines) == 1  # one line for all cells, with the reason
     assert [w["worker"] for w in run["xdist"]["workers"]] == ["gw0", "gw1"]
+
+
+def test_merge_keeps_each_workers_conditions(tmp_path, tiny, monkeypatch):
+    # two workers on unlike machines (another GPU model, fingerprint and thread count on gw1): the
+    # merged raw record keeps both workers' conditions, and each case is judged under its worker's
+    why = "-n 2 on CPU: test"
+    parts = [worker_part(tmp_path, tiny, 0, ("dense", "window"), no_timing=why),
+             worker_part(tmp_path, tiny, 1, ("strict", "lazy-c16"), no_timing=why)]
+    other = parts[1]["run"]["raw"]["conditions"]
+    other["fingerprint"] = {**other["fingerprint"], "gpu": "Fake GPU B", "device_class": "cuda:Fake GPU B"}
+    other["fingerprint_id"], other["threads"] = "fake-gpu-b", 7
+    first = parts[0]["run"]["raw"]["conditions"]
+    merged = merge_parts(parts, NODEIDS, {}, command="pytest bench -n 2", runtime_s=1.0, timing_refused=why)
+    raw = validate_run(json.loads(json.dumps(merged.run)), "merged").raw  # survives the trip through JSON
+    assert raw.conditions.model_dump(mode="json") == first  # the first worker's, as before
+    assert [(w.worker, w.conditions.fingerprint_id, w.conditions.threads, w.cases) for w in raw.workers] == [
+        ("gw0", first["fingerprint_id"], first["threads"], ["dense-synthetic", "window-synthetic"]),
+        ("gw1", "fake-gpu-b", 7, ["strict-synthetic", "lazy-c16-synthetic"])]
+    assert raw.workers[1].conditions.fingerprint["gpu"] == "Fake GPU B"
+    assert {c.case: raw.conditions_of(c).fingerprint_id for c in raw.cases} == {
+        "dense": first["fingerprint_id"], "window": first["fingerprint_id"],
+        "strict": "fake-gpu-b", "lazy-c16": "fake-gpu-b"}
+    # the judge (a live run's and `streamllm compare`'s) takes each case's own worker's conditions
+    from streamllm.harness import judge as judge_module
+
+    seen = {}
+    monkeypatch.setattr(judge_module, "judge_case",
+                        lambda raw_case, cond, store, history: seen.setdefault(raw_case.case, cond.threads))
+    judge_module.judge(raw, None, None)
+    assert seen == {"dense": first["threads"], "strict": 7, "window": first["threads"], "lazy-c16": 7}
+    # a record written before merges kept each worker's conditions still reads: every case the run's
+    old = {k: v for k, v in merged.run["raw"].items() if k != "workers"}
+    old_raw = validate_run({**merged.run, "raw": old}, "old merged").raw
+    assert not old_raw.workers and all(old_raw.conditions_of(c) == old_raw.conditions for c in old_raw.cases)
 
 
 def test_ppl_only_equals_the_timed_run(tmp_path, tiny):
@@ -435,7 +467,8 @@ def test_bench_n2_worker_crash_names_the_lost_cell(tmp_path):
 
 def test_xdist_module_keeps_no_global_state():
     # everything lives on the controller/worker plugin objects (config-scoped)
-    mutable = [name for name, value in vars(xdist).items()
+    mutable = [f"{module.__name__}.{name}" for module in (xdist, xdist_worker, xdist_parts, xdist_merge, pinning)
+               for name, value in vars(module).items()
                if not name.startswith("__") and isinstance(value, (list, dict, set))]
     assert not mutable
 

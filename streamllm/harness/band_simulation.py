@@ -18,8 +18,8 @@ from pathlib import Path
 import numpy as np
 from scipy import special
 
-from .bands import key_group, stored_runs
-from .baselines import BaselineKey, BaselineRecord
+from .band_rows import key_group, stored_runs
+from .baseline_record import BaselineKey, BaselineRecord
 from .judge_lookup import Lookup
 from .judge_ratio import check_ratio_vs_baseline
 from .ratio import ratio_ci

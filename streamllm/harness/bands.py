@@ -12,19 +12,21 @@ process. A new process is judged against a *prediction interval* for one more pr
 - FAIL needs the estimate outside the interval AND the process's own CI excluding the stored
   mean (`band_verdict`); a band through which a MUST_CATCH-fold slowdown passes is not a check.
 
-Everything here is a pure function of stored values; `key_rows` reads the store.
+Everything here is a pure function of stored values: the prior is band_prior.py's, and
+band_rows.py reads the rows (`key_rows`, `stored_runs`, the key groups) from the store.
 """
 
 from __future__ import annotations
 
 import math
-import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 
 import numpy as np
 from scipy import optimize, special
 
+from .band_prior import Prior, prior_from_rows
+from .band_rows import key_rows
 from .ratio import MIN_PAIRS, RatioCI, RatioVerdict
 from .verdicts import (
     FAIL,
@@ -36,58 +38,7 @@ from .verdicts import (
     MUST_CATCH,
     PASS,
     PREDICTION_FLOOR,
-    PRIOR_DF_MAX,
 )
-
-
-# -- the pooled variance ---------------------------------------------------------------------------
-@dataclass(frozen=True)
-class Prior:
-    """s₀² and d₀ of one key's rows: the variance a row is shrunk toward, and how many degrees of
-    freedom that is worth."""
-
-    s0_sq: float
-    d0: float
-    rows: int  # rows with a spread it was fitted to
-
-    @property
-    def source(self) -> str:
-        return f"pooled over {self.rows} rows: s0 {math.sqrt(self.s0_sq):.2%}, d0 {self.d0:.3g}"
-
-
-def _trigamma_inverse(y: float) -> float:
-    """x with trigamma(x) = y (y > 0); trigamma falls monotonically from ∞ to 0."""
-    f = lambda lx: float(special.polygamma(1, math.exp(lx))) - y  # noqa: E731 - a one-line root target
-    return math.exp(optimize.brentq(f, -30.0, 30.0, xtol=1e-12))
-
-
-def fit_prior(variances: Sequence[tuple[float, int]]) -> Prior | None:
-    """Smyth (2004) §6 method of moments on log sample variances: (s², df) per row. None below
-    MIN_PRIOR_ROWS usable rows (df ≥ 1, s² > 0: a zero variance is rounding, not information)."""
-    used = [(float(s2), int(df)) for s2, df in variances if df >= 1 and s2 > 0 and math.isfinite(s2)]
-    if len(used) < MIN_PRIOR_ROWS:
-        return None
-    s2 = np.array([u[0] for u in used])
-    df = np.array([u[1] for u in used], dtype=float)
-    # e_g = ln s²_g − ψ(d_g/2) + ln(d_g/2) has mean ln s₀² + ψ(d₀/2) − ln(d₀/2)... and variance
-    # ψ'(d_g/2) + ψ'(d₀/2): the excess over the sampling part estimates ψ'(d₀/2).
-    e = np.log(s2) - special.digamma(df / 2) + np.log(df / 2)
-    e_mean = float(e.mean())
-    excess = float(e.var(ddof=1) - np.mean(special.polygamma(1, df / 2)))
-    # excess <= 0: the rows' variances differ no more than sampling does: one shared variance.
-    d0 = PRIOR_DF_MAX if excess <= 0 else min(PRIOR_DF_MAX, 2.0 * _trigamma_inverse(excess))
-    s0_sq = math.exp(e_mean + float(special.digamma(d0 / 2)) - math.log(d0 / 2))
-    return Prior(s0_sq, d0, len(used))
-
-
-def prior_from_rows(rows: Sequence[Sequence[float]]) -> Prior | None:
-    """The prior of a key from each row's stored per-process values (positive, not logged)."""
-    stats = []
-    for values in rows:
-        logs = np.log([float(v) for v in values if v and v > 0 and math.isfinite(v)])
-        if logs.size >= 2:
-            stats.append((float(logs.var(ddof=1)), int(logs.size - 1)))
-    return fit_prior(stats)
 
 
 def sidak_alpha(rows: int, family: float = FALSE_ALARM_PER_RUN) -> float:
@@ -290,122 +241,3 @@ def key_coverage(records: Sequence[object], key: str, section: str = "tpot_ratio
     got = leave_one_out(rows, levels)
     total = next(iter(got.values()))[1]
     return Coverage(key, len(rows), total, tuple((level, got[level][0]) for level in levels), judge_level)
-
-
-# -- reading what is stored ------------------------------------------------------------------------
-_LEGACY_CPU = re.compile(r"^cpu-t(\d+)$")
-_CPU = re.compile(r"^cpu:(.*)-t(\d+)$")
-
-
-@dataclass(frozen=True)
-class StoredRuns:
-    """A row's per-process values under one key, and how older-keyed entries were read."""
-
-    values: list
-    note: str | None = None  # legacy entries attributed, or why they were not
-
-
-def legacy_cpu_model(record, legacy_key: str, count: int) -> tuple[str | None, str]:
-    """The CPU model that recorded `count` values stored under the older `cpu-t<threads>` key.
-
-    Every process that records a ratio also adds its run median(s) to `tpot_runs_ms` of its own
-    fingerprint, so only a CPU fingerprint (of that thread count) holding at least `count` run
-    medians can have recorded them. Exactly one CPU model among those: it recorded them; none or
-    several: unknown (the ratios are not used)."""
-    threads = int(_LEGACY_CPU.match(legacy_key).group(1))
-    runs = record.tpot_runs_ms
-    models = set()
-    for fid, fp in record.fingerprints.items():
-        if fp.get("device_class") == "cpu" and int(fp.get("torch_threads") or 0) == threads \
-                and len(runs.get(fid) or []) >= count:
-            models.add(str(fp.get("cpu_model")))
-    if len(models) == 1:
-        model = models.pop()
-        return model, f"{count} value(s) stored under {legacy_key!r} read as {model!r}'s (the only CPU model with as many recorded runs)"
-    found = "no" if not models else f"{len(models)} ({', '.join(sorted(models))})"
-    return None, (f"{count} value(s) stored under {legacy_key!r} (before ratios were keyed by CPU model) not used: "
-                  f"{found} CPU model(s) could have recorded them; re-record on this CPU model (`nox -s arm`)")
-
-
-def stored_runs(record, section: str, key: str) -> StoredRuns:
-    """The values of the record's `section` (a keyed section: tpot_ratio, ...) that belong to `key`: its own entry, and on CPU those under
-    the older `cpu-t<threads>` key that `legacy_cpu_model` attributes to this key's CPU model."""
-    stored = getattr(record, section) if record is not None else {}
-    own = list(stored.get(key) or [])
-    cpu = _CPU.match(key)
-    legacy = f"cpu-t{cpu.group(2)}" if cpu else None
-    if not legacy or not stored.get(legacy):
-        return StoredRuns(own)
-    old = list(stored[legacy])
-    count = len(record.tpot_ratio.get(legacy) or old)
-    model, note = legacy_cpu_model(record, legacy, count)
-    if model == cpu.group(1):
-        return StoredRuns(old + own, note)
-    if model is not None:
-        note = f"{count} value(s) stored under {legacy!r} belong to {model!r}, not this CPU model: not used"
-    return StoredRuns(own, note)
-
-
-def key_rows(records: Mapping[str, object] | Sequence[object], section: str, key: str) -> list[list[float]]:
-    """Every row's stored values under `key` (records of all baseline files): the prior's input."""
-    items = records.values() if isinstance(records, Mapping) else records
-    if section == "tpot_ratio":
-        # a graph row (device time stored) is judged on its device time: its same-run ratio follows
-        # the host-bound eager reference arm, is never judged, and must not set its peers' prior
-        items = [r for r in items if not getattr(r, "device_time_ms", None)]
-    return [v for v in (stored_runs(r, section, key).values for r in items) if v]
-
-
-@dataclass(frozen=True)
-class KeyGroup:
-    """What a key's rows tell a row's band: the pooled prior and how many rows a run judges."""
-
-    prior: Prior | None
-    rows: int
-
-
-def key_group(records: Sequence[object], section: str, key: str) -> KeyGroup:
-    rows = key_rows(records, section, key)
-    return KeyGroup(prior_from_rows(rows), max(1, len(rows)))
-
-
-# A graph row's device time is keyed per row (its kernel counts' key); its peers are the graph
-# rows stored for the same GPU model and software.
-DEVICE_TIME_PEER_FIELDS = ("gpu", "torch", "transformers")
-
-
-def device_time_group(records: Sequence[object], fields: Mapping[str, object]) -> KeyGroup:
-    """`key_group` for device times: every stored device-time row whose kernel key (read from the
-    record's stored work counts) matches `fields` on DEVICE_TIME_PEER_FIELDS."""
-    want = tuple(fields.get(f) for f in DEVICE_TIME_PEER_FIELDS)
-    rows = []
-    for record in records:
-        kernels = {}
-        for counts in record.work_counts.values():
-            key = counts.get("key") if isinstance(counts, dict) else None
-            if isinstance(key, dict) and isinstance(key.get("fields"), dict) and key.get("kernel_id"):
-                kernels[key["kernel_id"]] = key["fields"]
-        for kernel_id, values in record.device_time_ms.items():
-            got = kernels.get(kernel_id)
-            if got is not None and tuple(got.get(f) for f in DEVICE_TIME_PEER_FIELDS) == want and values:
-                rows.append(list(values))
-    return KeyGroup(prior_from_rows(rows), max(1, len(rows)))
-
-
-def store_records(store) -> list:
-    """Every record of every readable file of a BaselineStore (a corrupt file is the row's own
-    lookup's error to report, so it is left out of the pool here)."""
-    from .baselines import BaselineError  # baselines imports the verdicts only; no cycle at import
-
-    records: list = []
-    for path in store.files():
-        try:
-            records.extend(store.read(path).records.values())
-        except BaselineError:
-            continue
-    return records
-
-
-def store_group(store, section: str, key: str) -> KeyGroup:
-    """`key_group` over the whole store."""
-    return key_group(store_records(store), section, key)

@@ -18,7 +18,8 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .baselines import BaselineKey, BaselineRecord, BaselineStore
+from .baseline_record import BaselineKey, BaselineRecord
+from .baselines import BaselineStore
 from .judge import TPOT_NOT_MEASURED, CaseVerdicts, judge, run_outcome
 from .ratio import ratio_ci
 from .records import RawCase, RawRun, RunModel, RunRecordError, load_run

@@ -30,10 +30,12 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
-from .bands import device_time_group, store_group, store_records
-from .baselines import BaselineKey, BaselineStore
+from .band_rows import device_time_group, store_group, store_records
+from .baseline_record import BaselineKey
+from .baselines import BaselineStore
 from .findings import judge_finding
-from .history import CALIBRATION_CASE, REFERENCE_SUFFIX, RunHistory
+from .history import RunHistory
+from .history_runs import CALIBRATION_CASE, REFERENCE_SUFFIX
 from .judge_device_time import check_device_time
 from .judge_history import HistoryInputs, check_history
 from .judge_lookup import lookup
@@ -213,10 +215,21 @@ def _ratio(raw: RawCase, conditions: RawConditions, store: BaselineStore, found,
 
 def judge(run_raw: RawRun, baselines: BaselineStore, history: Path | str | None) -> list[CaseVerdicts]:
     """Every case of a run, judged against `baselines` and the history root `history` as it stood
-    when the run began (None: no history check)."""
-    cond = run_raw.conditions
-    hist = history_as_of(history, cond) if history is not None else None
-    return [judge_case(c, cond, baselines, hist) for c in run_raw.cases]
+    when the run began (None: no history check); a case of a merged -n run under its own worker's
+    conditions (its fingerprint's history, as it stood when that worker began)."""
+    histories: dict[tuple[str, str], RunHistory] = {}
+
+    def history_for(cond: RawConditions) -> RunHistory | None:
+        if history is None:
+            return None
+        key = (cond.fingerprint_id, cond.started)
+        if key not in histories:
+            histories[key] = history_as_of(history, cond)
+        return histories[key]
+
+    # a merged -n run: each case under its own worker's conditions (RawRun.conditions_of)
+    return [judge_case(c, cond, baselines, history_for(cond))
+            for c in run_raw.cases for cond in (run_raw.conditions_of(c),)]
 
 
 # -- the run's overall outcome ---------------------------------------------------------------------

@@ -7,7 +7,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from .baselines import BaselineError, BaselineRecord, BaselineStore
+from .baseline_record import BaselineRecord
+from .baselines import BaselineError, BaselineStore
 
 
 def relative(path: Path) -> str:

@@ -9,7 +9,9 @@ from collections.abc import Callable
 
 import numpy as np
 
-from .bands import Prior, band_verdict, guards, mde90, prediction_band, stored_runs
+from .band_prior import Prior
+from .band_rows import stored_runs
+from .bands import band_verdict, guards, mde90, prediction_band
 from .judge_lookup import Lookup, relative
 from .ratio import RatioCI, RatioVerdict, check_ratio, ratio_ci
 from .verdicts import (

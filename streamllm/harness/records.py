@@ -212,11 +212,29 @@ class RawConditions(BaseModel):
     calibration_ms: list[float] = Field(default_factory=list)  # the torch-only arm (measure.CalibrationArm)
 
 
+class RawWorker(BaseModel):
+    """One worker of a merged `pytest bench -n` run: the conditions it measured under (its GPU,
+    fingerprint, threads, start) and the cases it measured ("<case>-<dataset>")."""
+
+    model_config = ConfigDict(extra="forbid")
+    worker: str
+    conditions: RawConditions
+    cases: list[str] = Field(default_factory=list)
+
+
 class RawRun(BaseModel):
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
     schema_: str = Field(default=RAW_SCHEMA, alias="schema")
-    conditions: RawConditions
+    conditions: RawConditions  # a merged -n run: the first worker's
     cases: list[RawCase] = Field(default_factory=list)
+    # A merged -n run: every worker's conditions (bench/xdist_merge.py). Empty for one process and
+    # in records written before merges kept them: `conditions` is then every case's.
+    workers: list[RawWorker] = Field(default_factory=list)
+
+    def conditions_of(self, case: RawCase) -> RawConditions:
+        """The conditions `case` was measured under: its worker's in a merged run, else the run's."""
+        cell = f"{case.case}-{case.dataset}"
+        return next((w.conditions for w in self.workers if cell in w.cases), self.conditions)
 
     def to_json(self) -> dict:
         return self.model_dump(by_alias=True, mode="json")

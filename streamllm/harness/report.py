@@ -30,7 +30,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .bands import Coverage, key_coverage, store_records
+from .band_rows import store_records
+from .bands import Coverage, key_coverage
 from .records import DEFAULT_REPORT_DIR
 from .report_cost_plots import plot_amortisation, plot_ppl_vs_tpot, plot_sweep
 from .report_nll_plots import plot_diagnostics, plot_nll, plot_nll_aligned, plot_nll_delta, plot_nll_delta_aligned

@@ -4,7 +4,7 @@ absolute check applies to it.
 It reads the history the absolute check reads (`history/<fingerprint>/`, streamllm.harness.history)
 and nothing else, and rebuilds for every past run the baseline and band `judge_history.check_history`
 used when that run was judged: the last K accepted runs before it *of the same library versions*
-(history.VERSION_FIELDS), pooled; the band `verdicts.robust_band` of their run medians (median/MAD,
+(history_runs.VERSION_FIELDS), pooled; the band `verdicts.robust_band` of their run medians (median/MAD,
 floored); a point's ratio is its median over the pooled baseline's median, as the check's. A band
 a MUST_CATCH-fold slowdown stays inside is "not checked" (the check could not fail): such points
 are drawn without a band and the panel says so.
@@ -22,7 +22,9 @@ import statistics
 from dataclasses import dataclass
 from pathlib import Path
 
-from .history import REFERENCE_SUFFIX, Run, RunHistory, judge, version_set
+from .history import RunHistory
+from .history_runs import REFERENCE_SUFFIX, Run, version_set
+from .history_verdict import judge
 from .verdicts import (
     FALLBACK_BAND,
     HISTORY_RUNS_NEEDED,

@@ -267,7 +267,7 @@ def ratio_key(fingerprint: dict, threads: int) -> str:
     """What a stored TPOT ratio is comparable across: on CPU the CPU model and the thread count
     (ratios move by a few per cent between CPU models: the size of a band), on a GPU its model;
     not the machine. Ratios stored under the older `cpu-t<threads>` key are read through
-    `streamllm.harness.bands.stored_runs`."""
+    `streamllm.harness.band_rows.stored_runs`."""
     device_class = str(fingerprint.get("device_class", "unknown"))
     if device_class != "cpu":
         return device_class

@@ -48,7 +48,7 @@ class BaselineRecordModel(BaseModel):
     ppl_device_class: str  # device class whose numerics produced ppl (its tolerance depends on it)
     runs_averaged: int = Field(ge=1)
     # fingerprint id -> the median TPOT of each run recorded: which machine recorded how many runs
-    # (bands.legacy_cpu_model attributes ratios stored under the older cpu-t<threads> key with it)
+    # (band_rows.legacy_cpu_model attributes ratios stored under the older cpu-t<threads> key with it)
     tpot_runs_ms: dict[str, list[Positive]] = Field(default_factory=dict)
     fingerprints: dict[str, dict[str, Any]] = Field(default_factory=dict)  # id -> hardware_fingerprint()
     provenance: dict[str, Any] = Field(default_factory=dict)  # commit, date, command, environment: for people

@@ -1,5 +1,6 @@
 """`pytest bench -n N` worker parts' model (`<parts dir>/<slot>-<worker>.json`, schema
-`streamllm.bench-part/2`; written by each worker, merged by the controller: `bench/xdist.py`).
+`streamllm.bench-part/2`; written by each worker, `bench/xdist_parts.py`, and merged by the
+controller, `bench/xdist_merge.py`).
 
 /2 against /1: a baseline record is stored as the baseline file's own models (header + record),
 not as a dataclass dump with an untyped `extra`.
@@ -23,7 +24,7 @@ class XdistPartError(StoredFileError):
 
 
 class PartPinning(BaseModel):
-    """bench.xdist.Pinning: the worker slot's GPU and cores."""
+    """bench.pinning.Pinning: the worker slot's GPU and cores."""
 
     model_config = ConfigDict(extra="forbid", strict=True)
     slot: int = Field(ge=0)
