@@ -240,6 +240,12 @@ def test_merge_keeps_each_workers_conditions(tmp_path, tiny, monkeypatch):
                         lambda raw_case, cond, store, history: seen.setdefault(raw_case.case, cond.threads))
     judge_module.judge(raw, None, None)
     assert seen == {"dense": first["threads"], "strict": 7, "window": first["threads"], "lazy-c16": 7}
+    # `streamllm compare --against RUN` records each case under its own worker's machine too
+    from streamllm.harness.compare import records_from_run
+
+    assert {r.key.params.get("name", r.key.strategy): list(r.fingerprints) for r in records_from_run(raw)} == {
+        "dense": [first["fingerprint_id"]], "window": [first["fingerprint_id"]],
+        "strict": ["fake-gpu-b"], "lazy": ["fake-gpu-b"]}
     # a record written before merges kept each worker's conditions still reads: every case the run's
     old = {k: v for k, v in merged.run["raw"].items() if k != "workers"}
     old_raw = validate_run({**merged.run, "raw": old}, "old merged").raw

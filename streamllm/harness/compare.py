@@ -58,12 +58,12 @@ def _raw(run: RunModel, path: Path) -> RawRun:
 
 def records_from_run(raw: RawRun) -> list[BaselineRecord]:
     """What `--update-baselines` would have recorded from this run: PPL, work counts, same-run
-    ratio and device time of each measured case."""
-    cond = raw.conditions
+    ratio and device time of each measured case (under its own worker's conditions in a merged run)."""
     out = []
     for c in raw.cases:
         if c.skipped or c.ppl is None or not c.baseline_key:
             continue
+        cond = raw.conditions_of(c)
         sections: dict = {}
         work = WorkCounts.from_json(c.work, source=f"{c.label} work") if c.work else None
         if work is not None and work.key is not None:

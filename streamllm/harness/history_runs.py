@@ -23,7 +23,7 @@ SCHEMA = HISTORY_SCHEMA
 
 # History entry of a case's reference arm: "<dataset>/<case>:reference".
 REFERENCE_SUFFIX = ":reference"
-# The run-level calibration arm (streamllm.measure.CalibrationArm): torch alone, no library code.
+# The run-level calibration arm (streamllm.calibration.CalibrationArm): torch alone, no library code.
 CALIBRATION_CASE = "calibration:torch-only"
 
 

@@ -209,7 +209,7 @@ class RawConditions(BaseModel):
     nightly: bool = False
     updating: bool = False  # --update/--append-baselines: checks record instead of judging
     no_timing: str | None = None  # why TPOT was not measured, or None
-    calibration_ms: list[float] = Field(default_factory=list)  # the torch-only arm (measure.CalibrationArm)
+    calibration_ms: list[float] = Field(default_factory=list)  # the torch-only arm (streamllm.calibration.CalibrationArm)
 
 
 class RawWorker(BaseModel):
