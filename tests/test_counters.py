@@ -19,7 +19,8 @@ from streamllm.floor import analytic_step_bytes, floor_ms, kv_bytes_per_slot, me
 from streamllm.harness import opcount
 from streamllm.harness.opcount import ReplayCounter, op_name
 from streamllm.harness.schema.workrecord import WorkRecordError
-from streamllm.harness.workrecord import CounterKey, WorkCounts, compare_counts, counter_key
+from streamllm.harness.work_compare import compare_counts
+from streamllm.harness.workrecord import CounterKey, WorkCounts, counter_key
 from streamllm.strategies import make_strategy
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -16,7 +16,8 @@ from streamllm.harness.judge_device_time import check_device_time
 from streamllm.harness.judge_lookup import lookup
 from streamllm.harness.opcount import _device_events
 from streamllm.harness.verdicts import DEVICE_TIME_CHECK, FAIL, NOT_CHECKED, PASS, RATIO_CHECK, WORK_CHECK, armed
-from streamllm.harness.workrecord import WorkCounts, compare_counts
+from streamllm.harness.work_compare import compare_counts
+from streamllm.harness.workrecord import WorkCounts
 
 KEY = "cuda-kernels-abc"  # a kernel counter key id: GPU model + software + config + strategy + decoder
 

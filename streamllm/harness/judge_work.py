@@ -7,7 +7,8 @@ from __future__ import annotations
 from .judge_lookup import Lookup, relative
 from .schema.workrecord import WorkRecordError
 from .verdicts import ERROR, FAIL, NOT_APPLICABLE, NOT_CHECKED, PASS, RECORDED, WORK_CHECK, Check
-from .workrecord import CounterKey, CountVerdict, WorkCounts, compare_across_software, compare_counts
+from .work_compare import CountVerdict, compare_across_software, compare_counts
+from .workrecord import CounterKey, WorkCounts
 
 
 def check_work(measured: WorkCounts | None, found: Lookup, *, updating: bool, what: str,
