@@ -179,6 +179,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--list", action="store_true")
     parser.add_argument("--restore", metavar="DIR", help="unpack a returned --out into the checkout, then exit")
     parser.add_argument("--report-dir", default="out/device-plan-runs")
+    parser.add_argument("--mark-done", default="", metavar="STEP,...",
+                        help="record steps as done (what an earlier lease did, from its committed baselines/ and "
+                             "history/ and its note, when this checkout has no state), then exit")
     args = parser.parse_args(argv)
     state_path = ROOT / args.state
     if args.restore:
@@ -191,7 +194,17 @@ def main(argv: list[str] | None = None) -> int:
     if unknown := [s for s in only if s not in names]:
         print(f"device_plan: error: unknown step {unknown[0]!r}; steps: {', '.join(names)}", file=sys.stderr)
         return 2
+    marked = [s for s in args.mark_done.split(",") if s]
+    if unknown := [s for s in marked if s not in names]:
+        print(f"device_plan: error: unknown step {unknown[0]!r}; steps: {', '.join(names)}", file=sys.stderr)
+        return 2
     state = State.load(state_path)
+    if marked:
+        for name in marked:
+            state.done.setdefault(name, {"seconds": None, "exit": None, "marked": True})
+        state.save(state_path)
+        print(f"marked done: {', '.join(marked)} ({state_path})")
+        return 0
     if args.list:
         for s in steps:
             print(f"{s.name:<22} ~{s.estimate_s:>4} s (box {s.box_s} s) {'done' if s.name in state.done else 'to do'}")

@@ -71,3 +71,16 @@ def test_a_step_that_does_not_fit_waits_for_the_next_call(device_plan, tmp_path,
 def test_unknown_step_is_a_one_line_error(device_plan, capsys):
     assert device_plan.main(["--only", "nope", "--list"]) == 2
     assert "unknown step 'nope'" in capsys.readouterr().err
+
+
+def test_mark_done_lets_a_fresh_checkout_resume_after_an_earlier_lease(device_plan, tmp_path, monkeypatch):
+    """.device_state/ is not in git: a fresh clone marks what the committed records show was done,
+    and the next call starts after it."""
+    marker, state = tmp_path / "ran.txt", tmp_path / "state.json"
+    monkeypatch.setattr(device_plan, "pack", lambda out, *rest: Path(out).mkdir(parents=True, exist_ok=True))
+    monkeypatch.setattr(device_plan, "plan", fake_plan(device_plan, marker, slow=False))
+    common = ["--state", str(state), "--report-dir", str(tmp_path / "runs")]
+    assert device_plan.main(["--mark-done", "a,b", *common]) == 0
+    assert device_plan.main(["--mark-done", "nope", *common]) == 2
+    assert device_plan.main(["--seconds", "60", "--out", str(tmp_path / "out"), *common]) == 0
+    assert marker.read_text().split() == ["c"]
