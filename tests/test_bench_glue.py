@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import mmap
 from pathlib import Path
 
 import pytest
@@ -282,7 +283,12 @@ def test_a_step_that_touches_fresh_memory_is_counted_in_its_page_faults(tiny):
     kept, step = [], growing.decoder.step
 
     def step_and_grow(token):
-        kept.append(torch.ones(8 << 20, dtype=torch.uint8))  # 8 MiB, written, never freed while timing
+        # 8 MiB of fresh anonymous pages, written, never freed while timing: from mmap itself, since
+        # the heap may hand back pages an earlier test already touched (glibc raises its mmap
+        # threshold after large frees), which fault no more
+        fresh = mmap.mmap(-1, 8 << 20)
+        torch.frombuffer(fresh, dtype=torch.uint8).fill_(1)
+        kept.append(fresh)
         return step(token)
 
     growing.decoder.step = step_and_grow
