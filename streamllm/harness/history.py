@@ -23,14 +23,14 @@ from __future__ import annotations
 import json
 import os
 import re
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 from ..results import locked_directory, write_text_atomic
 from .history_runs import Baseline, CaseRun, Run, baseline_of, valid_samples
-from .history_verdict import DEFAULT_ALPHA, Judgement, check_case, previous_verdict
+from .history_verdict import Judgement, check_case, previous_verdict
 from .schema.history import HistoryError, HistoryRunModel
 from .schema.loader import load_stored
 
@@ -82,40 +82,17 @@ class RunHistory:
         """The latest run that measured `case`, accepted or not (the nightly rule's previous point)."""
         return next((r for r in reversed(self.runs()) if case in r.cases), None)
 
-    def previous_verdict(
-        self,
-        case: str,
-        *,
-        band: float,
-        band_of: Callable[[Sequence[float]], float] | None = None,
-        k: int = 5,
-        min_runs: int = 3,
-        alpha: float = DEFAULT_ALPHA,
-        versions: Mapping[str, Any] | None = None,
-    ) -> tuple[Run | None, str | None]:
+    def previous_verdict(self, case: str, **options: Any) -> tuple[Run | None, str | None]:
         """The previous run of `case` and the raw verdict it got, re-judged from its samples against
-        the baseline it had (history_verdict.previous_verdict over this history's runs)."""
-        return previous_verdict(self.runs(), case, band=band, band_of=band_of, k=k, min_runs=min_runs, alpha=alpha,
-                                versions=versions, where=self.directory)
+        the baseline it had: `history_verdict.previous_verdict` over this history's runs (its
+        keyword options: band, band_of, k, min_runs, alpha, versions)."""
+        return previous_verdict(self.runs(), case, where=self.directory, **options)
 
-    def check(
-        self,
-        case: str,
-        samples: Sequence[float],
-        *,
-        band: float,
-        k: int = 5,
-        min_runs: int = 3,
-        nightly: bool = False,
-        alpha: float = DEFAULT_ALPHA,
-        versions: Mapping[str, Any] | None = None,
-        band_of: Callable[[Sequence[float]], float] | None = None,
-    ) -> Judgement:
-        """`samples` (this run's per-round TPOT of `case`) against this history's baseline
-        (history_verdict.check_case: of the runs with the same library `versions`, when given;
-        under `nightly` the previous run is re-judged, `band_of` giving its band)."""
-        return check_case(self.runs(), case, samples, band=band, k=k, min_runs=min_runs, nightly=nightly, alpha=alpha,
-                          versions=versions, band_of=band_of, where=self.directory)
+    def check(self, case: str, samples: Sequence[float], **options: Any) -> Judgement:
+        """`samples` (this run's per-round TPOT of `case`) against this history's baseline:
+        `history_verdict.check_case` over this history's runs (its keyword options: band, k,
+        min_runs, nightly, alpha, versions, band_of)."""
+        return check_case(self.runs(), case, samples, where=self.directory, **options)
 
     # -- writing ---------------------------------------------------------------------------
     def append(
