@@ -25,7 +25,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from streamllm.harness.band_prior import prior_from_rows  # noqa: E402
-from streamllm.harness.band_rows import store_records, stored_runs  # noqa: E402
+from streamllm.harness.band_rows import ratio_judged, store_records, stored_runs  # noqa: E402
 from streamllm.harness.band_simulation import rows_from_store, simulate_run  # noqa: E402
 from streamllm.harness.bands import guards, leave_one_out, mde90, prediction_band, sidak_alpha  # noqa: E402
 from streamllm.harness.baselines import BaselineStore  # noqa: E402
@@ -38,6 +38,16 @@ def _ci_half(record, key: str) -> float:
     return float(np.median(halves)) if halves else 0.0
 
 
+def print_coverage(rows: list[tuple[str, list[float]]], alpha: float) -> None:
+    """The leave-one-out table at 90 %, 99 % and the judge's (Šidák) level."""
+    print("| interval | inside | processes | coverage |")
+    print("|---|---:|---:|---:|")
+    for level, (inside, total) in leave_one_out(rows, [0.90, 0.99, 1 - alpha]).items():
+        name = f"{level:.0%}" if level in (0.90, 0.99) else f"{level:.2%} (the judge's, Šidák)"
+        print(f"| {name} | {inside} | {total} | {inside / total:.1%} |" if total else
+              f"| {name} | - | 0 | no process has a band without it |")
+
+
 def device_time_coverage(records: list) -> None:
     """Leave-one-out coverage of the graph rows' device-time bands (one row per kernel key: the
     GPU model and software are in it), at 90 %, 99 % and the judge's level."""
@@ -47,12 +57,7 @@ def device_time_coverage(records: list) -> None:
         sys.exit("no stored device times")
     alpha = sidak_alpha(len(rows))
     print(f"device time: {len(rows)} rows, {sum(len(v) for _, v in rows)} stored processes\n")
-    print("| interval | inside | processes | coverage |")
-    print("|---|---:|---:|---:|")
-    for level, (inside, total) in leave_one_out(rows, [0.90, 0.99, 1 - alpha]).items():
-        name = f"{level:.0%}" if level in (0.90, 0.99) else f"{level:.2%} (the judge's, Šidák)"
-        print(f"| {name} | {inside} | {total} | {inside / total:.1%} |" if total else
-              f"| {name} | - | 0 | no process has a band without it |")
+    print_coverage(rows, alpha)
     prior = prior_from_rows([v for _, v in rows])
     print(f"\nPrior: {prior.source if prior else 'none (fewer than 3 rows with a spread)'}\n")
     print("| row | n | SD of ln ms | s̃ | band (±) |")
@@ -77,8 +82,8 @@ def main() -> None:
     if args.device_time:
         return device_time_coverage(records)
     # graph rows are judged on their device time, never on their ratio (bands.key_rows leaves them out too)
-    graph = [r for r in records if r.device_time_ms]
-    records = [r for r in records if not r.device_time_ms]
+    graph = [r for r in records if not ratio_judged(r)]
+    records = [r for r in records if ratio_judged(r)]
     named = [(f"{r.key.dataset}/{r.key.strategy}", r, stored_runs(r, "tpot_ratio", args.key)) for r in records]
     named = [(name, r, got) for name, r, got in named if got.values]
     if not named:
@@ -98,13 +103,7 @@ def main() -> None:
           "appended processes did not log theirs")
 
     print("\nLeave-one-out coverage (each stored process against the band built without it):\n")
-    print("| interval | inside | processes | coverage |")
-    print("|---|---:|---:|---:|")
-    levels = [0.90, 0.99, 1 - alpha]
-    for level, (inside, total) in leave_one_out(rows, levels).items():
-        name = f"{level:.0%}" if level in (0.90, 0.99) else f"{level:.2%} (the judge's, Šidák)"
-        print(f"| {name} | {inside} | {total} | {inside / total:.1%} |" if total else
-              f"| {name} | - | 0 | no process has a band without it |")
+    print_coverage(rows, alpha)
 
     prior = prior_from_rows([v for _, v in rows])
     print(f"\nPrior: {prior.source if prior else 'none (fewer than 3 rows with a spread)'}\n")

@@ -65,13 +65,18 @@ def stored_runs(record, section: str, key: str) -> StoredRuns:
     return StoredRuns(own, note)
 
 
+def ratio_judged(record) -> bool:
+    """Whether a row's same-run ratio is judged: a graph row (device time stored) is judged on its
+    device time, its ratio following the host-bound eager reference arm, so that ratio must not
+    set its peers' prior either."""
+    return not getattr(record, "device_time_ms", None)
+
+
 def key_rows(records: Mapping[str, object] | Sequence[object], section: str, key: str) -> list[list[float]]:
     """Every row's stored values under `key` (records of all baseline files): the prior's input."""
     items = records.values() if isinstance(records, Mapping) else records
     if section == "tpot_ratio":
-        # a graph row (device time stored) is judged on its device time: its same-run ratio follows
-        # the host-bound eager reference arm, is never judged, and must not set its peers' prior
-        items = [r for r in items if not getattr(r, "device_time_ms", None)]
+        items = [r for r in items if ratio_judged(r)]
     return [v for v in (stored_runs(r, section, key).values for r in items) if v]
 
 
