@@ -160,6 +160,7 @@ def test_planted_cache_bugs_fail_naming_the_step(embedded, name):
         assert first >= first_eviction_step(spec)  # nothing differs before the cache's own eviction code runs
 
 
+@pytest.mark.slow  # the embedded model; the planted-bug tests above keep the fast set's power
 @pytest.mark.parametrize("kind", ["static", "ring"])
 def test_the_unmutated_caches_pass_on_the_embedded_model(embedded, kind):
     loaded, ids = embedded

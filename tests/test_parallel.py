@@ -111,6 +111,7 @@ def test_parallel_equals_token_loop(loaded: LoadedModel, name: str, chunk_size: 
     assert got.ppl == pytest.approx(ref.ppl, rel=1e-4)
 
 
+@pytest.mark.slow  # a 3000-token decode loop
 def test_no_precision_drift_far_into_the_text():
     """Shift strategies only ever see positions <= S+W in the token loop; float32 angles at t ~ 3000
     would be off by ~1e-4 rad (measured: max |ΔNLL| 2.4e-4 at 4000 tokens), float64 ones are not."""

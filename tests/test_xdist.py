@@ -396,6 +396,7 @@ def test_dispatched_model_streams_like_the_plain_one(tiny, token_ids_tiny):
         assert evaluate_tokens(spread, token_ids_tiny, spec, dataset="t").trace.nll == pytest.approx(nll, abs=1e-6)
 
 
+@pytest.mark.slow  # two loads of a 135M-parameter model
 def test_load_model_device_map_auto_on_the_host():
     """The --device-map path end to end where only the host exists: accelerate places every layer on
     the CPU, and the model gives the plain load's logits."""
