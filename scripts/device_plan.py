@@ -64,8 +64,10 @@ def plan(report_dir: str) -> list[Step]:
     recorded: dict[str, str] = {}
     # (half, rows, first process's estimate, later ones' (inductor's cache is warm), box); the compiled
     # half measured on a fresh H100 (2026-12-07): 297 s cold, 79-99 s warm
+    # The eager half's 240 s was arithmetic: on a fresh H100 (2026-12-07, second lease) its first
+    # process had done 9 of its 11 rows when stopped at 420 s, so it is budgeted at 500 s.
     for half, rows, first, later, box in (("compiled", COMPILED_ROWS, 300, 110, 500),
-                                          ("eager", EAGER_ROWS, 240, 240, 420)):
+                                          ("eager", EAGER_ROWS, 500, 500, 575)):
         previous: tuple[str, ...] = ()
         for i in (1, 2, 3):
             flag = "--update-baselines" if i == 1 else "--append-baselines"
@@ -82,8 +84,8 @@ def plan(report_dir: str) -> list[Step]:
         recorded[half] = name
     both = tuple(recorded.values())
     steps += [
-        Step("check-1", [*BENCH, "--nightly", *out], 330, 520, both),
-        Step("check-2", [*BENCH, "--nightly", *out], 330, 520, ("check-1",)),
+        Step("check-1", [*BENCH, "--nightly", *out], 570, 590, both),
+        Step("check-2", [*BENCH, "--nightly", *out], 570, 590, ("check-1",)),
         Step("kernels-pythia", [sys.executable, "-m", "scripts.kernel_bench", "--out", f"{report_dir}/kernels-pythia",
                                 "--models", "dummy:pythia-2.8b", "--equiv-tokens", "150",
                                 "--e2e", "ring-cudagraphs-triton,noevict-ring-cudagraphs-triton,ring-cudagraphs"],
