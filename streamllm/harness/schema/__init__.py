@@ -14,7 +14,14 @@ The work record keeps its own `schema_version` key (it predates `load_stored`); 
 """
 
 from ..records import RAW_SCHEMA, RUN_SCHEMA, RawArm, RawCase, RawConditions, RawRun, RunModel, RunRecordError
-from .baseline import BASELINE_SCHEMA, BaselineError, BaselineFileModel, BaselineHeader, BaselineRecordModel
+from .baseline import (
+    BASELINE_SCHEMA,
+    BaselineError,
+    BaselineFields,
+    BaselineFileModel,
+    BaselineHeader,
+    BaselineRecordModel,
+)
 from .history import HISTORY_SCHEMA, HistoryCase, HistoryError, HistoryRunModel
 from .loader import StoredFileError, StoredModel, load_stored, validate_stored
 from .workrecord import StoredCounts, WorkRecord, WorkRecordError, load_work_record
@@ -22,7 +29,7 @@ from .xdist_part import PART_SCHEMA, PartHistory, PartPinning, PartRecord, Xdist
 
 __all__ = [
     "BASELINE_SCHEMA", "HISTORY_SCHEMA", "PART_SCHEMA", "RAW_SCHEMA", "RUN_SCHEMA",
-    "BaselineError", "BaselineFileModel", "BaselineHeader", "BaselineRecordModel",
+    "BaselineError", "BaselineFields", "BaselineFileModel", "BaselineHeader", "BaselineRecordModel",
     "HistoryCase", "HistoryError", "HistoryRunModel",
     "PartHistory", "PartPinning", "PartRecord", "XdistPart", "XdistPartError",
     "RawArm", "RawCase", "RawConditions", "RawRun", "RunModel", "RunRecordError",
