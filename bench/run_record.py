@@ -287,7 +287,7 @@ def baseline_record(session: Session, case: BenchCase, dataset: str, evaluation:
         sections["tpot_ratio_ci"] = {rkey: [[round(out.ratio.low, 5), round(out.ratio.high, 5)]]}
     record = BaselineRecord.from_result(evaluation, fingerprint=session.fingerprint, tpot_samples_ms=timing.samples,
                                         provenance=provenance, **sections)
-    return dataclasses.replace(record, key=session.key(case, evaluation))
+    return record.model_copy(update={"key": session.key(case, evaluation)})
 
 
 def extra_info(session: Session, out: CaseResult) -> dict:

@@ -21,6 +21,7 @@ from streamllm.harness.baselines import read_baseline_file  # noqa: E402
 from streamllm.harness.schema import BaselineFileModel, HistoryRunModel, StoredFileError, validate_stored  # noqa: E402
 from streamllm.harness.schema import baseline as baseline_schema  # noqa: E402
 from streamllm.harness.schema import history as history_schema  # noqa: E402
+from streamllm.harness.schema.loader import read_json  # noqa: E402
 from streamllm.results import write_text_atomic  # noqa: E402
 
 CONVERTERS = {
@@ -30,7 +31,7 @@ CONVERTERS = {
 
 
 def convert(path: Path) -> str:
-    data = json.loads(path.read_text(encoding="utf-8"))
+    data = read_json(path)  # raw: an older version is read before any model fits it
     schema = data.get("schema") if isinstance(data, dict) else None
     if schema in (BaselineFileModel.SCHEMA, HistoryRunModel.SCHEMA):
         return "current"
@@ -54,7 +55,7 @@ def main(argv: list[str]) -> int:
     for path in paths:
         try:
             print(f"{path}: {convert(path)}")
-        except (StoredFileError, json.JSONDecodeError, OSError) as exc:
+        except (StoredFileError, OSError) as exc:  # OSError: the write
             print(f"{path}: not converted: {exc}")
             status = 2
     return status

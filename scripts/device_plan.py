@@ -13,7 +13,9 @@ stopped or failed step is run again by the next call. After every step the state
 steps done, seconds, exit codes), the step's log and the recorded baselines/ and history/ are
 written under --out, at most 8 files (logs and records go into two tarballs), which the device
 tool brings back; `--restore DIR` unpacks a returned --out into the checkout before the next
-call (baselines/, history/, the state).
+call (baselines/, history/, the state). The state's model is
+`streamllm.harness.schema.device_state.DeviceState`: a state file that does not load is one line
+naming it and the fix (exit 2) and is never overwritten.
 """
 
 from __future__ import annotations
@@ -27,10 +29,15 @@ import subprocess
 import sys
 import tarfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # this checkout's streamllm, not an installed one
+
+from streamllm.harness.schema.device_state import DeviceState, DeviceStateError, StepDone, StepTry  # noqa: E402
+from streamllm.harness.schema.loader import StoredFileError, load_stored  # noqa: E402
+
 NIGHTLY = ["--device", "cuda", "--model", "dummy:pythia-2.8b", "--dtype", "float16", "--tokens", "4096",
            "--window", "2044", "--strategies", "all", "-p", "no:cacheprovider"]
 BENCH = [sys.executable, "-m", "pytest", "bench", *NIGHTLY]
@@ -94,26 +101,17 @@ def plan(report_dir: str) -> list[Step]:
     return steps
 
 
-@dataclass
-class State:
-    done: dict[str, dict] = field(default_factory=dict)  # step -> {seconds, exit}
-    tries: list[dict] = field(default_factory=list)  # every attempt, done or not
+def load_state(path: Path) -> DeviceState:
+    """The plan's state (schema.device_state), empty when there is none yet; DeviceStateError (one
+    line naming the file and the fix) when it does not load. Reading never writes."""
+    return load_stored(path, DeviceState) if path.exists() else DeviceState()
 
-    @classmethod
-    def load(cls, path: Path) -> State:
-        if not path.exists():
-            return cls()
-        try:
-            raw = json.loads(path.read_text())
-            return cls(done=dict(raw["done"]), tries=list(raw["tries"]))
-        except (ValueError, KeyError, TypeError) as exc:
-            raise SystemExit(f"device_plan: error: {path} is not a plan state ({exc}); move it away to start over") from None
 
-    def save(self, path: Path) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps({"done": self.done, "tries": self.tries}, indent=1))
-        os.replace(tmp, path)
+def save_state(state: DeviceState, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(state.to_json(), indent=1))
+    os.replace(tmp, path)
 
 
 def run_step(step: Step, box_s: float, log: Path) -> tuple[int | None, float]:
@@ -141,7 +139,7 @@ def summary_lines(log: Path) -> list[str]:
     return [line[:300] for line in lines if any(k in line for k in keep)][-12:]
 
 
-def pack(out: Path, state: State, state_path: Path, logs: Path, report_dir: Path) -> None:
+def pack(out: Path, state: DeviceState, state_path: Path, logs: Path, report_dir: Path) -> None:
     """Everything under --out in <= 8 files: state.json, summary.txt, logs.tar.gz, records.tar.gz."""
     out.mkdir(parents=True, exist_ok=True)
     shutil.copy(state_path, out / "state.json")
@@ -154,9 +152,9 @@ def pack(out: Path, state: State, state_path: Path, logs: Path, report_dir: Path
             tar.add(report_dir, arcname="report")
     lines = []
     for attempt in state.tries:
-        lines.append(f"{attempt['step']:<22} exit {attempt['exit']!s:<5} {attempt['seconds']:6.0f} s  "
-                     f"{'done' if attempt['done'] else 'NOT DONE'}")
-        lines += [f"    {line}" for line in attempt.get("summary", [])]
+        lines.append(f"{attempt.step:<22} exit {attempt.exit!s:<5} {attempt.seconds:6.0f} s  "
+                     f"{'done' if attempt.done else 'NOT DONE'}")
+        lines += [f"    {line}" for line in attempt.summary]
     (out / "summary.txt").write_text("\n".join(lines) + "\n")
 
 
@@ -164,7 +162,8 @@ def restore(returned: Path, state_path: Path) -> None:
     """Unpack a returned --out into the checkout: baselines/, history/ and the plan state."""
     records = returned / "records.tar.gz"
     if not records.exists():
-        raise SystemExit(f"device_plan: error: {records} not found; pass the folder the device call brought back")
+        raise DeviceStateError(f"{records}: not found: pass the folder the device call brought back")
+    load_stored(returned / "state.json", DeviceState)  # a state that does not load replaces nothing
     with tarfile.open(records) as tar:
         members = [m for m in tar.getmembers() if m.name.split("/")[0] in ("baselines", "history")]
         tar.extractall(ROOT, members=members, filter="data")
@@ -186,6 +185,14 @@ def main(argv: list[str] | None = None) -> int:
                              "history/ and its note, when this checkout has no state), then exit")
     args = parser.parse_args(argv)
     state_path = ROOT / args.state
+    try:
+        return run_plan(args, state_path)
+    except StoredFileError as exc:  # one line naming the file and the fix; exit 2 like the CLIs
+        print(f"device_plan: error: {exc}", file=sys.stderr)
+        return 2
+
+
+def run_plan(args: argparse.Namespace, state_path: Path) -> int:
     if args.restore:
         restore(Path(args.restore), state_path)
         print(f"restored baselines/, history/ and {state_path} from {args.restore}")
@@ -200,11 +207,11 @@ def main(argv: list[str] | None = None) -> int:
     if unknown := [s for s in marked if s not in names]:
         print(f"device_plan: error: unknown step {unknown[0]!r}; steps: {', '.join(names)}", file=sys.stderr)
         return 2
-    state = State.load(state_path)
+    state = load_state(state_path)
     if marked:
         for name in marked:
-            state.done.setdefault(name, {"seconds": None, "exit": None, "marked": True})
-        state.save(state_path)
+            state.done.setdefault(name, StepDone(seconds=None, exit=None, marked=True))
+        save_state(state, state_path)
         print(f"marked done: {', '.join(marked)} ({state_path})")
         return 0
     if args.list:
@@ -229,14 +236,14 @@ def main(argv: list[str] | None = None) -> int:
         # pytest exit 1 = a check failed: the step ran to its end (the planted regression must fail)
         finished = code is not None and code in (0, 1)
         if finished:
-            state.done[step.name] = {"seconds": round(seconds, 1), "exit": code}
-        state.tries.append({"step": step.name, "exit": code, "seconds": round(seconds, 1), "done": finished,
-                            "summary": summary_lines(log)})
-        state.save(state_path)
+            state.done[step.name] = StepDone(seconds=round(seconds, 1), exit=code)
+        state.tries.append(StepTry(step=step.name, exit=code, seconds=round(seconds, 1), done=finished,
+                                   summary=summary_lines(log)))
+        save_state(state, state_path)
         pack(Path(args.out), state, state_path, logs, ROOT / args.report_dir)
         print(f"{step.name}: exit {code} in {seconds:.0f} s ({'done' if finished else 'NOT done: rerun next call'})",
               flush=True)
-    state.save(state_path)
+    save_state(state, state_path)
     pack(Path(args.out), state, state_path, logs, ROOT / args.report_dir)
     summary = Path(args.out) / "summary.txt"
     print(summary.read_text() if summary.exists() else "no step ran")

@@ -20,7 +20,10 @@ streamllm.measure.time_steady_state (real decode steps at steady state, one thre
 (`python -m scripts.phase_a_delta` from the repository root, or PYTHONPATH=., so that the
 checkout's streamllm is the one imported.)
 
-Per-token traces are cached under --out (<dataset>-<tokens>.json) and reused when present.
+Per-token traces are cached under --out (<dataset>-<tokens>.json) and reused when present. The
+cache and the --per-token files are read through their models
+(`streamllm.harness.schema.eval_output`): one that does not load is one line naming it and the
+fix, exit 2.
 """
 
 from __future__ import annotations
@@ -36,6 +39,8 @@ import numpy as np
 import torch
 
 from streamllm.data import load_text, synthetic_ids, tokenize
+from streamllm.harness.schema.eval_output import EvalOutputError, EvalPerToken, PhaseATraces
+from streamllm.harness.schema.loader import StoredFileError, load_stored
 from streamllm.measure import time_steady_state
 from streamllm.models import load_model
 from streamllm.parallel import evaluate_parallel
@@ -57,14 +62,17 @@ def traces(args, loaded, dataset: str, chosen: dict[str, StrategySpec]) -> dict[
     """{case: {"nll": [...], "prune_steps": [...]}} from a cache file, a --per-token file, or the evaluator."""
     cache = Path(args.out) / f"{dataset}-{args.tokens}.json"
     if cache.exists():
-        return json.loads(cache.read_text())
+        return load_stored(cache, PhaseATraces).model_dump()["traces"]
     given = dict(item.split("=", 1) for item in args.per_token.split(",")) if args.per_token else {}
     out: dict[str, dict] = {}
     if dataset in given:  # `streamllm eval --per-token` output: keyed by strategy label
-        by_label = {r["strategy"]: r for r in json.loads(Path(given[dataset]).read_text())["results"]}
+        by_label = load_stored(given[dataset], EvalPerToken).by_label()
         for case, spec in chosen.items():
-            r = by_label[spec.label()]
-            out[case] = {"nll": r["nll"], "prune_steps": r["prune_steps"]}
+            r = by_label.get(spec.label())
+            if r is None:
+                raise EvalOutputError(f"{given[dataset]}: no trace of {spec.label()!r} (it holds {sorted(by_label)}): "
+                                      f"evaluate it too with `streamllm eval ... --per-token {given[dataset]}`")
+            out[case] = {"nll": r.nll, "prune_steps": r.prune_steps}
     else:
         text = load_text(dataset)
         ids = tokenize(loaded.tokenizer, text, args.tokens)
@@ -73,7 +81,7 @@ def traces(args, loaded, dataset: str, chosen: dict[str, StrategySpec]) -> dict[
             out[case] = {"nll": result.trace.nll, "prune_steps": result.trace.prune_steps}
             print(f"  {dataset} {case}: PPL {result.ppl:.3f}", file=sys.stderr)
     cache.parent.mkdir(parents=True, exist_ok=True)
-    cache.write_text(json.dumps(out))
+    cache.write_text(json.dumps(PhaseATraces.model_validate({"traces": out}, strict=False).to_json()))
     return out
 
 
@@ -156,7 +164,15 @@ def timing_table(loaded, ids: torch.Tensor, sink: int, window: int, periods: lis
     return "\n".join(lines), rows
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
+    try:
+        return run(argv)
+    except StoredFileError as exc:  # a cache or --per-token file that does not load: one line, exit 2
+        print(f"phase_a_delta: error: {exc}", file=sys.stderr)
+        return 2
+
+
+def run(argv: list[str] | None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="embedded")
     parser.add_argument("--datasets", default="book,wiki")
@@ -173,7 +189,7 @@ def main() -> int:
     parser.add_argument("--dtype", default="float32")
     parser.add_argument("--timed-steps", type=int, default=512)
     parser.add_argument("--threads", type=int, default=1)
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     if args.device == "cpu":
         torch.set_num_threads(args.threads)
     periods = [int(p) for p in args.periods.split(",")]

@@ -84,3 +84,55 @@ def test_mark_done_lets_a_fresh_checkout_resume_after_an_earlier_lease(device_pl
     assert device_plan.main(["--mark-done", "nope", *common]) == 2
     assert device_plan.main(["--seconds", "60", "--out", str(tmp_path / "out"), *common]) == 0
     assert marker.read_text().split() == ["c"]
+
+
+# -- the state file: one model (schema.device_state), loaded through schema.load_stored ----------------
+LAST_LEASE = ROOT / "tests" / "data" / "device_state_2026-12-07.json"  # .device_state/state.json of that lease
+
+
+def test_the_last_lease_s_unversioned_state_loads_and_resumes_losing_nothing(device_plan, tmp_path, capsys):
+    """The plan wrote {"done", "tries"} without a version before the model: it is read as /1 and the
+    next save keeps every step and attempt it held."""
+    state = tmp_path / "state.json"
+    state.write_bytes(LAST_LEASE.read_bytes())
+    old = json.loads(LAST_LEASE.read_text())
+    assert device_plan.main(["--list", "--state", str(state)]) == 0
+    listed = capsys.readouterr().out
+    assert all(f"{name}" in listed for name in old["done"]) and state.read_bytes() == LAST_LEASE.read_bytes()
+    assert device_plan.main(["--mark-done", "check-1", "--state", str(state)]) == 0
+    new = json.loads(state.read_text())
+    assert new["schema"] == "streamllm.device-state/1"
+    assert {k: {f: v[f] for f in ("seconds", "exit")} for k, v in new["done"].items() if k != "check-1"} == old["done"]
+    assert [{k: t[k] for k in old["tries"][0]} for t in new["tries"]] == old["tries"]
+    assert new["done"]["check-1"] == {"seconds": None, "exit": None, "marked": True}
+
+
+@pytest.mark.parametrize("content, said", [
+    ('{"done": {"record-1-compiled": {"seconds": 297.4, "exit": 0}}, "tries": [', "not JSON"),
+    (json.dumps({"done": {"a": {"seconds": "x", "exit": 0}}, "tries": []}), "done.a.seconds"),
+    (json.dumps({"schema": "streamllm.device-state/9", "done": {}, "tries": []}), "schema 'streamllm.device-state/9'"),
+    (json.dumps([1]), "not a device plan state"),
+])
+def test_a_broken_state_is_one_line_naming_file_and_fix_exit_2_and_kept(device_plan, tmp_path, capsys, monkeypatch,
+                                                                       content, said):
+    state, marker = tmp_path / "state.json", tmp_path / "ran.txt"
+    state.write_text(content)
+    monkeypatch.setattr(device_plan, "plan", fake_plan(device_plan, marker, slow=False))
+    for args in (["--list"], ["--mark-done", "a"], ["--seconds", "60", "--out", str(tmp_path / "out")]):
+        assert device_plan.main([*args, "--state", str(state), "--report-dir", str(tmp_path / "runs")]) == 2
+        err = capsys.readouterr().err
+        assert len(err.strip().splitlines()) == 1 and str(state) in err and said in err, err
+        assert "--mark-done" in err and "Traceback" not in err
+        assert state.read_text() == content  # nothing overwritten
+    assert not marker.exists()  # and no step ran
+
+
+def test_restore_refuses_a_returned_state_that_does_not_load(device_plan, tmp_path, capsys):
+    returned, state = tmp_path / "returned", tmp_path / "state.json"
+    returned.mkdir()
+    (returned / "records.tar.gz").write_bytes(b"")
+    (returned / "state.json").write_text("{cut off")
+    state.write_bytes(LAST_LEASE.read_bytes())
+    assert device_plan.main(["--restore", str(returned), "--state", str(state)]) == 2
+    assert str(returned / "state.json") in capsys.readouterr().err
+    assert state.read_bytes() == LAST_LEASE.read_bytes()

@@ -120,6 +120,26 @@ def test_every_committed_file_loads_through_its_model(path):
     assert loaded.schema_version == model.SCHEMA
 
 
+@pytest.mark.parametrize("path", sorted((ROOT / "baselines").glob("*/*.json")), ids=lambda p: str(p.relative_to(ROOT)))
+def test_every_committed_baseline_re_saves_byte_identical(path, tmp_path):
+    """The file format did not move when the in-memory record became the model's fields: a
+    committed file loaded and dumped is the same bytes, and through the store's BaselineRecords
+    the same JSON (the store sorts each work-count dict's keys, which the two SmolLM2 files,
+    converted from /1, do not yet: their next update reorders those keys, nothing else)."""
+    from streamllm.harness.baselines import _dumps, read_baseline_file
+
+    text = path.read_text(encoding="utf-8")
+    assert load_stored(path, BaselineFileModel).to_text() == text
+    baseline = read_baseline_file(path)
+    again = _dumps(baseline.header, baseline.records)
+    assert json.loads(again) == json.loads(text)
+    # the store's own output re-saves byte-identical (what an update leaves is a fixed point)
+    copy = tmp_path / path.name
+    copy.write_text(again, encoding="utf-8")
+    resaved = read_baseline_file(copy)
+    assert _dumps(resaved.header, resaved.records) == again
+
+
 @pytest.mark.parametrize("kind", KINDS)
 def test_cli_exits_2_on_a_broken_stored_file_without_traceback(tmp_path, capsys, kind):
     """A command that loads a broken stored file ends through the CLI's USER_ERRORS path: the

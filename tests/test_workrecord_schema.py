@@ -53,7 +53,7 @@ OLD = {"torch": "2.x", "results": [{"label": "strict", "status": "ok",
 
 
 @pytest.mark.parametrize("content, said", [
-    ("{not json", "is not JSON"),
+    ("{not json", "not JSON"),
     (json.dumps([1, 2]), "not a work record"),
     (json.dumps(OLD), "before work records had a schema_version"),
     (json.dumps(_record(schema_version=99)), "schema_version 99"),

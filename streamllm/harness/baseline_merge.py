@@ -5,7 +5,6 @@ other machines' timings and other keys' sections). Used by `BaselineStore.update
 from __future__ import annotations
 
 import math
-from dataclasses import replace
 
 from .baseline_record import BaselineRecord
 from .schema.baseline import APPENDED_SECTIONS, KEYED_SECTIONS
@@ -32,14 +31,13 @@ def append_run(old: BaselineRecord, new: BaselineRecord, fingerprint_id: str) ->
         return old
     provenance = dict(old.provenance)
     provenance["appended_dates"] = [*provenance.get("appended_dates", []), new.provenance.get("date")]
-    return replace(
-        old,
+    return old.model_copy(update=dict(
         tpot_runs_ms={**old.tpot_runs_ms, fid: [*old.tpot_runs_ms.get(fid, []), *new.tpot_runs_ms[fid]]},
         fingerprints={**old.fingerprints, **new.fingerprints},
         runs_averaged=old.runs_averaged + new.runs_averaged,
         provenance=provenance,
         **merge_sections(old, new, append=True),
-    )
+    ))
 
 
 def merge_sections(old: BaselineRecord, new: BaselineRecord, append: bool) -> dict[str, dict]:
@@ -60,9 +58,8 @@ def merge_sections(old: BaselineRecord, new: BaselineRecord, append: bool) -> di
 def merge_records(old: BaselineRecord, new: BaselineRecord) -> BaselineRecord:
     """`new` (a re-record, --update-baselines) keeping `old`'s TPOT runs and fingerprints of other
     machines and its keyed sections' other keys."""
-    return replace(
-        new,
+    return new.model_copy(update=dict(
         tpot_runs_ms={**old.tpot_runs_ms, **new.tpot_runs_ms},
         fingerprints={**old.fingerprints, **new.fingerprints},
         **merge_sections(old, new, append=False),
-    )
+    ))

@@ -1,6 +1,6 @@
 """A baseline's key and record in memory: what a baseline is a baseline of (`BaselineKey`, the
-file it lives in) and one strategy's stored numbers (`BaselineRecord`, whose stored form is
-`schema.baseline.BaselineRecordModel`). The store that reads and writes them: baselines.py; how two
+file it lives in) and one strategy's stored numbers (`BaselineRecord`: the key plus the fields of
+`schema.baseline.BaselineFields`, the same fields the file stores in `BaselineRecordModel`). The store that reads and writes them: baselines.py; how two
 records of one key combine: baseline_merge.py."""
 
 from __future__ import annotations
@@ -12,13 +12,13 @@ import statistics
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
-from pydantic import ValidationError
+from pydantic import ConfigDict, ValidationError
 
 from .fingerprint import fingerprint_id
 from .provenance import make_provenance
-from .schema.baseline import KEYED_SECTIONS, BaselineRecordModel
+from .schema.baseline import KEYED_SECTIONS, BaselineFields, BaselineRecordModel
 from .schema.loader import first_problem
 
 if TYPE_CHECKING:  # only for annotations: keep `import streamllm.harness.baseline_record` free of torch
@@ -95,53 +95,49 @@ class BaselineKey:
         )
 
 
-@dataclass
-class BaselineRecord:
-    """One strategy's baseline in memory: its key and the stored record's fields
-    (`schema.baseline.BaselineRecordModel` says what each holds)."""
+class BaselineRecord(BaselineFields):
+    """One strategy's baseline in memory: its key and the stored record's fields, which are
+    `schema.baseline.BaselineFields` itself (one definition: the file's record is the same fields
+    under the key's strategy label and params). Built like the dataclass it replaced:
+    `BaselineRecord(key, ppl, mean_nll, ppl_device_class, tpot_ratio=..., ...)`; a changed copy is
+    `record.model_copy(update={...})`."""
 
+    # lax: numpy scalars and tuples from a run are taken as floats and lists, as the file stores them
+    model_config = ConfigDict(extra="forbid", strict=False, arbitrary_types_allowed=True)
     key: BaselineKey
-    ppl: float
-    mean_nll: float
-    ppl_device_class: str  # device class whose numerics produced ppl (tolerance depends on it)
-    # fingerprint_id -> median TPOT of each run recorded: the runs each machine recorded (band_rows.legacy_cpu_model)
-    tpot_runs_ms: dict[str, list[float]] = field(default_factory=dict)
-    fingerprints: dict[str, dict] = field(default_factory=dict)  # fingerprint_id -> hardware_fingerprint()
-    runs_averaged: int = 1
-    provenance: dict = field(default_factory=dict)  # commit, date, command, environment
-    work_counts: dict[str, dict] = field(default_factory=dict)  # counter key id -> WorkCounts JSON
-    reference_work_counts: dict[str, dict] = field(default_factory=dict)  # same key -> the reference arm's
-    tpot_ratio: dict[str, list[float]] = field(default_factory=dict)  # ratio key -> one ratio per run
-    tpot_ratio_ci: dict[str, list[list[float]]] = field(default_factory=dict)  # ratio key -> one CI per run
-    device_time_ms: dict[str, list[float]] = field(default_factory=dict)  # kernel key id -> one per run
+
+    def __init__(self, key: BaselineKey, ppl: float, mean_nll: float, ppl_device_class: str, **fields: Any) -> None:
+        # Validated as it is built, so a record that could never be compared against (NaN PPL,
+        # runs < 1) is a ValueError naming its key before anything is stored.
+        fields.setdefault("runs_averaged", 1)
+        try:
+            super().__init__(key=key, ppl=ppl, mean_nll=mean_nll, ppl_device_class=ppl_device_class, **fields)
+        except ValidationError as exc:
+            raise ValueError(f"{key.id()}: {first_problem(exc)}") from None
 
     def stored(self) -> BaselineRecordModel:
-        """The record as stored under its strategy label (the header lives at file level);
-        ValueError naming the key when it could never be compared against (NaN PPL, runs < 1)."""
+        """The record as stored under its strategy label (the header lives at file level), each
+        keyed section sorted; ValueError naming the key when it does not fit the file's model."""
+        fields = self.model_dump(exclude={"key"})
         try:
             return BaselineRecordModel.model_validate({
-                "strategy": self.key.strategy, "params": self.key.params, "ppl": float(self.ppl),
-                "mean_nll": float(self.mean_nll), "ppl_device_class": self.ppl_device_class,
-                "runs_averaged": self.runs_averaged, "fingerprints": self.fingerprints, "provenance": self.provenance,
-                # float(): numpy scalars (float32 in particular) are not JSON-serializable
-                "tpot_runs_ms": {k: [float(x) for x in v] for k, v in sorted(self.tpot_runs_ms.items())},
-                **{s: _canonical(dict(sorted(getattr(self, s).items()))) for s in KEYED_SECTIONS},
+                "strategy": self.key.strategy, "params": self.key.params, **fields,
+                "tpot_runs_ms": dict(sorted(fields["tpot_runs_ms"].items())),
+                **{s: _canonical(dict(sorted(fields[s].items()))) for s in KEYED_SECTIONS},
             }, strict=False)
         except ValidationError as exc:
             raise ValueError(f"{self.key.id()}: {first_problem(exc)}") from None
 
-    def validate(self) -> BaselineRecord:
-        """Refuse to store a record that could never be compared against (NaN PPL, runs < 1)."""
+    def validate(self) -> BaselineRecord:  # type: ignore[override]  # pydantic's deprecated classmethod
+        """Refuse to store a record that could never be compared against (a copy changed with
+        model_copy is not re-validated until here)."""
         self.stored()
         return self
 
     @classmethod
     def from_stored(cls, header: dict, record: BaselineRecordModel) -> BaselineRecord:
-        return cls(key=BaselineKey(**header, strategy=record.strategy, params=record.params), ppl=record.ppl,
-                   mean_nll=record.mean_nll, ppl_device_class=record.ppl_device_class,
-                   tpot_runs_ms=record.tpot_runs_ms, fingerprints=record.fingerprints,
-                   runs_averaged=record.runs_averaged, provenance=record.provenance,
-                   **{s: getattr(record, s) for s in KEYED_SECTIONS})
+        key = BaselineKey(**header, strategy=record.strategy, params=record.params)
+        return cls(key, **record.model_dump(include=set(BaselineFields.model_fields)))
 
     @classmethod
     def from_result(

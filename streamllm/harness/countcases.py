@@ -24,6 +24,7 @@ from typing import Any
 import torch
 
 from . import countrunner
+from .schema.count_jobs import CountJobs
 from .schema.workrecord import WorkRecord, load_work_record, parse_work_record
 from .workrecord import WorkCounts, format_bytes, frac_text
 
@@ -194,7 +195,7 @@ def run_runner(cases: list[CountCase], tree: Path, out: Path, *, python: str = s
                time_steps: int = 32) -> WorkRecord:
     """countrunner.py (run in place from this checkout) under `python` against the streamllm in `tree`."""
     jobs = out.with_name(out.stem + ".jobs.json")
-    jobs.write_text(json.dumps([c.job() for c in cases]))
+    jobs.write_text(json.dumps(CountJobs.of(c.job() for c in cases).to_json()))
     proc = subprocess.run([python, str(RUNNER), "--jobs", str(jobs), "--out", str(out), "--mode", mode,
                            "--time-steps", str(time_steps)], cwd=tree, env=runner_env(tree),
                           capture_output=True, text=True)
@@ -209,7 +210,7 @@ def count_in_process(cases: list[CountCase], threads: int | None = 1) -> WorkRec
     """The runner's record for `cases`, counted with this checkout's library in this process."""
     if threads:
         torch.set_num_threads(threads)
-    return parse_work_record(countrunner.run_jobs([c.job() for c in cases]), "this count")
+    return parse_work_record(countrunner.run_jobs(CountJobs.of(c.job() for c in cases).job_dicts()), "this count")
 
 
 def write_record(path: str | Path, record: WorkRecord) -> None:

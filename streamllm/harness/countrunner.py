@@ -23,8 +23,9 @@ forward before that), and `compat.cache_kwargs` where it exists.
 
     python countrunner.py --jobs JOBS.json --out RECORD.json [--mode count|time] [--time-steps N]
 
-JOBS.json is a list of `countcases.CountCase.job()` objects. Exit 0 when the record is written
-(whatever it says: a case that fails holds its error), 2 on bad arguments.
+JOBS.json is `schema/count_jobs.py`'s `CountJobs`: its `schema` string and a list of
+`countcases.CountCase.job()` objects. Exit 0 when the record is written (whatever it says: a case
+that fails, or a jobs file of another schema, holds its error), 2 on bad arguments.
 """
 
 from __future__ import annotations
@@ -51,6 +52,9 @@ from typing import Any  # noqa: E402
 import torch  # noqa: E402
 
 SCHEMA_VERSION = 1  # schema/workrecord.py's WorkRecord
+# schema/count_jobs.py's CountJobs. Checked by hand, not with that model: the runner runs in other
+# trees' venvs and may import only the standard library, torch and the target's product.
+JOBS_SCHEMA = "streamllm.count-jobs/1"
 
 
 class CannotCount(RuntimeError):
@@ -265,10 +269,21 @@ def run_jobs(jobs: list[dict[str, Any]], mode: str = "count", steps_to_time: int
     return record
 
 
+def read_jobs(path: str) -> list[dict[str, Any]]:
+    """The jobs of a `CountJobs` file; CannotCount when it is of another schema (a runner and a
+    writer of different checkouts), which the caller writes as the record's error."""
+    data = json.loads(Path(path).read_text())
+    got = data.get("schema") if isinstance(data, dict) else None
+    if got != JOBS_SCHEMA or not isinstance(data.get("jobs"), list):
+        raise CannotCount(f"jobs file {path} has schema {got!r}, this runner reads {JOBS_SCHEMA!r}: run the runner "
+                          "of the checkout that wrote it (re-run its streamllm count / bisect / drift)")
+    return data["jobs"]
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description="run decode steps of cases with the streamllm on sys.path; write raw "
                                             "histograms (or step times) as JSON")
-    p.add_argument("--jobs", required=True, help="JSON file: a list of countcases.CountCase.job() objects")
+    p.add_argument("--jobs", required=True, help="JSON file: schema/count_jobs.py's CountJobs")
     p.add_argument("--out", required=True, help="the JSON record to write")
     p.add_argument("--mode", choices=("count", "time"), default="count")
     p.add_argument("--time-steps", type=int, default=32, help="--mode time: timed steps per case")
@@ -278,7 +293,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     try:
-        record = run_jobs(json.loads(Path(args.jobs).read_text()), args.mode, args.time_steps)
+        record = run_jobs(read_jobs(args.jobs), args.mode, args.time_steps)
     except BaseException as exc:  # noqa: BLE001 - anything unforeseen is still a record: the target failed
         record = {"schema_version": SCHEMA_VERSION, "mode": args.mode, "error": _one_line(exc), "results": []}
     Path(args.out).write_text(json.dumps(record, indent=1, default=str))

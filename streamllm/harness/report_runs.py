@@ -4,14 +4,13 @@ number's text, a result's check by name, its datasets, its work counts as one li
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from .judge import check_failed
-from .records import RunRecordError, validate_run
+from .records import RunRecordError, load_run
 
 
 class ReportError(ValueError):
@@ -33,13 +32,10 @@ class Run:
 
 
 def read_run(path: str | Path) -> Run:
+    """The run record at `path` through the run record's one loader (records.load_run)."""
     path = Path(path)
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ReportError(f"run file {path}: cannot be read as JSON ({exc})") from None
-    try:
-        return Run(path, validate_run(data, f"run file {path}").to_json())
+        return Run(path, load_run(path).to_json())
     except RunRecordError as exc:
         raise ReportError(str(exc)) from None
 

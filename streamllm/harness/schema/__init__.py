@@ -1,4 +1,4 @@
-"""One pydantic model per JSON file the harness stores and reads back (issue #28 item 2), and one
+"""One pydantic model per JSON file the project stores and reads back (issue #28 item 2), and one
 loader (`load_stored`) that turns a broken file into a one-line error naming the file and the fix.
 
 | file | model | module |
@@ -8,24 +8,42 @@ loader (`load_stored`) that turns a broken file into a one-line error naming the
 | `pytest bench -n N` worker parts | `XdistPart` | `schema/xdist_part.py` |
 | `out/runs/*.json` (run records) | `RunModel` / `RawRun` | `streamllm/harness/records.py` |
 | `streamllm count --json`, bisect/drift records | `WorkRecord` (work counts inside baselines: `StoredCounts`) | `schema/workrecord.py` |
+| the counting runner's `<record>.jobs.json` | `CountJobs` | `schema/count_jobs.py` |
+| `.device_state/state.json` (scripts/device_plan.py) | `DeviceState` | `schema/device_state.py` |
+| `streamllm eval --per-token` output; phase A's trace cache | `EvalPerToken`; `PhaseATraces` | `schema/eval_output.py` |
 
 The work record keeps its own `schema_version` key (it predates `load_stored`); its errors are
-`StoredFileError`s all the same.
+`StoredFileError`s all the same. The runner reads its jobs file without pydantic (it runs in other
+venvs) and checks the schema string by hand. The JSON parses outside this package are listed, each
+with why, in tests/test_schema_coverage.py.
 """
 
 from ..records import RAW_SCHEMA, RUN_SCHEMA, RawArm, RawCase, RawConditions, RawRun, RunModel, RunRecordError
-from .baseline import BASELINE_SCHEMA, BaselineError, BaselineFileModel, BaselineHeader, BaselineRecordModel
+from .baseline import (
+    BASELINE_SCHEMA,
+    BaselineError,
+    BaselineFields,
+    BaselineFileModel,
+    BaselineHeader,
+    BaselineRecordModel,
+)
+from .count_jobs import COUNT_JOBS_SCHEMA, CountJob, CountJobs, CountJobsError
+from .device_state import DEVICE_STATE_SCHEMA, DeviceState, DeviceStateError, StepDone, StepTry
+from .eval_output import PHASE_A_SCHEMA, CaseTrace, EvalOutputError, EvalPerToken, PerTokenTrace, PhaseATraces
 from .history import HISTORY_SCHEMA, HistoryCase, HistoryError, HistoryRunModel
-from .loader import StoredFileError, StoredModel, load_stored, validate_stored
+from .loader import StoredFileError, StoredModel, load_stored, read_json, validate_stored
 from .workrecord import StoredCounts, WorkRecord, WorkRecordError, load_work_record
 from .xdist_part import PART_SCHEMA, PartHistory, PartPinning, PartRecord, XdistPart, XdistPartError
 
 __all__ = [
-    "BASELINE_SCHEMA", "HISTORY_SCHEMA", "PART_SCHEMA", "RAW_SCHEMA", "RUN_SCHEMA",
-    "BaselineError", "BaselineFileModel", "BaselineHeader", "BaselineRecordModel",
+    "BASELINE_SCHEMA", "COUNT_JOBS_SCHEMA", "DEVICE_STATE_SCHEMA", "HISTORY_SCHEMA", "PART_SCHEMA", "PHASE_A_SCHEMA",
+    "RAW_SCHEMA", "RUN_SCHEMA",
+    "CountJob", "CountJobs", "CountJobsError", "DeviceState", "DeviceStateError", "StepDone", "StepTry",
+    "CaseTrace", "EvalOutputError", "EvalPerToken", "PerTokenTrace", "PhaseATraces",
+    "BaselineError", "BaselineFields", "BaselineFileModel", "BaselineHeader", "BaselineRecordModel",
     "HistoryCase", "HistoryError", "HistoryRunModel",
     "PartHistory", "PartPinning", "PartRecord", "XdistPart", "XdistPartError",
     "RawArm", "RawCase", "RawConditions", "RawRun", "RunModel", "RunRecordError",
-    "StoredFileError", "StoredModel", "load_stored", "validate_stored",
+    "StoredFileError", "StoredModel", "load_stored", "read_json", "validate_stored",
     "StoredCounts", "WorkRecord", "WorkRecordError", "load_work_record",
 ]

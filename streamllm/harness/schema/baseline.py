@@ -37,16 +37,16 @@ class BaselineError(StoredFileError):
     """A baseline file is unreadable or does not match the run; the message names file and fix."""
 
 
-class BaselineRecordModel(BaseModel):
-    """One strategy's record, stored under its label."""
+class BaselineFields(BaseModel):
+    """What one strategy's record holds besides its label: defined here once, stored by
+    `BaselineRecordModel` and held in memory (with its `BaselineKey`) by
+    `baseline_record.BaselineRecord`. The order is the stored order."""
 
     model_config = ConfigDict(extra="forbid", strict=True)
-    strategy: str  # StrategySpec.label(), equal to the key it is stored under
-    params: dict[str, Any]  # StrategySpec.params()
     ppl: Positive
     mean_nll: Finite
     ppl_device_class: str  # device class whose numerics produced ppl (its tolerance depends on it)
-    runs_averaged: int = Field(ge=1)
+    runs_averaged: int = Field(ge=1)  # required in a file; a new in-memory record is one run
     # fingerprint id -> the median TPOT of each run recorded: which machine recorded how many runs
     # (band_rows.legacy_cpu_model attributes ratios stored under the older cpu-t<threads> key with it)
     tpot_runs_ms: dict[str, list[Positive]] = Field(default_factory=dict)
@@ -57,6 +57,19 @@ class BaselineRecordModel(BaseModel):
     tpot_ratio: dict[str, list[Positive]] = Field(default_factory=dict)  # ratio key -> one ratio per run
     tpot_ratio_ci: dict[str, list[Interval]] = Field(default_factory=dict)  # ratio key -> one CI per run
     device_time_ms: dict[str, list[Positive]] = Field(default_factory=dict)  # kernel key id -> per run
+
+
+class RecordLabel(BaseModel):
+    """The strategy a stored record is of (in memory: `BaselineKey.strategy` / `.params`)."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+    strategy: str  # StrategySpec.label(), equal to the key it is stored under
+    params: dict[str, Any]  # StrategySpec.params()
+
+
+class BaselineRecordModel(BaselineFields, RecordLabel):
+    """One strategy's record, stored under its label: the label's fields first, then the numbers
+    (pydantic orders inherited fields from the last base to the first)."""
 
 
 class BaselineHeader(BaseModel):

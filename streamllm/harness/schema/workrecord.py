@@ -18,13 +18,12 @@ refused with the fix (re-record with `streamllm count --json`); no such file is 
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, ValidationError
 
-from .loader import StoredFileError
+from .loader import StoredFileError, read_json
 
 SCHEMA_VERSION = 1
 COUNTS_SCHEMA = "streamllm.workcounts/1"  # the stored form inside baselines and run records
@@ -158,11 +157,4 @@ def parse_work_record(obj: Any, source: str) -> WorkRecord:
 
 def load_work_record(path: str | Path) -> WorkRecord:
     """Read a work-record file; never writes to it."""
-    p = Path(path)
-    if not p.is_file():
-        raise WorkRecordError(f"work record {p} does not exist; {FIX}")
-    try:
-        obj = json.loads(p.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise WorkRecordError(f"{p} is not JSON ({exc}); {FIX}") from None
-    return parse_work_record(obj, str(p))
+    return parse_work_record(read_json(path, kind="work record", fix=FIX, error=WorkRecordError), str(path))
