@@ -19,12 +19,11 @@ from streamllm.floor import analytic_step_bytes, floor_ms, mean_attended_slots
 from streamllm.harness.opcount import count_work
 from streamllm.harness.ratio import RatioCI, ratio_ci
 from streamllm.harness.workrecord import WorkCounts, counter_key
-from streamllm.measure import TimingRun, time_interleaved
+from streamllm.measure import TimingRun, steps_per_round, time_interleaved
 from streamllm.ownpath import Holding, OwnPath, expected_tokens, held_tokens, layer0_values, own_path, reference_kv
 from streamllm.parallel import evaluate_parallel
 from streamllm.parallel_schedule import supports_parallel
 from streamllm.results import EvalResult, TokenTrace
-from streamllm.tpot import steps_per_round
 
 from .catalog import BenchCase, compile_mode
 from .phases import PhaseClock

@@ -17,9 +17,8 @@ from streamllm.harness.history_runs import CALIBRATION_CASE
 from streamllm.harness.judge import nightly_unarmed
 from streamllm.harness.ratio import ratio_ci
 from streamllm.harness.verdicts import Check
-from streamllm.measure import TimingRun
+from streamllm.measure import TimingRun, speedup
 from streamllm.results import EvalResult
-from streamllm.tpot import speedup
 
 from .catalog import BenchCase
 from .finish import FinishPlan, RunEnd, finish_run, write_baselines

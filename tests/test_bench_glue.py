@@ -14,8 +14,7 @@ import torch
 from bench.catalog import build_catalog, select
 from bench.suite import Suite, SuiteOptions
 from conftest import tiny_llama
-from streamllm.clock import minor_faults
-from streamllm.decode_slice import prepare_slice
+from streamllm.decode_slice import minor_faults, prepare_slice
 from streamllm.evaluate import evaluate_tokens
 from streamllm.harness.baseline_record import BaselineKey, BaselineRecord
 from streamllm.harness.baselines import BaselineError, BaselineStore
