@@ -10,7 +10,7 @@ from __future__ import annotations
 from streamllm.harness.history import RunHistory
 from streamllm.harness.judge import CaseVerdicts
 from streamllm.harness.judge import judge_case as judge_one
-from streamllm.harness.ratio import RatioCI
+from streamllm.harness.judge_ratio import RatioCI
 from streamllm.harness.records import RawFinding
 from streamllm.harness.stats import ppl_ratio_ci
 from streamllm.harness.verdicts import RATIO_CHECK, Check

@@ -16,8 +16,8 @@ from streamllm.decode_slice import DecodeSlice, prepare_slice, reference_slice
 from streamllm.decoders import decoder_factory
 from streamllm.evaluate import build_result
 from streamllm.floor import analytic_step_bytes, floor_ms, mean_attended_slots
+from streamllm.harness.judge_ratio import RatioCI, ratio_ci
 from streamllm.harness.opcount import count_work
-from streamllm.harness.ratio import RatioCI, ratio_ci
 from streamllm.harness.workrecord import WorkCounts, counter_key
 from streamllm.measure import TimingRun, steps_per_round, time_interleaved
 from streamllm.ownpath import Holding, OwnPath, expected_tokens, held_tokens, layer0_values, own_path, reference_kv

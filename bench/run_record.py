@@ -21,8 +21,8 @@ from streamllm.harness.fingerprint import fingerprint_id, package_version
 from streamllm.harness.history import RunHistory
 from streamllm.harness.history_runs import REFERENCE_SUFFIX
 from streamllm.harness.history_verdict import enters_baseline
+from streamllm.harness.judge_ratio import RatioCI
 from streamllm.harness.provenance import make_provenance
-from streamllm.harness.ratio import RatioCI
 from streamllm.harness.records import (
     RUN_SCHEMA,
     RawArm,

@@ -15,7 +15,7 @@ from pathlib import Path
 from streamllm.harness.baseline_record import BaselineRecord
 from streamllm.harness.history_runs import CALIBRATION_CASE
 from streamllm.harness.judge import nightly_unarmed
-from streamllm.harness.ratio import ratio_ci
+from streamllm.harness.judge_ratio import ratio_ci
 from streamllm.harness.verdicts import Check
 from streamllm.measure import TimingRun, speedup
 from streamllm.results import EvalResult

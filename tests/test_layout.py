@@ -137,7 +137,6 @@ VERDICT_WORDS = frozenset({"PASS", "FAIL", "INCONCLUSIVE", "NOT_CHECKED", "RECOR
 WORD_READERS = {
     # the judges' helpers: pure rules that judge.py / the judge_*.py modules call with the raw numbers
     "streamllm/harness/stats.py": "the CI rules the judges call (a paired CI against a band)",
-    "streamllm/harness/ratio.py": "the ratio t-interval rule check_ratio_vs_baseline calls",
     "streamllm/harness/work_compare.py": "the exact work-count comparison check_work calls",
     "streamllm/harness/bisect.py": "the timing bisect's good/bad call on a commit's paired ratios (not a suite row)",
     # readers: they show or count verdicts the judge produced, never produce one

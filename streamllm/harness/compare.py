@@ -21,7 +21,7 @@ from pathlib import Path
 from .baseline_record import BaselineKey, BaselineRecord
 from .baselines import BaselineStore
 from .judge import TPOT_NOT_MEASURED, CaseVerdicts, judge, run_outcome
-from .ratio import ratio_ci
+from .judge_ratio import ratio_ci
 from .records import RawCase, RawRun, RunModel, RunRecordError, load_run
 from .table import bound_word, make_row, table_lines
 from .verdicts import (
