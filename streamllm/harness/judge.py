@@ -6,7 +6,7 @@
 `BaselineStore` to compare with; `history` the run-history root. The judge reads those stores and
 never measures: where a check needs more interleaved pairs (an inconclusive ratio, or a recording
 whose CI is too wide to be the centre of later bands) it returns a `RerunRequest`, the measuring
-loop (bench/judging.py) reruns and calls the judge again with the extra rounds in the raw record.
+loop (bench/measuring.py `Measurements.judged`) reruns and calls the judge again with the extra rounds in the raw record.
 A stored record that already holds its rerun rounds is judged exactly as the run judged it, so
 `streamllm compare` reproduces the suite's verdicts.
 

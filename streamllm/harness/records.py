@@ -17,9 +17,12 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+if TYPE_CHECKING:  # the product's timing run, read by RawArm.from_timing (a type only: no torch at import)
+    from streamllm.measure import TimingRun
 
 # Generated output (run JSONs, the rendered report) goes under this ignored folder; the run history
 # that the TPOT check reads is tracked, apart from it, under history/.
@@ -85,6 +88,16 @@ class RawArm(BaseModel):
     faults_per_step: float | None = None  # minor page faults per measured step
     tpot_ms_mean: float | None = None  # over whole eviction cycles (the table's TPOT columns)
     tpot_ms_median: float | None = None
+
+    @classmethod
+    def from_timing(cls, timing: TimingRun) -> RawArm:
+        """The arm as the judge reads it, from the measured run (streamllm.measure.TimingRun): built
+        here, beside its definition, so a TPOT sample goes from the timing run into the raw record
+        in one step (docs/architecture.md, "The route of one TPOT sample")."""
+        return cls(samples_ms=timing.samples, rerun_samples_ms=list(timing.rerun_samples),
+                   device_samples_ms=timing.device_samples if timing.device_ms else [],
+                   faults_per_step=timing.faults_per_step, tpot_ms_mean=timing.mean_ms,
+                   tpot_ms_median=timing.median_ms)
 
 
 class RawNll(BaseModel):

@@ -1,7 +1,7 @@
 """The verdict table: printed at the end of a bench run (serial or merged xdist, through
-`bench/finish.py`) and by `streamllm compare` for a stored run. It only reads checks; the verdicts
-come from the judge (`judge.py`). Lives in the harness because `streamllm compare` must not import
-bench/."""
+`bench/suite.py` `finish_run`) and by `streamllm compare` for a stored run. It only reads checks;
+the verdicts come from the judge (`judge.py`). Lives in the harness because `streamllm compare`
+must not import bench/."""
 
 from __future__ import annotations
 
