@@ -25,19 +25,15 @@ from streamllm.harness.judge_ratio import RatioCI
 from streamllm.harness.provenance import make_provenance
 from streamllm.harness.records import (
     RUN_SCHEMA,
+    Check,
     RawCase,
     RawConditions,
     RawFinding,
     RawRun,
     validate_run,
 )
-from streamllm.harness.table import bound_word, make_row
-from streamllm.harness.verdicts import (
-    HISTORY_CHECK,
-    Check,
-    ratio_key,
-    summarize,
-)
+from streamllm.harness.table import bound_word, make_row, summarize
+from streamllm.harness.verdicts import HISTORY_CHECK, ratio_key
 from streamllm.harness.workrecord import WorkCounts
 from streamllm.measure import TimingRun
 from streamllm.ownpath import Holding, OwnPath

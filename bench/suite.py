@@ -30,8 +30,7 @@ from streamllm.harness.baselines import BaselineStore
 from streamllm.harness.fingerprint import fingerprint_id
 from streamllm.harness.history_runs import CALIBRATION_CASE
 from streamllm.harness.judge import RunOutcome, nightly_unarmed, run_outcome
-from streamllm.harness.table import table_lines
-from streamllm.harness.verdicts import armed_summary
+from streamllm.harness.table import armed_summary, table_lines
 from streamllm.measure import TimingRun
 from streamllm.results import EvalResult
 

@@ -139,6 +139,8 @@ WORD_READERS = {
     "streamllm/harness/stats.py": "the CI rules the judges call (a paired CI against a band)",
     "streamllm/harness/work_compare.py": "the exact work-count comparison check_work calls",
     "streamllm/harness/bisect.py": "the timing bisect's good/bad call on a commit's paired ratios (not a suite row)",
+    # the check record: its failed / unchecked flags read the words of the verdict it carries
+    "streamllm/harness/records.py": "Check.unchecked reads NOT_CHECKED / RECORDED (the record, not a judge)",
     # readers: they show or count verdicts the judge produced, never produce one
     "streamllm/harness/table.py": "the terminal table colours and counts the judge's verdicts",
     "streamllm/harness/report_view.py": "streamllm report shows and marks the verdicts a run stored",

@@ -22,7 +22,8 @@ from .band_rows import key_group, stored_runs
 from .baseline_record import BaselineKey, BaselineRecord
 from .judge_lookup import Lookup
 from .judge_ratio import check_ratio_vs_baseline, ratio_ci
-from .verdicts import RATIO_CONFIDENCE, Check
+from .records import Check
+from .verdicts import RATIO_CONFIDENCE
 
 SIM_KEY = "cpu:simulated-t1"
 

@@ -43,7 +43,8 @@ from .judge_ppl import check_ppl
 from .judge_ratio import check_ratio_vs_baseline
 from .judge_work import check_work
 from .numerics import agreement_check, eviction_check, own_path_check
-from .records import RUN_FAIL, RUN_INCOMPLETE, RUN_PASS, RawArm, RawCase, RawConditions, RawRun
+from .records import RUN_FAIL, RUN_INCOMPLETE, RUN_PASS, Check, RawArm, RawCase, RawConditions, RawRun
+from .table import armed_summary
 from .verdicts import (
     FAILING,
     LIVE,
@@ -51,8 +52,6 @@ from .verdicts import (
     RATIO_CHECK,
     RECORDING_HALF_WIDTH,
     WORK_CHECK,
-    Check,
-    armed_summary,
     ratio_key,
     slice_tolerance,
 )

@@ -10,7 +10,8 @@ from .band_rows import stored_runs
 from .bands import guards, mde90, prediction_band
 from .judge_lookup import Lookup, relative
 from .judge_ratio import band_verdict, check_ratio, ratio_ci
-from .verdicts import DEVICE_TIME_CHECK, ERROR, MUST_CATCH, NOT_APPLICABLE, NOT_CHECKED, RECORDED, Check, aa_band
+from .records import Check
+from .verdicts import DEVICE_TIME_CHECK, ERROR, MUST_CATCH, NOT_APPLICABLE, NOT_CHECKED, RECORDED, aa_band
 
 
 def check_device_time(samples: list[float] | None, found: Lookup, *, key: str | None, updating: bool, what: str,

@@ -41,6 +41,7 @@ from .band_prior import Prior
 from .band_rows import stored_runs
 from .bands import PredictionBand, guards, mde90, prediction_band
 from .judge_lookup import Lookup, relative
+from .records import Check
 from .verdicts import (
     ERROR,
     FAIL,
@@ -53,7 +54,6 @@ from .verdicts import (
     RATIO_CONFIDENCE,
     RECORDED,
     RECORDING_HALF_WIDTH,
-    Check,
     aa_band,
     allocator_churn,
 )

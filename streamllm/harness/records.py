@@ -9,7 +9,8 @@ the file and the fix when it does not match.
 `RawRun` is the record's *raw* part (`run["raw"]`): what was measured and under which conditions,
 and no verdict. `streamllm.harness.judge.judge` turns it into checks; `streamllm compare` re-judges
 a stored run from it alone. The judged fields beside it (`results[].checks`, `verdicts`) are what the
-run printed, kept for the report until it renders the judge's output directly.
+run printed, kept for the report until it renders the judge's output directly. `Check` is the
+record of one check (what the judges return and the run file keeps under `results[].checks`).
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
@@ -32,8 +33,39 @@ DEFAULT_HISTORY_DIR = "history"
 RUN_SCHEMA = "streamllm.bench-run/2"
 READABLE_SCHEMAS = ("streamllm.bench-run/1", RUN_SCHEMA)  # /1: before (b) held ratio and work counts
 
-# The verdict words and the check record are verdicts.py's; the run record only carries them.
-from .verdicts import FAILING, MISSING, VERDICTS, Check, worst  # noqa: E402,F401  (re-exported for readers of runs)
+# The verdict words are verdicts.py's; the check record that carries one is defined here, with the
+# raw record it is judged from, so a TPOT sample's route from raw record to verdict reads verdicts.py
+# but passes through no function of it (docs/architecture.md, "The route of one TPOT sample").
+from .verdicts import FAILING, LIVE, NOT_CHECKED, RECORDED, VerdictWord  # noqa: E402
+
+
+class Check(BaseModel):
+    """One assertion of one case: what was checked, the verdict, and the numbers behind it."""
+
+    model_config = ConfigDict(extra="forbid")
+    kind: Literal["ppl", "tpot", "finding"]
+    name: str
+    verdict: VerdictWord
+    message: str
+    details: dict[str, Any] = Field(default_factory=dict)
+
+    def __init__(self, kind: str, name: str, verdict: str, message: str, details: dict | None = None, **kw: Any):
+        super().__init__(kind=kind, name=name, verdict=verdict, message=message, details=details or {}, **kw)
+
+    @property
+    def failed(self) -> bool:
+        return self.verdict in FAILING
+
+    @property
+    def unchecked(self) -> bool:
+        return self.verdict in (NOT_CHECKED, RECORDED)
+
+    @property
+    def live(self) -> bool:
+        return self.verdict in LIVE
+
+    def to_dict(self) -> dict:
+        return self.model_dump()
 
 
 class CaseModel(BaseModel):
