@@ -240,7 +240,7 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
     suite = session.config.stash.get(SUITE_KEY, None)
     if suite is None or not suite.results:
         return
-    end = suite.finish()  # bench/finish.py: the same end as the xdist controller's
+    end = suite.finish()  # bench/suite.py finish_run: the same end as the xdist controller's
     session.config.stash[RUN_END_KEY] = end
     if end.outcome.exit_code and session.exitstatus == pytest.ExitCode.OK:
         session.exitstatus = pytest.ExitCode.TESTS_FAILED  # e.g. --nightly with an unarmed row

@@ -4,7 +4,7 @@ checks. Each one's provenance, and what "seed log §N" means: docs/findings.md.
 A finding relates a strategy to a reference strategy *measured in the same run* (same model,
 text and tokens): PPL_s / PPL_ref from a paired block bootstrap over per-token NLL
 (`streamllm.harness.stats.ppl_ratio_ci`), or TPOT_s / TPOT_ref from the two strategies timed step for
-step in one interleaved run (`Suite.paired_ratio`, the t-interval of `streamllm.ratio`). Each has a direction and a band; a CI outside the band fails on either side (an
+step in one interleaved run (`Measurements.paired_ratio`, the t-interval of `streamllm.harness.judge_ratio`). Each has a direction and a band; a CI outside the band fails on either side (an
 improvement beyond the band means the finding changed: re-record it on purpose, here).
 
 Two families:

@@ -1,52 +1,120 @@
-"""Measuring one case: its per-token NLL (the exact parallel evaluator or the token loop), its steps
-timed interleaved with a reference arm, its work counted, its memory floor, and a finding's paired
-timing. Memoized per (dataset, case): a finding's reference strategy is measured once, whichever
-case needs it first. Only measures: what the numbers mean is bench/judging.py's business."""
+"""Measuring one case, to its frozen result: `Measurements.measure_case` times the case interleaved
+with its reference arm, measures what its checks read besides the timing (its PPL, the probes of
+bench/probes.py, its findings), builds its raw record (`raw_case`: the one place a TimingRun
+becomes the record's RawArm) and puts that through the one judge (`judged`: where the judge asks
+for more interleaved rounds, they are measured once on the same caches and the case judged again).
+Memoized per (dataset, case): a finding's reference strategy is measured once, whichever case
+needs it first. No verdict word is produced here: the checks come from `streamllm.harness.judge`.
+
+A TPOT sample passes through this file once, between the timing run (streamllm/measure.py) and
+the raw record (streamllm/harness/records.py): docs/architecture.md, "The route of one TPOT sample"."""
 
 from __future__ import annotations
 
 import dataclasses
 import math
 
-import numpy as np
-import torch
-
-from streamllm.calibration import CalibrationArm, copy_bandwidth_GBps
+from streamllm.calibration import CalibrationArm
+from streamllm.combinations import GRAPH_MODES
 from streamllm.decode_slice import DecodeSlice, prepare_slice, reference_slice
 from streamllm.decoders import decoder_factory
 from streamllm.evaluate import build_result
-from streamllm.floor import analytic_step_bytes, floor_ms, mean_attended_slots
-from streamllm.harness.opcount import count_work
-from streamllm.harness.ratio import RatioCI, ratio_ci
-from streamllm.harness.workrecord import WorkCounts, counter_key
-from streamllm.measure import TimingRun, time_interleaved
-from streamllm.ownpath import Holding, OwnPath, expected_tokens, held_tokens, layer0_values, own_path, reference_kv
+from streamllm.harness.history import RunHistory
+from streamllm.harness.judge import judge_case
+from streamllm.harness.judge_ratio import RatioCI, ratio_ci
+from streamllm.harness.records import RawArm, RawCase
+from streamllm.harness.verdicts import RATIO_CHECK
+from streamllm.measure import TimingRun, speedup, steps_per_round, time_interleaved
 from streamllm.parallel import evaluate_parallel
 from streamllm.parallel_schedule import supports_parallel
 from streamllm.results import EvalResult, TokenTrace
-from streamllm.tpot import steps_per_round
 
 from .catalog import BenchCase, compile_mode
-from .phases import PhaseClock
+from .measure_findings import measure_findings
+from .probes import SliceProbes, raw_eviction, raw_nll, raw_own_path
+from .run_record import CaseResult, finite, raw_conditions
 from .session import Session, _in_phase
 
 
-class Measurements:
+class Measurements(SliceProbes):
     def __init__(self, session: Session):
+        super().__init__()
         self.session = session
         self._evals: dict[tuple, EvalResult] = {}
         self._timings: dict[tuple[str, str], TimingRun] = {}
         self.references: dict[tuple[str, str], TimingRun] = {}  # each case's reference arm
         self._slices: dict[tuple[str, str], DecodeSlice] = {}  # kept until a rerun is decided
         self._reference_slices: dict[tuple[str, str], DecodeSlice] = {}
-        self.bandwidth: float | None = None  # GB/s, calibration.copy_bandwidth_GBps, once per process
-        self._calibrations: dict[tuple, OwnPath] = {}
-        self._layer0: dict[tuple, torch.Tensor] = {}  # (dataset, weights) -> each token's layer-0 value
         self._torch_only: CalibrationArm | None = None  # the run's calibration arm, timed after each case
 
-    @property
-    def phases(self) -> PhaseClock:
-        return self.session.phases
+    # -- one case, end to end ------------------------------------------------------------------
+    def measure_case(self, case: BenchCase, dataset: str, benchmark=None) -> CaseResult:
+        """The case measured and judged: its frozen result, checks and raw record included."""
+        if self.session.options.no_timing:
+            return self._ppl_only(case, dataset, benchmark)
+        # timing first: for token-loop cases the timed rounds *are* the evaluation's decode steps
+        timing = self.timing(case, dataset, benchmark)
+        reference = self.references.get((dataset, case.id))
+        holding, own, calibration = self.own_numerics(case, dataset)  # before counting feeds the slice more steps
+        evaluation = self.evaluate(case, dataset)
+        if case.id != "dense":
+            dense = self.session.case("dense")
+            ppl_delta = 100.0 * (evaluation.ppl / self.evaluate(dense, dataset).ppl - 1.0)
+            faster = speedup(self.timing(dense, dataset).mean_ms, timing.mean_ms)
+        else:
+            ppl_delta, faster = 0.0, 1.0
+        measured = CaseResult(
+            case, dataset, evaluation=evaluation, timing=timing, reference_timing=reference,
+            ratio=ratio_ci(timing.samples, reference.samples) if reference is not None else None,
+            speedup=faster, floor_ms=self.step_floor_ms(case, timing.kv_length_max), ppl_delta_vs_dense_pct=ppl_delta,
+            slice_nll_max_abs_diff=self.slice_agreement(evaluation, timing.positions, timing.nll, timing.fill_mode),
+            own_path=own, calibration=calibration, holding=holding)
+        return self.judged(measured)
+
+    def _ppl_only(self, case: BenchCase, dataset: str, benchmark=None) -> CaseResult:
+        """The case's PPL, (a) and PPL findings without timing (`options.no_timing` says why).
+
+        The evaluation is `evaluate`, exactly as in a timed run, so the PPL is the serial run's; the
+        (b) cell and timing findings are not checked, with the reason. Token-loop cases (refresh)
+        still step their reference arm: its times are discarded, the NLL is the same."""
+        if benchmark is not None:
+            # Nothing to time: disabled, pedantic runs the no-op once and records no benchmark entry
+            # (and pytest-benchmark does not warn that its fixture went unused).
+            benchmark.disabled = True
+            benchmark.pedantic(lambda: None)
+        evaluation = self.evaluate(case, dataset)
+        ppl_delta = 0.0
+        if case.id != "dense":
+            ppl_delta = 100.0 * (evaluation.ppl / self.evaluate(self.session.case("dense"), dataset).ppl - 1.0)
+        holding, own, calibration = self.own_numerics(case, dataset)
+        measured = CaseResult(case, dataset, evaluation=evaluation, ppl_delta_vs_dense_pct=ppl_delta, own_path=own,
+                              calibration=calibration, holding=holding)
+        return self.judged(measured, count_work=False)  # (b): "not measured"
+
+    def judged(self, out: CaseResult, *, count_work: bool = True) -> CaseResult:
+        """`out` with its work counts and findings measured, its raw record, and that record's checks
+        from the one judge (streamllm.harness.judge): (a) PPL, eviction, own path, timed-decode
+        agreement; (b) work counts, TPOT relative to the reference arm timed in the same process,
+        absolute TPOT against this machine's run history (or device time for a graph row); (c) the
+        findings. Where the judge asks for more rounds, they are measured once and judged again."""
+        case, dataset = out.case, out.dataset
+        if count_work and out.work is None:
+            work, reference_work = self.count(case, dataset)
+            out = dataclasses.replace(out, work=work, reference_work=reference_work)
+        out = dataclasses.replace(out, findings=measure_findings(self.session, self, case, dataset))
+        conditions = raw_conditions(self.session)
+        # the history as it is now: this run appends to it only at its end (finish_run)
+        history = RunHistory(self.session.history_root, self.session.fingerprint_id)
+        raw = raw_case(self.session, out)
+        verdicts = judge_case(raw, conditions, self.session.store, history)
+        if verdicts.rerun is not None and not raw.oversubscribed:
+            self.rerun(case, dataset)  # adds the rounds to the TimingRuns' rerun_samples
+            raw = raw_case(self.session, out)
+            verdicts = judge_case(raw, conditions, self.session.store, history)
+        ratio = next((c for c in verdicts.tpot if c.name == RATIO_CHECK), None)
+        if ratio is not None and ratio.details.get("ratio"):
+            out = dataclasses.replace(out, ratio=RatioCI(**ratio.details["ratio"]))
+        return dataclasses.replace(out, raw=raw, checks=verdicts.checks)
 
     def release(self, case: BenchCase, dataset: str) -> None:
         """Drop the case's caches once it is judged (they were kept for a rerun)."""
@@ -198,101 +266,6 @@ class Measurements:
         self.references[key].rerun_samples.extend(ref.samples)
         return more.samples, ref.samples
 
-    # -- the row's own numerics and holdings (streamllm.ownpath) --------------------------------
-    def own_path(self, case: BenchCase, dataset: str) -> OwnPath | None:
-        """A static or ring row's own path across its first evictions: its timed slice's cache
-        refilled with the text's first tokens and decoded by the same decoder (compiled step and
-        captured graphs included, so nothing recompiles). None for the other rows: a dynamic
-        cache's timed slice starts from real K/V, so its timed steps are its own path already."""
-        if case.spec.capacity is None or case.spec.cache == "dynamic":
-            return None
-        slice_ = self._slices.get((dataset, case.id))
-        loaded = self.session.model(case.transform)
-        with self.phases.phase("own path + probe"):
-            if slice_ is None:  # not timed (--no-timing): a cache and decoder of its own
-                factory = decoder_factory(compile_mode(case), loaded.device, case.spec.cache)
-                return own_path(loaded, self.session.text(dataset).ids, case.spec, decoder_factory=factory)
-            return own_path(loaded, self.session.text(dataset).ids, case.spec, cache=slice_.cache,
-                            decoder=slice_.decoder)
-
-    def calibration(self, case: BenchCase, dataset: str) -> OwnPath:
-        """The same slice through the eager dynamic cache on the same weights: a second correct path,
-        whose distance to the reference sets the own-path tolerance."""
-        spec = dataclasses.replace(case.spec, cache="dynamic")
-        key = (dataset, case.transform, spec)
-        if key not in self._calibrations:
-            with self.phases.phase("own path + probe"):
-                self._calibrations[key] = own_path(self.session.model(case.transform), self.session.text(dataset).ids,
-                                                   spec)
-        return self._calibrations[key]
-
-    def holding(self, case: BenchCase, dataset: str) -> Holding | None:
-        """The tokens a dynamic-cache row's timed (or token-loop) slice holds after its last step,
-        read from its tensors, with the schedule's. Taken before counting feeds it more steps."""
-        if case.spec.capacity is None or case.spec.cache != "dynamic":
-            return None
-        slice_ = self._slices.get((dataset, case.id))
-        if slice_ is None or slice_.cursor < 1:  # not timed: the eager path of its spec and weights
-            return self.calibration(case, dataset).holdings[-1]
-        with self.phases.phase("own path + probe"):
-            loaded = self.session.model(case.transform)
-            ids = self.session.text(dataset).ids.to(loaded.device)
-            key = (dataset, self.session.weights.weights(case.transform))
-            if key not in self._layer0:  # context-free: one forward of the text serves every row
-                self._layer0[key] = layer0_values(reference_kv(loaded, ids, ids.numel()))
-            step = slice_.cursor - 1
-            return Holding(step, held_tokens(slice_.cache, self._layer0[key], ids, step),
-                           expected_tokens(case.spec, slice_.cache, ids, step))
-
-    @_in_phase("counting")
-    def count(self, case: BenchCase, dataset: str) -> tuple[WorkCounts | None, WorkCounts | None]:
-        """(b) work counters: one steady-state round of separate, untimed steps of the case's own
-        decoder, after its timing (feeding the text on; counts do not depend on which tokens),
-        and as many steps of its reference arm (what the model's forward costs at |C| without our
-        cache code: across a transformers release, case minus reference is the strategy's own work)."""
-        if not self.session.options.count_work:
-            return None, None
-        key = (dataset, case.id)
-        slice_ = self._slices.get(key)
-        if slice_ is None:
-            return None, None
-        work = self._count_slice(case, slice_, case.spec, f"{compile_mode(case)}/{type(slice_.decoder).__name__}")
-        reference = self._reference_slices.get(key)
-        if reference is None:
-            return work, None
-        held = {"reference": "transformers DynamicCache", "held": reference.cache.length}
-        return work, self._count_slice(case, reference, held, f"none/{type(reference.decoder).__name__}")
-
-    def _count_slice(self, case: BenchCase, slice_, strategy, decoder: str) -> WorkCounts:
-        steps, cycle = self.session.geometry(case)
-        ids = slice_.ids
-        start = slice_.cursor
-
-        def step() -> object:
-            # wrap around at the end of the text: the counts do not depend on the tokens fed
-            t = start + (step.calls % max(1, ids.numel() - 1 - start)) if start < ids.numel() - 1 else 0
-            step.calls += 1
-            return slice_.decoder.step(ids[t : t + 1].view(1, 1))
-
-        step.calls = 0
-        loaded = self.session.model(case.transform)
-        graphs = getattr(slice_.decoder, "graphs", None)
-        context = slice_.cache.length if case.spec.capacity is None else None
-        wkey = counter_key(loaded.model, device=loaded.device, strategy=strategy, decoder=decoder, context=context,
-                           extra={"transform": case.transform, "steps": steps})
-        raw = count_work(step, steps, cycle=cycle, warmup=cycle, device=loaded.device, graphs=graphs)
-        return WorkCounts.from_raw(raw, wkey)
-
-    def step_floor_ms(self, case: BenchCase, timing: TimingRun) -> float:
-        """The step's memory floor: every weight once + the K/V it attends (mean over a cycle), at
-        this device's measured copy bandwidth (measured once per session)."""
-        loaded = self.session.model(case.transform)
-        if self.bandwidth is None:
-            self.bandwidth = copy_bandwidth_GBps(loaded.device)
-        context = timing.kv_length_max - 1 if case.spec.capacity is None else None
-        nbytes = analytic_step_bytes(loaded.model, mean_attended_slots(case.spec, context))
-        return floor_ms(nbytes, self.bandwidth)
-
     @_in_phase("findings timing")
     def paired_ratio(self, case: BenchCase, other: BenchCase, dataset: str) -> RatioCI:
         """TPOT(case) / TPOT(other), the two timed step for step in fresh slices (measure.time_interleaved):
@@ -306,10 +279,28 @@ class Measurements:
         a, b = time_interleaved(arms[0], arms[1], steps=steps, cycle=steps, rounds=rounds, warmup_rounds=warmup)
         return ratio_ci(a.samples, b.samples)
 
-    def slice_agreement(self, evaluation: EvalResult, timing: TimingRun) -> float | None:
-        """max |NLL(timed decode) - NLL(evaluator)| over the timed steps: do the cache being timed
-        and the scored semantics agree?"""
-        if not timing.positions or evaluation.trace is None or timing.fill_mode == "random":
-            return None  # random K/V (timing-only fill) cannot reproduce the text's NLL
-        ref = np.asarray(evaluation.trace.nll)[np.asarray(timing.positions)]
-        return float(np.max(np.abs(np.asarray(timing.nll) - ref)))
+
+# -- the raw record: what was measured, for the judge (streamllm/harness/judge.py) -----------------
+def raw_case(session: Session, out: CaseResult) -> RawCase:
+    """One case's raw measurements (no verdict): what `judge` reads, and all `streamllm compare` has.
+    Its arms are the TimingRuns as they stand (a rerun's rounds included)."""
+    ev, tm = out.evaluation, out.timing
+    return RawCase(
+        case=out.case.id, dataset=out.dataset, label=out.case.label, text=ev.dataset if ev else out.dataset,
+        baseline_key=session.key(out.case, ev).to_json() if ev else {},
+        graph=compile_mode(out.case) in GRAPH_MODES, skipped=out.skipped, ppl=finite(ev.ppl) if ev else None,
+        nll=raw_nll(ev), ppl_delta_vs_dense_pct=finite(out.ppl_delta_vs_dense_pct),
+        speedup=finite(out.speedup), floor_ms=finite(out.floor_ms),
+        timing=RawArm.from_timing(tm) if tm is not None else None,
+        reference=RawArm.from_timing(out.reference_timing) if out.reference_timing is not None else None,
+        work=out.work.to_json() if out.work else None,
+        reference_work=out.reference_work.to_json() if out.reference_work else None,
+        own_path_nll_max_abs_diff=finite(out.slice_nll_max_abs_diff),
+        own_path_tolerance=session.slice_tolerance() if out.slice_nll_max_abs_diff is not None else None,
+        agreement_steps=len(tm.positions) if tm is not None and out.slice_nll_max_abs_diff is not None else None,
+        evaluator=ev.evaluator if ev else None,
+        eviction=raw_eviction(out.case.spec, ev, out.holding) if not out.skipped else None,
+        own_path=raw_own_path(out.own_path, out.calibration, ev),
+        findings=out.findings,
+        oversubscribed=session.oversubscribed() if tm is not None else None,
+    )

@@ -21,28 +21,19 @@ from streamllm.harness.fingerprint import fingerprint_id, package_version
 from streamllm.harness.history import RunHistory
 from streamllm.harness.history_runs import REFERENCE_SUFFIX
 from streamllm.harness.history_verdict import enters_baseline
+from streamllm.harness.judge_ratio import RatioCI
 from streamllm.harness.provenance import make_provenance
-from streamllm.harness.ratio import RatioCI
 from streamllm.harness.records import (
     RUN_SCHEMA,
-    RawArm,
+    Check,
     RawCase,
     RawConditions,
-    RawEviction,
     RawFinding,
-    RawHolding,
-    RawNll,
-    RawOwnPath,
     RawRun,
     validate_run,
 )
-from streamllm.harness.table import bound_word, make_row
-from streamllm.harness.verdicts import (
-    HISTORY_CHECK,
-    Check,
-    ratio_key,
-    summarize,
-)
+from streamllm.harness.table import bound_word, make_row, summarize
+from streamllm.harness.verdicts import HISTORY_CHECK, ratio_key
 from streamllm.harness.workrecord import WorkCounts
 from streamllm.measure import TimingRun
 from streamllm.ownpath import Holding, OwnPath
@@ -58,8 +49,10 @@ NOISE_NOTE = ("CPU timings from a shared 2-core VM: other processes compete for 
 
 
 
-@dataclass
+@dataclass(frozen=True)
 class CaseResult:
+    """One case's result, frozen once measured and judged (bench/measuring.py `measure_case`)."""
+
     case: BenchCase
     dataset: str
     evaluation: EvalResult | None = None
@@ -75,11 +68,11 @@ class CaseResult:
     own_path: OwnPath | None = None  # static/ring rows: their own decode across the first evictions
     calibration: OwnPath | None = None  # the same slice through the eager dynamic cache
     holding: Holding | None = None  # dynamic rows: what the timed slice's tensors hold at its end
-    findings: list[RawFinding] | None = None  # the (c) findings as measured (bench/judging.py measure_findings)
+    findings: list[RawFinding] | None = None  # the (c) findings as measured (bench/measure_findings.py)
     checks: list[Check] = field(default_factory=list)
     seconds: float = 0.0
     skipped: str | None = None  # reason, when the case could not run here
-    raw: RawCase | None = None  # what the judge judged (set by bench/judging.py; skipped cases: raw_case())
+    raw: RawCase | None = None  # what the judge judged (bench/measuring.py raw_case; skipped cases too)
 
     @property
     def bound(self) -> str | None:
@@ -126,85 +119,7 @@ class CaseResult:
             out["trace"] = {"nll": ev.trace.nll, "prune_steps": ev.trace.prune_steps,
                             "kv_length": ev.trace.kv_length, "evicted": ev.trace.evicted,
                             "step_ms": ev.trace.step_ms}  # NaN (null) for the parallel evaluator
-        return _finite(out)
-
-
-# -- the raw record: what was measured, for the judge (streamllm/harness/judge.py) -----------------
-def _arm(timing: TimingRun | None) -> RawArm | None:
-    if timing is None:
-        return None
-    return RawArm(samples_ms=timing.samples, rerun_samples_ms=list(timing.rerun_samples),
-                  device_samples_ms=timing.device_samples if timing.device_ms else [],
-                  faults_per_step=timing.faults_per_step, tpot_ms_mean=timing.mean_ms, tpot_ms_median=timing.median_ms)
-
-
-def _nll(evaluation: EvalResult | None) -> RawNll | None:
-    if evaluation is None or evaluation.trace is None or not evaluation.trace.nll:
-        return None
-    nll = np.asarray(evaluation.trace.nll, dtype=float)
-    nll = nll[np.isfinite(nll)]
-    if not nll.size:
-        return None
-    return RawNll(count=int(nll.size), mean=float(nll.mean()), max=float(nll.max()),
-                  p99=float(np.percentile(nll, 99)))
-
-
-def _holding(h: Holding | None) -> RawHolding | None:
-    return None if h is None else RawHolding(step=h.step, held=list(h.held), expected=list(h.expected))
-
-
-def _eviction(out: CaseResult, ev: EvalResult | None) -> RawEviction | None:
-    """The eviction check's inputs: the strategy's parameters, the evaluation's prune events and
-    attended lengths, a dynamic row's end-of-slice holdings (the own path's are in `_own_path`)."""
-    if ev is None:
-        return None
-    trace = ev.trace
-    return RawEviction(spec=dataclasses.asdict(out.case.spec), tokens=ev.tokens,
-                       prune_steps=list(trace.prune_steps) if trace is not None else None,
-                       kv_length=list(trace.kv_length) if trace is not None and trace.kv_length is not None else None,
-                       holding=_holding(out.holding))
-
-
-def _own_path(out: CaseResult, ev: EvalResult | None) -> RawOwnPath | None:
-    """A static or ring row's own path, its calibration path and the evaluator's NLL at their steps."""
-    own, cal = out.own_path, out.calibration
-    if own is None:
-        return None
-    nll = np.asarray(ev.trace.nll, dtype=float) if ev is not None and ev.trace is not None else None
-    return RawOwnPath(
-        strategy=own.strategy, cache=own.cache, decoder=own.decoder, fill=own.fill, steps=list(own.steps),
-        nll=[float(x) for x in own.nll], events=list(own.events), holdings=[_holding(h) for h in own.holdings],
-        reference=f"the {ev.evaluator} evaluator" if ev is not None else None,
-        reference_nll=nll[list(own.steps)].tolist() if nll is not None else None,
-        calibration_steps=list(cal.steps) if cal is not None else None,
-        calibration_nll=[float(x) for x in cal.nll] if cal is not None else None,
-        calibration_reference_nll=nll[list(cal.steps)].tolist() if cal is not None and nll is not None else None)
-
-
-def raw_case(session: Session, out: CaseResult, evaluation: EvalResult | None = None,
-             timing: TimingRun | None = None) -> RawCase:
-    """One case's raw measurements (no verdict): what `judge` reads, and all `streamllm compare` has.
-    `evaluation` / `timing`: the ones being judged, where the caller holds them apart from `out`."""
-    ev = evaluation or out.evaluation
-    tm = timing or out.timing
-    return RawCase(
-        case=out.case.id, dataset=out.dataset, label=out.case.label, text=ev.dataset if ev else out.dataset,
-        baseline_key=session.key(out.case, ev).to_json() if ev else {},
-        graph=compile_mode(out.case) in GRAPH_MODES, skipped=out.skipped, ppl=_finite(ev.ppl) if ev else None,
-        nll=_nll(ev), ppl_delta_vs_dense_pct=_finite(out.ppl_delta_vs_dense_pct),
-        speedup=_finite(out.speedup), floor_ms=_finite(out.floor_ms),
-        timing=_arm(tm), reference=_arm(out.reference_timing),
-        work=out.work.to_json() if out.work else None,
-        reference_work=out.reference_work.to_json() if out.reference_work else None,
-        own_path_nll_max_abs_diff=_finite(out.slice_nll_max_abs_diff),
-        own_path_tolerance=session.slice_tolerance() if out.slice_nll_max_abs_diff is not None else None,
-        agreement_steps=len(tm.positions) if tm is not None and out.slice_nll_max_abs_diff is not None else None,
-        evaluator=ev.evaluator if ev else None,
-        eviction=_eviction(out, ev) if not out.skipped else None,
-        own_path=_own_path(out, ev),
-        findings=out.findings,
-        oversubscribed=session.oversubscribed() if tm is not None else None,
-    )
+        return finite(out)
 
 
 def raw_conditions(session: Session) -> RawConditions:
@@ -224,8 +139,12 @@ def _calibration(session: Session) -> list[float]:
 
 
 def raw_run(session: Session, results: list[CaseResult]) -> RawRun:
-    return RawRun(conditions=raw_conditions(session),
-                  cases=[r.raw if r.raw is not None else raw_case(session, r) for r in results])
+    """The run's raw part: every case's raw record as measuring built it (a skipped case's too)."""
+    missing = [f"{r.case.id} on {r.dataset}" for r in results if r.raw is None]
+    if missing:
+        raise ValueError(f"results without their raw record (not from Measurements.measure_case or "
+                         f"Suite.skip_case): {', '.join(missing)}")
+    return RawRun(conditions=raw_conditions(session), cases=[r.raw for r in results])
 
 
 def device_time_key(out: CaseResult) -> str | None:
@@ -292,7 +211,7 @@ def baseline_record(session: Session, case: BenchCase, dataset: str, evaluation:
 
 def extra_info(session: Session, out: CaseResult) -> dict:
     ev, tm = out.evaluation, out.timing
-    return _finite({
+    return finite({
         "strategy": out.case.label,
         "dataset": ev.dataset,
         "tokens": ev.tokens,
@@ -312,7 +231,7 @@ def extra_info(session: Session, out: CaseResult) -> dict:
 
 def run_json(session: Session, results: list[CaseResult], written: list[Path], bandwidth: float | None) -> dict:
     loaded = session.weights.loaded()
-    return _finite({
+    return finite({
         "schema": RUN_SCHEMA,
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "runtime_s": time.time() - session.started,
@@ -360,14 +279,14 @@ def _program() -> str:
 
 
 
-def _finite(obj):
+def finite(obj):
     """NaN/inf are not JSON: store them as null (numpy scalars become floats)."""
     if isinstance(obj, (float, np.floating)):
         return float(obj) if math.isfinite(obj) else None
     if isinstance(obj, dict):
-        return {k: _finite(v) for k, v in obj.items()}
+        return {k: finite(v) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
-        return [_finite(v) for v in obj]
+        return [finite(v) for v in obj]
     if isinstance(obj, np.integer):
         return int(obj)
     return obj

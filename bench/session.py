@@ -20,10 +20,10 @@ from streamllm.harness.fingerprint import fingerprint_id, hardware_fingerprint
 from streamllm.harness.history import RunHistory
 from streamllm.harness.records import DEFAULT_HISTORY_DIR, DEFAULT_REPORT_DIR
 from streamllm.harness.verdicts import FALLBACK_BAND, slice_tolerance
+from streamllm.measure import steps_per_round
 from streamllm.parallel_schedule import supports_parallel
 from streamllm.profile import WeightSets
 from streamllm.results import EvalResult
-from streamllm.tpot import steps_per_round
 
 from .catalog import DEFAULT_SINK, DEFAULT_TOKENS, DEFAULT_WINDOW, BenchCase, build_catalog
 from .phases import PhaseClock

@@ -1,30 +1,41 @@
-"""The suite: one bench session, end to end for each case — measure it (bench/measuring.py), judge
-it (its raw record through the judge: bench/judging.py), keep its result — and at the end write the run (bench/run_record.py): the
-baselines under --update/--append-baselines, the history entries, the run record.
+"""The suite: one bench session, end to end for each case — measure and judge it (bench/measuring.py
+`measure_case`: its raw record through the one judge, a frozen result), keep its result — and at
+the end write the run (`finish_run`, below, with bench/run_record.py's writers).
 
 One `Suite` lives on the pytest config (`config.stash`), created by the top-level conftest.py from
 the command-line options. Nothing is module-global.
+
+`finish_run` ends both a serial run (`Suite.finish`) and an xdist run (bench/xdist.py, after merging
+the workers' parts). Both ends hand it the run record (a dict: the serial Suite's `run_json()`, or
+the controller's merge of the workers' parts), the baseline records and the history samples. It
+writes the baselines (only under --update/--append-baselines), appends the history, writes the run
+record, builds the lines the terminal prints (table, notes, the --nightly line) and decides the
+run's status through the harness' one rule (`streamllm.harness.judge.run_outcome`), which
+`streamllm report` also reads, so the terminal, summary.json and pytest's exit code agree. It lives
+here, at the suite's end, so a TPOT sample's row reaches the table line without another file
+(docs/architecture.md, "The route of one TPOT sample").
 """
 
 from __future__ import annotations
 
 import dataclasses
 import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from streamllm.harness.baseline_record import BaselineRecord
+from streamllm.harness.baselines import BaselineStore
+from streamllm.harness.fingerprint import fingerprint_id
 from streamllm.harness.history_runs import CALIBRATION_CASE
-from streamllm.harness.judge import nightly_unarmed
-from streamllm.harness.ratio import ratio_ci
-from streamllm.harness.verdicts import Check
+from streamllm.harness.judge import RunOutcome, nightly_unarmed, run_outcome
+from streamllm.harness.table import armed_summary, table_lines
 from streamllm.measure import TimingRun
 from streamllm.results import EvalResult
-from streamllm.tpot import speedup
 
 from .catalog import BenchCase
-from .finish import FinishPlan, RunEnd, finish_run, write_baselines
-from .judging import judge_case
-from .measuring import Measurements
+from .measuring import Measurements, raw_case
 from .run_record import (
     REFERENCE_SUFFIX,  # noqa: F401  (re-exported: tests build history entries with it)
     CaseResult,
@@ -54,77 +65,27 @@ class Suite(Session):
     def timing(self, case: BenchCase, dataset: str, benchmark=None) -> TimingRun:
         return self.measure.timing(case, dataset, benchmark)
 
-    def checks(self, case: BenchCase, dataset: str, evaluation: EvalResult, timing: TimingRun,
-               out: CaseResult) -> list[Check]:
-        if out.work is None and self.options.count_work:
-            out.work, out.reference_work = self.measure.count(case, dataset)
-        return judge_case(self, self.measure, case, dataset, evaluation, timing, out)
-
     # -- one case, end to end ------------------------------------------------------------------
     def run_case(self, case: BenchCase, dataset: str, benchmark) -> CaseResult:
-        if self.options.no_timing:
-            return self.run_ppl_only(case, dataset, benchmark)
+        """The case measured and judged (bench/measuring.py `measure_case`, its frozen result), its
+        baseline record under --update/--append-baselines, kept for the run's end."""
         started = time.perf_counter()
-        out = CaseResult(case, dataset)
-        # timing first: for token-loop cases the timed rounds *are* the evaluation's decode steps
-        timing = out.timing = self.timing(case, dataset, benchmark)
-        out.reference_timing = self.measure.references.get((dataset, case.id))
-        if out.reference_timing is not None:
-            out.ratio = ratio_ci(timing.samples, out.reference_timing.samples)
-        self.own_numerics(case, dataset, out)  # before counting feeds the timed slice more steps
-        evaluation = out.evaluation = self.evaluate(case, dataset)
-        out.slice_nll_max_abs_diff = self.measure.slice_agreement(evaluation, timing)
-        if case.id != "dense":
-            dense = self.case("dense")
-            out.ppl_delta_vs_dense_pct = 100.0 * (evaluation.ppl / self.evaluate(dense, dataset).ppl - 1.0)
-            out.speedup = speedup(self.timing(dense, dataset).mean_ms, timing.mean_ms)
-        else:
-            out.ppl_delta_vs_dense_pct, out.speedup = 0.0, 1.0
-        out.floor_ms = self.measure.step_floor_ms(case, timing)
-        out.checks = self.checks(case, dataset, evaluation, timing, out)
-        if self.options.update_baselines:
-            self.records.append(baseline_record(self, case, dataset, evaluation, timing, out))
-        self.measure.release(case, dataset)
-        out.seconds = time.perf_counter() - started
+        out = self.measure.measure_case(case, dataset, benchmark)
+        timed = not self.options.no_timing
+        if timed:
+            if self.options.update_baselines:
+                self.records.append(baseline_record(self, case, dataset, out.evaluation, out.timing, out))
+            self.measure.release(case, dataset)
+        out = dataclasses.replace(out, seconds=time.perf_counter() - started)
         self.results.append(out)
-        if benchmark is not None:
+        if benchmark is not None and timed:
             benchmark.group = f"{self.text(dataset).name} ({self.options.model}, {self.options.tokens} tokens)"
             benchmark.extra_info.update(extra_info(self, out))
         return out
 
-    def own_numerics(self, case: BenchCase, dataset: str, out: CaseResult) -> None:
-        """The row's own path (static/ring: with its calibration path) and its cache's holdings."""
-        out.holding = self.measure.holding(case, dataset)
-        out.own_path = self.measure.own_path(case, dataset)
-        if out.own_path is not None:
-            out.calibration = self.measure.calibration(case, dataset)
-
-    def run_ppl_only(self, case: BenchCase, dataset: str, benchmark=None) -> CaseResult:
-        """The case's PPL, (a) and PPL findings without timing (`options.no_timing` says why).
-
-        The evaluation is `evaluate`, exactly as in a timed run, so the PPL is the serial run's; the
-        (b) cell and timing findings are not checked, with the reason. Token-loop cases (refresh)
-        still step their reference arm: its times are discarded, the NLL is the same."""
-        started = time.perf_counter()
-        out = CaseResult(case, dataset)
-        if benchmark is not None:
-            # Nothing to time: disabled, pedantic runs the no-op once and records no benchmark entry
-            # (and pytest-benchmark does not warn that its fixture went unused).
-            benchmark.disabled = True
-            benchmark.pedantic(lambda: None)
-        evaluation = out.evaluation = self.evaluate(case, dataset)
-        if case.id != "dense":
-            out.ppl_delta_vs_dense_pct = 100.0 * (evaluation.ppl / self.evaluate(self.case("dense"), dataset).ppl - 1.0)
-        else:
-            out.ppl_delta_vs_dense_pct = 0.0
-        self.own_numerics(case, dataset, out)
-        out.checks = judge_case(self, self.measure, case, dataset, evaluation, None, out)  # (b): "not measured"
-        out.seconds = time.perf_counter() - started
-        self.results.append(out)
-        return out
-
     def skip_case(self, case: BenchCase, dataset: str, reason: str) -> None:
-        self.results.append(CaseResult(case, dataset, skipped=reason))
+        out = CaseResult(case, dataset, skipped=reason)
+        self.results.append(dataclasses.replace(out, raw=raw_case(self, out)))
 
     # -- the run's end -------------------------------------------------------------------------
     @property
@@ -160,7 +121,7 @@ class Suite(Session):
         return self.run_file
 
     def finish(self) -> RunEnd:
-        """The run's end (bench/finish.py, the same for an xdist merge): baselines under
+        """The run's end (`finish_run`, the same for an xdist merge): baselines under
         --update/--append-baselines, history, run record, the table's lines and the outcome."""
         o = self.options
         plan = FinishPlan(store=self.store if o.update_baselines else None, append=o.append_baselines,
@@ -189,3 +150,77 @@ class Suite(Session):
         """Each row's wall time (measuring and judging), so a slow row is named."""
         parts = [f"{r.case.id}/{r.dataset} {r.seconds:.0f} s" for r in self.results if not r.skipped]
         return f"rows: {', '.join(parts)}"
+
+
+# -- the run's end, serial and xdist alike ------------------------------------------------------------
+# fingerprint, samples, per-entry acceptance (False: kept out of its baseline); no verdicts
+HistoryEntry = tuple[dict, dict[str, list[float]], dict[str, bool]]
+
+
+@dataclass(frozen=True)
+class FinishPlan:
+    """Where the run's end writes (None: not written) and what it may change."""
+
+    store: BaselineStore | None  # set only under --update/--append-baselines
+    append: bool  # --append-baselines: one more process per fingerprint instead of replacing
+    history_root: Path
+    report_root: Path | None  # the run record goes to <report_root>/runs/; None: no record, no history
+    device_type: str
+    rootdir: Path
+
+
+@dataclass
+class RunEnd:
+    outcome: RunOutcome
+    lines: list[str]  # what the terminal prints under the run's own header
+    run_file: Path | None = None
+    history_files: list[Path] = field(default_factory=list)
+    written: list[Path] = field(default_factory=list)
+
+
+def write_baselines(store: BaselineStore, records: Sequence[BaselineRecord], *, append: bool) -> list[Path]:
+    """Under --append-baselines each record goes in as one more process of its own fingerprint."""
+    by_fp: dict[str | None, list[BaselineRecord]] = {}
+    for record in records:
+        fid = next(iter(record.fingerprints), None) if append else None
+        by_fp.setdefault(fid, []).append(record)
+    written: list[Path] = []
+    for fid, group in by_fp.items():
+        written += store.update(group, append_for=fid)
+    return written
+
+
+def merge_history(history: Sequence[HistoryEntry]) -> list[HistoryEntry]:
+    """One (fingerprint, samples, acceptance) per fingerprint id: workers on like GPUs share one id,
+    so their cells become one history run of that machine."""
+    grouped: dict[str, HistoryEntry] = {}
+    for fp, samples, accepted in history:
+        _, s, a = grouped.setdefault(fingerprint_id(fp), (fp, {}, {}))
+        s.update(samples)
+        a.update(accepted)
+    return list(grouped.values())
+
+
+def finish_run(run: dict[str, Any], records: Sequence[BaselineRecord], history: Sequence[HistoryEntry],
+               plan: FinishPlan) -> RunEnd:
+    """Write what the run's end writes, and say how the run ended. `run` gets `baselines_written`."""
+    written = write_baselines(plan.store, records, append=plan.append) if plan.store is not None and records else []
+    run["baselines_written"] = [str(p) for p in written]
+    end = RunEnd(run_outcome(run["results"], run.get("options") or {}), [], written=written)
+    if plan.report_root is not None:
+        for fp, samples, accepted in merge_history(history):
+            if samples:
+                end.history_files.append(append_history(plan.history_root, fp, samples, accepted,
+                                                        rootdir=plan.rootdir))
+        run.setdefault("fingerprint_id", fingerprint_id(run.get("fingerprint") or {}))
+        end.run_file = write_run_record(plan.report_root, plan.device_type, run)
+    results = run["results"]
+    end.lines = [armed_summary(results), *table_lines(results)]
+    if end.outcome.unarmed:
+        end.lines.append(end.outcome.unarmed)
+    if written:
+        end.lines.append("baselines written: " + ", ".join(str(p) for p in written))
+    if end.run_file:
+        end.lines.append(f"run JSON: {end.run_file} (render with `streamllm report`; re-judge with "
+                         f"`streamllm compare {end.run_file}`)")
+    return end

@@ -42,14 +42,17 @@ import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
-from .finish import FinishPlan, RunEnd, finish_run
 from .pinning import Pinning, cpu_timing_refusal, cuda_requested, gpu_count, plan_pinning
 from .xdist_merge import BENCHMARK_NOTE, Merged, merge_parts
 from .xdist_parts import read_parts
 from .xdist_worker import WORKERINPUT_KEY, WorkerInfo
+
+if TYPE_CHECKING:  # the suite (torch, models) loads only when a run ends: conftest imports this module
+    from .suite import FinishPlan, RunEnd
 
 
 class XdistController:
@@ -145,6 +148,8 @@ class XdistController:
             return
         self.merged = merge_parts(parts, self.collected, self.crashed, command=_command(),
                                   runtime_s=time.time() - self.started, timing_refused=self.timing_refused)
+        from .suite import finish_run
+
         try:
             self.end = finish_run(self.merged.run, self.merged.records, self.merged.history, self._plan())
         except Exception as exc:  # noqa: BLE001 - keep the parts for a person to look at, say why
@@ -157,6 +162,8 @@ class XdistController:
 
     def _plan(self) -> FinishPlan:
         from streamllm.harness.baselines import BaselineStore
+
+        from .suite import FinishPlan
 
         get = self.config.getoption
         rootdir = self.config.rootpath
@@ -191,7 +198,7 @@ class XdistController:
                               f", {worker['cells']} cells" + ("" if worker["complete"] else ", INCOMPLETE (crashed?)"))
             if self.merged.missing:
                 tr.write_line(f"MISSING {len(self.merged.missing)} cell(s): {', '.join(self.merged.missing)}")
-        if self.end is not None:  # the same lines a serial run prints (bench/finish.py)
+        if self.end is not None:  # the same lines a serial run prints (bench/suite.py finish_run)
             for line in self.end.lines:
                 tr.write_line(line, red=line == self.end.outcome.unarmed, bold=line == self.end.outcome.unarmed)
         if self.error:

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import torch
 
-from .clock import Clock
+from .decode_slice import Clock
 
 
 class CalibrationArm:

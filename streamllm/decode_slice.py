@@ -1,8 +1,17 @@
-"""THE timed decode step and the cache it runs on. A `DecodeSlice` is a cache filled to steady
-state, its decoder, and a cursor into the text; its `step()` is forward + the cache's eviction,
-timed by `clock.Clock`; logits are kept and the NLL computed later, outside the clock
-(log_softmax over the vocabulary is not part of a step). `reference_slice` is the reference arm:
-the same model attending a fixed number of cached tokens with no eviction code of ours.
+"""THE timed decode step, the clock it is read from, and the cache it runs on. A `DecodeSlice` is
+a cache filled to steady state, its decoder, and a cursor into the text; its `step()` is forward +
+the cache's eviction, timed by `Clock`; logits are kept and the NLL computed later, outside the
+clock (log_softmax over the vocabulary is not part of a step). `reference_slice` is the reference
+arm: the same model attending a fixed number of cached tokens with no eviction code of ours.
+
+The clock lives here, beside the one step it times (docs/architecture.md, "The route of one TPOT
+sample"): `Clock` synchronizes the device, reads perf_counter around one call, and on CUDA also
+the device time between two events recorded around it (what the GPU spent, idle gaps between
+launches included; the per-kernel sum is `streamllm.harness.opcount`'s business). Beside each
+step's time, `minor_faults` counts the minor page faults the process took during it: a step that
+keeps touching fresh memory is paying for its allocator's state (a fragmented heap growing under
+large per-step temporaries), and the suite's ratio check reads that before calling a slower step
+a regression.
 
 Filling: our dynamic `StreamingCache` is filled by one chunked forward (before the first eviction
 every strategy is plain causal attention at positions 0..n-1, so the chunk leaves the state the
@@ -21,13 +30,53 @@ import torch
 from transformers.cache_utils import DynamicCache
 
 from .caches import StreamingCache, make_cache
-from .clock import Clock, minor_faults
 from .compat import cache_kwargs
 from .decode import EagerDecoder
 from .models import LoadedModel
 from .strategies import StrategySpec
 
+try:  # getrusage: POSIX only; imported once, not on every timed step
+    import resource
+except ImportError:
+    resource = None
 
+
+# -- the clock --------------------------------------------------------------------------------------
+def minor_faults() -> int | None:
+    """Minor page faults of this process so far (getrusage), or None where there is no such count."""
+    if resource is None:
+        return None
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+
+
+class Clock:
+    """Synchronize, read perf_counter; on CUDA also CUDA events around the timed call."""
+
+    def __init__(self, device: torch.device):
+        self.device = torch.device(device)
+        self.cuda = self.device.type == "cuda"
+
+    def sync(self) -> None:
+        if self.cuda:
+            torch.cuda.synchronize(self.device)
+
+    def time(self, fn: Callable[[], object]) -> tuple[object, float, float | None]:
+        """(fn's result, wall ms, device ms or None) of one call, the device idle before and after."""
+        self.sync()
+        if self.cuda:
+            start_event = torch.cuda.Event(enable_timing=True)
+            end_event = torch.cuda.Event(enable_timing=True)
+            start_event.record()
+        start = time.perf_counter()
+        out = fn()
+        if self.cuda:
+            end_event.record()
+        self.sync()
+        wall = (time.perf_counter() - start) * 1e3
+        return out, wall, (start_event.elapsed_time(end_event) if self.cuda else None)
+
+
+# -- the slice ---------------------------------------------------------------------------------------
 class SliceTooShortError(ValueError):
     """The text ends before the slice's fill and timed steps: the message names both and the fix."""
 

@@ -14,15 +14,15 @@ import numpy as np
 import torch
 
 from .caches import AnyCache, make_cache
-from .clock import Clock
 from .decode import DecoderFactory, EagerDecoder
+from .decode_slice import Clock
+from .measure import speedup as tpot_speedup
+from .measure import tpot_ms
 from .models import LoadedModel
 from .results import EvalResult, TokenTrace, ppl_from_nll
 from .spikes import summarize
 from .steptime import step_shape
 from .strategies import StrategySpec
-from .tpot import speedup as tpot_speedup
-from .tpot import tpot_ms
 
 CacheFactory = Callable[[StrategySpec, torch.nn.Module], AnyCache]
 
@@ -185,7 +185,7 @@ def steady_state_timing(step_ms: np.ndarray, prune_steps: list[int], warmup_step
 
 
 def speedup(reference: EvalResult, result: EvalResult) -> float | None:
-    """tpot.speedup of two results on the same text: reference TPOT / this TPOT."""
+    """measure.speedup of two results on the same text: reference TPOT / this TPOT."""
     if reference.tokens != result.tokens or reference.dataset_sha256 != result.dataset_sha256:
         raise ValueError("speedup needs the reference run on the same text and token count")
     return tpot_speedup(reference.tpot_ms_cycle_mean, result.tpot_ms_cycle_mean)

@@ -1,19 +1,22 @@
 """The one measurement core: timing runs of THE decode step, the way gpt-fast times: one step
 function, one device sync before and after it. Everything that reports a decode time
-(`streamllm eval`, the bench suite, the GPU scripts) times steps through these modules:
+(`streamllm eval`, the bench suite, the GPU scripts) times steps through these two modules:
 
-- `clock.py`: `Clock` (one synchronized step time, CUDA events beside it) and `minor_faults`.
-- `tpot.py`: one definition each of TPOT (`tpot_ms`, the mean over whole eviction cycles),
-  `speedup` and a round's length (`steps_per_round`).
-- `decode_slice.py`: `DecodeSlice` (a cache at steady state; its `step()` is THE timed step),
-  `prepare_slice` (fill it), `reference_slice` (the reference arm).
-- `calibration.py`: the torch-only calibration arm and the device copy bandwidth.
-- here: `TimingRun` (an arm's measured steps and per-round samples), `time_rounds`,
-  `time_steady_state` (what `streamllm eval` reports beside the parallel evaluator's PPL) and
-  `time_interleaved`: a case and a reference arm timed step for step (A B A B ...) in one
-  process, so machine drift cancels in their ratio (`streamllm.harness.ratio`). Through
-  pytest-benchmark when a fixture is given: the case's step is the benchmark target and the
-  reference's step its untimed setup, so `--benchmark-compare` times exactly the steps TPOT counts.
+- `decode_slice.py`: `Clock` (one synchronized step time, CUDA events beside it), `minor_faults`,
+  `DecodeSlice` (a cache at steady state; its `step()` is THE timed step), `prepare_slice` (fill
+  it), `reference_slice` (the reference arm).
+- here: the definitions (TPOT is the mean step time over whole eviction cycles: lazy R prunes on
+  one step in R, and a median would hide it; `speedup` is reference TPOT / strategy TPOT; a timing
+  round is the smallest whole number of cycles that reaches the asked-for steps: `tpot_ms`,
+  `whole_cycles`, `speedup`, `steps_per_round`), `TimingRun` (an arm's measured steps and
+  per-round samples), `time_rounds`, `time_steady_state` (what `streamllm eval` reports beside the
+  parallel evaluator's PPL) and `time_interleaved`: a case and a reference arm timed step for step
+  (A B A B ...) in one process, so machine drift cancels in their ratio
+  (`streamllm.harness.judge_ratio`). Through pytest-benchmark when a fixture is given: the case's
+  step is the benchmark target and the reference's step its untimed setup, so
+  `--benchmark-compare` times exactly the steps TPOT counts.
+
+`calibration.py` (the torch-only calibration arm, the device copy bandwidth) reads the same clock.
 """
 
 from __future__ import annotations
@@ -28,7 +31,35 @@ import torch
 from .decode_slice import DecodeSlice, prepare_slice
 from .models import LoadedModel
 from .strategies import StrategySpec
-from .tpot import steps_per_round, tpot_ms, whole_cycles
+
+
+# -- the definitions: every decode time reported anywhere is computed by these -----------------------
+def whole_cycles(step_ms: list[float] | np.ndarray, cycle: int) -> np.ndarray:
+    """The step times of the whole eviction cycles, reshaped [cycles, cycle]."""
+    arr = np.asarray(step_ms, dtype=float)
+    whole = arr.size // cycle
+    return arr[: whole * cycle].reshape(whole, cycle)
+
+
+def tpot_ms(step_ms: list[float] | np.ndarray, cycle: int = 1) -> float:
+    """TPOT: mean step time over whole eviction cycles (every pruning step counted once per cycle)."""
+    cycles = whole_cycles(step_ms, cycle)
+    return float(cycles.mean()) if cycles.size else float("nan")
+
+
+def speedup(reference_tpot_ms: float, tpot: float) -> float | None:
+    """How many times faster than the reference (dense): reference TPOT / this TPOT."""
+    if not (math.isfinite(reference_tpot_ms) and math.isfinite(tpot)) or tpot <= 0:
+        return None
+    return reference_tpot_ms / tpot
+
+
+def steps_per_round(cycle: int, min_steps: int) -> int:
+    """Smallest multiple of the eviction cycle that is >= min_steps."""
+    return cycle * max(1, math.ceil(min_steps / cycle))
+
+
+# -- timing runs ---------------------------------------------------------------------------------------
 
 
 @dataclass

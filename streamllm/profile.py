@@ -32,10 +32,9 @@ from .compat import cache_kwargs
 from .decode_slice import DecodeSlice, prepare_slice
 from .decoders import decoder_factory
 from .floor import analytic_step_bytes, floor_ms, mean_attended_slots
-from .measure import TimingRun, time_rounds
+from .measure import TimingRun, steps_per_round, time_rounds
 from .models import LoadedModel, load_model
 from .strategies import StrategySpec
-from .tpot import steps_per_round
 from .transforms import apply_int8, is_mlp_linear
 
 # Kernel (or aten op) name fragments -> the group a profile row adds to. First match wins.
@@ -152,7 +151,7 @@ class VariantRow:
     label: str
     compile_mode: str
     weights: dict[str, str]
-    tpot_ms: float  # mean over whole eviction cycles (tpot.tpot_ms), wall clock, synchronized per step
+    tpot_ms: float  # mean over whole eviction cycles (measure.tpot_ms), wall clock, synchronized per step
     tpot_ms_median: float
     tpot_ms_p90: float
     tpot_ms_max: float

@@ -51,7 +51,7 @@ class EvalResult:
     prune_events: int
     max_position: int
     beyond_context: bool  # a position id reached the model's trained context
-    speedup: float | None = None  # reference (dense) TPOT / this TPOT on the same text (tpot.speedup)
+    speedup: float | None = None  # reference (dense) TPOT / this TPOT on the same text (measure.speedup)
     # NLL around prune events on the raw per-token NLL (streamllm.spikes.summarize). Confounded by
     # the text's own difficulty: *not* the spike. The spike is `delta_spikes` (ΔNLL vs dense).
     raw_nll_spikes: dict | None = None

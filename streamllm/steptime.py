@@ -1,6 +1,6 @@
 """Per-step decode time split into the prune steps and the others (docs/findings.md#step-time).
 
-TPOT (`tpot.tpot_ms`) is the mean over whole eviction cycles: right for throughput, but a
+TPOT (`measure.tpot_ms`) is the mean over whole eviction cycles: right for throughput, but a
 serving system with a latency SLO feels the prune step itself. Lazy eviction with period R pays
 its prune once per R steps; this module says what that step costs on its own, as a multiple of a
 normal step, what the p99 step is, and which share of TPOT the prune amortises to:
@@ -23,8 +23,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from .measure import TimingRun
-from .tpot import tpot_ms, whole_cycles
+from .measure import TimingRun, tpot_ms, whole_cycles
 
 RESAMPLES = 4000
 SEED = 0  # fixed: a split is a pure function of its inputs

@@ -19,6 +19,8 @@ from streamllm.harness.baseline_record import BaselineKey, BaselineRecord
 from streamllm.harness.baselines import BaselineStore
 from streamllm.harness.judge_lookup import Lookup
 from streamllm.harness.judge_ratio import check_ratio_vs_baseline
+from streamllm.harness.records import Check
+from streamllm.harness.table import armed
 from streamllm.harness.verdicts import (
     FAIL,
     FALSE_ALARM_PER_RUN,
@@ -28,8 +30,6 @@ from streamllm.harness.verdicts import (
     PASS,
     PREDICTION_FLOOR,
     WORK_CHECK,
-    Check,
-    armed,
     ratio_key,
 )
 

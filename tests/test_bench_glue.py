@@ -14,8 +14,7 @@ import torch
 from bench.catalog import build_catalog, select
 from bench.suite import Suite, SuiteOptions
 from conftest import tiny_llama
-from streamllm.clock import minor_faults
-from streamllm.decode_slice import prepare_slice
+from streamllm.decode_slice import minor_faults, prepare_slice
 from streamllm.evaluate import evaluate_tokens
 from streamllm.harness.baseline_record import BaselineKey, BaselineRecord
 from streamllm.harness.baselines import BaselineError, BaselineStore
@@ -435,10 +434,10 @@ def _history_run(tmp_path, tiny, monkeypatch, *, load: float, reference_level: f
         # the suite's fingerprint carries the library versions: runs without them are another version set
         history.append(runs, accepted=True, fingerprint=suite.fingerprint)
     monkeypatch.setattr(bench.session, "_load_average", lambda: [load, load, load])
-    out = bench.suite.CaseResult(case, "synthetic")
     timing = dataclasses.replace(measured, step_ms=(3.0 + rng.normal(0, 0.01, len(measured.step_ms))).tolist())
-    out.reference_timing = reference
-    checks = suite.checks(case, "synthetic", suite.evaluate(case, "synthetic"), timing, out)
+    out = bench.suite.CaseResult(case, "synthetic", evaluation=suite.evaluate(case, "synthetic"), timing=timing,
+                                 reference_timing=reference)
+    checks = suite.measure.judged(out).checks
     return suite, next(c for c in checks if c.name == "(b) TPOT vs run history")
 
 

@@ -167,7 +167,7 @@ def test_speedup_needs_same_tokens(tiny_model, token_ids):
     dense = evaluate_tokens(tiny_model, token_ids[:40], make_strategy("dense"), options=timed)
     strict = evaluate_tokens(tiny_model, token_ids[:40], make_strategy("strict", sink=2, window=8),
                              options=timed, reference=dense)
-    # one definition (streamllm.tpot.speedup): reference TPOT / this TPOT
+    # one definition (streamllm.measure.speedup): reference TPOT / this TPOT
     assert strict.speedup == pytest.approx(dense.tpot_ms_cycle_mean / strict.tpot_ms_cycle_mean)
     with pytest.raises(ValueError, match="same text"):
         evaluate_tokens(tiny_model, token_ids[:30], make_strategy("strict", sink=2, window=8), options=timed,

@@ -15,7 +15,8 @@ from streamllm.harness.baselines import BaselineStore
 from streamllm.harness.judge_device_time import check_device_time
 from streamllm.harness.judge_lookup import lookup
 from streamllm.harness.opcount import _device_events
-from streamllm.harness.verdicts import DEVICE_TIME_CHECK, FAIL, NOT_CHECKED, PASS, RATIO_CHECK, WORK_CHECK, armed
+from streamllm.harness.table import armed
+from streamllm.harness.verdicts import DEVICE_TIME_CHECK, FAIL, NOT_CHECKED, PASS, RATIO_CHECK, WORK_CHECK
 from streamllm.harness.work_compare import compare_counts
 from streamllm.harness.workrecord import WorkCounts
 
@@ -117,7 +118,7 @@ def test_device_time_recordings_append_one_process_each(tmp_path):
 
 def test_a_graph_row_is_armed_by_its_kernel_counts_and_device_time():
     def c(name, verdict):
-        from streamllm.harness.verdicts import Check
+        from streamllm.harness.records import Check
 
         return Check("tpot", name, verdict, "m")
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from bench.finish import FinishPlan, finish_run
+from bench.suite import FinishPlan, finish_run
 from streamllm.harness.baseline_record import BaselineKey, BaselineRecord
 from streamllm.harness.baselines import BaselineStore
 from streamllm.harness.cli import main

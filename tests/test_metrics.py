@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from streamllm.evaluate import steady_state_timing
+from streamllm.measure import tpot_ms, whole_cycles
 from streamllm.spikes import aligned_mean, spikes, summarize
-from streamllm.tpot import tpot_ms, whole_cycles
 
 
 def test_planted_spikes_are_measured():

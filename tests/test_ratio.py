@@ -1,4 +1,4 @@
-"""Same-run ratio (streamllm.harness.ratio) on synthetic interleaved rounds: a 15 % slowdown is caught,
+"""Same-run ratio (streamllm.harness.judge_ratio) on synthetic interleaved rounds: a 15 % slowdown is caught,
 an A/A run passes, machine drift cancels. (The suite's interleaving loop is
 streamllm.measure.time_interleaved; the synthetic machine below alternates the arms the same way.)"""
 
@@ -9,7 +9,7 @@ import math
 import numpy as np
 import pytest
 
-from streamllm.harness.ratio import (
+from streamllm.harness.judge_ratio import (
     DEFAULT_PAIRS,
     RatioCI,
     check_ratio,

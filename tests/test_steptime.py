@@ -5,9 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from streamllm.measure import TimingRun
+from streamllm.measure import TimingRun, tpot_ms
 from streamllm.steptime import split_step_times, split_timing_run
-from streamllm.tpot import tpot_ms
 
 
 def sawtooth(cycle: int, cycles: int, normal: float, prune: float, noise: float = 0.0, seed: int = 0):

@@ -8,6 +8,8 @@ from pathlib import Path
 
 import pytest
 
+from streamllm.harness.records import Check
+from streamllm.harness.table import armed, armed_summary, sub_checks
 from streamllm.harness.verdicts import (
     BAND_FLOOR,
     BAND_SDS,
@@ -18,11 +20,7 @@ from streamllm.harness.verdicts import (
     PASS,
     RATIO_CHECK,
     WORK_CHECK,
-    Check,
     aa_band,
-    armed,
-    armed_summary,
-    sub_checks,
 )
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -23,7 +23,6 @@ import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from bench import pinning, xdist, xdist_merge, xdist_parts, xdist_worker
-from bench.finish import merge_history
 from bench.pinning import (
     Pinning,
     apply_pinning,
@@ -34,7 +33,7 @@ from bench.pinning import (
     visible_gpus,
     worker_gpus,
 )
-from bench.suite import REFERENCE_SUFFIX, Suite, SuiteOptions
+from bench.suite import REFERENCE_SUFFIX, Suite, SuiteOptions, merge_history
 from bench.xdist_merge import cell_id, merge_parts
 from bench.xdist_parts import part_json, record_from_json, record_to_json
 from bench.xdist_worker import WorkerInfo

@@ -21,9 +21,9 @@ from scipy import special
 from .band_rows import key_group, stored_runs
 from .baseline_record import BaselineKey, BaselineRecord
 from .judge_lookup import Lookup
-from .judge_ratio import check_ratio_vs_baseline
-from .ratio import ratio_ci
-from .verdicts import RATIO_CONFIDENCE, Check
+from .judge_ratio import check_ratio_vs_baseline, ratio_ci
+from .records import Check
+from .verdicts import RATIO_CONFIDENCE
 
 SIM_KEY = "cpu:simulated-t1"
 

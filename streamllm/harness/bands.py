@@ -10,7 +10,8 @@ process. A new process is judged against a *prediction interval* for one more pr
   than PREDICTION_FLOOR;
 - α is Šidák's per-row level for a nightly run of m rows: 1 − (1 − FALSE_ALARM_PER_RUN)^(1/m);
 - FAIL needs the estimate outside the interval AND the process's own CI excluding the stored
-  mean (`band_verdict`); a band through which a MUST_CATCH-fold slowdown passes is not a check.
+  mean (`judge_ratio.band_verdict`: the one CI of a run against the band lives with the ratio's
+  statistic); a band through which a MUST_CATCH-fold slowdown passes is not a check.
 
 Everything here is a pure function of stored values: the prior is band_prior.py's, and
 band_rows.py reads the rows (`key_rows`, `stored_runs`, the key groups) from the store.
@@ -27,16 +28,12 @@ from scipy import optimize, special
 
 from .band_prior import Prior, prior_from_rows
 from .band_rows import key_rows
-from .ratio import MIN_PAIRS, RatioCI, RatioVerdict
 from .verdicts import (
-    FAIL,
     FALSE_ALARM_PER_RUN,
     GUARD_SLOWDOWN,
-    INCONCLUSIVE,
     MDE_POWER,
     MIN_PRIOR_ROWS,
     MUST_CATCH,
-    PASS,
     PREDICTION_FLOOR,
 )
 
@@ -117,37 +114,6 @@ def prediction_band(values: Sequence[float], prior: Prior | None, rows: int,
     half = t_crit * s_tilde * math.sqrt(1 + 1 / n)
     return PredictionBand(float(math.exp(logs.mean())), max(half, PREDICTION_FLOOR), s_tilde, nu, n, alpha,
                           max(1, int(rows)), t_crit, half < PREDICTION_FLOOR, prior)
-
-
-def band_verdict(ci: RatioCI, band: PredictionBand, *, label: str = "TPOT ratio") -> RatioVerdict:
-    """pass / fail / inconclusive of one process's value (its CI) against a prediction band.
-
-    FAIL: the estimate lies outside the band and the CI excludes the stored mean; a CI wider than
-    the band (a loaded machine, whose noise the stored processes did not have) fails only when it
-    lies wholly beyond an edge. PASS: the estimate is inside and the CI resolves the band.
-    Otherwise INCONCLUSIVE (the caller reruns once with more rounds)."""
-    centre, lo_edge, hi_edge = band.centre, band.low, band.high
-    head = (f"{label} {ci.ratio:.3f} ({100 * ci.confidence:.3g}% CI {ci.low:.3f}–{ci.high:.3f}, {ci.pairs} pairs) "
-            f"vs stored {centre:.3f} ±{100 * band.width:.3g}% [{lo_edge:.3f}, {hi_edge:.3f}]")
-    ci_half = 0.5 * math.log(ci.high / ci.low) if ci.low > 0 and math.isfinite(ci.high) else math.inf
-    outside = abs(math.log(ci.ratio / centre)) > band.log_half
-    excludes = not ci.low <= centre <= ci.high
-    resolves = ci_half < band.log_half
-    wholly_beyond = ci.low > hi_edge or ci.high < lo_edge
-    if ci.pairs < MIN_PAIRS:
-        verdict, why = INCONCLUSIVE, f"too few pairs (need >= {MIN_PAIRS}); rerun with more rounds"
-    elif outside and excludes and (resolves or wholly_beyond):
-        side = "slower" if ci.ratio > centre else "faster"
-        verdict, why = FAIL, f"{side} than the band and the CI excludes the stored value"
-        if side == "faster":
-            why += " (an improvement: re-record on purpose)"
-    elif not outside and resolves:
-        verdict, why = PASS, "inside the band"
-    elif outside:
-        verdict, why = INCONCLUSIVE, "outside the band but the CI includes the stored value; rerun with more pairs"
-    else:
-        verdict, why = INCONCLUSIVE, "the CI is wider than the band (a loaded machine?); rerun with more pairs"
-    return RatioVerdict(verdict, f"{head}: {verdict}, {why}", ci.ratio, ci.low, ci.high, centre, band.width)
 
 
 # -- detection power -------------------------------------------------------------------------------

@@ -21,19 +21,10 @@ from pathlib import Path
 from .baseline_record import BaselineKey, BaselineRecord
 from .baselines import BaselineStore
 from .judge import TPOT_NOT_MEASURED, CaseVerdicts, judge, run_outcome
-from .ratio import ratio_ci
-from .records import RawCase, RawRun, RunModel, RunRecordError, load_run
-from .table import bound_word, make_row, table_lines
-from .verdicts import (
-    DEVICE_TIME_CHECK,
-    HISTORY_CHECK,
-    PPL_CHECK,
-    RATIO_CHECK,
-    WORK_CHECK,
-    Check,
-    armed_summary,
-    ratio_key,
-)
+from .judge_ratio import ratio_ci
+from .records import Check, RawCase, RawRun, RunModel, RunRecordError, load_run
+from .table import armed_summary, bound_word, make_row, table_lines
+from .verdicts import DEVICE_TIME_CHECK, HISTORY_CHECK, PPL_CHECK, RATIO_CHECK, WORK_CHECK, ratio_key
 from .workrecord import WorkCounts
 
 JUDGED = frozenset({PPL_CHECK, WORK_CHECK, RATIO_CHECK, HISTORY_CHECK, DEVICE_TIME_CHECK, TPOT_NOT_MEASURED})

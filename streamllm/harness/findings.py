@@ -11,9 +11,9 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from .records import RawFinding
+from .records import Check, RawFinding
 from .stats import _pct
-from .verdicts import FAIL, INCONCLUSIVE, NOT_APPLICABLE, NOT_CHECKED, PASS, Check
+from .verdicts import FAIL, INCONCLUSIVE, NOT_APPLICABLE, NOT_CHECKED, PASS
 
 RELATIONS = {
     "ratio_ppl": "PPL_s/PPL_ref",

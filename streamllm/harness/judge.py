@@ -6,7 +6,7 @@
 `BaselineStore` to compare with; `history` the run-history root. The judge reads those stores and
 never measures: where a check needs more interleaved pairs (an inconclusive ratio, or a recording
 whose CI is too wide to be the centre of later bands) it returns a `RerunRequest`, the measuring
-loop (bench/judging.py) reruns and calls the judge again with the extra rounds in the raw record.
+loop (bench/measuring.py `Measurements.judged`) reruns and calls the judge again with the extra rounds in the raw record.
 A stored record that already holds its rerun rounds is judged exactly as the run judged it, so
 `streamllm compare` reproduces the suite's verdicts.
 
@@ -43,7 +43,8 @@ from .judge_ppl import check_ppl
 from .judge_ratio import check_ratio_vs_baseline
 from .judge_work import check_work
 from .numerics import agreement_check, eviction_check, own_path_check
-from .records import RUN_FAIL, RUN_INCOMPLETE, RUN_PASS, RawArm, RawCase, RawConditions, RawRun
+from .records import RUN_FAIL, RUN_INCOMPLETE, RUN_PASS, Check, RawArm, RawCase, RawConditions, RawRun
+from .table import armed_summary
 from .verdicts import (
     FAILING,
     LIVE,
@@ -51,8 +52,6 @@ from .verdicts import (
     RATIO_CHECK,
     RECORDING_HALF_WIDTH,
     WORK_CHECK,
-    Check,
-    armed_summary,
     ratio_key,
     slice_tolerance,
 )

@@ -7,10 +7,11 @@ import numpy as np
 
 from .band_prior import Prior
 from .band_rows import stored_runs
-from .bands import band_verdict, guards, mde90, prediction_band
+from .bands import guards, mde90, prediction_band
 from .judge_lookup import Lookup, relative
-from .ratio import check_ratio, ratio_ci
-from .verdicts import DEVICE_TIME_CHECK, ERROR, MUST_CATCH, NOT_APPLICABLE, NOT_CHECKED, RECORDED, Check, aa_band
+from .judge_ratio import band_verdict, check_ratio, ratio_ci
+from .records import Check
+from .verdicts import DEVICE_TIME_CHECK, ERROR, MUST_CATCH, NOT_APPLICABLE, NOT_CHECKED, RECORDED, aa_band
 
 
 def check_device_time(samples: list[float] | None, found: Lookup, *, key: str | None, updating: bool, what: str,

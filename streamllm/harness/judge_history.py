@@ -10,6 +10,7 @@ from typing import Any
 
 from .history import HistoryError, Judgement, RunHistory
 from .judge_lookup import relative
+from .records import Check
 from .verdicts import (
     ERROR,
     FAIL,
@@ -22,7 +23,6 @@ from .verdicts import (
     PASS,
     REGRESSION,
     UNCONFIRMED,
-    Check,
     robust_band,
 )
 

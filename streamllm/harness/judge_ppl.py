@@ -4,8 +4,9 @@
 from __future__ import annotations
 
 from .judge_lookup import Lookup, relative
+from .records import Check
 from .stats import compare_ppl
-from .verdicts import ERROR, NOT_CHECKED, PPL_CHECK, RECORDED, Check, ppl_tolerance
+from .verdicts import ERROR, NOT_CHECKED, PPL_CHECK, RECORDED, ppl_tolerance
 
 
 def check_ppl(measured_ppl: float, found: Lookup, *, device_class: str, updating: bool, what: str) -> Check:

@@ -5,8 +5,9 @@ reference arm's counts (`workrecord.compare_across_software`)."""
 from __future__ import annotations
 
 from .judge_lookup import Lookup, relative
+from .records import Check
 from .schema.workrecord import WorkRecordError
-from .verdicts import ERROR, FAIL, NOT_APPLICABLE, NOT_CHECKED, PASS, RECORDED, WORK_CHECK, Check
+from .verdicts import ERROR, FAIL, NOT_APPLICABLE, NOT_CHECKED, PASS, RECORDED, WORK_CHECK
 from .work_compare import CountVerdict, compare_across_software, compare_counts
 from .workrecord import CounterKey, WorkCounts
 

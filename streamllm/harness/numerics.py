@@ -15,7 +15,7 @@ from streamllm.ownpath import Holding, OwnPath
 from streamllm.schedule import EvictionCheckError, TextTooShortError, eviction_steps, trace_engaged
 from streamllm.strategies import StrategySpec
 
-from .records import RawCase, RawHolding, RawOwnPath
+from .records import Check, RawCase, RawHolding, RawOwnPath
 from .verdicts import (
     AGREEMENT_CHECK,
     ERROR,
@@ -27,7 +27,6 @@ from .verdicts import (
     OWN_PATH_FACTOR,
     OWN_PATH_NOISE_FLOOR,
     PASS,
-    Check,
 )
 
 

@@ -9,7 +9,8 @@ the file and the fix when it does not match.
 `RawRun` is the record's *raw* part (`run["raw"]`): what was measured and under which conditions,
 and no verdict. `streamllm.harness.judge.judge` turns it into checks; `streamllm compare` re-judges
 a stored run from it alone. The judged fields beside it (`results[].checks`, `verdicts`) are what the
-run printed, kept for the report until it renders the judge's output directly.
+run printed, kept for the report until it renders the judge's output directly. `Check` is the
+record of one check (what the judges return and the run file keeps under `results[].checks`).
 """
 
 from __future__ import annotations
@@ -17,9 +18,12 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+if TYPE_CHECKING:  # the product's timing run, read by RawArm.from_timing (a type only: no torch at import)
+    from streamllm.measure import TimingRun
 
 # Generated output (run JSONs, the rendered report) goes under this ignored folder; the run history
 # that the TPOT check reads is tracked, apart from it, under history/.
@@ -29,8 +33,39 @@ DEFAULT_HISTORY_DIR = "history"
 RUN_SCHEMA = "streamllm.bench-run/2"
 READABLE_SCHEMAS = ("streamllm.bench-run/1", RUN_SCHEMA)  # /1: before (b) held ratio and work counts
 
-# The verdict words and the check record are verdicts.py's; the run record only carries them.
-from .verdicts import FAILING, MISSING, VERDICTS, Check, worst  # noqa: E402,F401  (re-exported for readers of runs)
+# The verdict words are verdicts.py's; the check record that carries one is defined here, with the
+# raw record it is judged from, so a TPOT sample's route from raw record to verdict reads verdicts.py
+# but passes through no function of it (docs/architecture.md, "The route of one TPOT sample").
+from .verdicts import FAILING, LIVE, NOT_CHECKED, RECORDED, VerdictWord  # noqa: E402
+
+
+class Check(BaseModel):
+    """One assertion of one case: what was checked, the verdict, and the numbers behind it."""
+
+    model_config = ConfigDict(extra="forbid")
+    kind: Literal["ppl", "tpot", "finding"]
+    name: str
+    verdict: VerdictWord
+    message: str
+    details: dict[str, Any] = Field(default_factory=dict)
+
+    def __init__(self, kind: str, name: str, verdict: str, message: str, details: dict | None = None, **kw: Any):
+        super().__init__(kind=kind, name=name, verdict=verdict, message=message, details=details or {}, **kw)
+
+    @property
+    def failed(self) -> bool:
+        return self.verdict in FAILING
+
+    @property
+    def unchecked(self) -> bool:
+        return self.verdict in (NOT_CHECKED, RECORDED)
+
+    @property
+    def live(self) -> bool:
+        return self.verdict in LIVE
+
+    def to_dict(self) -> dict:
+        return self.model_dump()
 
 
 class CaseModel(BaseModel):
@@ -85,6 +120,16 @@ class RawArm(BaseModel):
     faults_per_step: float | None = None  # minor page faults per measured step
     tpot_ms_mean: float | None = None  # over whole eviction cycles (the table's TPOT columns)
     tpot_ms_median: float | None = None
+
+    @classmethod
+    def from_timing(cls, timing: TimingRun) -> RawArm:
+        """The arm as the judge reads it, from the measured run (streamllm.measure.TimingRun): built
+        here, beside its definition, so a TPOT sample goes from the timing run into the raw record
+        in one step (docs/architecture.md, "The route of one TPOT sample")."""
+        return cls(samples_ms=timing.samples, rerun_samples_ms=list(timing.rerun_samples),
+                   device_samples_ms=timing.device_samples if timing.device_ms else [],
+                   faults_per_step=timing.faults_per_step, tpot_ms_mean=timing.mean_ms,
+                   tpot_ms_median=timing.median_ms)
 
 
 class RawNll(BaseModel):

@@ -7,7 +7,7 @@ from __future__ import annotations
 from .judge import run_outcome
 from .records import RUN_PASS
 from .report_runs import Run, work_summary
-from .verdicts import armed_summary
+from .table import armed_summary
 
 
 def summarize(run: Run) -> dict:

@@ -1,7 +1,7 @@
 """The verdict table: printed at the end of a bench run (serial or merged xdist, through
-`bench/finish.py`) and by `streamllm compare` for a stored run. It only reads checks; the verdicts
-come from the judge (`judge.py`). Lives in the harness because `streamllm compare` must not import
-bench/."""
+`bench/suite.py` `finish_run`) and by `streamllm compare` for a stored run. It only reads checks;
+the verdicts come from the judge (`judge.py`). Lives in the harness because `streamllm compare`
+must not import bench/."""
 
 from __future__ import annotations
 
@@ -9,23 +9,90 @@ import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from .records import Check
 from .verdicts import (
     DEVICE_TIME_CHECK,
     ERROR,
     FAIL,
+    HISTORY_CHECK,
+    HISTORY_RUNS_NEEDED,
     INCONCLUSIVE,
+    NOT_APPLICABLE,
     NOT_CHECKED,
+    PASS,
     RATIO_CHECK,
     RECORDED,
-    Check,
-    armed,
-    sub_checks,
-    summarize,
+    VERDICTS,
+    WORK_CHECK,
 )
 
 COLUMNS = ("dataset", "strategy", "PPL", "ΔPPL %", "TPOT ms mean", "TPOT ms median", "speedup", "TPOT/floor",
            "a: PPL", "b: work", "b: ratio", "MDE90 (*≤5%)", "b: abs", "armed", "c: findings")
 NUMERIC = frozenset({2, 3, 4, 5, 6, 7, 11})  # right-aligned columns
+
+
+# -- a row's cells from its checks (the words and their order are verdicts.py's) -----------------------
+def worst(verdicts: Sequence[str]) -> str:
+    """The worst of several verdicts (VERDICTS order); '-' for none."""
+    known = [v for v in verdicts if v in VERDICTS]
+    return min(known, key=VERDICTS.index) if known else "-"
+
+
+def summarize(checks: Sequence[Check], kind: str) -> str:
+    """One cell of the verdict table for checks of `kind`: worst verdict wins."""
+    mine = [c for c in checks if c.kind == kind]
+    if not mine:
+        return "-"
+    if kind == "finding":
+        counted = [c for c in mine if c.verdict != NOT_APPLICABLE]
+        if not counted:
+            return NOT_APPLICABLE
+        passed = sum(c.verdict == PASS for c in counted)
+        return f"{worst([c.verdict for c in mine])} {passed}/{len(counted)}"
+    return worst([c.verdict for c in mine])
+
+
+def armed(checks: Sequence[Check]) -> tuple[bool, str]:
+    """Whether a row's (b) is armed: its work counts and at least one TPOT check (same-run ratio,
+    graph device time or run history) compared against something stored. With the reason."""
+    by_name = {c.name: c for c in checks if c.kind == "tpot"}
+    work = by_name.get(WORK_CHECK)
+    timing = [by_name[n] for n in (RATIO_CHECK, DEVICE_TIME_CHECK, HISTORY_CHECK) if n in by_name]
+    missing = []
+    if work is None or not work.live:
+        missing.append("work counts " + (work.verdict if work else "absent"))
+    if not any(c.live for c in timing):
+        missing.append("no live TPOT check (" + ", ".join(f"{c.name.removeprefix('(b) ')}: {sub_word(c)}"
+                                                          for c in timing) + ")")
+    return (not missing, "; ".join(missing) or "armed")
+
+
+def sub_checks(checks: Sequence[Check]) -> dict[str, str]:
+    """The (b) cell split into its sub-checks: work counts, same-run ratio, and the absolute check
+    (graph device time where the row has one, else the run history)."""
+    by_name = {c.name: c for c in checks if c.kind == "tpot"}
+    absolute = by_name.get(DEVICE_TIME_CHECK) or by_name.get(HISTORY_CHECK)
+    return {"work": sub_word(by_name.get(WORK_CHECK)), "ratio": sub_word(by_name.get(RATIO_CHECK)),
+            "absolute": sub_word(absolute)}
+
+
+def armed_summary(rows: Sequence[dict]) -> str:
+    """The run header's word on arming: "armed 13/13 rows", or the count and the rows that are not."""
+    timed = [r for r in rows if not r.get("skipped") and r.get("armed") is not None]
+    unarmed = [r for r in timed if not r["armed"]]
+    head = f"armed {len(timed) - len(unarmed)}/{len(timed)} rows"
+    if not unarmed:
+        return head
+    return head + "; NOT ARMED: " + "; ".join(f"{r['dataset']}/{r['label']} ({r.get('armed_why')})" for r in unarmed)
+
+
+def sub_word(check: Check | None) -> str:
+    """A sub-check's cell: its verdict, and for a history still building how far it is ("history 1/3")."""
+    if check is None:
+        return "-"
+    if check.name == HISTORY_CHECK and check.verdict == NOT_CHECKED and "runs" in check.details:
+        return f"history {check.details['runs']}/{HISTORY_RUNS_NEEDED}"
+    return check.verdict
 
 
 def mde90_of(checks: Sequence[Check | Mapping[str, Any]]) -> tuple[float | None, bool]:

@@ -1,10 +1,12 @@
-"""The suite's verdicts: the words, the one check record, and every band and confidence level.
+"""The suite's verdicts: the words, and every tolerance, band and confidence level.
 
-The words a check can end in, `Check` (a pydantic model, also the run file's), every tolerance,
-band and confidence level, and the pure rules built on them (worst, armed, the A/A band). The
-judges that compare a measurement with what is stored are in the `judge_*.py` modules; they return
-a `Check`, and nothing downstream changes its verdict: the table and the report only read it. (Apart,
-because the stores the judges read — history, counters, stats — use these words too.)
+The words a check can end in, every tolerance, band and confidence level, and the pure rules built
+on them (the A/A band, the ratio key, the allocator-churn rule). The judges that compare a
+measurement with what is stored are in the `judge_*.py` modules; they return a `records.Check`,
+and nothing downstream changes its verdict: the table (`table.py`: a row's cells, "armed") and the
+report only read it. (Apart, because the stores the judges read — history, counters, stats — use
+these words too.) Nothing here sees a measured value: the rules read stored values and constants
+(docs/architecture.md, "The route of one TPOT sample": the route reads this module).
 
 (a) PPL against the stored baseline: |Δ ln PPL| within the device-class pair's tolerance.
 (b) The decode step's cost: its work counts (exact, keyed by software), its TPOT relative to a
@@ -15,7 +17,7 @@ because the stores the judges read — history, counters, stats — use these wo
 (c) Findings: a relation to a reference strategy measured in the same run (bench/findings.py).
 
 A check with no stored baseline is NOT_CHECKED, never a pass; a row is *armed* only when its
-work counts and a TPOT check are live (`armed`).
+work counts and a TPOT check are live (`table.armed`).
 """
 
 from __future__ import annotations
@@ -23,10 +25,9 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Literal
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field
 
 # -- the words -------------------------------------------------------------------------------------
 PASS = "pass"
@@ -41,6 +42,8 @@ VERDICTS = (ERROR, FAIL, INCONCLUSIVE, NOT_CHECKED, RECORDED, PASS, NOT_APPLICAB
 FAILING = frozenset({FAIL, ERROR})
 LIVE = frozenset({PASS, FAIL, INCONCLUSIVE, ERROR})  # compared against something stored
 CHECK_KINDS = ("ppl", "tpot", "finding")
+# The type of a check's verdict field (records.Check): the words above, spelled once.
+VerdictWord = Literal["pass", "fail", "inconclusive", "not checked", "recorded", "n/a", "error"]
 
 # The run history's own record of each case (stored in its files): a run moved beyond the band
 # (regression / improvement), stayed inside it (pass), or had nothing to compare with; UNCONFIRMED
@@ -101,7 +104,7 @@ MDE_POWER = 0.90  # MDE90: the smallest slowdown failed this often (inconclusive
 GUARD_SLOWDOWN = 0.05  # a row "guards 5 %" when its MDE90 is at most this
 MIN_AA_RUNS = 3  # fewer recorded processes: no spread to learn from
 FALLBACK_BAND = 0.10  # the band of a row whose A/A spread is not recorded yet (named in the table)
-RATIO_CONFIDENCE = 0.95  # the per-process ratio's t-interval (streamllm.harness.ratio)
+RATIO_CONFIDENCE = 0.95  # the per-process ratio's t-interval (streamllm.harness.judge_ratio)
 HISTORY_ALPHA = 0.002  # a history regression also needs Mann-Whitney p below this
 FINDING_CONFIDENCE = 0.95  # bootstrap CIs of findings
 HISTORY_RUNS_NEEDED = 3  # accepted runs before the history check is live
@@ -121,99 +124,6 @@ class BaselineNotChecked(UserWarning):
 
 class VerdictInconclusive(UserWarning):
     """A timing check stayed inconclusive after its rerun; reported, not failed."""
-
-
-# -- the record ------------------------------------------------------------------------------------
-class Check(BaseModel):
-    """One assertion of one case: what was checked, the verdict, and the numbers behind it."""
-
-    model_config = ConfigDict(extra="forbid")
-    kind: Literal["ppl", "tpot", "finding"]
-    name: str
-    verdict: Literal["pass", "fail", "inconclusive", "not checked", "recorded", "n/a", "error"]
-    message: str
-    details: dict[str, Any] = Field(default_factory=dict)
-
-    def __init__(self, kind: str, name: str, verdict: str, message: str, details: dict | None = None, **kw: Any):
-        super().__init__(kind=kind, name=name, verdict=verdict, message=message, details=details or {}, **kw)
-
-    @property
-    def failed(self) -> bool:
-        return self.verdict in FAILING
-
-    @property
-    def unchecked(self) -> bool:
-        return self.verdict in (NOT_CHECKED, RECORDED)
-
-    @property
-    def live(self) -> bool:
-        return self.verdict in LIVE
-
-    def to_dict(self) -> dict:
-        return self.model_dump()
-
-
-def worst(verdicts: Sequence[str]) -> str:
-    """The worst of several verdicts (VERDICTS order); '-' for none."""
-    known = [v for v in verdicts if v in VERDICTS]
-    return min(known, key=VERDICTS.index) if known else "-"
-
-
-def summarize(checks: Sequence[Check], kind: str) -> str:
-    """One cell of the verdict table for checks of `kind`: worst verdict wins."""
-    mine = [c for c in checks if c.kind == kind]
-    if not mine:
-        return "-"
-    if kind == "finding":
-        counted = [c for c in mine if c.verdict != NOT_APPLICABLE]
-        if not counted:
-            return NOT_APPLICABLE
-        passed = sum(c.verdict == PASS for c in counted)
-        return f"{worst([c.verdict for c in mine])} {passed}/{len(counted)}"
-    return worst([c.verdict for c in mine])
-
-
-def armed(checks: Sequence[Check]) -> tuple[bool, str]:
-    """Whether a row's (b) is armed: its work counts and at least one TPOT check (same-run ratio,
-    graph device time or run history) compared against something stored. With the reason."""
-    by_name = {c.name: c for c in checks if c.kind == "tpot"}
-    work = by_name.get(WORK_CHECK)
-    timing = [by_name[n] for n in (RATIO_CHECK, DEVICE_TIME_CHECK, HISTORY_CHECK) if n in by_name]
-    missing = []
-    if work is None or not work.live:
-        missing.append("work counts " + (work.verdict if work else "absent"))
-    if not any(c.live for c in timing):
-        missing.append("no live TPOT check (" + ", ".join(f"{c.name.removeprefix('(b) ')}: {sub_word(c)}"
-                                                          for c in timing) + ")")
-    return (not missing, "; ".join(missing) or "armed")
-
-
-def sub_checks(checks: Sequence[Check]) -> dict[str, str]:
-    """The (b) cell split into its sub-checks: work counts, same-run ratio, and the absolute check
-    (graph device time where the row has one, else the run history)."""
-    by_name = {c.name: c for c in checks if c.kind == "tpot"}
-    absolute = by_name.get(DEVICE_TIME_CHECK) or by_name.get(HISTORY_CHECK)
-    return {"work": sub_word(by_name.get(WORK_CHECK)), "ratio": sub_word(by_name.get(RATIO_CHECK)),
-            "absolute": sub_word(absolute)}
-
-
-def armed_summary(rows: Sequence[dict]) -> str:
-    """The run header's word on arming: "armed 13/13 rows", or the count and the rows that are not."""
-    timed = [r for r in rows if not r.get("skipped") and r.get("armed") is not None]
-    unarmed = [r for r in timed if not r["armed"]]
-    head = f"armed {len(timed) - len(unarmed)}/{len(timed)} rows"
-    if not unarmed:
-        return head
-    return head + "; NOT ARMED: " + "; ".join(f"{r['dataset']}/{r['label']} ({r.get('armed_why')})" for r in unarmed)
-
-
-def sub_word(check: Check | None) -> str:
-    """A sub-check's cell: its verdict, and for a history still building how far it is ("history 1/3")."""
-    if check is None:
-        return "-"
-    if check.name == HISTORY_CHECK and check.verdict == NOT_CHECKED and "runs" in check.details:
-        return f"history {check.details['runs']}/{HISTORY_RUNS_NEEDED}"
-    return check.verdict
 
 
 def ppl_tolerance(stored_device_class: str, device_class: str) -> float:

@@ -1,21 +1,16 @@
-"""Judging one case: the measuring glue around the one judge (`streamllm.harness.judge`).
-
-Everything a case's checks read goes into its raw record first (bench/run_record.py `raw_case`:
-PPL, timing, work counts, the eviction probe, the own path, and the (c) findings measured here by
-`measure_findings`); the judge turns that record into checks. No verdict word is produced here:
-where the judge asks for more interleaved rounds, this loop measures them once and asks again."""
+"""Measuring a case's (c) findings: each finding's estimate and CI (or why it was not measured),
+for the raw record the judge reads (`streamllm.harness.findings` judges them). A PPL finding pairs
+two evaluations' per-token NLL; a TPOT finding times the two strategies step for step in fresh
+slices (`Measurements.paired_ratio`, a TPOT sample route of its own); a trace finding reads one
+run's arrays (bench/findings.py TRACE_FINDINGS: the prune step against the mean reads the case's
+own step times, a branch of its TPOT sample's route, docs/architecture.md)."""
 
 from __future__ import annotations
 
-from streamllm.harness.history import RunHistory
-from streamllm.harness.judge import CaseVerdicts
-from streamllm.harness.judge import judge_case as judge_one
-from streamllm.harness.ratio import RatioCI
+from typing import TYPE_CHECKING
+
 from streamllm.harness.records import RawFinding
 from streamllm.harness.stats import ppl_ratio_ci
-from streamllm.harness.verdicts import RATIO_CHECK, Check
-from streamllm.measure import TimingRun
-from streamllm.results import EvalResult
 
 from .catalog import BenchCase
 from .findings import (
@@ -26,39 +21,10 @@ from .findings import (
     trace_finding_record,
     trace_findings_for,
 )
-from .measuring import Measurements
-from .run_record import CaseResult, raw_case, raw_conditions
 from .session import Session
 
-
-def judge_case(session: Session, measure: Measurements, case: BenchCase, dataset: str, evaluation: EvalResult,
-               timing: TimingRun | None, out: CaseResult) -> list[Check]:
-    """The case's checks in the suite's order ((a), (b), (c)), all from its raw record."""
-    out.findings = measure_findings(session, measure, case, dataset)
-    return judge_measured(session, measure, case, dataset, out, evaluation, timing).checks
-
-
-def judge_measured(session: Session, measure: Measurements, case: BenchCase, dataset: str,
-                   out: CaseResult, evaluation: EvalResult, timing: TimingRun | None) -> CaseVerdicts:
-    """The case's raw record through the one judge (streamllm.harness.judge): (a) PPL, eviction, own
-    path, timed-decode agreement; (b) work counts (exact, any machine with this software), TPOT
-    relative to the reference arm timed in the same process (any machine of this device class),
-    absolute TPOT against this machine's run history (or device time for a graph row); (c) the
-    findings in `out.findings`. Where the judge asks for more rounds, this loop measures them once
-    and judges again; `out.raw` keeps what was judged."""
-    conditions = raw_conditions(session)
-    # the history as it is now: this run appends to it only at its end (finish_run)
-    history = RunHistory(session.history_root, session.fingerprint_id)
-    out.raw = raw_case(session, out, evaluation, timing)
-    judged = judge_one(out.raw, conditions, session.store, history)
-    if judged.rerun is not None and not out.raw.oversubscribed:
-        measure.rerun(case, dataset)  # adds the rounds to the TimingRuns' rerun_samples
-        out.raw = raw_case(session, out, evaluation, timing)
-        judged = judge_one(out.raw, conditions, session.store, history)
-    ratio = next((c for c in judged.tpot if c.name == RATIO_CHECK), None)
-    if ratio is not None and ratio.details.get("ratio"):
-        out.ratio = RatioCI(**ratio.details["ratio"])
-    return judged
+if TYPE_CHECKING:  # a type only: measuring.py calls measure_findings
+    from .measuring import Measurements
 
 
 def _why_not(session: Session, spec, dataset: str) -> str | None:
