@@ -162,6 +162,7 @@ def test_compare_bad_input_is_one_line_exit_2(tmp_path, content, words, capsys):
     assert "pytest bench" in lines[0]  # the fix
 
 
+@pytest.mark.slow  # a child process (~5 s of imports); test_cli_errors keeps one in the fast set
 def test_compare_bad_input_from_the_real_entry_point_is_one_line_exit_2(tmp_path):
     path = tmp_path / "run.json"
     path.write_text("{not json")

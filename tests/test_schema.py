@@ -157,7 +157,8 @@ def test_cli_exits_2_on_a_broken_stored_file_without_traceback(tmp_path, capsys,
     assert err.count("\n") == 1
 
 
-@pytest.mark.parametrize("kind", ["baseline", "history"])
+# a `pytest bench` child process each (~8 s): the baseline case runs with -m slow (.ci/run)
+@pytest.mark.parametrize("kind", [pytest.param("baseline", marks=pytest.mark.slow), "history"])
 def test_pytest_bench_stops_at_its_start_on_a_broken_stored_file(tmp_path, kind):
     """`pytest bench` with a corrupt baseline or history file: one line naming the file, exit 2,
     before anything is measured, and the file's bytes unchanged."""
