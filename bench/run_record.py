@@ -209,6 +209,12 @@ def baseline_record(session: Session, case: BenchCase, dataset: str, evaluation:
     return record.model_copy(update={"key": session.key(case, evaluation)})
 
 
+class UnrecordableCaseError(ValueError):
+    """Under --update/--append-baselines a case whose numbers cannot be a baseline (a non-finite
+    PPL, ...): the case fails in one line, stays in the run's record and table, and its stored entry
+    is left as it was; the run's other rows are recorded."""
+
+
 def extra_info(session: Session, out: CaseResult) -> dict:
     ev, tm = out.evaluation, out.timing
     return finite({

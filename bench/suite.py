@@ -39,6 +39,7 @@ from .measuring import Measurements, raw_case
 from .run_record import (
     REFERENCE_SUFFIX,  # noqa: F401  (re-exported: tests build history entries with it)
     CaseResult,
+    UnrecordableCaseError,
     append_history,
     baseline_record,
     extra_info,
@@ -72,15 +73,23 @@ class Suite(Session):
         started = time.perf_counter()
         out = self.measure.measure_case(case, dataset, benchmark)
         timed = not self.options.no_timing
+        unrecordable = None
         if timed:
             if self.options.update_baselines:
-                self.records.append(baseline_record(self, case, dataset, out.evaluation, out.timing, out))
+                try:
+                    self.records.append(baseline_record(self, case, dataset, out.evaluation, out.timing, out))
+                except ValueError as exc:  # the record's model refuses it (e.g. a NaN PPL): say so, keep the row
+                    problem = str(exc).splitlines()[0].split(": ", 1)[-1]
+                    unrecordable = (f"{case.label} on {dataset}: not recorded as a baseline ({problem}); its stored "
+                                    "entry is left as it was: fix the row, then re-run with --update-baselines")
             self.measure.release(case, dataset)
         out = dataclasses.replace(out, seconds=time.perf_counter() - started)
         self.results.append(out)
         if benchmark is not None and timed:
             benchmark.group = f"{self.text(dataset).name} ({self.options.model}, {self.options.tokens} tokens)"
             benchmark.extra_info.update(extra_info(self, out))
+        if unrecordable:
+            raise UnrecordableCaseError(unrecordable)
         return out
 
     def skip_case(self, case: BenchCase, dataset: str, reason: str) -> None:

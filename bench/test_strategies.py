@@ -19,6 +19,7 @@ from streamllm.harness.verdicts import INCONCLUSIVE, BaselineNotChecked, Verdict
 
 def test_strategy(bench_suite, bench_case, bench_dataset, benchmark):
     from bench.catalog import unavailable_reason
+    from bench.run_record import UnrecordableCaseError
     from streamllm.data import DatasetError
     from streamllm.decode_slice import SliceTooShortError
     from streamllm.models import ModelUnavailableError
@@ -39,6 +40,8 @@ def test_strategy(bench_suite, bench_case, bench_dataset, benchmark):
         # one line naming the text, the need and the fix, not a traceback from inside the timing
         bench_suite.skip_case(bench_case, bench_dataset, str(exc))
         pytest.fail(f"{bench_case.id} on {bench_dataset}: text too short: {exc}", pytrace=False)
+    except UnrecordableCaseError as exc:  # its row is in the run; only its baseline entry is kept as it was
+        pytest.fail(str(exc), pytrace=False)
     for check in result.checks:
         if check.unchecked:
             warnings.warn(BaselineNotChecked(check.message), stacklevel=1)

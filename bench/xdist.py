@@ -148,9 +148,9 @@ class XdistController:
             return
         self.merged = merge_parts(parts, self.collected, self.crashed, command=_command(),
                                   runtime_s=time.time() - self.started, timing_refused=self.timing_refused)
-        from .suite import finish_run
-
         try:
+            from .suite import finish_run  # inside: an import error keeps the parts too
+
             self.end = finish_run(self.merged.run, self.merged.records, self.merged.history, self._plan())
         except Exception as exc:  # noqa: BLE001 - keep the parts for a person to look at, say why
             self.error = f"merge not written ({type(exc).__name__}: {exc}); worker parts kept in {self.parts_dir}"

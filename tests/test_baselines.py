@@ -250,8 +250,12 @@ def test_update_never_overwrites_a_corrupt_file(store: BaselineStore):
 
 
 def test_update_refuses_unusable_records(store: BaselineStore):
+    with pytest.raises(ValueError, match="finite"):  # the record refuses to be built ...
+        make_record(ppl=float("nan"))
+    # ... and the store checks again what reaches it by another way (model_copy does not validate)
+    unusable = make_record().model_copy(update={"ppl": float("nan")})
     with pytest.raises(ValueError, match="finite"):
-        store.update([make_record(ppl=float("nan"))])
+        store.update([make_record(make_key(dataset="other")), unusable])
     with pytest.raises(ValueError, match="twice"):
         store.update([make_record(), make_record()])
     assert not store.root.exists() or not any(store.root.rglob("*.json"))

@@ -165,6 +165,41 @@ def test_update_then_append_adds_one_ratio_run_and_keeps_the_counts(tmp_path, ti
     assert len(record.work_counts) == 1 and record.runs_averaged == 2
 
 
+def test_a_case_that_cannot_be_a_baseline_fails_in_one_line_and_keeps_the_old_entry(tmp_path, tiny, monkeypatch):
+    """--update-baselines with a non-finite PPL (any value the record's model refuses): that case fails
+    with one line naming it and the fix, its row stays in the run, its stored entry is untouched,
+    and the run's other rows are recorded."""
+    import dataclasses
+
+    from bench.measuring import Measurements
+    from bench.run_record import UnrecordableCaseError
+
+    first = make_suite(tmp_path, tiny, update_baselines=True)
+    run(first, "strict", "window")
+    (path,) = first.write_baselines()
+    before = BaselineStore(tmp_path / "baselines").read(path).records
+    evaluate = Measurements.evaluate
+
+    def broken(self, case, dataset):
+        ev = evaluate(self, case, dataset)
+        return dataclasses.replace(ev, ppl=float("nan")) if case.id == "strict" else ev
+
+    monkeypatch.setattr(Measurements, "evaluate", broken)
+    again = make_suite(tmp_path, tiny, update_baselines=True)
+    with pytest.raises(UnrecordableCaseError) as caught:
+        again.run_case(again.case("strict"), "synthetic", benchmark=None)
+    message = str(caught.value)
+    assert "\n" not in message and "strict" in message and "--update-baselines" in message, message
+    again.run_case(again.case("window"), "synthetic", benchmark=None)
+    assert [r.case.id for r in again.results] == ["strict", "window"]  # the row stays in the run
+    again.write_baselines()
+    after = BaselineStore(tmp_path / "baselines").read(path).records
+    strict = next(k for k in before if k.startswith("strict"))
+    window = next(k for k in before if k.startswith("window"))
+    assert after[strict] == before[strict]  # the refused row's entry as it was
+    assert again.written == [path] and after[window] != before[window]  # the other row recorded anew
+
+
 # -- the assertion helpers directly ------------------------------------------------------------
 def _record(tmp_path: Path, samples: dict[str, list[float]], ppl: float = 20.0) -> tuple[BaselineStore, BaselineKey]:
     store = BaselineStore(tmp_path / "b")

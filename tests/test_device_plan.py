@@ -99,12 +99,12 @@ def test_the_last_lease_s_unversioned_state_loads_and_resumes_losing_nothing(dev
     assert device_plan.main(["--list", "--state", str(state)]) == 0
     listed = capsys.readouterr().out
     assert all(f"{name}" in listed for name in old["done"]) and state.read_bytes() == LAST_LEASE.read_bytes()
-    assert device_plan.main(["--mark-done", "check-1", "--state", str(state)]) == 0
+    assert device_plan.main(["--mark-done", "check-eager", "--state", str(state)]) == 0
     new = json.loads(state.read_text())
     assert new["schema"] == "streamllm.device-state/1"
-    assert {k: {f: v[f] for f in ("seconds", "exit")} for k, v in new["done"].items() if k != "check-1"} == old["done"]
+    assert {k: {f: v[f] for f in ("seconds", "exit")} for k, v in new["done"].items() if k != "check-eager"} == old["done"]
     assert [{k: t[k] for k in old["tries"][0]} for t in new["tries"]] == old["tries"]
-    assert new["done"]["check-1"] == {"seconds": None, "exit": None, "marked": True}
+    assert new["done"]["check-eager"] == {"seconds": None, "exit": None, "marked": True}
 
 
 @pytest.mark.parametrize("content, said", [
