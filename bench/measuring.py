@@ -13,6 +13,9 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from dataclasses import dataclass, field
+
+import numpy as np
 
 from streamllm.calibration import CalibrationArm
 from streamllm.combinations import GRAPH_MODES
@@ -22,9 +25,12 @@ from streamllm.evaluate import build_result
 from streamllm.harness.history import RunHistory
 from streamllm.harness.judge import judge_case
 from streamllm.harness.judge_ratio import RatioCI, ratio_ci
-from streamllm.harness.records import RawArm, RawCase
+from streamllm.harness.records import Check, RawArm, RawCase, RawFinding
+from streamllm.harness.table import bound_word, make_row, summarize
 from streamllm.harness.verdicts import RATIO_CHECK
+from streamllm.harness.workrecord import WorkCounts
 from streamllm.measure import TimingRun, speedup, steps_per_round, time_interleaved
+from streamllm.ownpath import Holding, OwnPath
 from streamllm.parallel import evaluate_parallel
 from streamllm.parallel_schedule import supports_parallel
 from streamllm.results import EvalResult, TokenTrace
@@ -32,8 +38,80 @@ from streamllm.results import EvalResult, TokenTrace
 from .catalog import BenchCase, compile_mode
 from .measure_findings import measure_findings
 from .probes import SliceProbes, raw_eviction, raw_nll, raw_own_path
-from .run_record import CaseResult, finite, raw_conditions
-from .session import Session, _in_phase
+from .session import Session, _in_phase, raw_conditions
+
+
+@dataclass(frozen=True)
+class CaseResult:
+    """One case's result, frozen once measured and judged (bench/measuring.py `measure_case`)."""
+
+    case: BenchCase
+    dataset: str
+    evaluation: EvalResult | None = None
+    timing: TimingRun | None = None
+    reference_timing: TimingRun | None = None  # the interleaved reference arm (decode_slice.reference_slice)
+    ratio: RatioCI | None = None  # case / reference, per round, same process
+    work: WorkCounts | None = None
+    reference_work: WorkCounts | None = None  # the reference arm counted over the same steps
+    speedup: float | None = None
+    floor_ms: float | None = None  # analytic bytes a step must read / measured copy bandwidth
+    ppl_delta_vs_dense_pct: float | None = None
+    slice_nll_max_abs_diff: float | None = None
+    own_path: OwnPath | None = None  # static/ring rows: their own decode across the first evictions
+    calibration: OwnPath | None = None  # the same slice through the eager dynamic cache
+    holding: Holding | None = None  # dynamic rows: what the timed slice's tensors hold at its end
+    findings: list[RawFinding] | None = None  # the (c) findings as measured (bench/measure_findings.py)
+    checks: list[Check] = field(default_factory=list)
+    seconds: float = 0.0
+    skipped: str | None = None  # reason, when the case could not run here
+    raw: RawCase | None = None  # what the judge judged (bench/measuring.py raw_case; skipped cases too)
+
+    @property
+    def bound(self) -> str | None:
+        work = self.work
+        return bound_word(work.device_busy_us if work else None, work.steps if work else None,
+                          self.timing.mean_ms if self.timing else None)
+
+    @property
+    def verdicts(self) -> dict[str, str]:
+        return {"a": summarize(self.checks, "ppl"), "b": summarize(self.checks, "tpot"),
+                "c": summarize(self.checks, "finding")}
+
+    def row(self) -> dict:
+        ev, tm = self.evaluation, self.timing
+        return make_row(dataset=self.dataset, case=self.case.id, label=self.case.label, checks=self.checks,
+                        skipped=self.skipped, timed=tm is not None, ppl=ev.ppl if ev else None,
+                        ppl_delta_vs_dense_pct=self.ppl_delta_vs_dense_pct, tpot_ms_mean=tm.mean_ms if tm else None,
+                        tpot_ms_median=tm.median_ms if tm else None, speedup=self.speedup, floor_ms=self.floor_ms,
+                        bound=self.bound)
+
+    def to_json(self) -> dict:
+        ev = self.evaluation
+        out = {
+            **self.row(),
+            "transform": self.case.transform,
+            "sweeps": list(self.case.sweeps),  # the report draws one curve per sweep
+            "params": self.case.params(),
+            "seconds": self.seconds,
+            "slice_nll_max_abs_diff": self.slice_nll_max_abs_diff,
+            "evaluation": ev.summary() if ev else None,
+            "timing": self.timing.summary() if self.timing else None,
+            "reference_timing": self.reference_timing.summary() if self.reference_timing else None,
+            "ratio": self.ratio.as_dict() if self.ratio else None,
+            "work": self.work.to_json() if self.work else None,
+            "reference_work": self.reference_work.to_json() if self.reference_work else None,
+            "timing_step_ms": self.timing.step_ms if self.timing else None,
+            # text index and prune flag of each timed step: the phase A diagnostics put the step
+            # times next to the per-token NLL and KV length
+            "timing_positions": self.timing.positions if self.timing else None,
+            "timing_prune_flags": self.timing.prune_flags if self.timing else None,
+            "checks": [c.to_dict() for c in self.checks],
+        }
+        if ev is not None and ev.trace is not None:
+            out["trace"] = {"nll": ev.trace.nll, "prune_steps": ev.trace.prune_steps,
+                            "kv_length": ev.trace.kv_length, "evicted": ev.trace.evicted,
+                            "step_ms": ev.trace.step_ms}  # NaN (null) for the parallel evaluator
+        return finite(out)
 
 
 class Measurements(SliceProbes):
@@ -304,3 +382,16 @@ def raw_case(session: Session, out: CaseResult) -> RawCase:
         findings=out.findings,
         oversubscribed=session.oversubscribed() if tm is not None else None,
     )
+
+
+def finite(obj):
+    """NaN/inf are not JSON: store them as null (numpy scalars become floats)."""
+    if isinstance(obj, (float, np.floating)):
+        return float(obj) if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: finite(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [finite(v) for v in obj]
+    if isinstance(obj, np.integer):
+        return int(obj)
+    return obj

@@ -4,11 +4,9 @@ run record `streamllm report` reads, and the entries the run appends to the mach
 from __future__ import annotations
 
 import dataclasses
-import math
 import os
 import sys
 import time
-from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -17,30 +15,23 @@ import torch
 
 from streamllm.combinations import GRAPH_MODES
 from streamllm.harness.baseline_record import BaselineRecord
-from streamllm.harness.fingerprint import fingerprint_id, package_version
+from streamllm.harness.fingerprint import fingerprint_id
 from streamllm.harness.history import RunHistory
 from streamllm.harness.history_runs import REFERENCE_SUFFIX
 from streamllm.harness.history_verdict import enters_baseline
-from streamllm.harness.judge_ratio import RatioCI
 from streamllm.harness.provenance import make_provenance
 from streamllm.harness.records import (
     RUN_SCHEMA,
-    Check,
-    RawCase,
-    RawConditions,
-    RawFinding,
     RawRun,
     validate_run,
 )
-from streamllm.harness.table import bound_word, make_row, summarize
 from streamllm.harness.verdicts import HISTORY_CHECK, ratio_key
-from streamllm.harness.workrecord import WorkCounts
 from streamllm.measure import TimingRun
-from streamllm.ownpath import Holding, OwnPath
 from streamllm.results import EvalResult, write_json_atomic
 
 from .catalog import BenchCase, compile_mode
-from .session import Session, _load_average
+from .measuring import CaseResult, finite
+from .session import Session, _load_average, raw_conditions
 
 NOISE_NOTE = ("CPU timings from a shared 2-core VM: other processes compete for the cores (steal time), "
               "so TPOT samples are noisy; compare only within one fingerprint")
@@ -49,93 +40,6 @@ NOISE_NOTE = ("CPU timings from a shared 2-core VM: other processes compete for 
 
 
 
-@dataclass(frozen=True)
-class CaseResult:
-    """One case's result, frozen once measured and judged (bench/measuring.py `measure_case`)."""
-
-    case: BenchCase
-    dataset: str
-    evaluation: EvalResult | None = None
-    timing: TimingRun | None = None
-    reference_timing: TimingRun | None = None  # the interleaved reference arm (decode_slice.reference_slice)
-    ratio: RatioCI | None = None  # case / reference, per round, same process
-    work: WorkCounts | None = None
-    reference_work: WorkCounts | None = None  # the reference arm counted over the same steps
-    speedup: float | None = None
-    floor_ms: float | None = None  # analytic bytes a step must read / measured copy bandwidth
-    ppl_delta_vs_dense_pct: float | None = None
-    slice_nll_max_abs_diff: float | None = None
-    own_path: OwnPath | None = None  # static/ring rows: their own decode across the first evictions
-    calibration: OwnPath | None = None  # the same slice through the eager dynamic cache
-    holding: Holding | None = None  # dynamic rows: what the timed slice's tensors hold at its end
-    findings: list[RawFinding] | None = None  # the (c) findings as measured (bench/measure_findings.py)
-    checks: list[Check] = field(default_factory=list)
-    seconds: float = 0.0
-    skipped: str | None = None  # reason, when the case could not run here
-    raw: RawCase | None = None  # what the judge judged (bench/measuring.py raw_case; skipped cases too)
-
-    @property
-    def bound(self) -> str | None:
-        work = self.work
-        return bound_word(work.device_busy_us if work else None, work.steps if work else None,
-                          self.timing.mean_ms if self.timing else None)
-
-    @property
-    def verdicts(self) -> dict[str, str]:
-        return {"a": summarize(self.checks, "ppl"), "b": summarize(self.checks, "tpot"),
-                "c": summarize(self.checks, "finding")}
-
-    def row(self) -> dict:
-        ev, tm = self.evaluation, self.timing
-        return make_row(dataset=self.dataset, case=self.case.id, label=self.case.label, checks=self.checks,
-                        skipped=self.skipped, timed=tm is not None, ppl=ev.ppl if ev else None,
-                        ppl_delta_vs_dense_pct=self.ppl_delta_vs_dense_pct, tpot_ms_mean=tm.mean_ms if tm else None,
-                        tpot_ms_median=tm.median_ms if tm else None, speedup=self.speedup, floor_ms=self.floor_ms,
-                        bound=self.bound)
-
-    def to_json(self) -> dict:
-        ev = self.evaluation
-        out = {
-            **self.row(),
-            "transform": self.case.transform,
-            "sweeps": list(self.case.sweeps),  # the report draws one curve per sweep
-            "params": self.case.params(),
-            "seconds": self.seconds,
-            "slice_nll_max_abs_diff": self.slice_nll_max_abs_diff,
-            "evaluation": ev.summary() if ev else None,
-            "timing": self.timing.summary() if self.timing else None,
-            "reference_timing": self.reference_timing.summary() if self.reference_timing else None,
-            "ratio": self.ratio.as_dict() if self.ratio else None,
-            "work": self.work.to_json() if self.work else None,
-            "reference_work": self.reference_work.to_json() if self.reference_work else None,
-            "timing_step_ms": self.timing.step_ms if self.timing else None,
-            # text index and prune flag of each timed step: the phase A diagnostics put the step
-            # times next to the per-token NLL and KV length
-            "timing_positions": self.timing.positions if self.timing else None,
-            "timing_prune_flags": self.timing.prune_flags if self.timing else None,
-            "checks": [c.to_dict() for c in self.checks],
-        }
-        if ev is not None and ev.trace is not None:
-            out["trace"] = {"nll": ev.trace.nll, "prune_steps": ev.trace.prune_steps,
-                            "kv_length": ev.trace.kv_length, "evicted": ev.trace.evicted,
-                            "step_ms": ev.trace.step_ms}  # NaN (null) for the parallel evaluator
-        return finite(out)
-
-
-def raw_conditions(session: Session) -> RawConditions:
-    o = session.options
-    return RawConditions(
-        started=datetime.fromtimestamp(session.started, timezone.utc).isoformat(),
-        fingerprint=session.fingerprint, fingerprint_id=session.fingerprint_id, threads=torch.get_num_threads(),
-        versions={d: package_version(d) for d in ("streamllm", "torch", "transformers", "numpy")},
-        device_type=o.device_type, dtype=o.dtype, tpot_tolerance=o.tpot_tolerance, history_k=o.history_k,
-        nightly=o.nightly, updating=o.update_baselines, no_timing=o.no_timing,
-        calibration_ms=_calibration(session))
-
-
-def _calibration(session: Session) -> list[float]:
-    measure = getattr(session, "measure", None)  # the Suite's measurements (a bare Session has none)
-    return measure.calibration_ms if measure is not None else []
 
 
 def raw_run(session: Session, results: list[CaseResult]) -> RawRun:
@@ -284,16 +188,4 @@ def _program() -> str:
     return "python -m pytest" if name == "__main__.py" else name
 
 
-
-def finite(obj):
-    """NaN/inf are not JSON: store them as null (numpy scalars become floats)."""
-    if isinstance(obj, (float, np.floating)):
-        return float(obj) if math.isfinite(obj) else None
-    if isinstance(obj, dict):
-        return {k: finite(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [finite(v) for v in obj]
-    if isinstance(obj, np.integer):
-        return int(obj)
-    return obj
 

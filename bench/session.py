@@ -9,6 +9,7 @@ import math
 import os
 import time
 from dataclasses import dataclass
+from datetime import datetime, timezone
 from pathlib import Path
 
 import torch
@@ -16,9 +17,9 @@ import torch
 from streamllm.data import load_text, synthetic_ids, tokenize
 from streamllm.harness.baseline_record import BaselineKey
 from streamllm.harness.baselines import BaselineStore
-from streamllm.harness.fingerprint import fingerprint_id, hardware_fingerprint
+from streamllm.harness.fingerprint import fingerprint_id, hardware_fingerprint, package_version
 from streamllm.harness.history import RunHistory
-from streamllm.harness.records import DEFAULT_HISTORY_DIR, DEFAULT_REPORT_DIR
+from streamllm.harness.records import DEFAULT_HISTORY_DIR, DEFAULT_REPORT_DIR, RawConditions
 from streamllm.harness.verdicts import FALLBACK_BAND, slice_tolerance
 from streamllm.measure import steps_per_round
 from streamllm.parallel_schedule import supports_parallel
@@ -215,3 +216,18 @@ def _load_average() -> list[float] | None:
     except OSError:
         return None
 
+
+def raw_conditions(session: Session) -> RawConditions:
+    o = session.options
+    return RawConditions(
+        started=datetime.fromtimestamp(session.started, timezone.utc).isoformat(),
+        fingerprint=session.fingerprint, fingerprint_id=session.fingerprint_id, threads=torch.get_num_threads(),
+        versions={d: package_version(d) for d in ("streamllm", "torch", "transformers", "numpy")},
+        device_type=o.device_type, dtype=o.dtype, tpot_tolerance=o.tpot_tolerance, history_k=o.history_k,
+        nightly=o.nightly, updating=o.update_baselines, no_timing=o.no_timing,
+        calibration_ms=_calibration(session))
+
+
+def _calibration(session: Session) -> list[float]:
+    measure = getattr(session, "measure", None)  # the Suite's measurements (a bare Session has none)
+    return measure.calibration_ms if measure is not None else []

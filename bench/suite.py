@@ -35,10 +35,9 @@ from streamllm.measure import TimingRun
 from streamllm.results import EvalResult
 
 from .catalog import BenchCase
-from .measuring import Measurements, raw_case
+from .measuring import CaseResult, Measurements, raw_case
 from .run_record import (
     REFERENCE_SUFFIX,  # noqa: F401  (re-exported: tests build history entries with it)
-    CaseResult,
     UnrecordableCaseError,
     append_history,
     baseline_record,
