@@ -165,7 +165,14 @@ def restore(returned: Path, state_path: Path) -> None:
     records = returned / "records.tar.gz"
     if not records.exists():
         raise DeviceStateError(f"{records}: not found: pass the folder the device call brought back")
-    load_stored(returned / "state.json", DeviceState)  # a state that does not load replaces nothing
+    back = load_stored(returned / "state.json", DeviceState)  # a state that does not load replaces nothing
+    if state_path.exists():
+        # an older folder would put back older baselines/ and history/ over what a later call brought
+        lost = sorted(set(load_stored(state_path, DeviceState).done) - set(back.done))
+        if lost:
+            raise DeviceStateError(f"{returned}: older than {state_path}, whose done steps {', '.join(lost)} it "
+                                   f"lacks: restore the folder a later call brought back, or move {state_path} "
+                                   "aside to take this one")
     with tarfile.open(records) as tar:
         members = [m for m in tar.getmembers() if m.name.split("/")[0] in ("baselines", "history")]
         tar.extractall(ROOT, members=members, filter="data")

@@ -136,3 +136,27 @@ def test_restore_refuses_a_returned_state_that_does_not_load(device_plan, tmp_pa
     assert device_plan.main(["--restore", str(returned), "--state", str(state)]) == 2
     assert str(returned / "state.json") in capsys.readouterr().err
     assert state.read_bytes() == LAST_LEASE.read_bytes()
+
+
+def test_restore_refuses_a_folder_older_than_this_checkouts_state(device_plan, tmp_path, capsys):
+    """Restoring the folder of an earlier call after a later one would put its older baselines/ and
+    history/ back over the newer: refused in one line, exit 2, nothing unpacked, the state kept."""
+    import json
+    import tarfile
+
+    returned, state = tmp_path / "returned", tmp_path / "state.json"
+    returned.mkdir()
+    with tarfile.open(returned / "records.tar.gz", "w:gz"):
+        pass  # nothing in it: were the refusal missing, nothing would land in the checkout
+    state.write_bytes(LAST_LEASE.read_bytes())
+    older = json.loads(LAST_LEASE.read_text())
+    dropped = sorted(older["done"])[-1]
+    del older["done"][dropped]
+    (returned / "state.json").write_text(json.dumps(older))
+    assert device_plan.main(["--restore", str(returned), "--state", str(state)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and dropped in err and "move" in err
+    assert state.read_bytes() == LAST_LEASE.read_bytes()
+    # the same folder with every done step restores
+    (returned / "state.json").write_bytes(LAST_LEASE.read_bytes())
+    assert device_plan.main(["--restore", str(returned), "--state", str(state)]) == 0
