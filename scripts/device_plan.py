@@ -68,13 +68,17 @@ def plan(report_dir: str) -> list[Step]:
     inject = [sys.executable, "scripts/inject_regression.py", "extra-copy", "--strategy", "strict", "--cache", "ring",
               "--", *NIGHTLY, "--strategies", "ring-cudagraphs,ring-cudagraphs-triton", "--nightly", *out]
     steps: list[Step] = []
-    recorded: dict[str, str] = {}
-    # (half, rows, first process's estimate, later ones' (inductor's cache is warm), box); the compiled
-    # half measured on a fresh H100 (2026-12-07): 297 s cold, 79-99 s warm
-    # The eager half's 240 s was arithmetic: on a fresh H100 (2026-12-07, second lease) its first
-    # process had done 9 of its 11 rows when stopped at 420 s, so it is budgeted at 500 s.
-    for half, rows, first, later, box in (("compiled", COMPILED_ROWS, 300, 110, 500),
-                                          ("eager", EAGER_ROWS, 500, 500, 575)):
+    # half -> (rows, first process's estimate, later ones' (inductor's cache is warm), a recording's
+    # box, a check's box). The compiled half measured on a fresh H100 (2026-12-07): 297 s cold,
+    # 79-99 s warm. The eager half's 240 s was arithmetic: on a fresh H100 (2026-12-07, second lease)
+    # its first process had done 9 of its 11 rows when stopped at 420 s, so it is budgeted at 500 s.
+    halves = {"compiled": (COMPILED_ROWS, 300, 110, 500, 400), "eager": (EAGER_ROWS, 500, 500, 575, 575)}
+
+    def check(name: str, half: str, needs: tuple[str, ...]) -> Step:
+        rows, _, later, _, check_box = halves[half]
+        return Step(name, [*BENCH, "--strategies", rows, "--nightly", *out], later, check_box, needs)
+
+    for half, (rows, first, later, box, _) in halves.items():
         previous: tuple[str, ...] = ()
         for i in (1, 2, 3):
             flag = "--update-baselines" if i == 1 else "--append-baselines"
@@ -85,16 +89,13 @@ def plan(report_dir: str) -> list[Step]:
             if i == 1:
                 # one recorded process arms a row (work counts + the ratio's stated fallback band):
                 # check (and plant) right after it, so even a one-call lease proves the arming
-                steps.append(Step(f"check-{half}", [*BENCH, "--strategies", rows, "--nightly", *out], later,
-                                  box if half == "eager" else 400, previous))
+                steps.append(check(f"check-{half}", half, previous))
                 if half == "compiled":
                     steps.append(Step("planted-extra-copy", inject, 80, 300, previous))  # 53 s warm
-        recorded[half] = name
     # A whole-line check (both halves, ~580 s warm) would not fit one 600 s device command with the
     # wheels' install: each half is checked again after its three recordings instead.
     steps += [
-        *(Step(f"check-2-{half}", [*BENCH, "--strategies", rows, "--nightly", *out], later, box, (recorded[half],))
-          for half, rows, later, box in (("eager", EAGER_ROWS, 500, 575), ("compiled", COMPILED_ROWS, 110, 400))),
+        *(check(f"check-2-{half}", half, (f"record-3-{half}",)) for half in ("eager", "compiled")),
         Step("kernels-pythia", [sys.executable, "-m", "scripts.kernel_bench", "--out", f"{report_dir}/kernels-pythia",
                                 "--models", "dummy:pythia-2.8b", "--equiv-tokens", "150",
                                 "--e2e", "ring-cudagraphs-triton,noevict-ring-cudagraphs-triton,ring-cudagraphs"],
@@ -166,13 +167,11 @@ def restore(returned: Path, state_path: Path) -> None:
     if not records.exists():
         raise DeviceStateError(f"{records}: not found: pass the folder the device call brought back")
     back = load_stored(returned / "state.json", DeviceState)  # a state that does not load replaces nothing
-    if state_path.exists():
-        # an older folder would put back older baselines/ and history/ over what a later call brought
-        lost = sorted(set(load_stored(state_path, DeviceState).done) - set(back.done))
-        if lost:
-            raise DeviceStateError(f"{returned}: older than {state_path}, whose done steps {', '.join(lost)} it "
-                                   f"lacks: restore the folder a later call brought back, or move {state_path} "
-                                   "aside to take this one")
+    # an older folder would put back older baselines/ and history/ over what a later call brought
+    if lost := sorted(set(load_state(state_path).done) - set(back.done)):
+        raise DeviceStateError(f"{returned}: older than {state_path}, whose done steps {', '.join(lost)} it "
+                               f"lacks: restore the folder a later call brought back, or move {state_path} "
+                               "aside to take this one")
     with tarfile.open(records) as tar:
         members = [m for m in tar.getmembers() if m.name.split("/")[0] in ("baselines", "history")]
         tar.extractall(ROOT, members=members, filter="data")
@@ -209,11 +208,8 @@ def run_plan(args: argparse.Namespace, state_path: Path) -> int:
     steps = plan(args.report_dir)
     names = [s.name for s in steps]
     only = [s for s in args.only.split(",") if s]
-    if unknown := [s for s in only if s not in names]:
-        print(f"device_plan: error: unknown step {unknown[0]!r}; steps: {', '.join(names)}", file=sys.stderr)
-        return 2
     marked = [s for s in args.mark_done.split(",") if s]
-    if unknown := [s for s in marked if s not in names]:
+    if unknown := [s for s in [*only, *marked] if s not in names]:
         print(f"device_plan: error: unknown step {unknown[0]!r}; steps: {', '.join(names)}", file=sys.stderr)
         return 2
     state = load_state(state_path)
