@@ -135,12 +135,9 @@ class Measurements(SliceProbes):
         reference = self.references.get((dataset, case.id))
         holding, own, calibration = self.own_numerics(case, dataset)  # before counting feeds the slice more steps
         evaluation = self.evaluate(case, dataset)
-        if case.id != "dense":
-            dense = self.session.case("dense")
-            ppl_delta = 100.0 * (evaluation.ppl / self.evaluate(dense, dataset).ppl - 1.0)
-            faster = speedup(self.timing(dense, dataset).mean_ms, timing.mean_ms)
-        else:
-            ppl_delta, faster = 0.0, 1.0
+        ppl_delta = self.ppl_delta_vs_dense(case, dataset, evaluation)
+        faster = 1.0 if case.id == "dense" else speedup(self.timing(self.session.case("dense"), dataset).mean_ms,
+                                                        timing.mean_ms)
         measured = CaseResult(
             case, dataset, evaluation=evaluation, timing=timing, reference_timing=reference,
             ratio=ratio_ci(timing.samples, reference.samples) if reference is not None else None,
@@ -161,13 +158,16 @@ class Measurements(SliceProbes):
             benchmark.disabled = True
             benchmark.pedantic(lambda: None)
         evaluation = self.evaluate(case, dataset)
-        ppl_delta = 0.0
-        if case.id != "dense":
-            ppl_delta = 100.0 * (evaluation.ppl / self.evaluate(self.session.case("dense"), dataset).ppl - 1.0)
+        ppl_delta = self.ppl_delta_vs_dense(case, dataset, evaluation)
         holding, own, calibration = self.own_numerics(case, dataset)
         measured = CaseResult(case, dataset, evaluation=evaluation, ppl_delta_vs_dense_pct=ppl_delta, own_path=own,
                               calibration=calibration, holding=holding)
         return self.judged(measured, count_work=False)  # (b): "not measured"
+
+    def ppl_delta_vs_dense(self, case: BenchCase, dataset: str, evaluation: EvalResult) -> float:
+        if case.id == "dense":
+            return 0.0
+        return 100.0 * (evaluation.ppl / self.evaluate(self.session.case("dense"), dataset).ppl - 1.0)
 
     def judged(self, out: CaseResult, *, count_work: bool = True) -> CaseResult:
         """`out` with its work counts and findings measured, its raw record, and that record's checks
