@@ -108,9 +108,8 @@ def baseline_record(session: Session, case: BenchCase, dataset: str, evaluation:
         rkey = ratio_key(session.fingerprint, torch.get_num_threads())
         sections["tpot_ratio"] = {rkey: [round(out.ratio.ratio, 5)]}
         sections["tpot_ratio_ci"] = {rkey: [[round(out.ratio.low, 5), round(out.ratio.high, 5)]]}
-    record = BaselineRecord.from_result(evaluation, fingerprint=session.fingerprint, tpot_samples_ms=timing.samples,
-                                        provenance=provenance, **sections)
-    return record.model_copy(update={"key": session.key(case, evaluation)})
+    return BaselineRecord.from_result(evaluation, fingerprint=session.fingerprint, tpot_samples_ms=timing.samples,
+                                      provenance=provenance, key=session.key(case, evaluation), **sections)
 
 
 class UnrecordableCaseError(ValueError):

@@ -78,8 +78,7 @@ class Suite(Session):
                 try:
                     self.records.append(baseline_record(self, case, dataset, out.evaluation, out.timing, out))
                 except ValueError as exc:  # the record's model refuses it (e.g. a NaN PPL): say so, keep the row
-                    problem = str(exc).splitlines()[0].split(": ", 1)[-1]
-                    unrecordable = (f"{case.label} on {dataset}: not recorded as a baseline ({problem}); its stored "
+                    unrecordable = (f"{case.label} on {dataset}: not recorded as a baseline ({exc}); its stored "
                                     "entry is left as it was: fix the row, then re-run with --update-baselines")
             self.measure.release(case, dataset)
         out = dataclasses.replace(out, seconds=time.perf_counter() - started)

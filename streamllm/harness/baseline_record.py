@@ -147,18 +147,21 @@ class BaselineRecord(BaselineFields):
         fingerprint: dict,
         tpot_samples_ms: Sequence[float] | None = None,
         provenance: dict | None = None,
+        key: BaselineKey | None = None,
         **sections: dict,
     ) -> BaselineRecord:
         """One run's record. `tpot_samples_ms`: this run's steady-state TPOT samples; their median
-        is the run's entry in `tpot_runs_ms`. `sections`: the judged per-key sections
-        (`work_counts=`, `tpot_ratio=`, ...: schema.baseline.KEYED_SECTIONS)."""
+        is the run's entry in `tpot_runs_ms`. `key`: where the caller keys it otherwise than the
+        result's own (the suite's row key names the transform), so a refusal names that key.
+        `sections`: the judged per-key sections (`work_counts=`, `tpot_ratio=`, ...:
+        schema.baseline.KEYED_SECTIONS)."""
         unknown = set(sections) - set(KEYED_SECTIONS)
         if unknown:
             raise TypeError(f"unknown baseline section(s) {sorted(unknown)}; stored are {', '.join(KEYED_SECTIONS)}")
         fid = fingerprint_id(fingerprint)
         samples = [float(x) for x in tpot_samples_ms] if tpot_samples_ms is not None else []
         return cls(
-            key=BaselineKey.from_result(result),
+            key=key if key is not None else BaselineKey.from_result(result),
             ppl=float(result.ppl),
             mean_nll=float(result.mean_nll),
             ppl_device_class=str(fingerprint.get("device_class", result.device)),
