@@ -362,6 +362,17 @@ def test_append_run_pools_timing_and_keeps_the_rest(store: BaselineStore):
     assert got.provenance["appended_dates"] == [PROVENANCE["date"]]
 
 
+def test_an_appended_run_without_work_counts_keeps_the_stored_counts(store: BaselineStore):
+    """The device plan's appended recordings run with --no-work-counts (an append adds timing):
+    the counts the first recording stored, and its reference arm's, must survive them."""
+    counts = {"k1": {"steps": 8, "ops": {"aten.mm": 3}}}
+    store.update([make_record().model_copy(update={"work_counts": counts, "reference_work_counts": counts})])
+    store.update([make_record(runs=[99.0])], append_for=ID_A)
+    got = store.lookup(make_key())
+    assert got.work_counts == counts and got.reference_work_counts == counts
+    assert got.tpot_runs_ms[ID_A] == [80.5, 81.25, 99.0]
+
+
 def test_append_refuses_a_changed_ppl():
     with pytest.raises(ValueError, match="re-record with --update-baselines"):
         append_run(make_record(ppl=17.25), make_record(ppl=17.25 * 1.01), ID_A)
