@@ -52,7 +52,7 @@ class CaseResult:
     reference_timing: TimingRun | None = None  # the interleaved reference arm (decode_slice.reference_slice)
     ratio: RatioCI | None = None  # case / reference, per round, same process
     work: WorkCounts | None = None
-    reference_work: WorkCounts | None = None  # the reference arm counted over the same steps
+    reference_work: WorkCounts | None = None  # the reference arm over the same steps, if the judge asked
     speedup: float | None = None
     floor_ms: float | None = None  # analytic bytes a step must read / measured copy bandwidth
     ppl_delta_vs_dense_pct: float | None = None
@@ -174,21 +174,23 @@ class Measurements(SliceProbes):
         from the one judge (streamllm.harness.judge): (a) PPL, eviction, own path, timed-decode
         agreement; (b) work counts, TPOT relative to the reference arm timed in the same process,
         absolute TPOT against this machine's run history (or device time for a graph row); (c) the
-        findings. Where the judge asks for more rounds, they are measured once and judged again."""
+        findings. What the judge asks for (the reference arm's counts, more rounds) is measured once
+        and judged again."""
         case, dataset = out.case, out.dataset
         if count_work and out.work is None:
-            work, reference_work = self.count(case, dataset)
-            out = dataclasses.replace(out, work=work, reference_work=reference_work)
+            out = dataclasses.replace(out, work=self.count(case, dataset))
         out = dataclasses.replace(out, findings=measure_findings(self.session, self, case, dataset))
         conditions = raw_conditions(self.session)
         # the history as it is now: this run appends to it only at its end (finish_run)
         history = RunHistory(self.session.history_root, self.session.fingerprint_id)
         raw = raw_case(self.session, out)
         verdicts = judge_case(raw, conditions, self.session.store, history)
+        if verdicts.count_reference is not None:
+            out = dataclasses.replace(out, reference_work=self.count_reference(case, dataset))
+            verdicts = judge_case(raw := raw_case(self.session, out), conditions, self.session.store, history)
         if verdicts.rerun is not None and not raw.oversubscribed:
             self.rerun(case, dataset)  # adds the rounds to the TimingRuns' rerun_samples
-            raw = raw_case(self.session, out)
-            verdicts = judge_case(raw, conditions, self.session.store, history)
+            verdicts = judge_case(raw := raw_case(self.session, out), conditions, self.session.store, history)
         ratio = next((c for c in verdicts.tpot if c.name == RATIO_CHECK), None)
         if ratio is not None and ratio.details.get("ratio"):
             out = dataclasses.replace(out, ratio=RatioCI(**ratio.details["ratio"]))

@@ -163,6 +163,26 @@ def test_lazy_cycle_fractions_are_exact():
     assert lines and any("over 4 steps" in line for line in lines), lines
 
 
+@pytest.mark.parametrize("name,kw", [("lazy", {"compress_every": 4}), ("refresh", {"compress_every": 4, "refresh": 2})])
+def test_a_whole_cycle_counts_the_same_from_any_phase(name, kw):
+    """The bench warms a timed slice up by one step, not a cycle, before counting: that is sound
+    only because, once a slice has pruned (its timing did), any whole number of cycles gives the
+    same counts whichever step of the cycle it starts at (each prune and cache length once)."""
+    loaded = tiny_llama()
+    spec = make_strategy(name, sink=4, window=16, **kw)
+    cycle = spec.compress_every
+    counted = []
+    for phase in range(cycle + 1):
+        _, step = _steady(loaded, spec)
+        with torch.inference_mode():
+            for _ in range(cycle):  # as the timed rounds do: every first-call table is built
+                step()
+        counted.append(count_work(step, 2 * cycle, cycle=cycle, warmup=phase,
+                                  key=counter_key(loaded.model, device="cpu", strategy=spec)))
+    assert all(c.diff(counted[0]) == [] for c in counted[1:]), [c.diff(counted[0]) for c in counted[1:]]
+    assert counted[0].ops.get("aten.cat")  # the prune's work is in every count
+
+
 def test_dispatch_details():
     """Views move no bytes, in-place ops write their target, syncs are counted on CPU."""
     x = torch.ones(4, 8)  # 128 bytes

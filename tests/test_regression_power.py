@@ -21,6 +21,7 @@ from bench import injections
 from bench.run_record import history_entries
 from bench.suite import Suite, SuiteOptions
 from conftest import tiny_llama
+from streamllm.harness.baseline_record import BaselineKey
 from streamllm.harness.verdicts import FAIL, NOT_CHECKED, PASS
 from streamllm.models import LoadedModel
 
@@ -167,6 +168,28 @@ def _as_if_recorded_under(baselines: Path, release: str, *, drop_reference: bool
             extra["work_counts"] = work
             extra["reference_work_counts"] = refs
         write_text_atomic(path, json.dumps(data))
+
+
+def test_the_reference_arm_is_counted_only_when_the_judge_needs_it(tmp_path):
+    """A recording stores the reference arm's counts; a check that finds its counter key compares
+    the case alone (half of its counting); a check whose key is not stored asks for them."""
+    model = tiny_llama()
+    recorder = suite(tmp_path, model, update_baselines=True)
+    recorded = recorder.run_case(recorder.case("strict"), "synthetic", benchmark=None)
+    recorder.write_baselines()
+    assert recorded.work is not None and recorded.reference_work is not None
+    stored = recorder.store.lookup(BaselineKey(**recorded.raw.baseline_key))
+    assert stored.reference_work_counts == {recorded.work.key.id: recorded.reference_work.to_json()}
+
+    checker = suite(tmp_path, model)
+    checked = checker.run_case(checker.case("strict"), "synthetic", benchmark=None)
+    assert check(checked, WORK).verdict == PASS and checked.reference_work is None
+
+    _as_if_recorded_under(tmp_path / "baselines", "0.0.1")
+    checker = suite(tmp_path, model)
+    across = checker.run_case(checker.case("strict"), "synthetic", benchmark=None)
+    assert across.reference_work is not None and across.reference_work.diff(recorded.reference_work) == []
+    assert check(across, WORK).verdict == PASS, check(across, WORK).message
 
 
 def test_counts_recorded_under_another_transformers_release_still_check_the_strategys_own_work(tmp_path):

@@ -41,7 +41,7 @@ from .judge_history import HistoryInputs, check_history
 from .judge_lookup import lookup
 from .judge_ppl import check_ppl
 from .judge_ratio import check_ratio_vs_baseline
-from .judge_work import check_work
+from .judge_work import check_work, reference_counts_needed
 from .numerics import agreement_check, eviction_check, own_path_check
 from .records import RUN_FAIL, RUN_INCOMPLETE, RUN_PASS, Check, RawArm, RawCase, RawConditions, RawRun
 from .table import armed_summary
@@ -79,6 +79,9 @@ class CaseVerdicts:
     dataset: str
     checks: list[Check] = field(default_factory=list)  # (a), then (b), then (c), in the suite's order
     rerun: RerunRequest | None = None
+    # why the judge needs the reference arm's work counts, which the run did not count (None: it
+    # does not): the measuring loop counts them and judges again, a stored run is judged as it is
+    count_reference: str | None = None
 
     @property
     def ppl(self) -> list[Check]:
@@ -155,6 +158,8 @@ def _tpot(raw: RawCase, conditions: RawConditions, store: BaselineStore, history
     work = WorkCounts.from_json(raw.work, source=f"{what} work") if raw.work else None
     reference_work = WorkCounts.from_json(raw.reference_work, source=f"{what} reference work") \
         if raw.reference_work else None
+    if reference_work is None:
+        out.count_reference = reference_counts_needed(work, found, updating=updating)
     out.checks.append(check_work(work, found, updating=updating, what=what, reference=reference_work))
     out.checks.append(_ratio(raw, conditions, store, found, what, out))
     device = list(raw.timing.device_samples_ms) or None

@@ -64,6 +64,20 @@ def check_work(measured: WorkCounts | None, found: Lookup, *, updating: bool, wh
     return Check("tpot", name, _count_verdict(verdict), verdict.message, details)
 
 
+def reference_counts_needed(measured: WorkCounts | None, found: Lookup, *, updating: bool) -> str | None:
+    """Why the judge needs the reference arm's counts of this case, or None: a recording stores
+    them, and a case whose counter key is not stored is compared across a release through them.
+    A check that finds its key stored compares the case's counts alone."""
+    if measured is None:
+        return None
+    if updating:
+        return "a recording stores the reference arm's counts"
+    stored = found.record.work_counts if found.record is not None else {}
+    if measured.key is None or measured.key.id not in stored:
+        return "no stored counts under this counter key: the reference arm's counts compare across the release"
+    return None
+
+
 def _count_verdict(verdict: CountVerdict) -> str:
     """A counter comparison's verdict in the suite's words (anything but pass or fail: not checked)."""
     return PASS if verdict.passed else FAIL if verdict.verdict == FAIL else NOT_CHECKED
