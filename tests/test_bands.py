@@ -154,7 +154,8 @@ def test_the_full_rule_catches_about_mde90_at_a_rows_mde90():
 
 # -- checks that cannot fail --------------------------------------------------------------------------
 def _record(values: list[float], key: str = "cpu:X-t1", **extra) -> BaselineRecord:
-    bkey = BaselineKey("m", "r", "float32", "book", "sha", 1024, "strict", {"name": "strict"})
+    bkey = BaselineKey(model="m", model_revision="r", dtype="float32", dataset="book", dataset_sha256="sha",
+                       tokens=1024, strategy="strict", params={"name": "strict"})
     return BaselineRecord(bkey, 10.0, math.log(10.0), "cpu", tpot_ratio={key: values}, **extra)
 
 
@@ -221,7 +222,8 @@ def test_legacy_cpu_ratios_belong_to_the_cpu_model_that_recorded_them():
 def test_legacy_ratios_no_single_cpu_model_could_have_recorded_are_not_used():
     fps = {"cpu-a": {"device_class": "cpu", "cpu_model": "A", "torch_threads": 1},
            "cpu-b": {"device_class": "cpu", "cpu_model": "B", "torch_threads": 1}}
-    bkey = BaselineKey("m", "r", "float32", "book", "sha", 1024, "strict", {"name": "strict"})
+    bkey = BaselineKey(model="m", model_revision="r", dtype="float32", dataset="book", dataset_sha256="sha",
+                       tokens=1024, strategy="strict", params={"name": "strict"})
     record = BaselineRecord(bkey, 10.0, math.log(10.0), "cpu", fingerprints=fps,
                             tpot_runs_ms={"cpu-a": [40.0, 41.0, 40.5], "cpu-b": [60.0, 61.0, 60.5]},
                             tpot_ratio={"cpu-t1": [1.0, 1.01, 0.99]})

@@ -203,7 +203,8 @@ def test_a_case_that_cannot_be_a_baseline_fails_in_one_line_and_keeps_the_old_en
 # -- the assertion helpers directly ------------------------------------------------------------
 def _record(tmp_path: Path, samples: dict[str, list[float]], ppl: float = 20.0) -> tuple[BaselineStore, BaselineKey]:
     store = BaselineStore(tmp_path / "b")
-    key = BaselineKey("m", "r", "float32", "d", "sha", 64, "strict-s4-w12", {"name": "strict"})
+    key = BaselineKey(model="m", model_revision="r", dtype="float32", dataset="d", dataset_sha256="sha",
+                      tokens=64, strategy="strict-s4-w12", params={"name": "strict"})
     record = BaselineRecord(key, ppl, math.log(ppl), "cpu", tpot_runs_ms={k: [sorted(v)[len(v) // 2]] for k, v in samples.items()},
                             fingerprints={k: {} for k in samples})
     store.update([record])
@@ -212,7 +213,8 @@ def _record(tmp_path: Path, samples: dict[str, list[float]], ppl: float = 20.0) 
 
 def _ratio_store(tmp_path: Path, runs: list[float], key: str = "cpu-t1") -> tuple[BaselineStore, BaselineKey]:
     store = BaselineStore(tmp_path / "b")
-    bkey = BaselineKey("m", "r", "float32", "d", "sha", 64, "strict-s4-w12", {"name": "strict"})
+    bkey = BaselineKey(model="m", model_revision="r", dtype="float32", dataset="d", dataset_sha256="sha",
+                       tokens=64, strategy="strict-s4-w12", params={"name": "strict"})
     record = BaselineRecord(bkey, 20.0, math.log(20.0), "cpu", tpot_ratio={key: runs})
     store.update([record])
     return store, bkey
@@ -502,7 +504,8 @@ def test_ratio_band_takes_on_a_noisy_recording(tmp_path):
     uncertain itself: a check at 3.36 passes against it, and fails against the same value
     recorded with a tight CI."""
     store = BaselineStore(tmp_path / "b")
-    key = BaselineKey("m", "r", "float16", "d", "sha", 64, "dense", {"name": "dense"})
+    key = BaselineKey(model="m", model_revision="r", dtype="float16", dataset="d", dataset_sha256="sha",
+                      tokens=64, strategy="dense", params={"name": "dense"})
     ref = [20.0] * 8
     case = [20.0 * 3.36 * m for m in (0.99, 1.01, 1.0, 1.02, 0.98, 1.0, 1.01, 0.99)]
     for ci, expected in (([3.177, 4.744], PASS), ([3.85, 3.91], FAIL)):
@@ -518,7 +521,8 @@ def test_a_noisy_recording_is_retimed_before_it_is_stored(tmp_path):
     wider than half the band is re-timed once with more rounds and stored from all its rounds; a
     tight one is stored as measured (no rerun)."""
     store = BaselineStore(tmp_path / "b")
-    key = BaselineKey("m", "r", "float16", "d", "sha", 64, "dense", {"name": "dense"})
+    key = BaselineKey(model="m", model_revision="r", dtype="float16", dataset="d", dataset_sha256="sha",
+                      tokens=64, strategy="dense", params={"name": "dense"})
     ref = [20.0] * 8
     noisy = [20.0 * 3.45 * m for m in (1.0, 1.5, 0.9, 1.3, 1.0, 0.95, 1.4, 1.0)]
     tight = [20.0 * 3.45 * m for m in (1.0, 1.01, 0.99, 1.0, 1.02, 0.98, 1.0, 1.01)]

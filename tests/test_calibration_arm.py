@@ -49,7 +49,8 @@ def test_a_slowdown_both_arms_share_fails_when_torch_alone_held_still(tmp_path, 
     case, reference = samples(10.0 * slowdown, rng), samples(8.0 * slowdown, rng)
     # the same-run ratio cannot see it: both arms moved together
     store = BaselineStore(tmp_path / "baselines")
-    key = BaselineKey("m", "r", "float32", "book", "sha", 64, "strict", {"name": "strict"})
+    key = BaselineKey(model="m", model_revision="r", dtype="float32", dataset="book", dataset_sha256="sha",
+                      tokens=64, strategy="strict", params={"name": "strict"})
     store.update([BaselineRecord(key, 10.0, float(np.log(10.0)), "cpu", tpot_ratio={"k": [1.25]})])
     ratio = check_ratio_vs_baseline(case, reference, lookup(store, key), key="k", updating=False, what="strict")
     assert ratio.verdict == PASS, ratio.message

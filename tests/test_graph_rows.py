@@ -88,7 +88,8 @@ def test_kernel_names_round_trip_and_older_records_read():
 
 def _device_store(tmp_path: Path, runs: list[float]) -> tuple[BaselineStore, BaselineKey]:
     store = BaselineStore(tmp_path / "b")
-    bkey = BaselineKey("m", "r", "float16", "synthetic", "sha", 4096, "strict-s4-w2044", {"name": "strict"})
+    bkey = BaselineKey(model="m", model_revision="r", dtype="float16", dataset="synthetic", dataset_sha256="sha",
+                       tokens=4096, strategy="strict-s4-w2044", params={"name": "strict"})
     record = BaselineRecord(bkey, 20.0, math.log(20.0), "cuda:H100", device_time_ms={KEY: runs})
     store.update([record])
     return store, bkey

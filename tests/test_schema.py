@@ -26,7 +26,8 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def _baseline(tmp_path: Path) -> Path:
-    key = BaselineKey("m", "r", "float32", "book", "sha", 64, "strict", {"name": "strict"})
+    key = BaselineKey(model="m", model_revision="r", dtype="float32", dataset="book", dataset_sha256="sha",
+                      tokens=64, strategy="strict", params={"name": "strict"})
     record = BaselineRecord(key, 10.0, math.log(10.0), "cpu", tpot_runs_ms={"cpu-x": [40.0]},
                             fingerprints={"cpu-x": {"device_class": "cpu"}}, tpot_ratio={"cpu:X-t1": [1.01]},
                             tpot_ratio_ci={"cpu:X-t1": [[1.0, 1.02]]}, work_counts={"wk-1": {"steps": 8}})

@@ -70,7 +70,8 @@ def _process(rng: np.random.Generator, row: SimRow, log_ratio: float) -> tuple:
 
 
 def _record(label: str, values: list[float], cis: list[list[float]]) -> BaselineRecord:
-    key = BaselineKey("sim", "r", "float32", "sim", "sha", 1024, label, {"name": label})
+    key = BaselineKey(model="sim", model_revision="r", dtype="float32", dataset="sim", dataset_sha256="sha",
+                      tokens=1024, strategy=label, params={"name": label})
     return BaselineRecord(key, 10.0, math.log(10.0), "cpu", tpot_ratio={SIM_KEY: values}, tpot_ratio_ci={SIM_KEY: cis})
 
 

@@ -10,15 +10,14 @@ import json
 import re
 import statistics
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from pydantic import ConfigDict, ValidationError
+from pydantic import ConfigDict, Field, ValidationError, field_validator
 
 from .fingerprint import fingerprint_id
 from .provenance import make_provenance
-from .schema.baseline import KEYED_SECTIONS, BaselineFields, BaselineRecordModel
+from .schema.baseline import KEYED_SECTIONS, BaselineFields, BaselineHeader, BaselineRecordModel
 from .schema.loader import first_problem
 
 if TYPE_CHECKING:  # only for annotations: keep `import streamllm.harness.baseline_record` free of torch
@@ -41,23 +40,31 @@ def normalize_dtype(dtype: object) -> str:
     return _DTYPE_ALIASES.get(name, name)
 
 
-@dataclass
-class BaselineKey:
-    """What a baseline is a baseline of. Everything here must match for a comparison to mean anything."""
+class BaselineKey(BaselineHeader):
+    """What a baseline is a baseline of: the file's header (`schema.baseline.BaselineHeader`, whose
+    six fields and `header()` are declared there once) plus the strategy. Everything here must
+    match for a comparison to mean anything. Built with keywords, like any pydantic model."""
 
-    model: str
-    model_revision: str  # hub revision, or config hash for local/dummy/embedded models
-    dtype: str
-    dataset: str
-    dataset_sha256: str
-    tokens: int
+    # lax, unlike the file's strict header: a run hands numpy ints, torch dtypes and tuples, which
+    # the validators below normalize as the stored form has them (the id hashes that form)
+    model_config = ConfigDict(strict=False)
     strategy: str  # StrategySpec.label()
-    params: dict = field(default_factory=dict)  # StrategySpec.params()
+    params: dict[str, Any] = Field(default_factory=dict)  # StrategySpec.params()
 
-    def __post_init__(self) -> None:
-        self.dtype = normalize_dtype(self.dtype)
-        self.tokens = int(self.tokens)
-        self.params = _canonical(dict(self.params))
+    @field_validator("dtype", mode="before")
+    @classmethod
+    def _dtype(cls, value: object) -> str:
+        return normalize_dtype(value)
+
+    @field_validator("tokens", mode="before")
+    @classmethod
+    def _tokens(cls, value: Any) -> int:
+        return int(value)
+
+    @field_validator("params", mode="before")
+    @classmethod
+    def _params(cls, value: Any) -> dict[str, Any]:
+        return _canonical(dict(value))
 
     def id(self) -> str:
         """Readable and unique: model:dataset-tokens-dtype:strategy#hash (hash covers every field)."""
@@ -66,17 +73,6 @@ class BaselineKey:
 
     def relpath(self) -> Path:
         return Path(_slug(self.model)) / f"{_slug(self.dataset)}-{self.tokens}-{self.dtype}.json"
-
-    def header(self) -> dict:
-        """The file-level part of the key (one file holds every strategy of this header)."""
-        return {
-            "model": self.model,
-            "model_revision": self.model_revision,
-            "dtype": self.dtype,
-            "dataset": self.dataset,
-            "dataset_sha256": self.dataset_sha256,
-            "tokens": self.tokens,
-        }
 
     def to_json(self) -> dict:
         return {**self.header(), "strategy": self.strategy, "params": self.params}
@@ -103,8 +99,8 @@ class BaselineRecord(BaselineFields):
     `record.model_copy(update={...})`."""
 
     # lax: numpy scalars and tuples from a run are taken as floats and lists, as the file stores them
-    model_config = ConfigDict(extra="forbid", strict=False, arbitrary_types_allowed=True)
-    key: BaselineKey
+    model_config = ConfigDict(extra="forbid", strict=False)
+    key: BaselineKey  # a pydantic model: an instance is kept as given (pydantic does not revalidate it)
 
     def __init__(self, key: BaselineKey, ppl: float, mean_nll: float, ppl_device_class: str, **fields: Any) -> None:
         # Validated as it is built, so a record that could never be compared against (NaN PPL,

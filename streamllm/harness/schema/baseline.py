@@ -73,7 +73,8 @@ class BaselineRecordModel(BaselineFields, RecordLabel):
 
 
 class BaselineHeader(BaseModel):
-    """What a file is a baseline of (one file per model, dataset, tokens and dtype)."""
+    """What a file is a baseline of (one file per model, dataset, tokens and dtype); in memory,
+    `baseline_record.BaselineKey` is these fields plus the strategy."""
 
     model_config = ConfigDict(extra="forbid", strict=True, protected_namespaces=())
     model: str
