@@ -78,7 +78,7 @@ def test_compare_records_names_the_op(tmp_path):
     def record(cats: int) -> WorkRecord:
         counts = {"steps": 8, "ops": {"aten.cat": 8 * cats, "aten.mm": 16}, "bytes_read": 800, "bytes_written": 80,
                   "syncs": {}}
-        return WorkRecord.model_validate({"schema_version": 1, "results": [
+        return WorkRecord.model_validate({"schema": WorkRecord.SCHEMA, "results": [
             {"label": "strict", "counts": counts, "case": CountCase().to_json()}]})
 
     diffs = countcases.compare_records(record(3), record(1))

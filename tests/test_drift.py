@@ -11,6 +11,7 @@ skips it; run it with
 
 from __future__ import annotations
 
+import json
 import os
 from importlib import metadata
 from pathlib import Path
@@ -20,7 +21,7 @@ import pytest
 from streamllm import compat
 from streamllm.harness import drift
 from streamllm.harness.countcases import CountCase, named_case
-from streamllm.harness.schema.workrecord import WorkRecord
+from streamllm.harness.schema.workrecord import WorkRecord, load_work_record
 
 
 def test_releases_sorted_and_checked():
@@ -43,7 +44,7 @@ def _entry(label: str, reshapes: int | None, error: str = "") -> dict:
 
 
 def _run(release: str, *entries: dict) -> drift.ReleaseRun:
-    record = WorkRecord.model_validate({"schema_version": 1, "torch": "2.x", "results": list(entries)})
+    record = WorkRecord.model_validate({"schema": WorkRecord.SCHEMA, "torch": "2.x", "results": list(entries)})
     return drift.ReleaseRun(release, record, 1.0, 2.0, True)
 
 
@@ -69,6 +70,22 @@ def test_no_change_no_break_is_said():
     text = drift.markdown(drift.compare_releases(runs, ["strict"]))
     assert "No release changed any case's ops, bytes or syncs." in text
     assert "No release broke a case" in text
+
+
+def test_drift_json_writes_each_release_as_a_record_count_against_reads(tmp_path, monkeypatch):
+    """--json keeps one work record per release under its /2 key (`"schema"`, not the field name), so
+    a record cut out and saved on its own loads through `load_work_record`."""
+    from streamllm.harness.cli import main
+
+    runs = [_run(compat.LOWEST_TESTED, _entry("strict", 0)), _run("5.25.0", _entry("strict", 0))]
+    monkeypatch.setattr(drift, "run_drift", lambda plan, say: drift.compare_releases(runs, ["strict"]))
+    out = tmp_path / "drift.json"
+    assert main(["drift", "--transformers", f"{compat.LOWEST_TESTED},5.25.0", "--cases", "strict",
+                 "--json", str(out), "--venvs", str(tmp_path / "venvs")]) == 0
+    saved = json.loads(out.read_text())["releases"]["5.25.0"]
+    assert saved["schema"] == WorkRecord.SCHEMA and "schema_version" not in saved
+    (tmp_path / "one.json").write_text(json.dumps(saved))
+    assert load_work_record(tmp_path / "one.json") == runs[1].record
 
 
 @pytest.mark.drift

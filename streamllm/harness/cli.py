@@ -174,7 +174,7 @@ def run_drift(args: argparse.Namespace) -> int:
     if args.json_out:
         # one count record per release: `streamllm count --against` reads any of them saved on its own
         Path(args.json_out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json_out).write_text(json.dumps({"releases": {r.release: r.record.model_dump() for r in result.runs}},
+        Path(args.json_out).write_text(json.dumps({"releases": {r.release: r.record.to_json() for r in result.runs}},
                                                   indent=1))
     return 0
 

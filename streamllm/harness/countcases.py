@@ -203,7 +203,7 @@ def run_runner(cases: list[CountCase], tree: Path, out: Path, *, python: str = s
     if out.is_file():
         return load_work_record(out)
     last = (proc.stderr.strip().splitlines() or [f"exit {proc.returncode}, no output"])[-1]
-    return WorkRecord(schema_version=1, mode=mode, error=f"the runner wrote no record: {last}")
+    return WorkRecord(mode=mode, error=f"the runner wrote no record: {last}")
 
 
 def count_in_process(cases: list[CountCase], threads: int | None = 1) -> WorkRecord:
@@ -216,7 +216,7 @@ def count_in_process(cases: list[CountCase], threads: int | None = 1) -> WorkRec
 def write_record(path: str | Path, record: WorkRecord) -> None:
     p = Path(path)
     p.parent.mkdir(parents=True, exist_ok=True)
-    p.write_text(record.model_dump_json(indent=1))
+    p.write_text(record.model_dump_json(indent=1, by_alias=True))  # by alias: the file's key is "schema"
 
 
 # -- reading and comparing records -----------------------------------------------------------------

@@ -51,10 +51,11 @@ from typing import Any  # noqa: E402
 
 import torch  # noqa: E402
 
-SCHEMA_VERSION = 1  # schema/workrecord.py's WorkRecord
-# schema/count_jobs.py's CountJobs. Checked by hand, not with that model: the runner runs in other
-# trees' venvs and may import only the standard library, torch and the target's product.
-JOBS_SCHEMA = "streamllm.count-jobs/1"
+# The runner runs in other trees' venvs and may import only the standard library, torch and the
+# target's product, never pydantic or the schema package: it keeps its own copies of the schema
+# strings. tests/test_workrecord_schema.py and tests/test_schema_files.py pin them equal to the models'.
+WORK_RECORD_SCHEMA = "streamllm.work-record/2"  # schema/workrecord.py's WorkRecord, written by hand
+JOBS_SCHEMA = "streamllm.count-jobs/1"  # schema/count_jobs.py's CountJobs, checked by hand
 
 
 class CannotCount(RuntimeError):
@@ -237,7 +238,7 @@ def time_steps(step: Callable[[], object], job: dict[str, Any], device: torch.de
 def run_jobs(jobs: list[dict[str, Any]], mode: str = "count", steps_to_time: int = 32) -> dict[str, Any]:
     """The record (schema/workrecord.py's WorkRecord layout) of `jobs` run against the importable streamllm."""
     started = time.perf_counter()
-    record: dict[str, Any] = {"schema_version": SCHEMA_VERSION, "mode": mode, "python": sys.executable,
+    record: dict[str, Any] = {"schema": WORK_RECORD_SCHEMA, "mode": mode, "python": sys.executable,
                               "torch": torch.__version__, "results": []}
     try:
         library = Library()
@@ -295,7 +296,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         record = run_jobs(read_jobs(args.jobs), args.mode, args.time_steps)
     except BaseException as exc:  # noqa: BLE001 - anything unforeseen is still a record: the target failed
-        record = {"schema_version": SCHEMA_VERSION, "mode": args.mode, "error": _one_line(exc), "results": []}
+        record = {"schema": WORK_RECORD_SCHEMA, "mode": args.mode, "error": _one_line(exc), "results": []}
     Path(args.out).write_text(json.dumps(record, indent=1, default=str))
     return 0
 

@@ -12,10 +12,10 @@ loader (`load_stored`) that turns a broken file into a one-line error naming the
 | `.device_state/state.json` (scripts/device_plan.py) | `DeviceState` | `schema/device_state.py` |
 | `streamllm eval --per-token` output; phase A's trace cache | `EvalPerToken`; `PhaseATraces` | `schema/eval_output.py` |
 
-The work record keeps its own `schema_version` key (it predates `load_stored`); its errors are
-`StoredFileError`s all the same. The runner reads its jobs file without pydantic (it runs in other
-venvs) and checks the schema string by hand. The JSON parses outside this package are listed, each
-with why, in tests/test_schema_coverage.py.
+The counting runner (`countrunner.py`) runs in other venvs without pydantic: it reads its jobs file
+and writes the work record by hand, with its own copies of their schema strings (tests pin them
+equal to the models'). A work record of the integer-keyed /1 (`"schema_version": 1`) reads as /2.
+The JSON parses outside this package are listed, each with why, in tests/test_schema_coverage.py.
 """
 
 from ..records import RAW_SCHEMA, RUN_SCHEMA, RawArm, RawCase, RawConditions, RawRun, RunModel, RunRecordError
@@ -32,12 +32,12 @@ from .device_state import DEVICE_STATE_SCHEMA, DeviceState, DeviceStateError, St
 from .eval_output import PHASE_A_SCHEMA, CaseTrace, EvalOutputError, EvalPerToken, PerTokenTrace, PhaseATraces
 from .history import HISTORY_SCHEMA, HistoryCase, HistoryError, HistoryRunModel
 from .loader import StoredFileError, StoredModel, load_stored, read_json, validate_stored
-from .workrecord import StoredCounts, WorkRecord, WorkRecordError, load_work_record
+from .workrecord import WORK_RECORD_SCHEMA, StoredCounts, WorkRecord, WorkRecordError, load_work_record
 from .xdist_part import PART_SCHEMA, PartHistory, PartPinning, PartRecord, XdistPart, XdistPartError
 
 __all__ = [
     "BASELINE_SCHEMA", "COUNT_JOBS_SCHEMA", "DEVICE_STATE_SCHEMA", "HISTORY_SCHEMA", "PART_SCHEMA", "PHASE_A_SCHEMA",
-    "RAW_SCHEMA", "RUN_SCHEMA",
+    "RAW_SCHEMA", "RUN_SCHEMA", "WORK_RECORD_SCHEMA",
     "CountJob", "CountJobs", "CountJobsError", "DeviceState", "DeviceStateError", "StepDone", "StepTry",
     "CaseTrace", "EvalOutputError", "EvalPerToken", "PerTokenTrace", "PhaseATraces",
     "BaselineError", "BaselineFields", "BaselineFileModel", "BaselineHeader", "BaselineRecordModel",

@@ -6,8 +6,8 @@ reads a file into its model and turns every way a file can be wrong into one lin
 and the fix (`StoredFileError`, a subclass per kind): the CLIs print it and exit 2
 (`streamllm.harness.cli.USER_ERRORS`). Reading never writes. `read_json` is the text-to-data
 step alone, for a reader that must look at the data before choosing a model (a file of an older
-version being converted, a work record with its own version key); tests/test_schema_coverage.py
-keeps every other JSON parse in the project to a short documented list.
+version being converted); tests/test_schema_coverage.py keeps every other JSON parse in the
+project to a short documented list.
 """
 
 from __future__ import annotations

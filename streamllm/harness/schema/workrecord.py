@@ -1,5 +1,6 @@
-"""The work-record file: what `countrunner.py` writes (and `streamllm count --json`, bisect and
-drift keep), as pydantic v2 models with a `schema_version`.
+"""The work-record file (schema `streamllm.work-record/2`): what `countrunner.py` writes (and
+`streamllm count --json`, bisect and drift keep), as pydantic v2 models; `WorkRecord` is a
+`StoredModel` read through the one loader (`loader.load_stored`).
 
 A record holds raw histograms only: per case the op counts, bytes, syncs and (on CUDA) kernels of
 `steps` decode steps (`RawCounts`, the dict `opcount.count_work` returns), or the wall ms of plain
@@ -11,21 +12,24 @@ this checkout (`countcases.compare_records`, `bisect.py`, `drift.py`).
 form is unchanged, so the committed baselines read as before.
 
 `load_work_record(path)` reads a file or raises `WorkRecordError`, one line naming the file and
-the fix, and never writes to it. Versions: 1 is this layout. Files written before the layout was
-versioned (no `schema_version`, each case's counts in the stored form with a `status` word) are
-refused with the fix (re-record with `streamllm count --json`); no such file is committed.
+the fix, and never writes to it. Versions: /2 is this layout. /1 is the same layout under an integer
+key (`"schema_version": 1`, before the record joined the loader): read as /2, nothing lost, since
+such a file may be the only record of an old commit's or release's counts. Files written before
+the layout was versioned (neither key, each case's counts in the stored form with a `status` word)
+are refused with the fix (re-record with `streamllm count --json`); no such file is committed.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, ValidationError
 
-from .loader import StoredFileError, read_json
+from .loader import StoredFileError, StoredModel, load_stored, validate_stored
 
-SCHEMA_VERSION = 1
+# countrunner.py writes this string by hand (it may not import the harness); a test pins the two equal
+WORK_RECORD_SCHEMA = "streamllm.work-record/2"
 COUNTS_SCHEMA = "streamllm.workcounts/1"  # the stored form inside baselines and run records
 
 Count = Annotated[StrictInt, Field(ge=0)]
@@ -91,12 +95,17 @@ class CaseResult(BaseModel):
         return self.error is None
 
 
-class WorkRecord(BaseModel):
+class WorkRecord(StoredModel):
     """What one run of the runner wrote: the target's library and software, and one result per case."""
 
-    model_config = ConfigDict(extra="forbid")
+    KIND: ClassVar[str] = "work record"
+    SCHEMA: ClassVar[str] = WORK_RECORD_SCHEMA
+    FIX_BROKEN: ClassVar[str] = FIX
+    FIX_SCHEMA: ClassVar[str] = ("re-record it with this checkout: `streamllm count --json FILE` (bisect and drift "
+                                 "write it with --keep / --json)")
+    ERROR: ClassVar[type[StoredFileError]] = WorkRecordError
 
-    schema_version: Literal[1]
+    schema_version: Literal["streamllm.work-record/2"] = Field(WORK_RECORD_SCHEMA, alias="schema")
     mode: Literal["count", "time"] = "count"
     python: str | None = None
     torch: str | None = None
@@ -121,6 +130,15 @@ class WorkRecord(BaseModel):
     def entry(self, label: str) -> CaseResult | None:
         return next((r for r in self.results if r.label == label), None)
 
+    @classmethod
+    def canonical(cls, data: dict[str, Any]) -> dict[str, Any]:
+        # /1 is /2's layout under the integer key: read it as /2 (a kept record may be the only one
+        # of an old commit's counts). `type is int`: a JSON `true` equals 1 but is no version.
+        version = data.get("schema_version")
+        if "schema" not in data and type(version) is int and version == 1:
+            return {"schema": WORK_RECORD_SCHEMA, **{k: v for k, v in data.items() if k != "schema_version"}}
+        return data
+
 
 def _first_error(exc: ValidationError) -> str:
     err = exc.errors()[0]
@@ -140,21 +158,11 @@ def parse_stored_counts(obj: Any, source: str) -> StoredCounts:
 
 
 def parse_work_record(obj: Any, source: str) -> WorkRecord:
-    if not isinstance(obj, dict):
-        raise WorkRecordError(f"{source} is not a work record (a JSON {type(obj).__name__}, not an object); {FIX}")
-    version = obj.get("schema_version")
-    if version is None:
-        raise WorkRecordError(f"{source} was written before work records had a schema_version (an old count record); "
-                              f"{FIX}")
-    if version != SCHEMA_VERSION:
-        raise WorkRecordError(f"{source} has schema_version {version!r}, this checkout reads {SCHEMA_VERSION}; {FIX} "
-                              "with this checkout")
-    try:
-        return WorkRecord.model_validate(obj)
-    except ValidationError as exc:
-        raise WorkRecordError(f"{source} is corrupt ({_first_error(exc)}); {FIX}") from None
+    """`obj` (a record's parsed JSON, or the runner's dict in process) as a WorkRecord; WorkRecordError
+    names `source` and the fix."""
+    return validate_stored(obj, WorkRecord, source)
 
 
 def load_work_record(path: str | Path) -> WorkRecord:
-    """Read a work-record file; never writes to it."""
-    return parse_work_record(read_json(path, kind="work record", fix=FIX, error=WorkRecordError), str(path))
+    """Read a work-record file (/2, or /1 read as /2); never writes to it."""
+    return load_stored(path, WorkRecord)
