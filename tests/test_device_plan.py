@@ -99,12 +99,12 @@ def test_the_last_lease_s_unversioned_state_loads_and_resumes_losing_nothing(dev
     assert device_plan.main(["--list", "--state", str(state)]) == 0
     listed = capsys.readouterr().out
     assert all(f"{name}" in listed for name in old["done"]) and state.read_bytes() == LAST_LEASE.read_bytes()
-    assert device_plan.main(["--mark-done", "check-eager", "--state", str(state)]) == 0
+    assert device_plan.main(["--mark-done", "check-eager-a", "--state", str(state)]) == 0
     new = json.loads(state.read_text())
     assert new["schema"] == "streamllm.device-state/1"
-    assert {k: {f: v[f] for f in ("seconds", "exit")} for k, v in new["done"].items() if k != "check-eager"} == old["done"]
+    assert {k: {f: v[f] for f in ("seconds", "exit")} for k, v in new["done"].items() if k != "check-eager-a"} == old["done"]
     assert [{k: t[k] for k in old["tries"][0]} for t in new["tries"]] == old["tries"]
-    assert new["done"]["check-eager"] == {"seconds": None, "exit": None, "marked": True}
+    assert new["done"]["check-eager-a"] == {"seconds": None, "exit": None, "marked": True}
 
 
 @pytest.mark.parametrize("content, said", [
@@ -160,3 +160,36 @@ def test_restore_refuses_a_folder_older_than_this_checkouts_state(device_plan, t
     # the same folder with every done step restores
     (returned / "state.json").write_bytes(LAST_LEASE.read_bytes())
     assert device_plan.main(["--restore", str(returned), "--state", str(state)]) == 0
+
+
+# Steps allowed past ~120 s: each compiles the 2.8B model cold (inductor; its cache is warm after),
+# or (eager-d) records lazy-c128, counting both arms over its 128-step cycle.
+PAST_120_S = {"record-1-compiled", "kernels-pythia-e2e-1", "kernels-pythia-e2e-2", "record-1-eager-d"}
+
+
+def test_no_step_but_a_first_compile_is_budgeted_past_120_s(device_plan):
+    steps = device_plan.plan("runs")
+    assert {s.name for s in steps if s.estimate_s > 120} <= PAST_120_S
+    assert all(s.estimate_s <= s.box_s for s in steps)
+    # every row of the nightly line is in exactly one group
+    rows = [r for g in device_plan.GROUPS for r in g.rows.split(",")]
+    assert len(rows) == len(set(rows)) == 15
+
+
+def test_appended_recordings_skip_counting_and_checks_count(device_plan):
+    for step in device_plan.plan("runs"):
+        appended = "--append-baselines" in step.command
+        if appended or "--nightly" in step.command or "--update-baselines" in step.command:
+            assert ("--no-work-counts" in step.command) == appended, step.name
+
+
+def test_the_earlier_whole_half_recording_counts_for_its_groups(device_plan, tmp_path, capsys):
+    """A state written before the eager half was split (its one `record-1-eager`) resumes at the
+    groups' checks, not at a second first recording."""
+    state = tmp_path / "state.json"
+    state.write_text(json.dumps({"schema": "streamllm.device-state/1", "tries": [],
+                                 "done": {"record-1-eager": {"seconds": 481.9, "exit": 0}}}))
+    assert device_plan.main(["--list", "--state", str(state)]) == 0
+    listed = dict(line.split()[0::len(line.split()) - 1] for line in capsys.readouterr().out.splitlines())
+    assert {name for name, status in listed.items() if status == "done"} == {
+        "record-1-eager-a", "record-1-eager-b", "record-1-eager-c", "record-1-eager-d"}
