@@ -50,7 +50,7 @@ class Step:
     estimate_s: int  # what it took (or is budgeted to take) on a warm H100: starts only if it fits
     box_s: int  # stopped past this
     needs: tuple[str, ...] = ()  # steps that must be done first
-    done_by: tuple[str, ...] = ()  # an earlier plan's step that did this step's work (its state says so)
+    done_by: str | None = None  # an earlier plan's step that did this step's work (its state says so)
 
 
 @dataclass(frozen=True)
@@ -103,7 +103,7 @@ def plan(report_dir: str) -> list[Step]:
     for group in GROUPS:
         name = f"record-1-{group.name}"
         steps.append(Step(name, [*BENCH, "--strategies", group.rows, "--update-baselines", *out], group.recording_s,
-                          group.box_s, (), (group.done_by,) if group.done_by else ()))
+                          group.box_s, (), group.done_by))
         steps.append(check(f"check-{group.name}", group, (name,)))
         if group.name == "compiled":
             steps.append(Step("planted-extra-copy", inject, 80, 300, (name,)))  # 53 s warm
@@ -130,7 +130,7 @@ def plan(report_dir: str) -> list[Step]:
 
 
 def is_done(step: Step, state: DeviceState) -> bool:
-    return step.name in state.done or any(name in state.done for name in step.done_by)
+    return step.name in state.done or step.done_by in state.done
 
 
 def load_state(path: Path) -> DeviceState:
@@ -235,7 +235,8 @@ def run_plan(args: argparse.Namespace, state_path: Path) -> int:
         print(f"restored baselines/, history/ and {state_path} from {args.restore}")
         return 0
     steps = plan(args.report_dir)
-    names = [s.name for s in steps]
+    by_name = {s.name: s for s in steps}
+    names = list(by_name)
     only = [s for s in args.only.split(",") if s]
     marked = [s for s in args.mark_done.split(",") if s]
     if unknown := [s for s in [*only, *marked] if s not in names]:
@@ -258,7 +259,7 @@ def run_plan(args: argparse.Namespace, state_path: Path) -> int:
     for step in steps:
         if is_done(step, state) or (only and step.name not in only):
             continue
-        if not all(is_done(n, state) for n in steps if n.name in step.needs):
+        if not all(is_done(by_name[n], state) for n in step.needs):
             continue
         left = deadline - time.monotonic()
         if step.estimate_s > left:

@@ -26,7 +26,7 @@ from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, ValidationError
 
-from .loader import StoredFileError, StoredModel, load_stored, validate_stored
+from .loader import StoredFileError, StoredModel, first_problem, load_stored, validate_stored
 
 # countrunner.py writes this string by hand (it may not import the harness); a test pins the two equal
 WORK_RECORD_SCHEMA = "streamllm.work-record/2"
@@ -140,12 +140,6 @@ class WorkRecord(StoredModel):
         return data
 
 
-def _first_error(exc: ValidationError) -> str:
-    err = exc.errors()[0]
-    where = ".".join(str(p) for p in err["loc"]) or "the record"
-    return f"{where}: {err['msg']}"
-
-
 def parse_stored_counts(obj: Any, source: str) -> StoredCounts:
     """Validate the stored form (baselines, run records); WorkRecordError names `source` and the fix."""
     fix = "counts are generated, never edited: restore the file from git or re-record the counts"
@@ -154,7 +148,7 @@ def parse_stored_counts(obj: Any, source: str) -> StoredCounts:
     try:
         return StoredCounts.model_validate(obj)
     except ValidationError as exc:
-        raise WorkRecordError(f"{source}: {_first_error(exc)}; {fix}") from None
+        raise WorkRecordError(f"{source}: {first_problem(exc)}; {fix}") from None
 
 
 def parse_work_record(obj: Any, source: str) -> WorkRecord:
